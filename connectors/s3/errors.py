@@ -1,0 +1,69 @@
+"""Errors reading from S3, split into transient (retry later) and terminal (report and move on)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["ObjectReadError", "is_transient"]
+
+_TRANSIENT_CODES = {
+    "SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "Throttling",
+    "ThrottlingException", "RequestTimeTooSkewed", "503", "500", "502", "504",
+}
+_GONE_CODES = {"NoSuchKey", "404", "PreconditionFailed", "412"}
+
+
+def is_transient(ex: BaseException) -> bool:
+    """Whether ``ex`` is a failure that may succeed if tried again (throttling, 5xx, network)."""
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionClosedError,
+        EndpointConnectionError,
+        ReadTimeoutError,
+        ResponseStreamingError,
+    )
+    from urllib3.exceptions import HTTPError as Urllib3Error
+
+    if isinstance(ex, ClientError):
+        return str(ex.response.get("Error", {}).get("Code")) in _TRANSIENT_CODES
+    return isinstance(ex, (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError,
+                           ResponseStreamingError, Urllib3Error, ConnectionError, TimeoutError))
+
+
+class ObjectReadError(Exception):
+    """An object could not be read.
+
+    :arg transient: True when trying again later may succeed.
+    :arg gone: True when the object (or that version of it) no longer exists.
+    """
+
+    def __init__(self, reason: str, *, transient: bool, gone: bool = False) -> None:
+        self.reason = reason
+        self.transient = transient
+        self.gone = gone
+        super().__init__(reason)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (self.reason, self.transient, self.gone))
+
+    @classmethod
+    def from_exception(cls, bucket: str, key: str, ex: BaseException) -> ObjectReadError:
+        """Classify an exception raised by boto3 while reading ``s3://bucket/key``."""
+        from botocore.exceptions import ClientError
+
+        code = ""
+        if isinstance(ex, ClientError):
+            code = str(ex.response.get("Error", {}).get("Code"))
+        transient = is_transient(ex)
+        gone = code in _GONE_CODES
+        hint = ""
+        if code in ("AccessDenied", "403"):
+            hint = " (grant s3:GetObject on the bucket to the connector's AWS role)"
+        elif gone:
+            hint = " (deleted or overwritten since it was listed)"
+        reason = f"GET s3://{bucket}/{key} failed: {type(ex).__name__}: {ex}{hint}"
+        return cls(reason, transient=transient, gone=gone)
+
+
+def _rebuild(reason: str, transient: bool, gone: bool) -> ObjectReadError:
+    return ObjectReadError(reason, transient=transient, gone=gone)

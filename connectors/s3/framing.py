@@ -1,0 +1,202 @@
+"""Framing: splitting a decompressed byte stream into the raw bytes of each record.
+
+Framers are fed chunks of any size and return the records completed so far, so an
+object of any size is split while it streams, holding at most one chunk plus one
+partial record in memory. They do not parse records; they only find where each
+one ends.
+
+- :class:`LineFramer`: one record per line (NDJSON and the line-oriented text formats).
+- :class:`JsonArrayFramer`: the elements of a JSON array, either the whole document
+  (``[{...}, ...]``) or the array under a top-level key (CloudTrail's ``{"Records": [...]}``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Protocol
+
+import msgspec
+
+__all__ = [
+    "Framer",
+    "FramingError",
+    "JsonArrayFramer",
+    "LineFramer",
+    "framer_for",
+]
+
+_decode_raw = msgspec.json.Decoder(msgspec.Raw).decode
+
+
+class FramingError(ValueError):
+    """The stream does not have the expected shape; records after ``offset`` are unreadable."""
+
+    def __init__(self, reason: str, offset: int) -> None:
+        self.reason = reason
+        self.offset = offset
+        super().__init__(f"record {offset}: {reason}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.reason, self.offset))
+
+
+class Framer(Protocol):
+    """Splits a byte stream into records."""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """Add bytes; return the records completed by them."""
+        ...
+
+    def finish(self) -> list[bytes]:
+        """End of stream: return the last records, or raise FramingError if incomplete."""
+        ...
+
+    @property
+    def emitted(self) -> int:
+        """Records returned so far (the offset of the next record)."""
+        ...
+
+
+class LineFramer:
+    """One record per line; blank lines are skipped but still counted as offsets.
+
+    Offsets are line numbers from 0, so an error names the line a user can open.
+    """
+
+    def __init__(self, max_record_bytes: int = 16 * 1024 * 1024) -> None:
+        self._rest = b""
+        self._line = 0
+        self._max = max_record_bytes
+        self.skipped_offsets: list[int] = []
+
+    @property
+    def emitted(self) -> int:
+        return self._line
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        if self._line == 0 and not self._rest and chunk.startswith(b"\xef\xbb\xbf"):
+            chunk = chunk[3:]
+        buf = self._rest + chunk if self._rest else chunk
+        lines = buf.split(b"\n")
+        self._rest = lines.pop()
+        if len(self._rest) > self._max:
+            msg = f"line longer than {self._max} bytes"
+            raise FramingError(msg, self._line + len(lines))
+        return self._take(lines)
+
+    def finish(self) -> list[bytes]:
+        rest, self._rest = self._rest, b""
+        return self._take([rest]) if rest.strip() else []
+
+    def _take(self, lines: list[bytes]) -> list[bytes]:
+        # Blank lines keep their line number but produce no record; the source
+        # pairs each returned record with `start + index`, so blanks are kept as b"".
+        self._line += len(lines)
+        return [line.rstrip(b"\r") for line in lines]
+
+
+class JsonArrayFramer:
+    """The elements of a JSON array of objects, found without decoding them.
+
+    A candidate end of element is a ``}`` followed by ``,{`` or ``]``. A candidate
+    is real when the bytes from the element's start to it are one complete JSON
+    value, which msgspec checks in C without building objects. A false candidate
+    (a ``},{`` inside a nested list) fails fast at the truncation point, so the
+    cost stays linear in the object's size.
+
+    :arg key: Top-level key holding the array (``"Records"``), or None when the
+        document itself is the array.
+    """
+
+    _candidate = re.compile(rb"\}\s*(?:,\s*(?=\{)|\])")
+
+    def __init__(self, key: str | None = None, max_record_bytes: int = 64 * 1024 * 1024) -> None:
+        if key is None:
+            self._head = re.compile(rb"\s*\[\s*")
+        else:
+            self._head = re.compile(rb'\s*\{\s*"' + re.escape(key.encode()) + rb'"\s*:\s*\[\s*')
+        self._key = key
+        self._buf = b""
+        self._started = False
+        self._done = False
+        self._tail = b""
+        self._count = 0
+        self._max = max_record_bytes
+
+    @property
+    def emitted(self) -> int:
+        return self._count
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        if self._done:
+            self._tail += chunk
+            if len(self._tail) > 4096:
+                msg = "unexpected data after the end of the array"
+                raise FramingError(msg, self._count)
+            return []
+        buf = self._buf + chunk if self._buf else chunk
+        if not self._started:
+            if buf.startswith(b"\xef\xbb\xbf"):
+                buf = buf[3:]
+            m = self._head.match(buf)
+            if m is None:
+                if len(buf) < 256 and not buf.lstrip().startswith((b"[", b"{")) and buf.strip():
+                    raise FramingError(self._shape_error(), 0)
+                if len(buf) < 256:  # not enough bytes yet to decide
+                    self._buf = buf
+                    return []
+                raise FramingError(self._shape_error(), 0)
+            self._started = True
+            buf = buf[m.end():]
+            if buf.startswith(b"]"):  # empty array
+                self._done, self._tail, self._buf = True, buf[1:], b""
+                return []
+        out: list[bytes] = []
+        start = 0
+        for m in self._candidate.finditer(buf):
+            end = m.start() + 1
+            try:
+                _decode_raw(buf[start:end])
+            except msgspec.DecodeError:
+                continue  # a "}," inside a nested value; keep looking
+            out.append(buf[start:end])
+            if m.group().endswith(b"]"):
+                self._done = True
+                self._tail = buf[m.end():]
+                start = len(buf)
+                break
+            start = m.end()
+        self._buf = buf[start:]
+        self._count += len(out)
+        if len(self._buf) > self._max:
+            msg = f"a record is longer than {self._max} bytes (or the JSON is malformed)"
+            raise FramingError(msg, self._count)
+        return out
+
+    def finish(self) -> list[bytes]:
+        if not self._started:
+            raise FramingError(self._shape_error(), 0)
+        if not self._done:
+            msg = "the JSON array is truncated or malformed: no closing ']'"
+            raise FramingError(msg, self._count)
+        if self._tail.strip() not in (b"", b"}") if self._key else self._tail.strip() != b"":
+            msg = f"unexpected data after the array: {self._tail[:40]!r}"
+            raise FramingError(msg, self._count)
+        return []
+
+    def _shape_error(self) -> str:
+        if self._key is None:
+            return "expected a JSON array of objects ('[{...}, ...]')"
+        return f'expected a JSON object whose first key is "{self._key}" holding an array'
+
+
+def framer_for(fmt: str) -> Framer:
+    """The framer for a configured source format."""
+    if fmt == "cloudtrail":
+        return JsonArrayFramer("Records")
+    if fmt == "json_array":
+        return JsonArrayFramer(None)
+    if fmt == "ndjson":
+        return LineFramer()
+    msg = f"no framer for format {fmt!r}"
+    raise ValueError(msg)

@@ -1,0 +1,286 @@
+"""S3Source: log objects from S3 buckets as a bytewax input, resumable mid-object.
+
+Each configured source is split into ``partitions`` partitions named
+``<source>:<index>/<count>``; a key belongs to one partition by a stable hash. A
+partition lists its keys in lexical order, reads each object as a stream, and emits
+one :class:`~dataflow.messages.RawRecord` per record. Its resume state is the last
+finished key plus the object in progress and the offset of the next record, so a
+restart neither starts that object over nor skips any of it.
+
+Failures that may pass (throttling, 5xx, network) are retried with back-off through
+``next_awake``, never by sleeping. An object that cannot be read (corrupt, truncated,
+deleted, or still failing after ``READ_ATTEMPTS`` tries) becomes an
+:class:`~dataflow.messages.ErrorRecord` and the partition moves on.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import deque
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from typing_extensions import override
+
+from connectors.s3.discovery import ListedObject, Lister
+from connectors.s3.errors import ObjectReadError, is_transient
+from connectors.s3.framing import FramingError, framer_for
+from connectors.s3.objects import Body, Prefetcher, decompress
+from connectors.s3.state import PartitionState
+from dataflow import metrics
+from dataflow.config import SourceConfig
+from dataflow.messages import ErrorRecord, ObjectRef, RawRecord
+
+__all__ = ["READ_ATTEMPTS", "S3Source"]
+
+log = logging.getLogger(__name__)
+
+READ_ATTEMPTS = 8
+"""Tries of one object before it is reported as failed and skipped."""
+
+BATCH_RECORDS = 2000
+"""Most records emitted by one ``next_batch`` call (keeps epochs and snapshots moving)."""
+
+Item = RawRecord | ErrorRecord
+Clock = Callable[[], datetime]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class _Reading:
+    """The object a partition is reading: its ref and the iterator of its records."""
+
+    def __init__(self, ref: ObjectRef, records: Iterator[tuple[int, bytes]], start: int) -> None:
+        self.ref = ref
+        self.records = records
+        self.next_offset = start
+
+
+def _records(body: Body, fmt: str, skip: int, max_bytes: int) -> Iterator[tuple[int, bytes]]:
+    """(offset, bytes) of each record of an object, from offset ``skip`` on."""
+    framer = framer_for(fmt)
+    base = 0
+    for chunk in decompress(body.chunks(), max_bytes=max_bytes):
+        recs = framer.feed(chunk)
+        for i, rec in enumerate(recs, base):
+            if i >= skip and rec:
+                yield i, rec
+        base += len(recs)
+    for i, rec in enumerate(framer.finish(), base):
+        if i >= skip and rec:
+            yield i, rec
+
+
+class _S3Partition(StatefulSourcePartition[Item, dict]):
+    def __init__(self, s3: Any, src: SourceConfig, name: str, shard: int, shards: int,
+                 resume_state: dict | None, *, catch_up: bool, clock: Clock) -> None:
+        self._src = src
+        self._name = name
+        self._catch_up = catch_up
+        self._clock = clock
+        state = PartitionState.from_snapshot(resume_state, src.start_after)
+        self._after = state.after
+        self._resume = state if state.key is not None else None
+        self._lister = Lister(s3, src, shard, shards)
+        self._fetch = Prefetcher(s3, src.bucket, threads=src.fetch_threads,
+                                 prefetch_max_bytes=src.prefetch_max_bytes)
+        self._queue: deque[ListedObject] = deque()
+        self._listed_to = self._after
+        self._listing_done = False
+        self._reading: _Reading | None = None
+        self._wake_at: datetime | None = None
+        self._attempts = 0
+        self._errors: list[ErrorRecord] = []
+
+    # -- bytewax interface -------------------------------------------------------------
+
+    @override
+    def next_batch(self) -> list[Item]:
+        if self._wake_at is not None:
+            if self._clock() < self._wake_at:
+                return []
+            self._wake_at = None
+        out: list[Item] = []
+        if self._reading is not None or self._open_next():
+            out = self._read_some()
+        if self._errors:
+            out.extend(self._errors)
+            self._errors.clear()
+        return out
+
+    @override
+    def next_awake(self) -> datetime | None:
+        return self._wake_at
+
+    @override
+    def snapshot(self) -> dict:
+        if self._reading is not None:
+            r = self._reading
+            return PartitionState(self._after, r.ref.key, r.ref.etag, r.next_offset).to_snapshot()
+        if self._resume is not None:
+            return self._resume.to_snapshot()
+        return PartitionState(self._after).to_snapshot()
+
+    @override
+    def close(self) -> None:
+        self._fetch.close()
+
+    # -- discovery -----------------------------------------------------------------------
+
+    def _open_next(self) -> bool:
+        """Open the next object; False when there is nothing to read right now."""
+        if self._resume is not None:
+            st = self._resume
+            assert st.key is not None
+            return self._open(st.key, st.etag, st.offset, size=0)
+        if not self._queue and not self._list():
+            return False
+        nxt = self._queue[0]
+        return self._open(nxt.key, None, 0, size=nxt.size)
+
+    def _list(self) -> bool:
+        try:
+            listed = self._lister.list_after(self._listed_to)
+        except Exception as ex:
+            if not is_transient(ex):
+                msg = (f"source {self._src.name!r}: cannot list s3://{self._src.bucket}/"
+                       f"{self._src.prefix}: {ex}. Check the bucket name, the region and that "
+                       "the connector's AWS role has s3:ListBucket on it.")
+                raise RuntimeError(msg) from ex
+            self._backoff("list", ex)
+            return False
+        self._attempts = 0
+        if not listed:
+            if self._catch_up:
+                raise StopIteration
+            self._wake_at = self._clock() + timedelta(seconds=self._src.poll_secs)
+            return False
+        self._queue.extend(listed)
+        self._listed_to = listed[-1].key
+        self._fetch.want(o.key for o in self._queue)
+        return True
+
+    # -- reading ------------------------------------------------------------------------
+
+    def _open(self, key: str, etag: str | None, offset: int, size: int) -> bool:
+        try:
+            body = self._fetch.take(key, etag)
+        except ObjectReadError as ex:
+            if ex.transient and self._attempts + 1 < READ_ATTEMPTS:
+                self._backoff("get", ex)
+                return False
+            if ex.gone and etag is not None:
+                # The version being read was overwritten: read the new version from the start.
+                log.warning("s3://%s/%s changed while being read; reading the new version",
+                            self._src.bucket, key)
+                self._resume = PartitionState(self._after, key, None, 0)
+                return False
+            self._fail_object(ObjectRef(self._src.name, self._name, self._src.bucket, key,
+                                        etag or "", size), offset, ex.reason)
+            return False
+        self._attempts = 0
+        ref = ObjectRef(self._src.name, self._name, self._src.bucket, key, body.etag, body.size)
+        recs = _records(body, self._src.format, offset, self._src.max_object_bytes)
+        self._reading = _Reading(ref, recs, offset)
+        self._resume = None
+        return True
+
+    def _read_some(self) -> list[Item]:
+        r = self._reading
+        assert r is not None
+        out: list[Item] = []
+        try:
+            for offset, data in r.records:
+                out.append(RawRecord(r.ref, offset, data))
+                r.next_offset = offset + 1
+                if len(out) >= BATCH_RECORDS:
+                    break
+            else:
+                self._finish(r.ref, "completed")
+        except FramingError as ex:
+            self._fail_object(r.ref, ex.offset, ex.reason)
+        except Exception as ex:
+            err = ex if isinstance(ex, ObjectReadError) else None
+            transient = err.transient if err is not None else is_transient(ex)
+            if transient and self._attempts + 1 < READ_ATTEMPTS:
+                # Read it again from where it broke: same version, records from next_offset.
+                self._resume = PartitionState(self._after, r.ref.key, r.ref.etag, r.next_offset)
+                self._reading = None
+                self._backoff("read", ex)
+            elif err is not None or transient:
+                reason = err.reason if err is not None else f"{type(ex).__name__}: {ex}"
+                self._fail_object(r.ref, r.next_offset, reason)
+            else:
+                raise
+        metrics.RECORDS_READ.labels(self._src.name).inc(len(out))
+        return out
+
+    def _finish(self, ref: ObjectRef, outcome: str) -> None:
+        metrics.OBJECTS.labels(self._src.name, outcome).inc()
+        self._after = max(self._after, ref.key)
+        if self._queue and self._queue[0].key == ref.key:
+            self._queue.popleft()
+        self._fetch.want(o.key for o in self._queue)
+        self._reading = None
+        self._resume = None
+        self._attempts = 0
+
+    def _fail_object(self, ref: ObjectRef, offset: int | None, reason: str) -> None:
+        """Report an object that cannot be read (from ``offset`` on) and move past it."""
+        log.error("%s: giving up on this object at record %s: %s", ref.uri, offset, reason)
+        metrics.ERRORS.labels(self._src.name, "read", "object_unreadable").inc()
+        self._finish(ref, "failed")
+        self._errors.append(ErrorRecord(ref, offset, "read", reason))
+
+    def _backoff(self, operation: str, ex: BaseException) -> None:
+        self._attempts += 1
+        metrics.OBJECT_RETRIES.labels(self._src.name, operation).inc()
+        delay = min(60.0, 0.5 * 2 ** self._attempts) * random.uniform(0.5, 1.0)
+        log.warning("source %s partition %s: %s failed (attempt %d), retrying in %.1fs: %s",
+                    self._src.name, self._name, operation, self._attempts, delay, ex)
+        self._wake_at = self._clock() + timedelta(seconds=delay)
+
+
+class S3Source(FixedPartitionedSource[Item, dict]):
+    """Records of log objects in S3, for ``op.input``.
+
+    :arg sources: The configured sources; each contributes ``partitions`` partitions.
+    :arg s3_factory: Builds a boto3 S3 client (called once per partition, on its worker).
+    :arg catch_up: When True, each partition stops once it has read every object listed;
+        otherwise it polls for new objects every ``poll_secs``.
+    :arg clock: Current time (injectable for tests).
+    """
+
+    def __init__(self, sources: list[SourceConfig], s3_factory: Callable[[], Any], *,
+                 catch_up: bool = False, clock: Clock = _utcnow) -> None:
+        self._sources = {s.name: s for s in sources}
+        self._s3_factory = s3_factory
+        self._catch_up = catch_up
+        self._clock = clock
+
+    @staticmethod
+    def part_name(source: str, index: int, count: int) -> str:
+        """Stable partition name: ``<source>:<index>/<count>``."""
+        return f"{source}:{index}/{count}"
+
+    @override
+    def list_parts(self) -> list[str]:
+        return [self.part_name(s.name, i, s.partitions)
+                for s in self._sources.values() for i in range(s.partitions)]
+
+    @override
+    def build_part(self, step_id: str, for_part: str, resume_state: dict | None) -> _S3Partition:
+        source, _, shard = for_part.rpartition(":")
+        index, _, count = shard.partition("/")
+        src = self._sources[source]
+        if int(count) != src.partitions:
+            msg = (f"partition {for_part!r} was made for {count} partitions but source {source!r} "
+                   f"now has {src.partitions}; changing partitions needs a fresh recovery store")
+            raise ValueError(msg)
+        return _S3Partition(self._s3_factory(), src, for_part, int(index), int(count),
+                            resume_state, catch_up=self._catch_up, clock=self._clock)

@@ -1,0 +1,40 @@
+"""A source partition's resume state: small, plain, and everything a restart needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["PartitionState"]
+
+
+@dataclass(frozen=True)
+class PartitionState:
+    """Where a partition resumes: after the last finished key, inside the object in progress.
+
+    Keys of a partition are read in lexical order, so ``after`` is a watermark: every
+    key of the partition at or before it has been read to the end. ``key``/``etag``/
+    ``offset`` name the object being read and the offset of the next record to emit;
+    a restart reads that version of that object again from the start but emits only
+    records from ``offset`` on.
+    """
+
+    after: str = ""
+    key: str | None = None
+    etag: str | None = None
+    offset: int = 0
+
+    def to_snapshot(self) -> dict[str, Any]:
+        """Plain dict for bytewax's recovery store (independent of this class's layout)."""
+        snap: dict[str, Any] = {"v": 1, "after": self.after}
+        if self.key is not None:
+            snap.update(key=self.key, etag=self.etag, offset=self.offset)
+        return snap
+
+    @classmethod
+    def from_snapshot(cls, snap: dict[str, Any] | None, default_after: str = "") -> PartitionState:
+        """Rebuild from :meth:`to_snapshot` output; None means a fresh start."""
+        if snap is None:
+            return cls(after=default_after)
+        return cls(after=max(snap.get("after", ""), default_after), key=snap.get("key"),
+                   etag=snap.get("etag"), offset=int(snap.get("offset", 0)))

@@ -1,0 +1,367 @@
+"""One validated configuration for the whole connector.
+
+The file is TOML. Every key is checked when the connector starts: unknown keys, wrong
+types and bad values are all reported at once, each with its key path, before any
+work begins. Environment variables override file values::
+
+    S3SENTINEL__SENTINEL__ENDPOINT=https://my-dce.eastus-1.ingest.monitor.azure.com
+    S3SENTINEL__SOURCES__cloudtrail__BUCKET=org-trail      # a source by name (or index)
+
+A value from the environment is read as a TOML value when it parses as one
+(``10``, ``true``, ``[1, 2]``) and as a plain string otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "AwsConfig",
+    "BatchConfig",
+    "Config",
+    "ConfigError",
+    "ENV_CONFIG_PATH",
+    "ENV_PREFIX",
+    "RuntimeConfig",
+    "SentinelConfig",
+    "SourceConfig",
+    "TableColumnConfig",
+    "TableConfig",
+    "load_config",
+    "parse_config",
+]
+
+ENV_CONFIG_PATH = "S3SENTINEL_CONFIG"
+"""Environment variable holding the config file path (used by ``python -m bytewax.run``)."""
+
+ENV_PREFIX = "S3SENTINEL__"
+"""Prefix of environment overrides; ``__`` separates the key path."""
+
+Format = Literal["cloudtrail", "ndjson", "json_array"]
+Mode = Literal["continuous", "catch_up"]
+
+_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; ``problems`` lists every problem with its key path."""
+
+    def __init__(self, problems: list[str], origin: str = "configuration") -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        msg = f"{origin} is invalid ({len(problems)} problem(s)):\n{lines}"
+        super().__init__(msg)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.problems,))
+
+
+@dataclass(frozen=True)
+class AwsConfig:
+    """How to reach S3 (and SQS)."""
+
+    region: str = "us-east-1"
+    """Default AWS region for clients."""
+    endpoint_url: str | None = None
+    """Custom S3/SQS endpoint (a local stack, or a VPC endpoint); None uses AWS's."""
+    max_pool_connections: int = 16
+    """HTTP connections per S3 client; at least fetch_threads."""
+
+
+@dataclass(frozen=True)
+class SentinelConfig:
+    """Where and how records are delivered: the Azure Monitor Logs Ingestion API."""
+
+    endpoint: str
+    """Data collection endpoint (DCE) or DCR ingestion endpoint, https://..."""
+    rule_id: str
+    """Immutable id of the data collection rule (``dcr-...``)."""
+    credential: Literal["default", "managed_identity"] = "default"
+    """``default`` uses DefaultAzureCredential; ``managed_identity`` only ManagedIdentityCredential."""
+    ca_file: str | None = None
+    """PEM bundle to trust instead of the system store (private CA, test stacks)."""
+    timeout_secs: float = 30.0
+    """Per-request timeout."""
+    retry_max_secs: float = 600.0
+    """How long one batch is retried (429, 5xx, connection errors) before the flow stops."""
+    retry_base_secs: float = 0.5
+    """First back-off; doubled per attempt with full jitter, capped at retry_cap_secs."""
+    retry_cap_secs: float = 30.0
+    """Longest single back-off (a Retry-After from the service is honoured even if longer)."""
+    gzip_level: int = 1
+    """Request body gzip level (1 is ~10x faster than 6 at ~30% more bytes)."""
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """How records are grouped into requests."""
+
+    max_bytes: int = 1_000_000
+    """Largest request body, as uncompressed JSON (the service limit is 1 MiB)."""
+    max_records: int = 20_000
+    """Most records in one request."""
+    max_age_secs: float = 5.0
+    """Oldest a record may wait in a batch before the batch is sent."""
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One stream of log objects: a bucket prefix in one format, bound for one table."""
+
+    name: str
+    """Stable name; partition names and resume state derive from it."""
+    bucket: str
+    """S3 bucket."""
+    format: Format
+    """Record format of the objects."""
+    table: str
+    """Table definition the records are mapped onto (shipped, or declared under [[tables]])."""
+    prefix: str = ""
+    """Only keys under this prefix."""
+    partitions: int = 1
+    """Keys are split by hash over this many partitions (spread across workers)."""
+    start_after: str = ""
+    """Start listing after this key (skip older objects)."""
+    exclude: list[str] = field(default_factory=list)
+    """Regular expressions; matching keys are skipped."""
+    poll_secs: float = 30.0
+    """How often a caught-up partition lists the bucket again (continuous mode)."""
+    fetch_threads: int = 4
+    """Objects fetched ahead, in parallel, per partition."""
+    prefetch_max_bytes: int = 8 * 1024 * 1024
+    """Objects up to this (compressed) size are fetched whole ahead of time; larger ones stream."""
+    max_object_bytes: int = 8 * 1024**3
+    """Largest decompressed object accepted; larger ones are reported as errors."""
+
+
+@dataclass(frozen=True)
+class TableColumnConfig:
+    """A column of a custom table."""
+
+    name: str
+    type: Literal["string", "int", "long", "real", "bool", "datetime", "dynamic"]
+    source: str | None = None
+    """Dotted path of the value in the source record; defaults to the column name."""
+    required: bool = False
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    """A custom ``_CL`` table declared in config (shipped tables live in operators/tables/)."""
+
+    name: str
+    """Table name; custom tables end in ``_CL``."""
+    columns: list[TableColumnConfig]
+    stream: str | None = None
+    """DCR input stream; defaults to ``Custom-<name>``."""
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How the flow runs."""
+
+    mode: Mode = "continuous"
+    """``continuous`` polls forever; ``catch_up`` drains what is there and exits."""
+    errors_dir: str = ".s3sentinel/errors"
+    """Records and objects that could not be parsed or mapped are written here (JSON lines)."""
+    tables_dir: str | None = None
+    """Extra directory of table definition files (*.toml)."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration."""
+
+    sentinel: SentinelConfig
+    sources: list[SourceConfig]
+    aws: AwsConfig = field(default_factory=AwsConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    tables: list[TableConfig] = field(default_factory=list)
+
+    def source(self, name: str) -> SourceConfig:
+        """The source named ``name``."""
+        for src in self.sources:
+            if src.name == name:
+                return src
+        msg = f"no source named {name!r}; configured: {[s.name for s in self.sources]}"
+        raise KeyError(msg)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | os.PathLike[str] | None = None,
+                environ: Mapping[str, str] | None = None) -> Config:
+    """Read, override from the environment, and validate the config file.
+
+    :arg path: The TOML file; defaults to ``$S3SENTINEL_CONFIG``.
+    :arg environ: Environment for overrides; defaults to ``os.environ``.
+    :raises ConfigError: Listing every problem found.
+    """
+    environ = os.environ if environ is None else environ
+    if path is None:
+        path = environ.get(ENV_CONFIG_PATH)
+        if not path:
+            msg = f"no config file: pass a path or set {ENV_CONFIG_PATH}"
+            raise ConfigError([msg])
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([f"file not found: {p}"], origin=str(p)) from None
+    except tomllib.TOMLDecodeError as ex:
+        raise ConfigError([f"not valid TOML: {ex}"], origin=str(p)) from None
+    return parse_config(raw, environ=environ, origin=str(p))
+
+
+def parse_config(raw: Mapping[str, Any], *, environ: Mapping[str, str] | None = None,
+                 origin: str = "configuration") -> Config:
+    """Validate an already-parsed config mapping (after applying env overrides)."""
+    problems: list[str] = []
+    data = _apply_env(dict(raw), environ or {}, problems)
+    cfg = _build(Config, data, "", problems)
+    if cfg is not None and not problems:  # cross-field checks need the types right
+        _check(cfg, problems)
+    if problems:
+        raise ConfigError(problems, origin=origin)
+    assert isinstance(cfg, Config)
+    return cfg
+
+
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str], problems: list[str]) -> dict:
+    for name, value in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = name[len(ENV_PREFIX):].split("__")
+        try:
+            parsed: Any = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value
+        node: Any = data
+        for i, part in enumerate(path):
+            last = i == len(path) - 1
+            if isinstance(node, list):
+                node_item = _list_item(node, part)
+                if node_item is None:
+                    problems.append(f"{name}: no list item {part!r} (use an index or a name)")
+                    break
+                node = node_item
+                continue
+            key = part.lower()
+            if last:
+                node[key] = parsed
+            else:
+                node = node.setdefault(key, {})
+    return data
+
+
+def _list_item(items: list[Any], part: str) -> dict | None:
+    if part.isdigit() and int(part) < len(items):
+        return items[int(part)]
+    for item in items:
+        if isinstance(item, dict) and item.get("name") == part:
+            return item
+    return None
+
+
+def _build(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
+    """Convert ``value`` to type ``tp``, appending problems instead of raising."""
+    origin = typing.get_origin(tp)
+    where = path or "(top level)"
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            problems.append(f"{where}: expected a table, got {type(value).__name__}")
+            return None
+        hints = typing.get_type_hints(tp)
+        fields = {f.name: f for f in dataclasses.fields(tp)}
+        for key in value:
+            if key not in fields:
+                known = ", ".join(sorted(fields))
+                problems.append(f"{_join(path, key)}: unknown key (known keys: {known})")
+        kwargs = {}
+        for name, f in fields.items():
+            if name in value:
+                kwargs[name] = _build(hints[name], value[name], _join(path, name), problems)
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                problems.append(f"{_join(path, name)}: required key is missing")
+        try:
+            return tp(**kwargs)
+        except TypeError:
+            return None
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            problems.append(f"{where}: expected a list, got {type(value).__name__}")
+            return []
+        label = "name" if dataclasses.is_dataclass(item_tp) else None
+        out = []
+        for i, item in enumerate(value):
+            tag = item.get(label) if label and isinstance(item, dict) else None
+            out.append(_build(item_tp, item, f"{path}[{tag or i}]", problems))
+        return out
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            problems.append(f"{where}: {value!r} is not one of {', '.join(map(repr, allowed))}")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _build(args[0], value, path, problems)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (str, int, float, bool):
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            problems.append(f"{where}: expected {tp.__name__}, got {value!r}")
+        return value
+    problems.append(f"{where}: unsupported type {tp}")
+    return value
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _check(cfg: Config, problems: list[str]) -> None:
+    """Checks across fields, after types are right."""
+    if not cfg.sentinel.endpoint.startswith("https://"):
+        problems.append("sentinel.endpoint: must be an https:// URL (bearer tokens need TLS)")
+    if not (1 <= cfg.batch.max_bytes <= 1_048_576):
+        problems.append("batch.max_bytes: must be between 1 and 1048576 (the service's limit)")
+    if cfg.batch.max_records < 1 or cfg.batch.max_age_secs <= 0:
+        problems.append("batch: max_records must be >= 1 and max_age_secs > 0")
+    if not 0 <= cfg.sentinel.gzip_level <= 9:
+        problems.append("sentinel.gzip_level: must be 0..9")
+    if not cfg.sources:
+        problems.append("sources: at least one [[sources]] entry is needed")
+    seen: set[str] = set()
+    for src in cfg.sources:
+        where = f"sources[{src.name}]"
+        if not _NAME_RE.match(src.name):
+            problems.append(f"{where}.name: use letters, digits, '_' or '-', starting with a letter")
+        if src.name in seen:
+            problems.append(f"{where}.name: duplicate source name")
+        seen.add(src.name)
+        if src.partitions < 1 or src.fetch_threads < 1 or src.poll_secs <= 0:
+            problems.append(f"{where}: partitions and fetch_threads must be >= 1, poll_secs > 0")
+        for pattern in src.exclude:
+            try:
+                re.compile(pattern)
+            except re.error as ex:
+                problems.append(f"{where}.exclude: {pattern!r} is not a valid regex: {ex}")
+    for table in cfg.tables:
+        if not table.columns:
+            problems.append(f"tables[{table.name}].columns: a table needs at least one column")

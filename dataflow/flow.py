@@ -1,0 +1,77 @@
+"""The dataflow: S3 → map → batch → Sentinel, with every failure on a dead-letter path.
+
+Run it with bytewax, the config file named by ``$S3SENTINEL_CONFIG``::
+
+    S3SENTINEL_CONFIG=examples/demo.toml python -m bytewax.run dataflow.flow:flow -w 2
+
+or through the CLI: ``s3sentinel run -c examples/demo.toml``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import sys
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+
+from connectors.aws import s3_client
+from connectors.deadletter import DeadLetterSink
+from connectors.s3.source import S3Source
+from connectors.sentinel.sink import SentinelSink
+from dataflow import metrics
+from dataflow.config import Config, load_config
+from dataflow.messages import ErrorRecord, RawRecord, Row
+from operators.batch import batch_rows
+from operators.parse import RecordMapper
+from operators.schema import load_tables
+
+__all__ = ["build_flow"]
+
+
+def build_flow(cfg: Config, *, s3_factory: Callable[[], Any] | None = None,
+               service_factory: Callable[..., Any] | None = None) -> Dataflow:
+    """The connector's dataflow for ``cfg``.
+
+    :arg s3_factory: Builds the S3 client of each source partition (default: from ``cfg.aws``).
+    :arg service_factory: Builds the Logs Ingestion client of each sink partition.
+    """
+    tables = load_tables(cfg.runtime.tables_dir, cfg.tables)
+    mapper = RecordMapper(cfg.sources, tables, cfg.batch.max_bytes)
+    source = S3Source(cfg.sources, s3_factory or functools.partial(s3_client, cfg.aws),
+                      catch_up=cfg.runtime.mode == "catch_up")
+
+    flow = Dataflow("s3sentinel")
+    items = op.input("s3", flow, source)
+    read = op.branch("read_ok", items, lambda x: isinstance(x, RawRecord))
+    mapped = op.map("map", read.trues, mapper)
+    rows = op.branch("map_ok", mapped, lambda x: isinstance(x, Row))
+    errors: op.Stream[ErrorRecord] = op.merge("errors", read.falses, rows.falses)
+    op.output("dead_letter", errors, DeadLetterSink(cfg.runtime.errors_dir))
+
+    keyed = op.key_on("key", rows.trues, lambda r: f"{r.stream}|{r.partition}")
+    batches = batch_rows("batch", keyed, max_bytes=cfg.batch.max_bytes,
+                         max_records=cfg.batch.max_records,
+                         max_age=timedelta(seconds=cfg.batch.max_age_secs))
+    op.output("sentinel", op.key_rm("unkey", batches), SentinelSink(cfg.sentinel, service_factory))
+    return flow
+
+
+def _print_summary() -> None:
+    print(metrics.summary(), file=sys.stderr, flush=True)
+
+
+def __getattr__(name: str) -> Any:
+    # `python -m bytewax.run dataflow.flow:flow` reads this attribute: build the flow from
+    # $S3SENTINEL_CONFIG on first use, so importing the module needs no config.
+    if name == "flow":
+        flow = build_flow(load_config())
+        globals()["flow"] = flow
+        atexit.register(_print_summary)
+        return flow
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)

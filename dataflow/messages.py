@@ -1,0 +1,128 @@
+"""The items that travel between the steps of the flow.
+
+Every message is a small frozen dataclass named as a noun. They are pickled when
+bytewax moves them between workers, so they hold plain values only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+__all__ = [
+    "Batch",
+    "ErrorRecord",
+    "ObjectRef",
+    "RawRecord",
+    "Row",
+    "object_id",
+]
+
+
+def object_id(bucket: str, key: str, etag: str) -> str:
+    """A short, deterministic id of one version of one object: ``sha256(bucket/key@etag)[:16]``.
+
+    A record's id is ``<object_id>-<offset>``: the same record read again (after a
+    restart, or by ``replay``) always gets the same id, so it can be de-duplicated.
+    """
+    return hashlib.sha256(f"{bucket}/{key}@{etag}".encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRef:
+    """One version of one S3 object, as read by one source partition."""
+
+    source: str
+    """Name of the configured source."""
+    partition: str
+    """Name of the source partition that read it."""
+    bucket: str
+    key: str
+    etag: str
+    size: int
+    """Stored (possibly compressed) size in bytes."""
+    id: str = field(default="", compare=False)
+    """``object_id(bucket, key, etag)``; filled in when empty."""
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            object.__setattr__(self, "id", object_id(self.bucket, self.key, self.etag))
+
+    @property
+    def uri(self) -> str:
+        """``s3://bucket/key``, for messages."""
+        return f"s3://{self.bucket}/{self.key}"
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One record's bytes, split out of an object but not yet parsed."""
+
+    obj: ObjectRef
+    offset: int
+    """Position of the record in its object: record index (JSON) or line number (text), from 0."""
+    data: bytes
+
+    @property
+    def record_id(self) -> str:
+        """Deterministic id: ``<object id>-<offset>``."""
+        return f"{self.obj.id}-{self.offset}"
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorRecord:
+    """A record or object that could not be read, parsed or mapped: kept as data, never dropped."""
+
+    obj: ObjectRef
+    offset: int | None
+    """Record offset, or None when the whole object (or its remainder) failed."""
+    stage: str
+    """Where it failed: ``read``, ``parse``, ``map`` or ``batch``."""
+    reason: str
+    """What went wrong and, where possible, what to do about it."""
+    data: bytes = b""
+    """The offending bytes (possibly truncated), for inspection and replay."""
+
+    def describe(self) -> str:
+        """One line naming the object, the position and the reason."""
+        where = "" if self.offset is None else f" record {self.offset}"
+        return f"{self.obj.uri}{where}: {self.stage}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One record mapped onto a table row and encoded as compact JSON."""
+
+    stream: str
+    """DCR input stream the row is sent to."""
+    record_id: str
+    data: bytes
+    """The row as a JSON object (UTF-8)."""
+    partition: str
+    """Source partition it came from; rows are batched per (stream, partition)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Rows bound for one stream, small enough for one request."""
+
+    stream: str
+    rows: tuple[bytes, ...]
+    record_ids: tuple[str, ...]
+
+    @property
+    def body_bytes(self) -> int:
+        """Size of the request body as uncompressed JSON: ``[row,row,...]``."""
+        return sum(map(len, self.rows)) + len(self.rows) + 1
+
+    def body(self) -> bytes:
+        """The request body as an uncompressed JSON array."""
+        return b"[" + b",".join(self.rows) + b"]"
+
+    def split(self) -> tuple[Batch, Batch]:
+        """Two halves, for a request the service refused as too large."""
+        mid = len(self.rows) // 2
+        return (
+            Batch(self.stream, self.rows[:mid], self.record_ids[:mid]),
+            Batch(self.stream, self.rows[mid:], self.record_ids[mid:]),
+        )

@@ -1,0 +1,101 @@
+"""Every metric of the connector, in one module, on prometheus_client's default registry.
+
+Names follow ``s3sentinel_<noun>_<unit>_total`` for counters and carry their unit
+(seconds, bytes) otherwise. bytewax serves this registry at ``/metrics`` when
+``BYTEWAX_DATAFLOW_API_ENABLED=1``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+__all__ = [
+    "BATCH_BYTES",
+    "ERRORS",
+    "OBJECTS",
+    "OBJECT_RETRIES",
+    "RECORDS_DELIVERED",
+    "RECORDS_READ",
+    "REQUESTS",
+    "REQUEST_BYTES",
+    "REQUEST_SECONDS",
+    "REQUEST_RETRIES",
+    "summary",
+]
+
+OBJECTS = Counter(
+    "s3sentinel_objects_total",
+    "S3 objects finished by a source, by outcome (completed, failed, gone).",
+    ["source", "outcome"],
+)
+OBJECT_RETRIES = Counter(
+    "s3sentinel_object_retries_total",
+    "Transient S3 failures (throttling, 5xx, network) that were retried.",
+    ["source", "operation"],
+)
+RECORDS_READ = Counter(
+    "s3sentinel_records_read_total",
+    "Records split out of S3 objects.",
+    ["source"],
+)
+ERRORS = Counter(
+    "s3sentinel_component_errors_total",
+    "Records or objects that failed, by stage (read, parse, map) and reason code.",
+    ["source", "stage", "error_code"],
+)
+RECORDS_DELIVERED = Counter(
+    "s3sentinel_records_delivered_total",
+    "Records accepted by the Logs Ingestion API (HTTP 204).",
+    ["stream"],
+)
+REQUESTS = Counter(
+    "s3sentinel_requests_total",
+    "Logs Ingestion API requests, by HTTP status ('error' for no response).",
+    ["stream", "status"],
+)
+REQUEST_BYTES = Counter(
+    "s3sentinel_request_bytes_total",
+    "Bytes sent to the Logs Ingestion API in accepted requests (gzip, on the wire).",
+    ["stream"],
+)
+REQUEST_RETRIES = Counter(
+    "s3sentinel_request_retries_total",
+    "Requests retried, by reason (throttled, server_error, connection, too_large).",
+    ["stream", "reason"],
+)
+REQUEST_SECONDS = Histogram(
+    "s3sentinel_request_seconds",
+    "Latency of one Logs Ingestion API request.",
+    ["stream"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+BATCH_BYTES = Histogram(
+    "s3sentinel_batch_bytes",
+    "Size of a batch as uncompressed JSON.",
+    ["stream"],
+    buckets=(1e3, 1e4, 1e5, 2.5e5, 5e5, 7.5e5, 1e6, 1.1e6),
+)
+
+
+def _sum(counter: Counter, **match: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for metric in counter.collect():
+        for s in metric.samples:
+            if not s.name.endswith("_total"):
+                continue
+            if all(s.labels.get(k) == v for k, v in match.items()):
+                label = next(iter(s.labels.values()), "")
+                out[label] = out.get(label, 0.0) + s.value
+    return out
+
+
+def summary() -> str:
+    """One line: what this process delivered, from how many objects, to which streams, what failed."""
+    delivered = _sum(RECORDS_DELIVERED)
+    objects = sum(_sum(OBJECTS, outcome="completed").values())
+    failed_objects = sum(_sum(OBJECTS, outcome="failed").values())
+    errors = sum(_sum(ERRORS).values())
+    streams = ", ".join(f"{k}={int(v)}" for k, v in sorted(delivered.items())) or "none"
+    return (f"s3sentinel: delivered {int(sum(delivered.values()))} records from {int(objects)} "
+            f"objects to streams [{streams}]; failed: {int(errors)} records/objects "
+            f"({int(failed_objects)} objects)")

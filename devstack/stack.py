@@ -1,0 +1,133 @@
+"""The local stack: moto (S3, SQS) and the Sentinel emulator, each in its own process on 127.0.0.1.
+
+Used by ``./run.sh``, the tests and the benchmarks. Each server runs in a child
+process so that it does not share a GIL with the code under test, and talks real
+HTTP(S) over loopback sockets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from devstack.sentinel import EmulatorAdmin, wait_for_info_file
+
+__all__ = ["DEMO_RULE_ID", "LocalStack", "free_port"]
+
+DEMO_RULE_ID = "dcr-00000000000000000000000000000000"
+"""The data collection rule id the local emulator serves."""
+
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class LocalStack:
+    """Starts and stops the local servers; ``env()`` is what a client process needs.
+
+    :arg workdir: Where the emulator writes its CA, certificate and info file.
+    :arg streams: Stream name -> declared columns (None accepts any) for :data:`DEMO_RULE_ID`.
+    """
+
+    workdir: Path
+    streams: Mapping[str, Sequence[str] | None] = field(default_factory=dict)
+    moto_port: int = 0
+    _procs: list[subprocess.Popen] = field(default_factory=list, repr=False)
+    info: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def s3_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.moto_port}"
+
+    def start(self) -> LocalStack:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        info_file = self.workdir / "sentinel.json"
+        info_file.unlink(missing_ok=True)
+        self.moto_port = self.moto_port or free_port()
+        log = (self.workdir / "servers.log").open("ab")
+        self._procs.append(subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.moto_port)],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **AWS_ENV}))
+        rules = json.dumps({DEMO_RULE_ID: dict(self.streams)})
+        self._procs.append(subprocess.Popen(
+            [sys.executable, "-m", "devstack.sentinel", "--workdir", str(self.workdir),
+             "--rules-json", rules], stdout=log, stderr=subprocess.STDOUT))
+        try:
+            self.info = wait_for_info_file(info_file, wait_secs=60)
+            self._wait_http(self.s3_endpoint, 60)
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for p in self._procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self._procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self._procs.clear()
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def env(self) -> dict[str, str]:
+        """Environment for a process using the stack (AWS dummy keys, identity, CA)."""
+        ca = self.info["ca_file"]
+        return {
+            **AWS_ENV,
+            "IDENTITY_ENDPOINT": self.info["identity_endpoint"],
+            "IDENTITY_HEADER": self.info["identity_header"],
+            "REQUESTS_CA_BUNDLE": ca,
+            "SSL_CERT_FILE": ca,
+        }
+
+    def admin(self) -> EmulatorAdmin:
+        """Client of the emulator's admin API (records, requests, faults)."""
+        return EmulatorAdmin(self.info["endpoint"], self.info["ca_file"])
+
+    def s3(self) -> Any:
+        """A boto3 S3 client for the moto server."""
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.s3_endpoint, region_name="us-east-1",
+                            aws_access_key_id="testing", aws_secret_access_key="testing")
+
+    @staticmethod
+    def _wait_http(url: str, secs: float) -> None:
+        deadline = time.monotonic() + secs
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2).close()  # noqa: S310 (loopback only)
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{url} did not answer within {secs}s") from None
+                time.sleep(0.1)

@@ -1,0 +1,121 @@
+"""Batching rows into requests: flushed by size, by count, by age, and at end of input.
+
+``op.collect`` cannot be used: its timeout measures inactivity, so a steady trickle
+would never flush. This batcher is an ``op.stateful_batch`` logic whose
+``notify_at`` is the moment the oldest pending row reaches ``max_age``.
+
+A batch's body is ``[row,row,...]``; the batcher never lets it exceed ``max_bytes``.
+Pending rows are part of the snapshot: after a restart they are sent from the
+snapshot, since the source will not read them again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta, timezone
+import bytewax.operators as op
+from bytewax.dataflow import operator
+from bytewax.operators import KeyedStream, StatefulBatchLogic
+from typing_extensions import override
+
+from dataflow.messages import Batch, Row
+
+__all__ = ["BatchLogic", "batch_rows"]
+
+Clock = Callable[[], datetime]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class BatchLogic(StatefulBatchLogic[Row, Batch, dict]):
+    """Size-or-age batching of one key's rows (one stream, one source partition).
+
+    :arg max_bytes: Largest body (uncompressed JSON, with brackets and commas).
+    :arg max_records: Most rows in one batch.
+    :arg max_age: Longest a row waits before its batch is sent.
+    :arg clock: Current time.
+    :arg resume_state: A snapshot of this logic, or None.
+    """
+
+    def __init__(self, *, max_bytes: int, max_records: int, max_age: timedelta,
+                 clock: Clock = _utcnow, resume_state: dict | None = None) -> None:
+        self._stream = ""
+        self._max_bytes = max_bytes
+        self._max_records = max_records
+        self._max_age = max_age
+        self._clock = clock
+        self._rows: list[bytes] = []
+        self._ids: list[str] = []
+        self._size = 1  # "[" and "]" minus the comma the first row does not need
+        self._opened: datetime | None = None
+        if resume_state is not None:
+            self._rows = list(resume_state["rows"])
+            self._ids = list(resume_state["ids"])
+            self._size = 1 + sum(len(r) + 1 for r in self._rows)
+            self._opened = resume_state["opened"]
+            self._stream = resume_state["stream"]
+
+    @override
+    def on_batch(self, values: list[Row]) -> tuple[Iterable[Batch], bool]:
+        out: list[Batch] = []
+        for row in values:
+            n = len(row.data) + 1
+            if self._rows and (self._size + n > self._max_bytes
+                               or len(self._rows) >= self._max_records):
+                out.append(self._take())
+            if not self._rows:
+                self._opened = self._clock()
+                self._stream = row.stream
+            self._rows.append(row.data)
+            self._ids.append(row.record_id)
+            self._size += n
+        if self._rows and self._size >= self._max_bytes:
+            out.append(self._take())
+        return out, StatefulBatchLogic.RETAIN
+
+    @override
+    def on_notify(self) -> tuple[Iterable[Batch], bool]:
+        if self._rows and self._due():
+            return [self._take()], StatefulBatchLogic.RETAIN
+        return [], StatefulBatchLogic.RETAIN
+
+    @override
+    def on_eof(self) -> tuple[Iterable[Batch], bool]:
+        out = [self._take()] if self._rows else []
+        return out, StatefulBatchLogic.DISCARD
+
+    @override
+    def notify_at(self) -> datetime | None:
+        if self._opened is None:
+            return None
+        return self._opened + self._max_age
+
+    @override
+    def snapshot(self) -> dict:
+        return {"rows": list(self._rows), "ids": list(self._ids), "opened": self._opened,
+                "stream": self._stream}
+
+    def _due(self) -> bool:
+        return self._opened is not None and self._clock() >= self._opened + self._max_age
+
+    def _take(self) -> Batch:
+        batch = Batch(self._stream, tuple(self._rows), tuple(self._ids))
+        self._rows, self._ids, self._size, self._opened = [], [], 1, None
+        return batch
+
+
+@operator
+def batch_rows(step_id: str, up: KeyedStream[Row], *, max_bytes: int, max_records: int,
+               max_age: timedelta, clock: Clock = _utcnow) -> KeyedStream[Batch]:
+    """Group keyed rows into batches of at most ``max_bytes`` / ``max_records``, sent by ``max_age``.
+
+    Keys are ``<stream>|<partition>``; every row of a key goes to the same stream.
+    """
+
+    def builder(resume_state: dict | None) -> BatchLogic:
+        return BatchLogic(max_bytes=max_bytes, max_records=max_records, max_age=max_age,
+                          clock=clock, resume_state=resume_state)
+
+    return op.stateful_batch("batch", up, builder)

@@ -1,0 +1,62 @@
+"""Parse and map: raw record bytes to an encoded table row, or an error record with the reason.
+
+One :class:`RecordMapper` serves every source of a flow; it knows each source's
+format and table. JSON formats (CloudTrail, NDJSON, JSON arrays) are decoded and
+mapped in one pass by the table's :class:`~operators.schema.Mapper`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from dataflow import metrics
+from dataflow.config import SourceConfig
+from dataflow.messages import ErrorRecord, RawRecord, Row
+from operators.schema import Mapper, MappingError, TableDef
+
+__all__ = ["ERROR_SAMPLE_BYTES", "RecordMapper"]
+
+ERROR_SAMPLE_BYTES = 64 * 1024
+"""Most bytes of an offending record kept in its error record."""
+
+
+class RecordMapper:
+    """Maps the raw records of configured sources onto their tables' rows.
+
+    :arg sources: The configured sources.
+    :arg tables: Table definitions by name (see :func:`operators.schema.load_tables`).
+    :arg max_row_bytes: Largest encoded row accepted (one row must fit in one request).
+    :raises KeyError: A source names a table that is not defined.
+    """
+
+    def __init__(self, sources: list[SourceConfig], tables: Mapping[str, TableDef],
+                 max_row_bytes: int) -> None:
+        self._mappers: dict[str, tuple[Mapper, str]] = {}
+        for src in sources:
+            if src.table not in tables:
+                msg = (f"source {src.name!r} maps onto table {src.table!r}, which is not defined; "
+                       f"defined tables: {', '.join(sorted(tables))}. Declare it under [[tables]] "
+                       "or in runtime.tables_dir.")
+                raise KeyError(msg)
+            table = tables[src.table]
+            self._mappers[src.name] = (Mapper(table), table.stream)
+        self._max_row = max_row_bytes - 2  # the row plus the array's brackets
+
+    def __call__(self, rec: RawRecord) -> Row | ErrorRecord:
+        """Map one raw record."""
+        mapper, stream = self._mappers[rec.obj.source]
+        record_id = rec.record_id
+        try:
+            data = mapper.map_json(rec.data, record_id)
+        except MappingError as ex:
+            return self._error(rec, ex.reason, ex.code)
+        if len(data) > self._max_row:
+            reason = (f"row is {len(data)} bytes, more than fits in one request "
+                      f"({self._max_row} bytes)")
+            return self._error(rec, reason, "row_too_large")
+        return Row(stream, record_id, data, rec.obj.partition)
+
+    @staticmethod
+    def _error(rec: RawRecord, reason: str, code: str) -> ErrorRecord:
+        metrics.ERRORS.labels(rec.obj.source, "map", code).inc()
+        return ErrorRecord(rec.obj, rec.offset, "map", reason, rec.data[:ERROR_SAMPLE_BYTES])

@@ -1,0 +1,370 @@
+"""Table definitions as data, and the mapping of source records onto table rows.
+
+A table definition (``operators/tables/<Table>.toml``, a ``[[tables]]`` entry in the
+config, or a file in ``runtime.tables_dir``) lists each column's exact name, type and
+source path. :class:`Mapper` compiles one into two equivalent paths:
+
+- a fast path for JSON records: a msgspec type generated from the source paths, so
+  only the fields that are mapped are decoded; nested values bound for ``string`` or
+  ``dynamic`` columns stay raw JSON text and are never built as Python objects;
+- a generic path for anything else (a record that does not fit the generated type,
+  or a record already parsed into a dict).
+
+Both produce the same row: values coerced to the column type, ``datetime`` values as
+ISO 8601 UTC, nested values in ``string`` columns as compact JSON text, null values
+left out, and the record id in the table's record-id column.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import orjson
+
+from dataflow.config import TableConfig
+
+__all__ = [
+    "COLUMN_TYPES",
+    "Column",
+    "MappingError",
+    "Mapper",
+    "TableDef",
+    "TableError",
+    "load_tables",
+]
+
+COLUMN_TYPES = ("string", "int", "long", "real", "bool", "datetime", "dynamic")
+_COLUMN_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,44}$")
+_RESERVED = {"type", "tenantid", "_resourceid", "_subscriptionid", "sourcesystem", "_itemid",
+             "_billedsize", "_isbillable", "mg", "_timereceived"}
+_ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?Z$")
+
+
+class TableError(ValueError):
+    """A table definition is invalid."""
+
+
+class MappingError(ValueError):
+    """A record cannot be mapped onto its table; ``code`` is a short reason for metrics."""
+
+    def __init__(self, reason: str, code: str) -> None:
+        self.reason = reason
+        self.code = code
+        super().__init__(reason)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.reason, self.code))
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    source: tuple[str, ...]
+    required: bool = False
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class TableDef:
+    """One Log Analytics table: where rows go and how each column is filled."""
+
+    name: str
+    kind: str
+    """``standard`` (an Azure table such as AWSCloudTrail) or ``custom`` (``_CL``)."""
+    stream: str
+    """DCR input stream the rows are posted to."""
+    output_stream: str
+    columns: tuple[Column, ...]
+    description: str = ""
+
+    @property
+    def record_id_column(self) -> str:
+        """Column holding the record id (``_CF`` suffix: the only custom columns standard tables take)."""
+        return "RecordId_CF" if self.kind == "standard" else "RecordId"
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], origin: str) -> TableDef:
+        """Build and validate a definition from parsed TOML (or a config ``[[tables]]`` entry)."""
+        problems: list[str] = []
+        name = str(data.get("table") or data.get("name") or "")
+        kind = str(data.get("kind", "custom"))
+        if not name:
+            problems.append("'table' (the table name) is missing")
+        if kind not in ("standard", "custom"):
+            problems.append(f"kind {kind!r} must be 'standard' or 'custom'")
+        if kind == "custom" and name and not name.endswith("_CL"):
+            problems.append(f"custom table name {name!r} must end with '_CL'")
+        columns = []
+        seen: set[str] = set()
+        for i, col in enumerate(data.get("columns") or ()):
+            cname = str(col.get("name", ""))
+            where = f"columns[{cname or i}]"
+            if not _COLUMN_NAME.match(cname):
+                problems.append(f"{where}: column names start with a letter and have at most 45 "
+                                "letters, digits or '_'")
+            if cname.lower() in _RESERVED:
+                problems.append(f"{where}: {cname!r} is a reserved column name")
+            if cname in seen:
+                problems.append(f"{where}: duplicate column")
+            seen.add(cname)
+            ctype = col.get("type")
+            if ctype not in COLUMN_TYPES:
+                problems.append(f"{where}: type {ctype!r} is not one of {', '.join(COLUMN_TYPES)}")
+            source = str(col.get("source") or cname)
+            columns.append(Column(cname, str(ctype), tuple(source.split(".")),
+                                  bool(col.get("required", False)), str(col.get("description", ""))))
+        if not columns:
+            problems.append("a table needs at least one column")
+        elif "TimeGenerated" not in seen:
+            problems.append("a table needs a TimeGenerated column (type datetime)")
+        if problems:
+            msg = f"table definition {origin} is invalid:\n" + "\n".join(f"  - {p}" for p in problems)
+            raise TableError(msg)
+        stream = str(data.get("stream") or f"Custom-{name}")
+        output = str(data.get("output_stream") or
+                     (f"Microsoft-{name}" if kind == "standard" else f"Custom-{name}"))
+        return cls(name, kind, stream, output, tuple(columns), str(data.get("description", "")))
+
+
+def load_tables(extra_dir: str | Path | None = None,
+                declared: Iterable[TableConfig] = ()) -> dict[str, TableDef]:
+    """Every table definition: shipped ones, then ``extra_dir``'s, then config-declared ones.
+
+    Later definitions of the same table replace earlier ones.
+    """
+    tables: dict[str, TableDef] = {}
+    shipped = resources.files("operators") / "tables"
+    files = [(f.name, f.read_text(encoding="utf-8")) for f in shipped.iterdir()
+             if f.name.endswith(".toml")]
+    if extra_dir is not None:
+        files += [(str(p), p.read_text(encoding="utf-8"))
+                  for p in sorted(Path(extra_dir).glob("*.toml"))]
+    for origin, text in sorted(files) if extra_dir is None else files:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as ex:
+            msg = f"table definition {origin} is not valid TOML: {ex}"
+            raise TableError(msg) from None
+        table = TableDef.from_mapping(data, origin)
+        tables[table.name] = table
+    for cfg in declared:
+        data = {"table": cfg.name, "kind": "custom", "stream": cfg.stream,
+                "description": cfg.description,
+                "columns": [{"name": c.name, "type": c.type, "source": c.source,
+                             "required": c.required} for c in cfg.columns]}
+        tables[cfg.name] = TableDef.from_mapping(data, f"config tables[{cfg.name}]")
+    return tables
+
+
+# --------------------------------------------------------------------------- coercion
+
+
+def _json_text(v: Any) -> str:
+    if isinstance(v, msgspec.Raw):
+        return bytes(v).decode("utf-8")
+    return orjson.dumps(v).decode("utf-8")
+
+
+def _to_string(v: Any) -> str | None:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, msgspec.Raw):
+        b = bytes(v)
+        if b[:1] == b'"':
+            if b"\\" not in b:
+                return b[1:-1].decode("utf-8")
+            return msgspec.json.decode(b, type=str)
+        if b == b"null":
+            return None
+        return b.decode("utf-8")
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    return _json_text(v)
+
+
+def _to_int(v: Any) -> int:
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, str):
+        return int(v.strip())
+    raise ValueError
+
+
+def _to_real(v: Any) -> float:
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    if isinstance(v, str):
+        return float(v.strip())
+    raise ValueError
+
+
+def _to_bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+        return v.strip().lower() in ("true", "1", "yes")
+    if isinstance(v, int) and v in (0, 1):
+        return bool(v)
+    raise ValueError
+
+
+def _to_datetime(v: Any) -> str:
+    if isinstance(v, str):
+        if _ISO_UTC.match(v):
+            return v
+        dt = datetime.fromisoformat(v.strip().replace(" ", "T", 1))
+    elif isinstance(v, (int, float)) and not isinstance(v, bool):
+        secs = v / 1000 if v > 1e11 else v  # epoch milliseconds or seconds
+        dt = datetime.fromtimestamp(secs, timezone.utc)
+    else:
+        raise ValueError
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _to_dynamic(v: Any) -> Any:
+    return v
+
+
+_COERCE: dict[str, Callable[[Any], Any]] = {
+    "string": _to_string, "int": _to_int, "long": _to_int, "real": _to_real,
+    "bool": _to_bool, "datetime": _to_datetime, "dynamic": _to_dynamic,
+}
+
+
+# --------------------------------------------------------------------------- mapper
+
+
+class _Node:
+    """A node of the tree of source paths, turned into nested msgspec types."""
+
+    def __init__(self) -> None:
+        self.children: dict[str, _Node] = {}
+        self.leaf_type: Any = None
+
+    def struct(self, name: str) -> tuple[type, dict[str, str]]:
+        fields, rename, attrs = [], {}, {}
+        for i, (key, child) in enumerate(sorted(self.children.items())):
+            attr = f"f{i}"
+            rename[attr] = key
+            attrs[key] = attr
+            if child.children:
+                sub, _ = child.struct(f"{name}_{i}")
+                child.attrs = _  # type: ignore[attr-defined]
+                fields.append((attr, sub | None, None))
+            else:
+                fields.append((attr, child.leaf_type, None))
+        return msgspec.defstruct(name, fields, rename=rename, gc=False), attrs
+
+
+class Mapper:
+    """Maps records of one source onto one table's rows (encoded JSON objects)."""
+
+    def __init__(self, table: TableDef) -> None:
+        self.table = table
+        self._id_column = table.record_id_column
+        root = _Node()
+        for col in table.columns:
+            node = root
+            for part in col.source:
+                node = node.children.setdefault(part, _Node())
+            # Leaves bound for text keep raw JSON (no Python objects for nested values).
+            node.leaf_type = msgspec.Raw if col.type in ("string", "dynamic") else Any
+        struct, root_attrs = root.struct(f"{table.name}Record")
+        self._decoder = msgspec.json.Decoder(struct)
+        getters: list[tuple[str, Callable[[Any], Any], Callable[[Any], Any], bool]] = []
+        for col in table.columns:
+            node, attrs, names = root, root_attrs, []
+            for part in col.source:
+                names.append(attrs[part])
+                node = node.children[part]
+                attrs = getattr(node, "attrs", {})
+            getters.append((col.name, operator.attrgetter(".".join(names)),
+                            _COERCE[col.type], col.required))
+        self._fast = getters
+        self._generic = [(c.name, c.source, _COERCE[c.type], c.required) for c in table.columns]
+        self._types = {c.name: c.type for c in table.columns}
+        self._sources = {c.name: ".".join(c.source) for c in table.columns}
+        self._encode = msgspec.json.Encoder().encode
+
+    def map_json(self, data: bytes, record_id: str) -> bytes:
+        """Map one JSON-encoded record; returns the row as JSON.
+
+        :raises MappingError: The record is not JSON, or a value does not fit its column.
+        """
+        try:
+            rec = self._decoder.decode(data)
+        except msgspec.ValidationError:
+            return self.map_dict(self._loads(data), record_id)  # unusual shape: generic path
+        except msgspec.DecodeError as ex:
+            raise MappingError(f"not valid JSON: {ex}", "invalid_json") from None
+        row: dict[str, Any] = {}
+        for name, get, coerce, required in self._fast:
+            try:
+                v = get(rec)
+            except AttributeError:  # a parent object is missing
+                v = None
+            if v is None or (type(v) is msgspec.Raw and bytes(v) == b"null"):
+                if required:
+                    self._missing(name)
+                continue
+            row[name] = self._coerce(name, coerce, v)
+        row[self._id_column] = record_id
+        return self._encode(row)
+
+    def map_dict(self, rec: Any, record_id: str) -> bytes:
+        """Map one record already parsed into Python values; returns the row as JSON."""
+        if not isinstance(rec, dict):
+            kind = type(rec).__name__
+            raise MappingError(f"expected a JSON object, got {kind}", "not_an_object")
+        row: dict[str, Any] = {}
+        for name, path, coerce, required in self._generic:
+            v: Any = rec
+            for part in path:
+                v = v.get(part) if isinstance(v, dict) else None
+                if v is None:
+                    break
+            if v is None:
+                if required:
+                    self._missing(name)
+                continue
+            row[name] = self._coerce(name, coerce, v)
+        row[self._id_column] = record_id
+        return self._encode(row)
+
+    def _coerce(self, name: str, coerce: Callable[[Any], Any], v: Any) -> Any:
+        try:
+            return coerce(v)
+        except (ValueError, TypeError, OverflowError, msgspec.DecodeError):
+            shown = _json_text(v)[:80]
+            msg = (f"field {self._sources[name]!r} = {shown} does not fit column {name} "
+                   f"({self._types[name]})")
+            raise MappingError(msg, "wrong_type") from None
+
+    def _missing(self, name: str) -> None:
+        msg = f"required field {self._sources[name]!r} (column {name}) is missing or null"
+        raise MappingError(msg, "missing_required")
+
+    @staticmethod
+    def _loads(data: bytes) -> Any:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError as ex:
+            raise MappingError(f"not valid JSON: {ex}", "invalid_json") from None
