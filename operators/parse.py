@@ -7,6 +7,7 @@ mapped in one pass by the table's :class:`~operators.schema.Mapper`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 from dataflow import metrics
@@ -15,6 +16,8 @@ from dataflow.messages import ErrorRecord, RawRecord, Row
 from operators.schema import Mapper, MappingError, TableDef
 
 __all__ = ["ERROR_SAMPLE_BYTES", "RecordMapper"]
+
+log = logging.getLogger(__name__)
 
 ERROR_SAMPLE_BYTES = 64 * 1024
 """Most bytes of an offending record kept in its error record."""
@@ -50,6 +53,10 @@ class RecordMapper:
             data = mapper.map_json(rec.data, record_id)
         except MappingError as ex:
             return self._error(rec, ex.reason, ex.code)
+        except Exception as ex:  # a bug must not stop the flow or lose the record
+            log.exception("%s record %d: unexpected error while mapping", rec.obj.uri, rec.offset)
+            return self._error(rec, f"unexpected error while mapping: {type(ex).__name__}: {ex}",
+                               "internal")
         if len(data) > self._max_row:
             reason = (f"row is {len(data)} bytes, more than fits in one request "
                       f"({self._max_row} bytes)")

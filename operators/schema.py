@@ -257,21 +257,46 @@ class _Node:
 
     def __init__(self) -> None:
         self.children: dict[str, _Node] = {}
-        self.leaf_type: Any = None
+        self.raw = False  # decoded as raw JSON (a leaf, or the root of deferred paths)
+        self.attrs: dict[str, str] = {}
 
-    def struct(self, name: str) -> tuple[type, dict[str, str]]:
-        fields, rename, attrs = [], {}, {}
+    def struct(self, name: str) -> type:
+        fields, rename = [], {}
         for i, (key, child) in enumerate(sorted(self.children.items())):
             attr = f"f{i}"
             rename[attr] = key
-            attrs[key] = attr
-            if child.children:
-                sub, _ = child.struct(f"{name}_{i}")
-                child.attrs = _  # type: ignore[attr-defined]
-                fields.append((attr, sub | None, None))
+            self.attrs[key] = attr
+            if child.raw:
+                fields.append((attr, msgspec.Raw, None))
             else:
-                fields.append((attr, child.leaf_type, None))
-        return msgspec.defstruct(name, fields, rename=rename, gc=False), attrs
+                fields.append((attr, child.struct(f"{name}_{i}") | None, None))
+        return msgspec.defstruct(name, fields, rename=rename, gc=False)
+
+
+def _walk(v: Any, path: tuple[str, ...]) -> Any:
+    """The value at ``path`` in parsed JSON (dict keys, and list indexes given as digits)."""
+    for part in path:
+        if isinstance(v, dict):
+            v = v.get(part)
+        elif isinstance(v, list) and part.isdigit() and int(part) < len(v):
+            v = v[int(part)]
+        else:
+            return None
+        if v is None:
+            return None
+    return v
+
+
+def _split_path(path: tuple[str, ...], leaves: set[tuple[str, ...]]) -> int:
+    """How much of ``path`` the generated type decodes; the rest is walked in parsed JSON.
+
+    The cut comes before a list index, or after a prefix that is itself a column's source
+    (that value is kept raw, so paths under it are read from it).
+    """
+    for i in range(1, len(path)):
+        if path[i].isdigit() or path[:i] in leaves:
+            return i
+    return len(path)
 
 
 class Mapper:
@@ -280,25 +305,24 @@ class Mapper:
     def __init__(self, table: TableDef) -> None:
         self.table = table
         self._id_column = table.record_id_column
+        leaves = {c.source for c in table.columns}
+        cuts = {c.name: _split_path(c.source, leaves) for c in table.columns}
         root = _Node()
         for col in table.columns:
             node = root
-            for part in col.source:
+            for part in col.source[:cuts[col.name]]:
                 node = node.children.setdefault(part, _Node())
-            # Leaves bound for text keep raw JSON (no Python objects for nested values).
-            node.leaf_type = msgspec.Raw if col.type in ("string", "dynamic") else Any
-        struct, root_attrs = root.struct(f"{table.name}Record")
-        self._decoder = msgspec.json.Decoder(struct)
-        getters: list[tuple[str, Callable[[Any], Any], Callable[[Any], Any], bool]] = []
+            node.raw = True
+        self._decoder = msgspec.json.Decoder(root.struct(f"{table.name}Record"))
+        self._fast: list[tuple[str, Callable[[Any], Any], tuple[str, ...], Callable, bool]] = []
         for col in table.columns:
-            node, attrs, names = root, root_attrs, []
-            for part in col.source:
-                names.append(attrs[part])
+            node, names = root, []
+            head, rest = col.source[:cuts[col.name]], col.source[cuts[col.name]:]
+            for part in head:
+                names.append(node.attrs[part])
                 node = node.children[part]
-                attrs = getattr(node, "attrs", {})
-            getters.append((col.name, operator.attrgetter(".".join(names)),
-                            _COERCE[col.type], col.required))
-        self._fast = getters
+            self._fast.append((col.name, operator.attrgetter(".".join(names)), rest,
+                               _COERCE[col.type], col.required))
         self._generic = [(c.name, c.source, _COERCE[c.type], c.required) for c in table.columns]
         self._types = {c.name: c.type for c in table.columns}
         self._sources = {c.name: ".".join(c.source) for c in table.columns}
@@ -316,11 +340,21 @@ class Mapper:
         except msgspec.DecodeError as ex:
             raise MappingError(f"not valid JSON: {ex}", "invalid_json") from None
         row: dict[str, Any] = {}
-        for name, get, coerce, required in self._fast:
+        parsed: dict[int, Any] = {}  # raw values parsed for deferred paths, once per record
+        for name, get, rest, coerce, required in self._fast:
             try:
                 v = get(rec)
             except AttributeError:  # a parent object is missing
                 v = None
+            if v is not None and (rest or coerce is not _to_string and coerce is not _to_dynamic):
+                if bytes(v) == b"null":
+                    v = None
+                elif rest:
+                    if id(v) not in parsed:
+                        parsed[id(v)] = orjson.loads(bytes(v))
+                    v = _walk(parsed[id(v)], rest)
+                else:
+                    v = msgspec.json.decode(v)
             if v is None or (type(v) is msgspec.Raw and bytes(v) == b"null"):
                 if required:
                     self._missing(name)
@@ -336,11 +370,7 @@ class Mapper:
             raise MappingError(f"expected a JSON object, got {kind}", "not_an_object")
         row: dict[str, Any] = {}
         for name, path, coerce, required in self._generic:
-            v: Any = rec
-            for part in path:
-                v = v.get(part) if isinstance(v, dict) else None
-                if v is None:
-                    break
+            v = _walk(rec, path)
             if v is None:
                 if required:
                     self._missing(name)
