@@ -17,6 +17,7 @@ import string
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Sequence
 
@@ -86,8 +87,13 @@ _BROWSERS = (
 )
 
 
+def _utc(dt: datetime) -> datetime:
+    """``dt`` in UTC; a naive datetime is taken to be UTC already."""
+    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+
+
 def _ts(dt: datetime) -> str:
-    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _utc(dt).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _java_date(dt: datetime) -> str:
@@ -109,6 +115,7 @@ def _hexid(rng: Rng, prefix: str) -> str:
     return f"{prefix}-0{_chars(rng, _HEX, 16)}"
 
 
+@lru_cache(maxsize=4096)
 def _stable(prefix: str, *parts: str, n: int = 17) -> str:
     """IAM-style unique ID derived from a hash, so one user or role keeps one ID."""
     digest = hashlib.sha256(":".join(parts).encode()).digest()
@@ -284,7 +291,7 @@ def _s3_object(rng: Rng, acct: str, region: str, when: datetime) -> Record:
     return fields
 
 
-def _run_instances(rng: Rng, acct: str, region: str) -> tuple[Record, Record]:
+def _run_instances(rng: Rng, acct: str, region: str, when: datetime) -> tuple[Record, Record]:
     itype, ami = rng.choice(("t3.micro", "m6i.large", "c7g.xlarge")), _hexid(rng, "ami")
     subnet, ip = _hexid(rng, "subnet"), f"10.0.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
     req = {"instancesSet": {"items": [{"imageId": ami, "minCount": 1, "maxCount": 1}]},
@@ -297,7 +304,7 @@ def _run_instances(rng: Rng, acct: str, region: str) -> tuple[Record, Record]:
         "instanceState": {"code": 0, "name": "pending"},
         "privateDnsName": f"ip-{ip.replace('.', '-')}.{region}.compute.internal",
         "amiLaunchIndex": 0, "productCodes": {}, "instanceType": itype,
-        "launchTime": rng.randint(1_700_000_000_000, 1_800_000_000_000),
+        "launchTime": int(when.timestamp() * 1000),
         "placement": {"availabilityZone": region + rng.choice("abc"), "tenancy": "default"},
         "monitoring": {"state": "disabled"}, "subnetId": subnet, "vpcId": _hexid(rng, "vpc"),
         "privateIpAddress": ip, "stateReason": {"code": "pending", "message": "pending"},
@@ -331,7 +338,7 @@ def _ec2(rng: Rng, acct: str, region: str, when: datetime) -> Record:
             "cidrIpv4": cidr}]}}
     else:
         name = "RunInstances"
-        req, resp = _run_instances(rng, acct, region)
+        req, resp = _run_instances(rng, acct, region, when)
     fields = _called(rng, acct, when, "ec2", f"ec2.{region}.amazonaws.com")
     fields.update(eventSource="ec2.amazonaws.com", eventName=name, requestParameters=req,
                   responseElements=resp, readOnly=name == "DescribeInstances")
@@ -414,7 +421,7 @@ _SCENARIOS: tuple[_Scenario, ...] = (_console_login, _assume_role, _s3_object, _
 _WEIGHTS = (6, 14, 28, 20, 12, 8, 12)
 
 
-def _fail(rng: Rng, fields: Record) -> None:
+def _fail(fields: Record) -> None:
     """Turn an API call into an authorization failure, as AWS records it."""
     ident, name = fields["userIdentity"], fields["eventName"]
     svc = fields["eventSource"].split(".")[0]
@@ -438,7 +445,7 @@ def cloudtrail_event(rng: Rng, *, account: str, region: str, when: datetime) -> 
     fields.setdefault("eventType", "AwsApiCall")
     if (fields["eventType"] == "AwsApiCall" and rng.random() < 0.07
             and fields["userIdentity"].get("type") in ("IAMUser", "AssumedRole")):
-        _fail(rng, fields)
+        _fail(fields)
     fields.update(eventVersion=rng.choice(("1.08", "1.09")), eventTime=_ts(when),
                   awsRegion=region, eventID=_uuid(rng), recipientAccountId=account)
     fields.setdefault("managementEvent", True)
@@ -450,7 +457,7 @@ def cloudtrail_event(rng: Rng, *, account: str, region: str, when: datetime) -> 
 
 def cloudtrail_key(account: str, region: str, when: datetime, rng: Rng) -> str:
     """S3 key of a CloudTrail log file delivered at ``when``."""
-    when = when.astimezone(timezone.utc)
+    when = _utc(when)
     return (f"AWSLogs/{account}/CloudTrail/{region}/{when:%Y/%m/%d}/{account}_CloudTrail_"
             f"{region}_{when:%Y%m%dT%H%M}Z_{_chars(rng, _ALNUM, 16)}.json.gz")
 
@@ -458,7 +465,7 @@ def cloudtrail_key(account: str, region: str, when: datetime, rng: Rng) -> str:
 def cloudtrail_digest_key(account: str, region: str, when: datetime, rng: Rng) -> str:
     """S3 key of a digest file whose period ends at ``when`` (``rng`` unused: no random part)."""
     del rng
-    when = when.astimezone(timezone.utc)
+    when = _utc(when)
     return (f"AWSLogs/{account}/CloudTrail-Digest/{region}/{when:%Y/%m/%d}/{account}_CloudTrail-"
             f"Digest_{region}_{TRAIL_NAME}_{region}_{when:%Y%m%dT%H%M%S}Z.json.gz")
 
@@ -568,7 +575,7 @@ def seed_cloudtrail(s3: Any, bucket: str, *, objects: int,
     if objects < 0 or not accounts or not regions or not 0 <= lo <= hi:
         raise ValueError("need objects >= 0, accounts, regions and 0 <= min <= max records")
     _ensure_bucket(s3, bucket)
-    origin = (start or DEFAULT_START).astimezone(timezone.utc)
+    origin = _utc(start or DEFAULT_START)
     pairs = [(a, r) for a in accounts for r in regions]
 
     def build_and_put(i: int) -> tuple[tuple[str, str], datetime, _Planned, str]:

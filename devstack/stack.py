@@ -53,6 +53,8 @@ class LocalStack:
     workdir: Path
     streams: Mapping[str, Sequence[str] | None] = field(default_factory=dict)
     moto_port: int = 0
+    store_records: bool = True
+    """False: the emulator only counts records (long benchmarks)."""
     _procs: list[subprocess.Popen] = field(default_factory=list, repr=False)
     info: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -72,7 +74,8 @@ class LocalStack:
         rules = json.dumps({DEMO_RULE_ID: dict(self.streams)})
         self._procs.append(subprocess.Popen(
             [sys.executable, "-m", "devstack.sentinel", "--workdir", str(self.workdir),
-             "--rules-json", rules], stdout=log, stderr=subprocess.STDOUT))
+             "--rules-json", rules, *([] if self.store_records else ["--no-store-records"])],
+            stdout=log, stderr=subprocess.STDOUT))
         try:
             self.info = wait_for_info_file(info_file, wait_secs=60)
             self._wait_http(self.s3_endpoint, 60)

@@ -17,7 +17,6 @@ left out, and the record id in the table's record-id column.
 
 from __future__ import annotations
 
-import operator
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
@@ -72,6 +71,8 @@ class Column:
     source: tuple[str, ...]
     required: bool = False
     description: str = ""
+    json: bool = False
+    """The source value is an object or array (sent as JSON text in a string column)."""
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,8 @@ class TableDef:
                 problems.append(f"{where}: type {ctype!r} is not one of {', '.join(COLUMN_TYPES)}")
             source = str(col.get("source") or cname)
             columns.append(Column(cname, str(ctype), tuple(source.split(".")),
-                                  bool(col.get("required", False)), str(col.get("description", ""))))
+                                  bool(col.get("required", False)), str(col.get("description", "")),
+                                  bool(col.get("json", False))))
         if not columns:
             problems.append("a table needs at least one column")
         elif "TimeGenerated" not in seen:
@@ -240,6 +242,8 @@ def _to_datetime(v: Any) -> str:
 
 
 def _to_dynamic(v: Any) -> Any:
+    if isinstance(v, msgspec.Raw) and bytes(v) == b"null":
+        return None
     return v
 
 
@@ -252,12 +256,15 @@ _COERCE: dict[str, Callable[[Any], Any]] = {
 # --------------------------------------------------------------------------- mapper
 
 
+_SCALAR = str | int | float | bool | None
+
+
 class _Node:
     """A node of the tree of source paths, turned into nested msgspec types."""
 
     def __init__(self) -> None:
         self.children: dict[str, _Node] = {}
-        self.raw = False  # decoded as raw JSON (a leaf, or the root of deferred paths)
+        self.leaf: Any = None  # msgspec.Raw or _SCALAR for leaves
         self.attrs: dict[str, str] = {}
 
     def struct(self, name: str) -> type:
@@ -266,8 +273,8 @@ class _Node:
             attr = f"f{i}"
             rename[attr] = key
             self.attrs[key] = attr
-            if child.raw:
-                fields.append((attr, msgspec.Raw, None))
+            if child.leaf is not None:
+                fields.append((attr, child.leaf, None))
             else:
                 fields.append((attr, child.struct(f"{name}_{i}") | None, None))
         return msgspec.defstruct(name, fields, rename=rename, gc=False)
@@ -299,34 +306,88 @@ def _split_path(path: tuple[str, ...], leaves: set[tuple[str, ...]]) -> int:
     return len(path)
 
 
+# Inline fast cases per column type in the generated code; anything else calls _c(i, v).
+_FAST_CASE = {
+    "string": "type(v) is str",
+    "datetime": "type(v) is str and _iso(v) is not None",
+    "bool": "type(v) is bool",
+    "int": "type(v) is int",
+    "long": "type(v) is int",
+    "real": "type(v) is float",
+    "dynamic": "bytes(v) != b'null'",
+}
+
+
 class Mapper:
     """Maps records of one source onto one table's rows (encoded JSON objects)."""
 
     def __init__(self, table: TableDef) -> None:
         self.table = table
         self._id_column = table.record_id_column
-        leaves = {c.source for c in table.columns}
-        cuts = {c.name: _split_path(c.source, leaves) for c in table.columns}
+        cols = table.columns
+        leaves = {c.source for c in cols}
+        cuts = [_split_path(c.source, leaves) for c in cols]
         root = _Node()
-        for col in table.columns:
+        for col, cut in zip(cols, cuts):
             node = root
-            for part in col.source[:cuts[col.name]]:
+            for part in col.source[:cut]:
                 node = node.children.setdefault(part, _Node())
-            node.raw = True
-        self._decoder = msgspec.json.Decoder(root.struct(f"{table.name}Record"))
-        self._fast: list[tuple[str, Callable[[Any], Any], tuple[str, ...], Callable, bool]] = []
-        for col in table.columns:
-            node, names = root, []
-            head, rest = col.source[:cuts[col.name]], col.source[cuts[col.name]:]
-            for part in head:
-                names.append(node.attrs[part])
+            raw = cut < len(col.source) or col.json or col.type == "dynamic" or node.children
+            node.leaf = msgspec.Raw if raw or node.leaf is msgspec.Raw else _SCALAR
+        for col, cut in zip(cols, cuts):  # a node that is also a parent must be raw
+            node = root
+            for part in col.source[:cut]:
                 node = node.children[part]
-            self._fast.append((col.name, operator.attrgetter(".".join(names)), rest,
-                               _COERCE[col.type], col.required))
-        self._generic = [(c.name, c.source, _COERCE[c.type], c.required) for c in table.columns]
-        self._types = {c.name: c.type for c in table.columns}
-        self._sources = {c.name: ".".join(c.source) for c in table.columns}
+            if node.children:
+                node.leaf = msgspec.Raw
+        self._decoder = msgspec.json.Decoder(root.struct(f"{table.name}Record"))
+        self._rest = [c.source[cut:] for c, cut in zip(cols, cuts)]
+        self._rest_keys = [[f'"{p}"'.encode() for p in rest if not p.isdigit()]
+                           for rest in self._rest]
+        self._coercers = [_COERCE[c.type] for c in cols]
+        self._generic = [(c.name, c.source, _COERCE[c.type], c.required) for c in cols]
+        self._types = {c.name: c.type for c in cols}
+        self._sources = {c.name: ".".join(c.source) for c in cols}
         self._encode = msgspec.json.Encoder().encode
+        self._map_struct = self._compile(root, cuts)
+
+    def _compile(self, root: _Node, cuts: list[int]) -> Callable[[Any, dict], dict]:
+        """Generate the function that reads every column from a decoded record.
+
+        Parents are read once and checked for None (no exceptions for absent objects);
+        the common case of each type is handled inline, the rest by ``_c``.
+        """
+        lines = ["def _map(rec, row, parsed):"]
+        parents: dict[tuple[str, ...], str] = {(): "rec"}
+        for i, (col, cut) in enumerate(zip(self.table.columns, cuts)):
+            head = col.source[:cut]
+            node, var = root, "rec"
+            for depth, part in enumerate(head):
+                attr = node.attrs[part]
+                node = node.children[part]
+                key = head[:depth + 1]
+                if key not in parents:
+                    parents[key] = f"p{len(parents)}"
+                    lines.append(f"    {parents[key]} = {var}.{attr} "
+                                 f"if {var} is not None else None")
+                var = parents[key]
+            lines.append(f"    v = {var}")
+            if node.leaf is msgspec.Raw and (self._rest[i] or col.type not in ("string", "dynamic")):
+                lines.append(f"    v = _deferred({i}, v, parsed) if v is not None else None")
+            lines.append("    if v is not None:")
+            if node.leaf is msgspec.Raw and col.type == "string" and not self._rest[i]:
+                # Raw JSON text for a string column: never fails (it is valid JSON).
+                lines.append(f"        if (x := _s(v)) is not None: row[{col.name!r}] = x")
+            else:
+                lines += [f"        if {_FAST_CASE[col.type]}: row[{col.name!r}] = v",
+                          f"        elif (x := _c({i}, v)) is not None: row[{col.name!r}] = x"]
+            if col.required:
+                lines.append(f"    else: _missing({col.name!r})")
+        lines.append("    return row")
+        ns = {"_iso": _ISO_UTC.match, "_c": self._coerce_i, "_s": _to_string, "_missing": self._missing,
+              "_deferred": self._deferred}
+        exec("\n".join(lines), ns)  # noqa: S102 (code generated from validated column names)
+        return ns["_map"]
 
     def map_json(self, data: bytes, record_id: str) -> bytes:
         """Map one JSON-encoded record; returns the row as JSON.
@@ -339,29 +400,32 @@ class Mapper:
             return self.map_dict(self._loads(data), record_id)  # unusual shape: generic path
         except msgspec.DecodeError as ex:
             raise MappingError(f"not valid JSON: {ex}", "invalid_json") from None
-        row: dict[str, Any] = {}
-        parsed: dict[int, Any] = {}  # raw values parsed for deferred paths, once per record
-        for name, get, rest, coerce, required in self._fast:
-            try:
-                v = get(rec)
-            except AttributeError:  # a parent object is missing
-                v = None
-            if v is not None and (rest or coerce is not _to_string and coerce is not _to_dynamic):
-                if bytes(v) == b"null":
-                    v = None
-                elif rest:
-                    if id(v) not in parsed:
-                        parsed[id(v)] = orjson.loads(bytes(v))
-                    v = _walk(parsed[id(v)], rest)
-                else:
-                    v = msgspec.json.decode(v)
-            if v is None or (type(v) is msgspec.Raw and bytes(v) == b"null"):
-                if required:
-                    self._missing(name)
-                continue
-            row[name] = self._coerce(name, coerce, v)
+        row = self._map_struct(rec, {}, {})
         row[self._id_column] = record_id
         return self._encode(row)
+
+    def _deferred(self, i: int, raw: msgspec.Raw, parsed: dict[int, Any]) -> Any:
+        """A value kept raw: parsed (once per record), then the rest of the path walked.
+
+        Most records lack the deeper keys (``requestParameters.ipPermissions`` is only in
+        security-group calls), so a substring test skips the parse when a key is absent.
+        """
+        key = id(raw)
+        got = parsed.get(key)
+        if got is None:
+            text = bytes(raw)
+            for part in self._rest_keys[i]:
+                if part not in text:
+                    return None
+            got = parsed[key] = orjson.loads(text)
+        return _walk(got, self._rest[i])
+
+    def _coerce_i(self, i: int, v: Any) -> Any:
+        col = self.table.columns[i]
+        out = self._coerce(col.name, self._coercers[i], v)
+        if out is None and col.required:
+            self._missing(col.name)
+        return out
 
     def map_dict(self, rec: Any, record_id: str) -> bytes:
         """Map one record already parsed into Python values; returns the row as JSON."""
@@ -375,7 +439,11 @@ class Mapper:
                 if required:
                     self._missing(name)
                 continue
-            row[name] = self._coerce(name, coerce, v)
+            out = self._coerce(name, coerce, v)
+            if out is not None:
+                row[name] = out
+            elif required:
+                self._missing(name)
         row[self._id_column] = record_id
         return self._encode(row)
 

@@ -26,6 +26,7 @@ __all__ = [
 ]
 
 _decode_raw = msgspec.json.Decoder(msgspec.Raw).decode
+_decode_raw_list = msgspec.json.Decoder(list[msgspec.Raw]).decode
 
 
 class FramingError(ValueError):
@@ -151,27 +152,50 @@ class JsonArrayFramer:
             if buf.startswith(b"]"):  # empty array
                 self._done, self._tail, self._buf = True, buf[1:], b""
                 return []
-        out: list[bytes] = []
-        start = 0
-        for m in self._candidate.finditer(buf):
-            end = m.start() + 1
-            try:
-                _decode_raw(buf[start:end])
-            except msgspec.DecodeError:
-                continue  # a "}," inside a nested value; keep looking
-            out.append(buf[start:end])
-            if m.group().endswith(b"]"):
-                self._done = True
-                self._tail = buf[m.end():]
-                start = len(buf)
-                break
-            start = m.end()
+        out, start = self._split(buf)
         self._buf = buf[start:]
         self._count += len(out)
         if len(self._buf) > self._max:
             msg = f"a record is longer than {self._max} bytes (or the JSON is malformed)"
             raise FramingError(msg, self._count)
         return out
+
+    def _split(self, buf: bytes) -> tuple[list[bytes], int]:
+        """The complete elements at the start of ``buf``, and where the rest begins.
+
+        Usually one C call validates every complete element of the chunk at once: the
+        prefix up to the last real boundary is decoded as a list of raw values. When the
+        last few candidates are all false, elements are checked one at a time.
+        """
+        cands = list(self._candidate.finditer(buf))
+        for m in reversed(cands[-3:]):
+            end = m.start() + 1
+            try:
+                elems = _decode_raw_list(b"[" + buf[:end] + b"]")
+            except msgspec.DecodeError:
+                continue
+            return [bytes(e) for e in elems], self._advance(buf, m)
+        out: list[bytes] = []
+        start = 0
+        for m in cands:
+            end = m.start() + 1
+            try:
+                _decode_raw(memoryview(buf)[start:end])
+            except msgspec.DecodeError:
+                continue  # a "}," inside a nested value; keep looking
+            out.append(buf[start:end])
+            start = self._advance(buf, m)
+            if self._done:
+                break
+        return out, start
+
+    def _advance(self, buf: bytes, m: re.Match[bytes]) -> int:
+        """Past boundary ``m``: the next element's start, or the end of ``buf`` after ``]``."""
+        if m.group().endswith(b"]"):
+            self._done = True
+            self._tail = buf[m.end():]
+            return len(buf)
+        return m.end()
 
     def finish(self) -> list[bytes]:
         if not self._started:

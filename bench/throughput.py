@@ -1,0 +1,175 @@
+"""Throughput of the real dataflow on CloudTrail, against the bare work it has to do.
+
+Seeds N CloudTrail objects into the local stack once, then:
+
+1. measures, on one core in this process, the bare work per event: gunzip (ISA-L),
+   JSON decode, column mapping, JSON encode, gzip (ISA-L level 1) — in a tight loop
+   over the same objects, with the fastest decoders we have (msgspec typed structs,
+   and orjson for comparison; the faster one is the baseline);
+2. runs the real flow (``python -m bytewax.run dataflow.flow:flow``) with 1 worker, and
+   with 2 processes, to catch-up against moto S3 and the HTTPS Sentinel emulator.
+
+The local servers share the machine's cores with the flow (the emulator decompresses
+and parses every request), so pipeline figures are a lower bound of the connector's own.
+
+    python bench/throughput.py [--objects 400] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import msgspec
+import orjson
+from isal import igzip, isal_zlib
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from devstack.demo import flow_env  # noqa: E402
+from devstack.samples import seed_cloudtrail  # noqa: E402
+from devstack.stack import LocalStack, free_port  # noqa: E402
+from operators.schema import Mapper, load_tables  # noqa: E402
+
+BUCKET = "bench-trail"
+STREAM = "Custom-AWSCloudTrail"
+
+
+def bare_work(objects: list[bytes], mapper: Mapper, seconds: float = 3.0) -> dict[str, float]:
+    """Events/s on one core for the work every event needs, by decoder."""
+    records_of = msgspec.json.Decoder(dict[str, list[msgspec.Raw]]).decode
+
+    def with_msgspec(blob: bytes) -> int:
+        rows = [mapper.map_json(r, "x-0") for r in records_of(isal_zlib.decompress(blob, 31))["Records"]]
+        igzip.compress(b"[" + b",".join(rows) + b"]", compresslevel=1)
+        return len(rows)
+
+    def with_orjson(blob: bytes) -> int:
+        recs = orjson.loads(isal_zlib.decompress(blob, 31))["Records"]
+        rows = [mapper.map_dict(r, "x-0") for r in recs]
+        igzip.compress(b"[" + b",".join(rows) + b"]", compresslevel=1)
+        return len(rows)
+
+    out = {}
+    for name, fn in (("msgspec", with_msgspec), ("orjson", with_orjson)):
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            for blob in objects:
+                n += fn(blob)
+        out[name] = n / (time.perf_counter() - t0)
+    return out
+
+
+def run_flow(stack: LocalStack, workdir: Path, processes: int, partitions: int) -> dict:
+    """Run the flow to catch-up; wall time, peak RSS per process."""
+    cfg = workdir / f"bench-{processes}.toml"
+    cfg.write_text(f"""
+[sentinel]
+endpoint = "https://127.0.0.1:1"
+rule_id = "dcr-00000000000000000000000000000000"
+credential = "managed_identity"
+[batch]
+max_age_secs = 2.0
+[runtime]
+mode = "catch_up"
+[[sources]]
+name = "trail"
+bucket = "{BUCKET}"
+prefix = "AWSLogs/"
+format = "cloudtrail"
+table = "AWSCloudTrail"
+partitions = {partitions}
+fetch_threads = 4
+""")
+    env = flow_env(stack, workdir / "errors", cfg)
+    base = [sys.executable, "-m", "bytewax.run", "dataflow.flow:flow"]
+    if processes == 1:
+        cmds = [base]
+    else:
+        addrs = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
+        cmds = [base + ["-i", str(i), "-a", addrs] for i in range(processes)]
+    before = stack.admin().summary()["total_records"]
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(c, env=env, cwd=ROOT, stderr=subprocess.DEVNULL) for c in cmds]
+    rss = []
+    for p in procs:
+        _, status, usage = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        rss.append(usage.ru_maxrss / 1024)
+    wall = time.perf_counter() - t0
+    if any(p.returncode for p in procs):
+        raise SystemExit(f"the flow failed: exit statuses {[p.returncode for p in procs]}")
+    delivered = stack.admin().summary()["total_records"] - before
+    return {"wall_secs": wall, "records": delivered, "peak_rss_mb": max(rss)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--objects", type=int, default=400)
+    ap.add_argument("--records", type=int, nargs=2, default=(300, 700), metavar=("MIN", "MAX"))
+    ap.add_argument("--json", action="store_true", help="end with one JSON object of the figures")
+    args = ap.parse_args()
+
+    tables = load_tables()
+    streams = {t.stream: None for t in tables.values()}
+    with tempfile.TemporaryDirectory() as tmp, \
+            LocalStack(Path(tmp) / "stack", streams, store_records=False) as stack:
+        s3 = stack.s3()
+        t0 = time.perf_counter()
+        manifest = seed_cloudtrail(s3, BUCKET, objects=args.objects,
+                                   records_per_object=tuple(args.records), digests=False)
+        seed_secs = time.perf_counter() - t0
+        blobs = [s3.get_object(Bucket=BUCKET, Key=o.key)["Body"].read()
+                 for o in manifest.objects]
+        raw_bytes = sum(len(isal_zlib.decompress(b, 31)) for b in blobs)
+        events = manifest.record_count
+        mb = raw_bytes / 1e6
+        print(f"seeded {events} CloudTrail events in {len(blobs)} objects "
+              f"({mb:.1f} MB uncompressed, {raw_bytes / events:.0f} B/event) in {seed_secs:.1f}s")
+
+        bare = bare_work(blobs[:40], Mapper(tables["AWSCloudTrail"]))
+        baseline = max(bare.values())
+        print(f"bare work, one core: msgspec {bare['msgspec']:,.0f} ev/s, "
+              f"orjson {bare['orjson']:,.0f} ev/s (baseline: the faster)")
+
+        runs = {}
+        for procs, parts in ((1, 4), (2, 4)):
+            r = run_flow(stack, Path(tmp), procs, parts)
+            assert r["records"] == events, f"{procs} process(es): {r['records']} of {events}"
+            r["events_per_sec"] = events / r["wall_secs"]
+            r["mb_per_sec"] = mb / r["wall_secs"]
+            runs[procs] = r
+            print(f"pipeline, {procs} process{'es' if procs > 1 else ''} "
+                  f"({'1 worker' if procs == 1 else '1 worker each'}): "
+                  f"{r['events_per_sec']:,.0f} ev/s, {r['mb_per_sec']:.1f} MB/s, "
+                  f"{r['wall_secs']:.1f}s wall (incl. start-up), peak RSS {r['peak_rss_mb']:.0f} MB")
+
+    ratio = runs[1]["events_per_sec"] / baseline
+    speedup = runs[2]["events_per_sec"] / runs[1]["events_per_sec"]
+    print(f"pipeline / bare work (1 process): {ratio:.2f}  (target >= 0.5)")
+    print(f"2 processes / 1 process: {speedup:.2f}x  (target >= 1.3)")
+    figures = {
+        "events": events, "objects": len(blobs), "uncompressed_mb": round(mb, 1),
+        "bare_msgspec_eps": round(bare["msgspec"]), "bare_orjson_eps": round(bare["orjson"]),
+        "pipeline_1p_eps": round(runs[1]["events_per_sec"]),
+        "pipeline_1p_mbps": round(runs[1]["mb_per_sec"], 2),
+        "pipeline_1p_peak_rss_mb": round(runs[1]["peak_rss_mb"]),
+        "pipeline_2p_eps": round(runs[2]["events_per_sec"]),
+        "pipeline_2p_mbps": round(runs[2]["mb_per_sec"], 2),
+        "pipeline_2p_peak_rss_mb": round(runs[2]["peak_rss_mb"]),
+        "ratio_pipeline_to_bare": round(ratio, 3), "speedup_2p": round(speedup, 3),
+    }
+    if args.json:
+        print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
