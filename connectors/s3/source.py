@@ -223,6 +223,7 @@ class _S3Partition(StatefulSourcePartition[Item, dict]):
     def _finish(self, ref: ObjectRef, outcome: str) -> None:
         metrics.OBJECTS.labels(self._src.name, outcome).inc()
         self._after = max(self._after, ref.key)
+        self._listed_to = max(self._listed_to, ref.key)
         if self._queue and self._queue[0].key == ref.key:
             self._queue.popleft()
         self._fetch.want(o.key for o in self._queue)
