@@ -94,8 +94,8 @@ def summary() -> str:
     delivered = _sum(RECORDS_DELIVERED)
     objects = sum(_sum(OBJECTS, outcome="completed").values())
     failed_objects = sum(_sum(OBJECTS, outcome="failed").values())
-    errors = sum(_sum(ERRORS).values())
+    errors = sum(_sum(ERRORS).values()) - failed_objects
     streams = ", ".join(f"{k}={int(v)}" for k, v in sorted(delivered.items())) or "none"
     return (f"s3sentinel: delivered {int(sum(delivered.values()))} records from {int(objects)} "
-            f"objects to streams [{streams}]; failed: {int(errors)} records/objects "
-            f"({int(failed_objects)} objects)")
+            f"objects to streams [{streams}]; failed: {int(errors)} records, "
+            f"{int(failed_objects)} objects")

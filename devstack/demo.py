@@ -72,18 +72,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"the dataflow failed with exit status {proc.returncode}", file=sys.stderr)
             return proc.returncode
 
-        summary = stack.admin().summary()
+        admin = stack.admin()
+        summary = admin.summary()
+        objects = {str(r.get("RecordId_CF") or r.get("RecordId")).rsplit("-", 1)[0]
+                   for r in admin.records()}
         errors = read_entries(errors_dir) if errors_dir.exists() else []
-        landed = ", ".join(f"{name}: {s['records']} records in {s['requests_by_status'].get('204', 0)}"
-                           f" requests" for name, s in sorted(summary["streams"].items()))
-        print(f"Sentinel emulator received ({elapsed:.1f}s): {landed}")
-        by_stage: dict[str, int] = {}
-        for e in errors:
-            by_stage[e["stage"]] = by_stage.get(e["stage"], 0) + 1
-        if errors:
-            print(f"dead-letter entries in {errors_dir}: {by_stage}; first: "
-                  f"s3://{errors[0]['bucket']}/{errors[0]['key']} record {errors[0]['offset']}: "
-                  f"{errors[0]['reason']}")
+        for e in errors[:3]:
+            print(f"dead-letter: s3://{e['bucket']}/{e['key']} record {e['offset']}: {e['reason']}")
+        streams = ", ".join(f"{name}={s['records']}" for name, s in sorted(summary["streams"].items()))
+        print(f"landed in Sentinel (emulator) in {elapsed:.1f}s: {summary['total_records']} records "
+              f"from {len(objects)} objects -> {streams}; failed: {len(errors)} "
+              f"(dead-letter entries in {errors_dir})")
     return 0
 
 
