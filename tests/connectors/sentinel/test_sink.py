@@ -1,0 +1,138 @@
+"""SentinelSink against the HTTPS emulator, through the real LogsIngestionClient and
+ManagedIdentityCredential: retries, Retry-After, 413 splitting, terminal errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+
+import orjson
+import pytest
+
+from connectors.sentinel.errors import DeliveryError, DeliveryFailed
+from connectors.sentinel.service import IngestionService
+from connectors.sentinel.sink import SentinelSink
+from dataflow import metrics
+from dataflow.config import SentinelConfig
+from dataflow.messages import Batch
+from devstack.sentinel import SentinelEmulator
+
+RULE = "dcr-00000000000000000000000000000009"
+STREAM = "Custom-Sink_CL"
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelEmulator]:
+    with SentinelEmulator(rules={RULE: {STREAM: None}},
+                          workdir=tmp_path_factory.mktemp("sink")) as em:
+        yield em
+
+
+@pytest.fixture
+def cfg(emulator: SentinelEmulator, monkeypatch: pytest.MonkeyPatch) -> SentinelConfig:
+    for var in ("IDENTITY_SERVER_THUMBPRINT", "IMDS_ENDPOINT", "MSI_ENDPOINT", "MSI_SECRET"):
+        monkeypatch.delenv(var, raising=False)
+    for key, value in emulator.client_env().items():
+        monkeypatch.setenv(key, value)
+    emulator.reset()
+    return SentinelConfig(endpoint=emulator.endpoint, rule_id=RULE, credential="managed_identity",
+                          ca_file=emulator.ca_file, retry_max_secs=20, retry_base_secs=0.01,
+                          retry_cap_secs=0.05)
+
+
+class Sleeps(list):
+    def __call__(self, secs: float) -> None:
+        self.append(secs)
+
+
+def batch(n: int, pad: int = 10, start: int = 0) -> Batch:
+    rows = tuple(orjson.dumps({"TimeGenerated": "2026-01-01T00:00:00Z", "i": i, "pad": "x" * pad})
+                 for i in range(start, start + n))
+    return Batch(STREAM, rows, tuple(f"obj-{i}" for i in range(start, start + n)))
+
+
+def part(cfg: SentinelConfig, sleeps: Sleeps | None = None) -> object:
+    return SentinelSink(cfg, sleep=sleeps if sleeps is not None else Sleeps()).build("out", 0, 1)
+
+
+def delivered(em: SentinelEmulator) -> list[int]:
+    return [r["i"] for r in em.records(STREAM)]
+
+
+def test_batches_arrive_whole_and_in_order(cfg: SentinelConfig, emulator: SentinelEmulator) -> None:
+    before = metrics.RECORDS_DELIVERED.labels(STREAM)._value.get()
+    p = part(cfg)
+    p.write_batch([batch(3), batch(2, start=3)])
+    assert delivered(emulator) == [0, 1, 2, 3, 4]
+    assert [r.content_encoding for r in emulator.requests()] == ["gzip", "gzip"]
+    assert metrics.RECORDS_DELIVERED.labels(STREAM)._value.get() - before == 5
+
+
+def test_throttling_waits_for_retry_after(cfg: SentinelConfig, emulator: SentinelEmulator) -> None:
+    emulator.set_faults([{"status": 429, "retry_after_secs": 7, "count": 2}])
+    sleeps = Sleeps()
+    part(cfg, sleeps).write_batch([batch(4)])
+    assert delivered(emulator) == [0, 1, 2, 3]
+    assert len(sleeps) == 2 and all(7 <= s <= 7.25 for s in sleeps)
+
+
+def test_server_errors_and_dropped_connections_are_retried(cfg: SentinelConfig,
+                                                           emulator: SentinelEmulator) -> None:
+    emulator.set_faults([{"status": 503, "count": 1}, {"drop": True, "count": 1},
+                         {"status": 500, "count": 1}])
+    sleeps = Sleeps()
+    part(cfg, sleeps).write_batch([batch(4)])
+    assert delivered(emulator) == [0, 1, 2, 3]
+    assert len(sleeps) == 3 and all(0 <= s <= cfg.retry_cap_secs for s in sleeps)
+    assert [r.status for r in emulator.requests()] == [503, 0, 500, 204]
+
+
+def test_a_too_large_request_is_split(cfg: SentinelConfig, emulator: SentinelEmulator) -> None:
+    # 3,000 rows of ~1 KB: 3 MB, too large for one request; the service answers 413.
+    big = batch(3000, pad=1000)
+    assert big.body_bytes > 3 * 1_048_576 - 100_000
+    part(cfg).write_batch([big])
+    assert sorted(delivered(emulator)) == list(range(3000))
+    assert delivered(emulator) == list(range(3000))  # order kept across the halves
+    statuses = [r.status for r in emulator.requests()]
+    assert 413 in statuses and statuses.count(204) >= 4
+    assert max(r.uncompressed_bytes for r in emulator.requests() if r.status == 204) <= 1_048_576
+
+
+def test_terminal_errors_stop_with_a_message_naming_the_records(
+        cfg: SentinelConfig, emulator: SentinelEmulator) -> None:
+    p = part(replace(cfg, rule_id="dcr-does-not-exist"))
+    with pytest.raises(DeliveryFailed) as info:
+        p.write_batch([batch(2)])
+    text = str(info.value)
+    assert "2 rows" in text and "obj-0 .. obj-1" in text and "HTTP 404" in text
+    assert "sentinel.rule_id" in text
+    assert isinstance(info.value.__cause__, DeliveryError)
+    assert emulator.records(STREAM) == []
+
+
+def test_retries_give_up_after_the_deadline(cfg: SentinelConfig, emulator: SentinelEmulator) -> None:
+    emulator.set_faults([{"status": 503, "count": None}])
+    clock = [0.0]
+    sleeps = Sleeps()
+
+    def sleep(secs: float) -> None:
+        sleeps(secs)
+        clock[0] += secs
+
+    sink = SentinelSink(replace(cfg, retry_max_secs=1.0, retry_cap_secs=0.3), sleep=sleep,
+                        monotonic=lambda: clock[0]).build("out", 0, 1)
+    with pytest.raises(DeliveryFailed, match="still failing after 1s"):
+        sink.write_batch([batch(1)])
+    assert sum(sleeps) <= 1.0 and len(sleeps) >= 3
+
+
+def test_service_classifies_errors(cfg: SentinelConfig, emulator: SentinelEmulator) -> None:
+    svc = IngestionService(cfg)
+    emulator.set_faults([{"status": 429, "retry_after_secs": 3}])
+    with pytest.raises(DeliveryError) as info:
+        svc.send(STREAM, b"[]")
+    assert info.value.transient and info.value.retry_after == 3 and info.value.status == 429
+    with pytest.raises(DeliveryError) as info:
+        svc.send(STREAM, b'{"not": "an array"}')
+    assert info.value.status == 400 and not info.value.transient
