@@ -67,8 +67,21 @@ def bare_work(objects: list[bytes], mapper: Mapper, seconds: float = 3.0) -> dic
     return out
 
 
-def run_flow(stack: LocalStack, workdir: Path, processes: int, partitions: int) -> dict:
-    """Run the flow to catch-up; wall time, peak RSS per process."""
+def _rss_mb(pid: int) -> float:
+    """Resident set size of a running process, in MB (0 once it has exited)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def run_flow(stack: LocalStack, workdir: Path, processes: int, partitions: int,
+             epoch_secs: int) -> dict:
+    """Run the flow to catch-up; wall time, and the peak RSS of the largest process."""
     cfg = workdir / f"bench-{processes}.toml"
     cfg.write_text(f"""
 [sentinel]
@@ -89,7 +102,7 @@ partitions = {partitions}
 fetch_threads = 4
 """)
     env = flow_env(stack, workdir / "errors", cfg)
-    base = [sys.executable, "-m", "bytewax.run", "dataflow.flow:flow"]
+    base = [sys.executable, "-m", "bytewax.run", "dataflow.flow:flow", "-s", str(epoch_secs)]
     if processes == 1:
         cmds = [base]
     else:
@@ -98,11 +111,11 @@ fetch_threads = 4
     before = stack.admin().summary()["total_records"]
     t0 = time.perf_counter()
     procs = [subprocess.Popen(c, env=env, cwd=ROOT, stderr=subprocess.DEVNULL) for c in cmds]
-    rss = []
-    for p in procs:
-        _, status, usage = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
-        rss.append(usage.ru_maxrss / 1024)
+    rss = [0.0] * len(procs)
+    while any(p.poll() is None for p in procs):
+        for i, p in enumerate(procs):
+            rss[i] = max(rss[i], _rss_mb(p.pid))
+        time.sleep(0.05)
     wall = time.perf_counter() - t0
     if any(p.returncode for p in procs):
         raise SystemExit(f"the flow failed: exit statuses {[p.returncode for p in procs]}")
@@ -114,6 +127,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--objects", type=int, default=400)
     ap.add_argument("--records", type=int, nargs=2, default=(300, 700), metavar=("MIN", "MAX"))
+    ap.add_argument("--epoch-secs", type=int, default=1,
+                    help="bytewax epoch length (-s): bounds how much is read ahead of delivery")
     ap.add_argument("--json", action="store_true", help="end with one JSON object of the figures")
     args = ap.parse_args()
 
@@ -141,7 +156,7 @@ def main() -> int:
 
         runs = {}
         for procs, parts in ((1, 4), (2, 4)):
-            r = run_flow(stack, Path(tmp), procs, parts)
+            r = run_flow(stack, Path(tmp), procs, parts, args.epoch_secs)
             assert r["records"] == events, f"{procs} process(es): {r['records']} of {events}"
             r["events_per_sec"] = events / r["wall_secs"]
             r["mb_per_sec"] = mb / r["wall_secs"]

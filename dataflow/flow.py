@@ -25,7 +25,7 @@ from connectors.s3.source import S3Source
 from connectors.sentinel.sink import SentinelSink
 from dataflow import metrics
 from dataflow.config import Config, load_config
-from dataflow.messages import ErrorRecord, RawRecord, Row
+from dataflow.messages import ErrorRecord, RawRecord, Rows
 from operators.batch import batch_rows
 from operators.parse import RecordMapper
 from operators.schema import load_tables
@@ -48,8 +48,8 @@ def build_flow(cfg: Config, *, s3_factory: Callable[[], Any] | None = None,
     flow = Dataflow("s3sentinel")
     items = op.input("s3", flow, source)
     read = op.branch("read_ok", items, lambda x: isinstance(x, RawRecord))
-    mapped = op.map("map", read.trues, mapper)
-    rows = op.branch("map_ok", mapped, lambda x: isinstance(x, Row))
+    mapped = op.flat_map_batch("map", read.trues, mapper.map_batch)
+    rows = op.branch("map_ok", mapped, lambda x: isinstance(x, Rows))
     errors: op.Stream[ErrorRecord] = op.merge("errors", read.falses, rows.falses)
     op.output("dead_letter", errors, DeadLetterSink(cfg.runtime.errors_dir))
 

@@ -15,6 +15,7 @@ __all__ = [
     "ObjectRef",
     "RawRecord",
     "Row",
+    "Rows",
     "object_id",
 ]
 
@@ -100,6 +101,20 @@ class Row:
     """The row as a JSON object (UTF-8)."""
     partition: str
     """Source partition it came from; rows are batched per (stream, partition)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rows:
+    """Consecutive rows of one source partition bound for one stream.
+
+    Rows travel in bundles from the map step to the batcher: bytewax then moves (and,
+    between processes, pickles) one item per bundle instead of one per record.
+    """
+
+    stream: str
+    partition: str
+    rows: tuple[bytes, ...]
+    record_ids: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from bytewax.dataflow import operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 from typing_extensions import override
 
-from dataflow.messages import Batch, Row
+from dataflow.messages import Batch, Row, Rows
 
 __all__ = ["BatchLogic", "batch_rows"]
 
@@ -29,7 +29,7 @@ def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-class BatchLogic(StatefulBatchLogic[Row, Batch, dict]):
+class BatchLogic(StatefulBatchLogic[Row | Rows, Batch, dict]):
     """Size-or-age batching of one key's rows (one stream, one source partition).
 
     :arg max_bytes: Largest body (uncompressed JSON, with brackets and commas).
@@ -58,19 +58,24 @@ class BatchLogic(StatefulBatchLogic[Row, Batch, dict]):
             self._stream = resume_state["stream"]
 
     @override
-    def on_batch(self, values: list[Row]) -> tuple[Iterable[Batch], bool]:
+    def on_batch(self, values: list[Row | Rows]) -> tuple[Iterable[Batch], bool]:
         out: list[Batch] = []
-        for row in values:
-            n = len(row.data) + 1
-            if self._rows and (self._size + n > self._max_bytes
-                               or len(self._rows) >= self._max_records):
-                out.append(self._take())
-            if not self._rows:
-                self._opened = self._clock()
-                self._stream = row.stream
-            self._rows.append(row.data)
-            self._ids.append(row.record_id)
-            self._size += n
+        for item in values:
+            if type(item) is Rows:
+                pairs: Iterable[tuple[bytes, str]] = zip(item.rows, item.record_ids)
+            else:
+                pairs = ((item.data, item.record_id),)
+            for data, record_id in pairs:
+                n = len(data) + 1
+                if self._rows and (self._size + n > self._max_bytes
+                                   or len(self._rows) >= self._max_records):
+                    out.append(self._take())
+                if not self._rows:
+                    self._opened = self._clock()
+                    self._stream = item.stream
+                self._rows.append(data)
+                self._ids.append(record_id)
+                self._size += n
         if self._rows and self._size >= self._max_bytes:
             out.append(self._take())
         return out, StatefulBatchLogic.RETAIN
@@ -107,7 +112,7 @@ class BatchLogic(StatefulBatchLogic[Row, Batch, dict]):
 
 
 @operator
-def batch_rows(step_id: str, up: KeyedStream[Row], *, max_bytes: int, max_records: int,
+def batch_rows(step_id: str, up: KeyedStream[Row | Rows], *, max_bytes: int, max_records: int,
                max_age: timedelta, clock: Clock = _utcnow) -> KeyedStream[Batch]:
     """Group keyed rows into batches of at most ``max_bytes`` / ``max_records``, sent by ``max_age``.
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from dataflow import metrics
 from dataflow.config import SourceConfig
-from dataflow.messages import ErrorRecord, RawRecord, Row
+from dataflow.messages import ErrorRecord, RawRecord, Row, Rows
 from operators.schema import Mapper, MappingError, TableDef
 
 __all__ = ["ERROR_SAMPLE_BYTES", "RecordMapper"]
@@ -62,6 +62,22 @@ class RecordMapper:
                       f"({self._max_row} bytes)")
             return self._error(rec, reason, "row_too_large")
         return Row(stream, record_id, data, rec.obj.partition)
+
+    def map_batch(self, records: list[RawRecord]) -> list[Rows | ErrorRecord]:
+        """Map a batch of raw records; rows come out bundled per (stream, partition), in order."""
+        out: list[Rows | ErrorRecord] = []
+        groups: dict[tuple[str, str], tuple[list[bytes], list[str]]] = {}
+        for rec in records:
+            res = self(rec)
+            if type(res) is Row:
+                rows, ids = groups.setdefault((res.stream, res.partition), ([], []))
+                rows.append(res.data)
+                ids.append(res.record_id)
+            else:
+                out.append(res)
+        for (stream, partition), (rows, ids) in groups.items():
+            out.append(Rows(stream, partition, tuple(rows), tuple(ids)))
+        return out
 
     @staticmethod
     def _error(rec: RawRecord, reason: str, code: str) -> ErrorRecord:
