@@ -47,10 +47,34 @@ class RecordMapper:
 
     def __call__(self, rec: RawRecord) -> Row | ErrorRecord:
         """Map one raw record."""
-        mapper, stream = self._mappers[rec.obj.source]
-        record_id = rec.record_id
+        res = self._map(rec)
+        if type(res) is bytes:
+            return Row(self._mappers[rec.obj.source][1], rec.record_id, res, rec.obj.partition)
+        return res
+
+    def map_batch(self, records: list[RawRecord]) -> list[Rows | ErrorRecord]:
+        """Map a batch of raw records; rows come out bundled per (stream, partition), in order."""
+        out: list[Rows | ErrorRecord] = []
+        groups: dict[str, tuple[str, list[bytes], list[str]]] = {}
+        for rec in records:
+            res = self._map(rec)
+            if type(res) is bytes:
+                obj = rec.obj
+                group = groups.get(obj.partition)
+                if group is None:
+                    group = groups[obj.partition] = (obj.source, [], [])
+                group[1].append(res)
+                group[2].append(f"{obj.id}-{rec.offset}")
+            else:
+                out.append(res)
+        for partition, (source, rows, ids) in groups.items():
+            out.append(Rows(self._mappers[source][1], partition, tuple(rows), tuple(ids)))
+        return out
+
+    def _map(self, rec: RawRecord) -> bytes | ErrorRecord:
+        mapper = self._mappers[rec.obj.source][0]
         try:
-            data = mapper.map_json(rec.data, record_id)
+            data = mapper.map_json(rec.data, f"{rec.obj.id}-{rec.offset}")
         except MappingError as ex:
             return self._error(rec, ex.reason, ex.code)
         except Exception as ex:  # a bug must not stop the flow or lose the record
@@ -61,23 +85,7 @@ class RecordMapper:
             reason = (f"row is {len(data)} bytes, more than fits in one request "
                       f"({self._max_row} bytes)")
             return self._error(rec, reason, "row_too_large")
-        return Row(stream, record_id, data, rec.obj.partition)
-
-    def map_batch(self, records: list[RawRecord]) -> list[Rows | ErrorRecord]:
-        """Map a batch of raw records; rows come out bundled per (stream, partition), in order."""
-        out: list[Rows | ErrorRecord] = []
-        groups: dict[tuple[str, str], tuple[list[bytes], list[str]]] = {}
-        for rec in records:
-            res = self(rec)
-            if type(res) is Row:
-                rows, ids = groups.setdefault((res.stream, res.partition), ([], []))
-                rows.append(res.data)
-                ids.append(res.record_id)
-            else:
-                out.append(res)
-        for (stream, partition), (rows, ids) in groups.items():
-            out.append(Rows(stream, partition, tuple(rows), tuple(ids)))
-        return out
+        return data
 
     @staticmethod
     def _error(rec: RawRecord, reason: str, code: str) -> ErrorRecord:

@@ -257,6 +257,7 @@ _COERCE: dict[str, Callable[[Any], Any]] = {
 
 
 _SCALAR = str | int | float | bool | None
+_UNPARSED = object()
 
 
 class _Node:
@@ -411,14 +412,16 @@ class Mapper:
         security-group calls), so a substring test skips the parse when a key is absent.
         """
         key = id(raw)
-        got = parsed.get(key)
-        if got is None:
-            text = bytes(raw)
-            for part in self._rest_keys[i]:
-                if part not in text:
-                    return None
-            got = parsed[key] = orjson.loads(text)
-        return _walk(got, self._rest[i])
+        entry = parsed.get(key)
+        if entry is None:
+            entry = parsed[key] = [bytes(raw), _UNPARSED]
+        text, value = entry
+        for part in self._rest_keys[i]:
+            if part not in text:
+                return None
+        if value is _UNPARSED:
+            value = entry[1] = orjson.loads(text)
+        return _walk(value, self._rest[i])
 
     def _coerce_i(self, i: int, v: Any) -> Any:
         col = self.table.columns[i]

@@ -27,6 +27,7 @@ __all__ = [
 
 _decode_raw = msgspec.json.Decoder(msgspec.Raw).decode
 _decode_raw_list = msgspec.json.Decoder(list[msgspec.Raw]).decode
+_TAIL_BYTES = 32 * 1024
 
 
 class FramingError(ValueError):
@@ -167,8 +168,9 @@ class JsonArrayFramer:
         prefix up to the last real boundary is decoded as a list of raw values. When the
         last few candidates are all false, elements are checked one at a time.
         """
-        cands = list(self._candidate.finditer(buf))
-        for m in reversed(cands[-3:]):
+        # Look for the last boundary near the end first; most chunks hold many records.
+        tail = list(self._candidate.finditer(buf, max(0, len(buf) - _TAIL_BYTES)))
+        for m in reversed(tail[-3:]):
             end = m.start() + 1
             try:
                 elems = _decode_raw_list(b"[" + buf[:end] + b"]")
@@ -177,7 +179,7 @@ class JsonArrayFramer:
             return [bytes(e) for e in elems], self._advance(buf, m)
         out: list[bytes] = []
         start = 0
-        for m in cands:
+        for m in self._candidate.finditer(buf):
             end = m.start() + 1
             try:
                 _decode_raw(memoryview(buf)[start:end])
