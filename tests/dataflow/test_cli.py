@@ -1,0 +1,64 @@
+"""The s3sentinel command: validate-config reports every problem; run refuses a bad config."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from dataflow.cli import main
+from tests.conftest import ROOT
+
+
+def test_validate_config_accepts_the_demo(capsys) -> None:
+    assert main(["validate-config", "-c", str(ROOT / "examples" / "demo.toml")]) == 0
+    out = capsys.readouterr().out
+    assert "valid" in out and "cloudtrail (cloudtrail -> AWSCloudTrail)" in out
+
+
+def test_validate_config_lists_every_problem_with_its_key(tmp_path: Path, capsys) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("""
+[sentinel]
+endpoint = "https://dce.example"
+rule_id = "dcr-1"
+colour = "blue"
+
+[batch]
+max_age = 5
+
+[[sources]]
+name = "trail"
+bucket = "b"
+format = "cloudtrail"
+table = "AWSCloudTrail"
+partitions = "two"
+""")
+    assert main(["validate-config", "-c", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert "sentinel.colour: unknown key" in err
+    assert "batch.max_age: unknown key" in err
+    assert "sources[trail].partitions: expected int" in err
+
+
+def test_validate_config_names_an_undefined_table(tmp_path: Path, capsys) -> None:
+    cfg = tmp_path / "t.toml"
+    cfg.write_text("""
+[sentinel]
+endpoint = "https://dce.example"
+rule_id = "dcr-1"
+[[sources]]
+name = "app"
+bucket = "b"
+format = "ndjson"
+table = "Missing_CL"
+""")
+    assert main(["validate-config", "-c", str(cfg)]) == 1
+    assert "table 'Missing_CL', which is not defined" in capsys.readouterr().err
+
+
+def test_console_script_is_installed() -> None:
+    exe = Path(sys.executable).parent / "s3sentinel"
+    proc = subprocess.run([str(exe), "validate-config", "-c", str(ROOT / "examples/demo.toml")],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
