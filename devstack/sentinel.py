@@ -30,14 +30,8 @@ import weakref
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from devstack.sentinel_handler import (
-    IDENTITY_PATH,
-    EmulatorServer,
-    EmulatorState,
-    FaultScript,
-    RequestLog,
-    SentinelRequestHandler,
-)
+from devstack.sentinel_handler import EmulatorServer, SentinelRequestHandler
+from devstack.sentinel_state import IDENTITY_PATH, EmulatorState, FaultScript, RequestLog
 from devstack.tls import TlsFiles, client_ssl_context, make_ca_and_server_cert, server_ssl_context
 
 __all__ = [
