@@ -28,6 +28,7 @@ __all__ = [
 _decode_raw = msgspec.json.Decoder(msgspec.Raw).decode
 _decode_raw_list = msgspec.json.Decoder(list[msgspec.Raw]).decode
 _TAIL_BYTES = 32 * 1024
+_BOM = b"\xef\xbb\xbf"
 
 
 class FramingError(ValueError):
@@ -69,16 +70,21 @@ class LineFramer:
         self._rest = b""
         self._line = 0
         self._max = max_record_bytes
-        self.skipped_offsets: list[int] = []
+        self._bom_checked = False
 
     @property
     def emitted(self) -> int:
         return self._line
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        if self._line == 0 and not self._rest and chunk.startswith(b"\xef\xbb\xbf"):
-            chunk = chunk[3:]
         buf = self._rest + chunk if self._rest else chunk
+        if self._line == 0 and not self._bom_checked:
+            if len(buf) < 3 and _BOM.startswith(buf):  # a BOM split across chunks
+                self._rest = buf
+                return []
+            self._bom_checked = True
+            if buf.startswith(_BOM):
+                buf = buf[3:]
         lines = buf.split(b"\n")
         self._rest = lines.pop()
         if len(self._rest) > self._max:
@@ -138,21 +144,23 @@ class JsonArrayFramer:
             return []
         buf = self._buf + chunk if self._buf else chunk
         if not self._started:
-            if buf.startswith(b"\xef\xbb\xbf"):
+            if len(buf) < 3 and _BOM.startswith(buf):  # a BOM split across chunks
+                self._buf = buf
+                return []
+            if buf.startswith(_BOM):
                 buf = buf[3:]
             m = self._head.match(buf)
             if m is None:
-                if len(buf) < 256 and not buf.lstrip().startswith((b"[", b"{")) and buf.strip():
+                stripped = buf.lstrip()
+                if len(buf) >= 256 or (stripped and not stripped.startswith((b"[", b"{"))):
                     raise FramingError(self._shape_error(), 0)
-                if len(buf) < 256:  # not enough bytes yet to decide
-                    self._buf = buf
-                    return []
-                raise FramingError(self._shape_error(), 0)
+                self._buf = buf  # not enough bytes yet to decide
+                return []
             self._started = True
             buf = buf[m.end():]
-            if buf.startswith(b"]"):  # empty array
-                self._done, self._tail, self._buf = True, buf[1:], b""
-                return []
+        if self._count == 0 and buf.lstrip().startswith(b"]"):  # an empty array
+            self._done, self._tail, self._buf = True, buf.lstrip()[1:], b""
+            return []
         out, start = self._split(buf)
         self._buf = buf[start:]
         self._count += len(out)
