@@ -22,6 +22,7 @@ from connectors.s3.errors import ObjectReadError
 __all__ = [
     "Body",
     "CHUNK_BYTES",
+    "OUT_BYTES",
     "Prefetcher",
     "decompress",
     "open_body",
@@ -29,6 +30,9 @@ __all__ = [
 
 CHUNK_BYTES = 256 * 1024
 """Size of the chunks read from a streaming body."""
+
+OUT_BYTES = 1024 * 1024
+"""Most bytes one gzip inflate step may produce."""
 
 _GZIP = b"\x1f\x8b"
 _ZSTD = b"\x28\xb5\x2f\xfd"
@@ -112,12 +116,16 @@ def decompress(chunks: Iterable[bytes], *, max_bytes: int) -> Iterator[bytes]:
         pending = first
         while True:
             try:
-                out = d.decompress(pending)
+                # Bounded output: a small chunk of a decompression bomb cannot inflate at once.
+                out = d.decompress(pending, OUT_BYTES)
             except (isal_zlib.error, zlib.error) as ex:
                 msg = f"corrupt gzip data: {ex}"
                 raise ObjectReadError(msg, transient=False) from ex
             if out:
                 yield guard(out)
+            if d.unconsumed_tail:
+                pending = d.unconsumed_tail
+                continue
             if d.eof:
                 rest = d.unused_data
                 if not rest.strip(b"\x00"):

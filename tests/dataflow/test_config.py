@@ -1,0 +1,84 @@
+"""Config: every problem at once with its key path; environment overrides."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+
+from dataflow.config import ConfigError, load_config, parse_config
+from tests.conftest import ROOT
+
+MINIMAL = {"sentinel": {"endpoint": "https://dce.example", "rule_id": "dcr-1"},
+           "sources": [{"name": "ct", "bucket": "b", "format": "cloudtrail",
+                        "table": "AWSCloudTrail"}]}
+
+
+def problems(raw: dict, env: dict | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, environ=env or {})
+    return info.value.problems
+
+
+def test_minimal_and_demo_configs_load() -> None:
+    cfg = parse_config(MINIMAL)
+    assert cfg.batch.max_bytes == 1_000_000 and cfg.source("ct").partitions == 1
+    assert load_config(ROOT / "examples" / "demo.toml", environ={}).source("app").format == "ndjson"
+
+
+def test_every_problem_is_reported_with_its_path() -> None:
+    raw = {"sentinel": {"endpoint": "https://x", "rule_id": "dcr-1", "bogus": 1},
+           "sources": [{"name": "ct", "bucket": "b", "format": "xml", "table": "T",
+                        "partitions": "2", "extra": True}],
+           "runtime": {"mode": "sometimes"}, "nope": {}}
+    got = problems(raw)
+    assert any(p.startswith("sentinel.bogus: unknown key") for p in got)
+    assert any(p.startswith("sources[ct].format: 'xml' is not one of") for p in got)
+    assert any(p.startswith("sources[ct].partitions: expected int") for p in got)
+    assert any(p.startswith("sources[ct].extra: unknown key") for p in got)
+    assert any(p.startswith("runtime.mode:") for p in got)
+    assert any(p.startswith("nope: unknown key") for p in got)
+    assert len(got) == 6
+
+
+def test_missing_required_keys() -> None:
+    got = problems({"sentinel": {"endpoint": "https://x"}, "sources": [{"name": "a"}]})
+    assert "sentinel.rule_id: required key is missing" in got
+    assert "sources[a].bucket: required key is missing" in got
+
+
+@pytest.mark.parametrize(("change", "text"), [
+    ({"sentinel": {"endpoint": "http://dce", "rule_id": "r"}}, "must be an https:// URL"),
+    ({"batch": {"max_bytes": 2_000_000}}, "1048576"),
+    ({"sources": MINIMAL["sources"] * 2}, "duplicate source name"),
+    ({"sources": [{**MINIMAL["sources"][0], "exclude": ["("]}]}, "not a valid regex"),
+    ({"sources": []}, "at least one"),
+])
+def test_cross_field_checks(change: dict, text: str) -> None:
+    assert any(text in p for p in problems({**MINIMAL, **change}))
+
+
+def test_environment_overrides() -> None:
+    env = {"S3SENTINEL__SENTINEL__ENDPOINT": "https://other.example",
+           "S3SENTINEL__BATCH__MAX_AGE_SECS": "2",
+           "S3SENTINEL__SOURCES__ct__PARTITIONS": "4",
+           "S3SENTINEL__SOURCES__0__PREFIX": "AWSLogs/",
+           "UNRELATED": "x"}
+    cfg = parse_config(MINIMAL, environ=env)
+    assert cfg.sentinel.endpoint == "https://other.example"
+    assert cfg.batch.max_age_secs == 2.0
+    assert cfg.source("ct").partitions == 4 and cfg.source("ct").prefix == "AWSLogs/"
+    assert "S3SENTINEL__SOURCES__nosuch__BUCKET: no list item 'nosuch'" in " ".join(
+        problems(MINIMAL, {"S3SENTINEL__SOURCES__nosuch__BUCKET": "x"}))
+
+
+def test_file_errors_and_pickling(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "missing.toml", environ={})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[sentinel\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad, environ={})
+    err = ConfigError(["a: b"])
+    assert pickle.loads(pickle.dumps(err)).problems == ["a: b"]
