@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from operators.formats.registry import DEFAULT_TABLES, FORMATS
+
 __all__ = [
     "AwsConfig",
     "BatchConfig",
@@ -46,8 +48,8 @@ ENV_CONFIG_PATH = "S3SENTINEL_CONFIG"
 ENV_PREFIX = "S3SENTINEL__"
 """Prefix of environment overrides; ``__`` separates the key path."""
 
-Format = Literal["cloudtrail", "ndjson", "json_array"]
 Mode = Literal["continuous", "catch_up"]
+Format = Literal[("auto", *FORMATS)]  # type: ignore[valid-type]
 
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
 
@@ -122,9 +124,11 @@ class SourceConfig:
     bucket: str
     """S3 bucket."""
     format: Format
-    """Record format of the objects."""
-    table: str
-    """Table definition the records are mapped onto (shipped, or declared under [[tables]])."""
+    """Record format of the objects (see operators.formats.registry.FORMATS), or ``auto`` to
+    detect it per object from the key layout or the first bytes."""
+    table: str | None = None
+    """Table the records are mapped onto (shipped, or declared under [[tables]]); defaults to
+    the format's standard table (CloudTrail -> AWSCloudTrail, ...)."""
     prefix: str = ""
     """Only keys under this prefix."""
     partitions: int = 1
@@ -141,6 +145,10 @@ class SourceConfig:
     """Objects up to this (compressed) size are fetched whole ahead of time; larger ones stream."""
     max_object_bytes: int = 8 * 1024**3
     """Largest decompressed object accepted; larger ones are reported as errors."""
+    fields: list[str] = field(default_factory=list)
+    """Field names of ``delimited`` lines (and of ``csv`` objects without a header line)."""
+    delimiter: str = ""
+    """Field separator of ``delimited`` (default ``|``) and ``csv`` (default ``,``)."""
 
 
 @dataclass(frozen=True)
@@ -357,6 +365,13 @@ def _check(cfg: Config, problems: list[str]) -> None:
         seen.add(src.name)
         if src.partitions < 1 or src.fetch_threads < 1 or src.poll_secs <= 0:
             problems.append(f"{where}: partitions and fetch_threads must be >= 1, poll_secs > 0")
+        if src.table is None and src.format not in DEFAULT_TABLES and src.format != "auto":
+            problems.append(f"{where}.table: required for format {src.format!r} "
+                            "(it has no standard table)")
+        if src.format == "delimited" and not src.fields:
+            problems.append(f"{where}.fields: the delimited format needs the field names")
+        if len(src.delimiter) > 1:
+            problems.append(f"{where}.delimiter: one character")
         for pattern in src.exclude:
             try:
                 re.compile(pattern)

@@ -42,6 +42,8 @@ class ObjectRef:
     etag: str
     size: int
     """Stored (possibly compressed) size in bytes."""
+    format: str = ""
+    """Record format of the object (the source's, or the detected one for ``auto``)."""
     id: str = field(default="", compare=False)
     """``object_id(bucket, key, etag)``; filled in when empty."""
 
@@ -63,6 +65,8 @@ class RawRecord:
     offset: int
     """Position of the record in its object: record index (JSON) or line number (text), from 0."""
     data: bytes
+    header: tuple[bytes, ...] = ()
+    """Header lines of the object before this record (text formats with headers)."""
 
     @property
     def record_id(self) -> str:

@@ -1,8 +1,10 @@
 """Parse and map: raw record bytes to an encoded table row, or an error record with the reason.
 
-One :class:`RecordMapper` serves every source of a flow; it knows each source's
-format and table. JSON formats (CloudTrail, NDJSON, JSON arrays) are decoded and
-mapped in one pass by the table's :class:`~operators.schema.Mapper`.
+One :class:`RecordMapper` serves every source of a flow. JSON formats (CloudTrail,
+NDJSON, GuardDuty, ...) are decoded and mapped in one pass by the table's
+:class:`~operators.schema.Mapper`; text formats are parsed into a dict first by their
+:class:`~operators.formats.TextFormat`. Which table a record goes to follows from its
+source and its object's format (``auto`` sources resolve the format per object).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from collections.abc import Mapping
 from dataflow import metrics
 from dataflow.config import SourceConfig
 from dataflow.messages import ErrorRecord, RawRecord, Row, Rows
+from operators.formats import ParseError, TextFormat
+from operators.formats.registry import DEFAULT_TABLES, text_format
 from operators.schema import Mapper, MappingError, TableDef
 
 __all__ = ["ERROR_SAMPLE_BYTES", "RecordMapper"]
@@ -21,6 +25,17 @@ log = logging.getLogger(__name__)
 
 ERROR_SAMPLE_BYTES = 64 * 1024
 """Most bytes of an offending record kept in its error record."""
+
+
+class _Route:
+    """How records of one (source, format) are mapped."""
+
+    __slots__ = ("mapper", "parser", "stream")
+
+    def __init__(self, mapper: Mapper, parser: TextFormat | None) -> None:
+        self.mapper = mapper
+        self.parser = parser
+        self.stream = mapper.table.stream
 
 
 class RecordMapper:
@@ -34,60 +49,86 @@ class RecordMapper:
 
     def __init__(self, sources: list[SourceConfig], tables: Mapping[str, TableDef],
                  max_row_bytes: int) -> None:
-        self._mappers: dict[str, tuple[Mapper, str]] = {}
-        for src in sources:
-            if src.table not in tables:
-                msg = (f"source {src.name!r} maps onto table {src.table!r}, which is not defined; "
-                       f"defined tables: {', '.join(sorted(tables))}. Declare it under [[tables]] "
-                       "or in runtime.tables_dir.")
-                raise KeyError(msg)
-            table = tables[src.table]
-            self._mappers[src.name] = (Mapper(table), table.stream)
+        self._sources = {s.name: s for s in sources}
+        self._tables = tables
+        self._routes: dict[tuple[str, str], _Route | ErrorRecord | str] = {}
         self._max_row = max_row_bytes - 2  # the row plus the array's brackets
+        for src in sources:  # check every table a source names, before any data
+            if src.format != "auto":
+                route = self._route(src.name, src.format)
+                if isinstance(route, str):
+                    raise KeyError(route)
+
+    def _route(self, source: str, fmt: str) -> _Route | str:
+        """The route of (source, format); a string says why there is none."""
+        route = self._routes.get((source, fmt))
+        if route is None:
+            src = self._sources[source]
+            name = src.table or DEFAULT_TABLES.get(fmt)
+            if name is None or name not in self._tables:
+                route = (f"source {source!r} maps format {fmt!r} onto table {name!r}, which is "
+                         f"not defined; defined tables: {', '.join(sorted(self._tables))}. "
+                         "Declare it under [[tables]] or in runtime.tables_dir.")
+            else:
+                route = _Route(Mapper(self._tables[name]),
+                               text_format(fmt, fields=src.fields, delimiter=src.delimiter))
+            self._routes[(source, fmt)] = route
+        return route  # type: ignore[return-value]
 
     def __call__(self, rec: RawRecord) -> Row | ErrorRecord:
         """Map one raw record."""
         res = self._map(rec)
-        if type(res) is bytes:
-            return Row(self._mappers[rec.obj.source][1], rec.record_id, res, rec.obj.partition)
-        return res
+        if type(res) is tuple:
+            return Row(res[0], rec.record_id, res[1], rec.obj.partition)
+        return res  # type: ignore[return-value]
 
     def map_batch(self, records: list[RawRecord]) -> list[Rows | ErrorRecord]:
         """Map a batch of raw records; rows come out bundled per (stream, partition), in order."""
         out: list[Rows | ErrorRecord] = []
-        groups: dict[str, tuple[str, list[bytes], list[str]]] = {}
+        groups: dict[tuple[str, str], tuple[list[bytes], list[str]]] = {}
         for rec in records:
             res = self._map(rec)
-            if type(res) is bytes:
+            if type(res) is tuple:
                 obj = rec.obj
-                group = groups.get(obj.partition)
+                key = (res[0], obj.partition)
+                group = groups.get(key)
                 if group is None:
-                    group = groups[obj.partition] = (obj.source, [], [])
-                group[1].append(res)
-                group[2].append(f"{obj.id}-{rec.offset}")
+                    group = groups[key] = ([], [])
+                group[0].append(res[1])
+                group[1].append(f"{obj.id}-{rec.offset}")
             else:
-                out.append(res)
-        for partition, (source, rows, ids) in groups.items():
-            out.append(Rows(self._mappers[source][1], partition, tuple(rows), tuple(ids)))
+                out.append(res)  # type: ignore[arg-type]
+        for (stream, partition), (rows, ids) in groups.items():
+            out.append(Rows(stream, partition, tuple(rows), tuple(ids)))
         return out
 
-    def _map(self, rec: RawRecord) -> bytes | ErrorRecord:
-        mapper = self._mappers[rec.obj.source][0]
+    def _map(self, rec: RawRecord) -> tuple[str, bytes] | ErrorRecord:
+        obj = rec.obj
+        route = self._route(obj.source, obj.format or self._sources[obj.source].format)
+        if type(route) is str:
+            return self._error(rec, "map", route, "no_table")
+        assert isinstance(route, _Route)
+        record_id = f"{obj.id}-{rec.offset}"
         try:
-            data = mapper.map_json(rec.data, f"{rec.obj.id}-{rec.offset}")
+            if route.parser is None:
+                data = route.mapper.map_json(rec.data, record_id)
+            else:
+                data = route.mapper.map_dict(route.parser.parse(rec.data, rec.header), record_id)
+        except ParseError as ex:
+            return self._error(rec, "parse", ex.reason, ex.code)
         except MappingError as ex:
-            return self._error(rec, ex.reason, ex.code)
+            return self._error(rec, "map", ex.reason, ex.code)
         except Exception as ex:  # a bug must not stop the flow or lose the record
-            log.exception("%s record %d: unexpected error while mapping", rec.obj.uri, rec.offset)
-            return self._error(rec, f"unexpected error while mapping: {type(ex).__name__}: {ex}",
+            log.exception("%s record %d: unexpected error while mapping", obj.uri, rec.offset)
+            return self._error(rec, "map", f"unexpected error: {type(ex).__name__}: {ex}",
                                "internal")
         if len(data) > self._max_row:
             reason = (f"row is {len(data)} bytes, more than fits in one request "
                       f"({self._max_row} bytes)")
-            return self._error(rec, reason, "row_too_large")
-        return data
+            return self._error(rec, "map", reason, "row_too_large")
+        return route.stream, data
 
     @staticmethod
-    def _error(rec: RawRecord, reason: str, code: str) -> ErrorRecord:
-        metrics.ERRORS.labels(rec.obj.source, "map", code).inc()
-        return ErrorRecord(rec.obj, rec.offset, "map", reason, rec.data[:ERROR_SAMPLE_BYTES])
+    def _error(rec: RawRecord, stage: str, reason: str, code: str) -> ErrorRecord:
+        metrics.ERRORS.labels(rec.obj.source, stage, code).inc()
+        return ErrorRecord(rec.obj, rec.offset, stage, reason, rec.data[:ERROR_SAMPLE_BYTES])

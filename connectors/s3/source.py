@@ -27,12 +27,15 @@ from typing_extensions import override
 
 from connectors.s3.discovery import ListedObject, Lister
 from connectors.s3.errors import ObjectReadError, is_transient
-from connectors.s3.framing import FramingError, framer_for
-from connectors.s3.objects import Body, Prefetcher, decompress
+from connectors.s3.framing import FramingError
+from connectors.s3.objects import Prefetcher
+from connectors.s3.records import FormatUnknown, Record, object_records
 from connectors.s3.state import PartitionState
 from dataflow import metrics
 from dataflow.config import SourceConfig
 from dataflow.messages import ErrorRecord, ObjectRef, RawRecord
+from operators.formats import TextFormat
+from operators.formats.registry import text_format
 
 __all__ = ["READ_ATTEMPTS", "S3Source"]
 
@@ -55,25 +58,10 @@ def _utcnow() -> datetime:
 class _Reading:
     """The object a partition is reading: its ref and the iterator of its records."""
 
-    def __init__(self, ref: ObjectRef, records: Iterator[tuple[int, bytes]], start: int) -> None:
+    def __init__(self, ref: ObjectRef, records: Iterator[Record], start: int) -> None:
         self.ref = ref
         self.records = records
         self.next_offset = start
-
-
-def _records(body: Body, fmt: str, skip: int, max_bytes: int) -> Iterator[tuple[int, bytes]]:
-    """(offset, bytes) of each record of an object, from offset ``skip`` on."""
-    framer = framer_for(fmt)
-    base = 0
-    for chunk in decompress(body.chunks(), max_bytes=max_bytes):
-        recs = framer.feed(chunk)
-        for i, rec in enumerate(recs, base):
-            if i >= skip and rec:
-                yield i, rec
-        base += len(recs)
-    for i, rec in enumerate(framer.finish(), base):
-        if i >= skip and rec:
-            yield i, rec
 
 
 class _S3Partition(StatefulSourcePartition[Item, dict]):
@@ -96,6 +84,7 @@ class _S3Partition(StatefulSourcePartition[Item, dict]):
         self._wake_at: datetime | None = None
         self._attempts = 0
         self._errors: list[ErrorRecord] = []
+        self._parsers: dict[str, TextFormat | None] = {}
 
     # -- bytewax interface -------------------------------------------------------------
 
@@ -184,19 +173,37 @@ class _S3Partition(StatefulSourcePartition[Item, dict]):
                                         etag or "", size), offset, ex.reason)
             return False
         self._attempts = 0
-        ref = ObjectRef(self._src.name, self._name, self._src.bucket, key, body.etag, body.size)
-        recs = _records(body, self._src.format, offset, self._src.max_object_bytes)
+        src = self._src
+        try:
+            fmt, recs = object_records(key, body.chunks(), src.format, skip=offset,
+                                       max_bytes=src.max_object_bytes, parser_for=self._parser)
+        except (FormatUnknown, ObjectReadError) as ex:
+            body.close()
+            if getattr(ex, "transient", False) and self._attempts + 1 < READ_ATTEMPTS:
+                self._resume = PartitionState(self._after, key, body.etag, offset)
+                self._backoff("read", ex)
+                return False
+            ref = ObjectRef(src.name, self._name, src.bucket, key, body.etag, body.size)
+            self._fail_object(ref, offset, str(ex))
+            return False
+        ref = ObjectRef(src.name, self._name, src.bucket, key, body.etag, body.size, fmt)
         self._reading = _Reading(ref, recs, offset)
         self._resume = None
         return True
+
+    def _parser(self, fmt: str) -> TextFormat | None:
+        if fmt not in self._parsers:
+            self._parsers[fmt] = text_format(fmt, fields=self._src.fields,
+                                             delimiter=self._src.delimiter)
+        return self._parsers[fmt]
 
     def _read_some(self) -> list[Item]:
         r = self._reading
         assert r is not None
         out: list[Item] = []
         try:
-            for offset, data in r.records:
-                out.append(RawRecord(r.ref, offset, data))
+            for offset, data, header in r.records:
+                out.append(RawRecord(r.ref, offset, data, header))
                 r.next_offset = offset + 1
                 if len(out) >= BATCH_RECORDS:
                     break
