@@ -12,6 +12,7 @@ from prometheus_client import Counter, Histogram
 __all__ = [
     "BATCH_BYTES",
     "ERRORS",
+    "FIELDS_TRUNCATED",
     "OBJECTS",
     "OBJECT_RETRIES",
     "RECORDS_DELIVERED",
@@ -42,6 +43,11 @@ ERRORS = Counter(
     "s3sentinel_component_errors_total",
     "Records or objects that failed, by stage (read, parse, map) and reason code.",
     ["source", "stage", "error_code"],
+)
+FIELDS_TRUNCATED = Counter(
+    "s3sentinel_fields_truncated_total",
+    "String values cut to 64 KB (the Log Analytics limit), with a visible marker.",
+    ["table", "column"],
 )
 RECORDS_DELIVERED = Counter(
     "s3sentinel_records_delivered_total",

@@ -29,6 +29,7 @@ from typing import Any
 import msgspec
 import orjson
 
+from dataflow import metrics
 from dataflow.config import TableConfig
 
 __all__ = [
@@ -45,6 +46,9 @@ COLUMN_TYPES = ("string", "int", "long", "real", "bool", "datetime", "dynamic")
 _COLUMN_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,44}$")
 _RESERVED = {"type", "tenantid", "_resourceid", "_subscriptionid", "sourcesystem", "_itemid",
              "_billedsize", "_isbillable", "mg", "_timereceived"}
+MAX_FIELD_BYTES = 65_536
+"""Log Analytics keeps at most 64 KB of a string value; longer values are cut here, visibly."""
+_TRUNCATED = "...[truncated by s3sentinel]"
 _ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?Z$")
 
 
@@ -122,6 +126,8 @@ class TableDef:
             if ctype not in COLUMN_TYPES:
                 problems.append(f"{where}: type {ctype!r} is not one of {', '.join(COLUMN_TYPES)}")
             source = str(col.get("source") or cname)
+            if source == "*" and ctype != "dynamic":
+                problems.append(f"{where}: source \"*\" (every unmapped field) needs type dynamic")
             columns.append(Column(cname, str(ctype), tuple(source.split(".")),
                                   bool(col.get("required", False)), str(col.get("description", "")),
                                   bool(col.get("json", False))))
@@ -194,6 +200,17 @@ def _to_string(v: Any) -> str | None:
     if isinstance(v, (int, float)):
         return str(v)
     return _json_text(v)
+
+
+def _limit(text: str, counter: Any = None) -> str:
+    """``text`` cut to MAX_FIELD_BYTES of UTF-8 with a marker, when longer."""
+    data = text.encode("utf-8")
+    if len(data) <= MAX_FIELD_BYTES:
+        return text
+    if counter is not None:
+        counter.inc()
+    keep = MAX_FIELD_BYTES - len(_TRUNCATED)
+    return data[:keep].decode("utf-8", errors="ignore") + _TRUNCATED
 
 
 def _to_int(v: Any) -> int:
@@ -309,7 +326,7 @@ def _split_path(path: tuple[str, ...], leaves: set[tuple[str, ...]]) -> int:
 
 # Inline fast cases per column type in the generated code; anything else calls _c(i, v).
 _FAST_CASE = {
-    "string": "type(v) is str",
+    "string": "type(v) is str and len(v) <= 16384",  # <= 64 KB whatever the characters
     "datetime": "type(v) is str and _iso(v) is not None",
     "bool": "type(v) is bool",
     "int": "type(v) is int",
@@ -325,7 +342,13 @@ class Mapper:
     def __init__(self, table: TableDef) -> None:
         self.table = table
         self._id_column = table.record_id_column
-        cols = table.columns
+        # A column with source "*" holds every top-level field no other column reads.
+        self._rest_column = next((c.name for c in table.columns if c.source == ("*",)), None)
+        cols = self._cols = tuple(c for c in table.columns if c.source != ("*",))
+        self._used_top = frozenset(c.source[0] for c in cols)
+        self._decode_top = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
+        self._truncated = [metrics.FIELDS_TRUNCATED.labels(table.name, c.name) for c in cols]
+        self._index = {c.name: i for i, c in enumerate(cols)}
         leaves = {c.source for c in cols}
         cuts = [_split_path(c.source, leaves) for c in cols]
         root = _Node()
@@ -360,7 +383,7 @@ class Mapper:
         """
         lines = ["def _map(rec, row, parsed):"]
         parents: dict[tuple[str, ...], str] = {(): "rec"}
-        for i, (col, cut) in enumerate(zip(self.table.columns, cuts)):
+        for i, (col, cut) in enumerate(zip(self._cols, cuts)):
             head = col.source[:cut]
             node, var = root, "rec"
             for depth, part in enumerate(head):
@@ -378,14 +401,16 @@ class Mapper:
             lines.append("    if v is not None:")
             if node.leaf is msgspec.Raw and col.type == "string" and not self._rest[i]:
                 # Raw JSON text for a string column: never fails (it is valid JSON).
-                lines.append(f"        if (x := _s(v)) is not None: row[{col.name!r}] = x")
+                lines.append(f"        if (x := _s(v)) is not None: "
+                             f"row[{col.name!r}] = x if len(x) <= 16384 else _lim({i}, x)")
             else:
                 lines += [f"        if {_FAST_CASE[col.type]}: row[{col.name!r}] = v",
                           f"        elif (x := _c({i}, v)) is not None: row[{col.name!r}] = x"]
             if col.required:
                 lines.append(f"    else: _missing({col.name!r})")
         lines.append("    return row")
-        ns = {"_iso": _ISO_UTC.match, "_c": self._coerce_i, "_s": _to_string, "_missing": self._missing,
+        ns = {"_iso": _ISO_UTC.match, "_c": self._coerce_i, "_s": _to_string,
+              "_lim": lambda i, x: _limit(x, self._truncated[i]), "_missing": self._missing,
               "_deferred": self._deferred}
         exec("\n".join(lines), ns)  # noqa: S102 (code generated from validated column names)
         return ns["_map"]
@@ -402,6 +427,10 @@ class Mapper:
         except msgspec.DecodeError as ex:
             raise MappingError(f"not valid JSON: {ex}", "invalid_json") from None
         row = self._map_struct(rec, {}, {})
+        if self._rest_column is not None:
+            rest = {k: v for k, v in self._decode_top(data).items() if k not in self._used_top}
+            if rest:
+                row[self._rest_column] = rest
         row[self._id_column] = record_id
         return self._encode(row)
 
@@ -424,7 +453,7 @@ class Mapper:
         return _walk(value, self._rest[i])
 
     def _coerce_i(self, i: int, v: Any) -> Any:
-        col = self.table.columns[i]
+        col = self._cols[i]
         out = self._coerce(col.name, self._coercers[i], v)
         if out is None and col.required:
             self._missing(col.name)
@@ -447,17 +476,24 @@ class Mapper:
                 row[name] = out
             elif required:
                 self._missing(name)
+        if self._rest_column is not None:
+            rest = {k: v for k, v in rec.items() if k not in self._used_top}
+            if rest:
+                row[self._rest_column] = rest
         row[self._id_column] = record_id
         return self._encode(row)
 
     def _coerce(self, name: str, coerce: Callable[[Any], Any], v: Any) -> Any:
         try:
-            return coerce(v)
+            out = coerce(v)
         except (ValueError, TypeError, OverflowError, msgspec.DecodeError):
             shown = _json_text(v)[:80]
             msg = (f"field {self._sources[name]!r} = {shown} does not fit column {name} "
                    f"({self._types[name]})")
             raise MappingError(msg, "wrong_type") from None
+        if type(out) is str and len(out) > 16384:
+            out = _limit(out, self._truncated[self._index[name]])
+        return out
 
     def _missing(self, name: str) -> None:
         msg = f"required field {self._sources[name]!r} (column {name}) is missing or null"

@@ -143,3 +143,37 @@ def test_custom_tables_end_in_cl() -> None:
     with pytest.raises(TableError, match="must end with '_CL'"):
         TableDef.from_mapping({"table": "T", "columns": [
             {"name": "TimeGenerated", "type": "datetime"}]}, "t.toml")
+
+
+def test_long_strings_are_cut_to_64_kb_with_a_marker_and_counted() -> None:
+    from dataflow import metrics
+    from operators.schema import MAX_FIELD_BYTES
+
+    counter = metrics.FIELDS_TRUNCATED.labels("T_CL", "Name")
+    before = counter._value.get()
+    for value in ("é" * 40_000, "x" * 70_000):  # 80,000 and 70,000 bytes of UTF-8
+        row = both({"time": "2026-01-01T00:00:00Z", "name": value, "params": {"p": value}})
+        assert len(row["Name"].encode()) <= MAX_FIELD_BYTES
+        assert row["Name"].endswith("[truncated by s3sentinel]")
+        assert len(row["Params"].encode()) <= MAX_FIELD_BYTES
+    assert counter._value.get() - before == 4  # both paths, both values
+    short = both({"time": "2026-01-01T00:00:00Z", "name": "é" * 16_000})
+    assert short["Name"] == "é" * 16_000
+
+
+def test_a_star_column_keeps_every_unmapped_top_level_field() -> None:
+    table = TableDef.from_mapping({"table": "R_CL", "columns": [
+        {"name": "TimeGenerated", "type": "datetime", "source": "time", "required": True},
+        {"name": "Name", "type": "string", "source": "user.name"},
+        {"name": "AdditionalFields", "type": "dynamic", "source": "*"},
+    ]}, "t")
+    m = Mapper(table)
+    rec = {"time": "2026-01-01T00:00:00Z", "user": {"name": "a", "id": 1}, "new": {"x": [1]},
+           "flag": True}
+    fast = orjson.loads(m.map_json(orjson.dumps(rec), "r"))
+    assert fast == orjson.loads(m.map_dict(rec, "r"))
+    assert fast["AdditionalFields"] == {"new": {"x": [1]}, "flag": True}
+    with pytest.raises(TableError, match="needs type dynamic"):
+        TableDef.from_mapping({"table": "R_CL", "columns": [
+            {"name": "TimeGenerated", "type": "datetime"},
+            {"name": "Rest", "type": "string", "source": "*"}]}, "t")
