@@ -145,6 +145,9 @@ class SourceConfig:
     """Objects up to this (compressed) size are fetched whole ahead of time; larger ones stream."""
     max_object_bytes: int = 8 * 1024**3
     """Largest decompressed object accepted; larger ones are reported as errors."""
+    max_compression_ratio: float = 1000.0
+    """Objects that decompress to more than this many times their stored size (past 16 MiB)
+    are reported as decompression bombs; 0 turns the check off."""
     fields: list[str] = field(default_factory=list)
     """Field names of ``delimited`` lines (and of ``csv`` objects without a header line)."""
     delimiter: str = ""

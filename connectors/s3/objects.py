@@ -34,6 +34,9 @@ CHUNK_BYTES = 256 * 1024
 OUT_BYTES = 1024 * 1024
 """Most bytes one gzip inflate step may produce."""
 
+RATIO_GRACE_BYTES = 16 * 1024 * 1024
+"""Output below this size is never judged by its compression ratio."""
+
 _GZIP = b"\x1f\x8b"
 _ZSTD = b"\x28\xb5\x2f\xfd"
 
@@ -86,15 +89,20 @@ def open_body(s3: Any, bucket: str, key: str, *, etag: str | None = None,
         raise ObjectReadError.from_exception(bucket, key, ex) from ex
 
 
-def decompress(chunks: Iterable[bytes], *, max_bytes: int) -> Iterator[bytes]:
+def decompress(chunks: Iterable[bytes], *, max_bytes: int,
+               max_ratio: float = 0.0) -> Iterator[bytes]:
     """Decompressed chunks of a gzip, zstd or plain stream.
 
     Concatenated gzip members are read in turn (as ``gunzip`` does).
 
     :arg max_bytes: Stop with ObjectReadError beyond this many decompressed bytes
-        (a guard against decompression bombs and runaway objects).
+        (a guard against runaway objects).
+    :arg max_ratio: Stop when the output outgrows the input by more than this factor
+        (a guard against decompression bombs); checked past RATIO_GRACE_BYTES of output.
+        0 turns the check off.
     """
-    it = iter(chunks)
+    counted = _Counted(chunks)
+    it = iter(counted)
     first = b""
     for first in it:
         if first:
@@ -108,6 +116,10 @@ def decompress(chunks: Iterable[bytes], *, max_bytes: int) -> Iterator[bytes]:
         total += len(out)
         if total > max_bytes:
             msg = f"decompressed size exceeds the limit of {max_bytes} bytes"
+            raise ObjectReadError(msg, transient=False)
+        if max_ratio and total > RATIO_GRACE_BYTES and total > max_ratio * counted.bytes:
+            msg = (f"decompresses more than {max_ratio:.0f} times its stored size "
+                   f"({total} bytes from {counted.bytes}): treated as a decompression bomb")
             raise ObjectReadError(msg, transient=False)
         return out
 
@@ -156,6 +168,19 @@ def decompress(chunks: Iterable[bytes], *, max_bytes: int) -> Iterator[bytes]:
     else:
         for chunk in _chain(first, it):
             yield guard(chunk)
+
+
+class _Counted:
+    """An iterable of chunks that counts the bytes handed out."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = chunks
+        self.bytes = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._chunks:
+            self.bytes += len(chunk)
+            yield chunk
 
 
 def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:

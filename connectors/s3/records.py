@@ -34,6 +34,7 @@ def _framer(fmt: str) -> Framer:
 
 
 def object_records(key: str, stored: Iterable[bytes], fmt: str, *, max_bytes: int,
+                   max_ratio: float = 0.0,
                    parser_for: Callable[[str], TextFormat | None], skip: int = 0
                    ) -> tuple[str, Iterator[Record]]:
     """The object's format, and an iterator of its records from offset ``skip`` on.
@@ -44,7 +45,7 @@ def object_records(key: str, stored: Iterable[bytes], fmt: str, *, max_bytes: in
     :raises FormatUnknown: When ``auto`` cannot tell.
     :raises ObjectReadError: When the first chunk cannot be decompressed.
     """
-    chunks = decompress(stored, max_bytes=max_bytes)
+    chunks = decompress(stored, max_bytes=max_bytes, max_ratio=max_ratio)
     if fmt == "auto":
         found = detect(key)
         if found is None:

@@ -176,7 +176,9 @@ class _S3Partition(StatefulSourcePartition[Item, dict]):
         src = self._src
         try:
             fmt, recs = object_records(key, body.chunks(), src.format, skip=offset,
-                                       max_bytes=src.max_object_bytes, parser_for=self._parser)
+                                       max_bytes=src.max_object_bytes,
+                                       max_ratio=src.max_compression_ratio,
+                                       parser_for=self._parser)
         except (FormatUnknown, ObjectReadError) as ex:
             body.close()
             if getattr(ex, "transient", False) and self._attempts + 1 < READ_ATTEMPTS:

@@ -57,3 +57,14 @@ def test_gzip_output_comes_in_bounded_steps() -> None:
     bomb = gzip.compress(b"\0" * 20_000_000)
     sizes = [len(out) for out in decompress([bomb], max_bytes=10**9)]
     assert sum(sizes) == 20_000_000 and max(sizes) <= 1024 * 1024
+
+
+def test_a_compression_ratio_over_the_limit_is_a_bomb() -> None:
+    bomb = gzip.compress(b"\0" * 40_000_000)  # ~1000:1
+    with pytest.raises(ObjectReadError, match="decompression bomb"):
+        for _ in decompress(chunks(bomb, 65_536), max_bytes=10**10, max_ratio=100):
+            pass
+    # Ordinary log data (~10:1) passes the same limit.
+    logs = gzip.compress(b"".join(b'{"n": %d, "msg": "user %d logged in"}\n' % (i, i % 97)
+                                  for i in range(600_000)))
+    assert sum(map(len, decompress(chunks(logs, 65_536), max_bytes=10**10, max_ratio=100))) > 0
