@@ -3,6 +3,10 @@
 - ``s3sentinel run -c CONFIG [-w N] [-r RECOVERY_DIR] [--catch-up]``: run the dataflow
   with ``python -m bytewax.run`` (other bytewax.run options may follow ``--``).
 - ``s3sentinel validate-config -c CONFIG``: report every problem in the config at once.
+- ``s3sentinel preview FILE_OR_S3_URI [--format F] [--table T]``: the rows a file would
+  become (NDJSON on stdout), errors on stderr; exit 0 only when every record mapped.
+- ``s3sentinel dcr [--tables T,...] [-o FILE]``: the Data Collection Rule (ARM template)
+  for the table definitions, so the DCR declares exactly what the connector sends.
 """
 
 from __future__ import annotations
@@ -58,6 +62,47 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
     return 0  # not reached
 
 
+def _preview(args: argparse.Namespace) -> int:
+    from dataflow.preview import preview
+
+    cfg = None
+    if args.config is not None:
+        try:
+            cfg = load_config(args.config)
+        except ConfigError as ex:
+            print(ex, file=sys.stderr)
+            return 2
+    fields = [f for f in (args.fields or "").split(",") if f]
+    try:
+        return preview(args.target, fmt=args.format, table=args.table, cfg=cfg, fields=fields,
+                       delimiter=args.delimiter)
+    except BrokenPipeError:  # `s3sentinel preview x | head`
+        sys.stderr.close()
+        return 1
+
+
+def _dcr(args: argparse.Namespace) -> int:
+    import json
+
+    from dataflow.dcr import dcr_template
+    from operators.schema import load_tables
+
+    cfg = load_config(args.config) if args.config is not None else None
+    tables = load_tables(cfg.runtime.tables_dir if cfg else None, cfg.tables if cfg else ())
+    wanted = [t for t in (args.tables or "").split(",") if t] or sorted(tables)
+    unknown = [t for t in wanted if t not in tables]
+    if unknown:
+        print(f"dcr: unknown tables {unknown}; defined: {', '.join(sorted(tables))}",
+              file=sys.stderr)
+        return 2
+    text = json.dumps(dcr_template(tables[t] for t in wanted), indent=2) + "\n"
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="s3sentinel", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -70,9 +115,24 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--catch-up", action="store_true", help="drain the buckets, then exit")
     val = sub.add_parser("validate-config", help="check the config and table definitions")
     _config_arg(val)
+    pre = sub.add_parser("preview", help="show the rows a file or s3:// object would become")
+    pre.add_argument("target", help="a local file or s3://bucket/key")
+    pre.add_argument("--format", default="auto", help="record format (default: detect)")
+    pre.add_argument("--table", help="table definition (default: the format's own)")
+    pre.add_argument("--fields", help="comma-separated field names (delimited, csv)")
+    pre.add_argument("--delimiter", default="", help="field separator (delimited, csv)")
+    pre.add_argument("-c", "--config", type=Path, help="config with custom tables and AWS access")
+    dcr = sub.add_parser("dcr", help="write the Data Collection Rule ARM template")
+    dcr.add_argument("--tables", help="comma-separated tables (default: all defined)")
+    dcr.add_argument("-o", "--output", help="file to write (default: stdout)")
+    dcr.add_argument("-c", "--config", type=Path, help="config with custom tables")
     args, extra = parser.parse_known_args(argv)
     if args.command == "validate-config":
         return _validate(args)
+    if args.command == "preview":
+        return _preview(args)
+    if args.command == "dcr":
+        return _dcr(args)
     return _run(args, [a for a in extra if a != "--"])
 
 

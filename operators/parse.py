@@ -75,6 +75,16 @@ class RecordMapper:
             self._routes[(source, fmt)] = route
         return route  # type: ignore[return-value]
 
+    def stream_of(self, source: str, fmt: str) -> str:
+        """The stream records of ``source`` in format ``fmt`` are sent to.
+
+        :raises KeyError: No table is defined for them.
+        """
+        route = self._route(source, fmt)
+        if isinstance(route, str):
+            raise KeyError(route)
+        return route.stream
+
     def __call__(self, rec: RawRecord) -> Row | ErrorRecord:
         """Map one raw record."""
         res = self._map(rec)

@@ -22,9 +22,14 @@ APP_BUCKET = "e2e-app"
 
 
 def declared_streams() -> dict[str, list[str] | None]:
-    """Every shipped table's stream, declaring exactly its columns plus the record id."""
-    return {t.stream: [c.name for c in t.columns] + [t.record_id_column]
-            for t in load_tables().values()} | {"Custom-AppEvents_CL": None}
+    """Every shipped table's stream, declared exactly as `s3sentinel dcr` declares it."""
+    from dataflow.dcr import dcr_template
+
+    rule = next(r for r in dcr_template(load_tables().values())["resources"]
+                if r["type"] == "Microsoft.Insights/dataCollectionRules")
+    streams = rule["properties"]["streamDeclarations"]
+    return {name: [c["name"] for c in decl["columns"]] for name, decl in streams.items()} | {
+        "Custom-AppEvents_CL": None}
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,66 @@
+"""s3sentinel preview: rows on stdout, errors with positions on stderr, exit status."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import random
+from datetime import datetime, timezone
+from pathlib import Path
+
+import orjson
+
+from dataflow.preview import preview
+from devstack.samples import cloudtrail_event, cloudtrail_object
+
+
+def run(path: Path, **kw: object) -> tuple[int, list[dict], str]:
+    out, err = io.StringIO(), io.StringIO()
+    rc = preview(str(path), out=out, err=err, **kw)  # type: ignore[arg-type]
+    return rc, [orjson.loads(line) for line in out.getvalue().splitlines()], err.getvalue()
+
+
+def test_a_good_cloudtrail_file_previews_every_row(tmp_path: Path) -> None:
+    rng = random.Random(2)
+    events = [cloudtrail_event(rng, account="1", region="eu-west-1",
+                               when=datetime(2026, 1, 1, tzinfo=timezone.utc)) for _ in range(5)]
+    path = tmp_path / "ct.json.gz"
+    path.write_bytes(cloudtrail_object(events))
+    rc, rows, err = run(path)
+    assert rc == 0
+    assert [r["AwsEventId"] for r in rows] == [e["eventID"] for e in events]
+    assert "5 rows for stream Custom-AWSCloudTrail, 0 errors (format cloudtrail)" in err
+
+
+def test_bad_records_are_named_and_the_status_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "app.ndjson"
+    path.write_bytes(b'{"ts": "2026-01-01T00:00:00Z", "msg": "ok"}\n{"msg": "no time"}\nnot json\n')
+    table = tmp_path / "tables"
+    table.mkdir()
+    (table / "App_CL.toml").write_text('table = "App_CL"\ncolumns = [\n'
+                                       '{ name = "TimeGenerated", type = "datetime", source = "ts", required = true },\n'
+                                       '{ name = "Msg", type = "string", source = "msg" }]\n')
+    from dataflow.config import parse_config
+
+    cfg = parse_config({"sentinel": {"endpoint": "https://x", "rule_id": "r"},
+                        "runtime": {"tables_dir": str(table)},
+                        "sources": [{"name": "a", "bucket": "b", "format": "ndjson",
+                                     "table": "App_CL"}]})
+    rc, rows, err = run(path, fmt="ndjson", table="App_CL", cfg=cfg)
+    assert rc == 1 and [r["Msg"] for r in rows] == ["ok"]
+    assert f"{path}: record 1: map: required field 'ts'" in err
+    assert f"{path}: record 2: map: not valid JSON" in err
+
+
+def test_a_corrupt_object_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "x.json.gz"
+    path.write_bytes(gzip.compress(b'{"Records": [{"eventTime": "x"}')[:-12])
+    rc, rows, err = run(path, fmt="cloudtrail")
+    assert rc == 1 and rows == [] and "truncated" in err
+
+
+def test_unknown_formats_and_missing_files(tmp_path: Path) -> None:
+    path = tmp_path / "mystery.bin"
+    path.write_bytes(b"\x00\x01 what is this")
+    assert run(path)[0] == 2 and "cannot tell the format" in run(path)[2]
+    assert run(tmp_path / "nope")[0] == 2
