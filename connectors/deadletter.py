@@ -2,6 +2,8 @@
 
 Each worker appends JSON lines to its own file in the configured directory, flushed
 and fsynced before the epoch completes, so an error record is never lost on a crash.
+With an S3 prefix configured, each batch of error records is written as one object
+under it instead (the PUT completes before the epoch does).
 Each line names the object, the offset, the stage and the reason, and carries the
 offending bytes (UTF-8 text when they are text, base64 otherwise) for later replay.
 """
@@ -11,8 +13,10 @@ from __future__ import annotations
 import base64
 import os
 import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import orjson
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -62,13 +66,37 @@ class _DeadLetterPartition(StatelessSinkPartition[ErrorRecord]):
         self._file.close()
 
 
-class DeadLetterSink(DynamicSink[ErrorRecord]):
-    """Appends error records to ``<directory>/errors-<host>-<pid>-w<worker>.jsonl``."""
-
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
-        self._dir = Path(directory)
+class _S3DeadLetterPartition(StatelessSinkPartition[ErrorRecord]):
+    def __init__(self, s3: Any, bucket: str, prefix: str, name: str) -> None:
+        self._s3, self._bucket, self._prefix, self._name = s3, bucket, prefix, name
+        self._seq = 0
 
     @override
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _DeadLetterPartition:
-        name = f"errors-{socket.gethostname()}-{os.getpid()}-w{worker_index}.jsonl"
-        return _DeadLetterPartition(self._dir / name)
+    def write_batch(self, items: list[ErrorRecord]) -> None:
+        self._seq += 1
+        key = f"{self._prefix}{self._name}-{time.time_ns()}-{self._seq:06d}.jsonl"
+        body = b"".join(orjson.dumps(error_entry(e)) + b"\n" for e in items)
+        self._s3.put_object(Bucket=self._bucket, Key=key, Body=body)
+
+
+class DeadLetterSink(DynamicSink[ErrorRecord]):
+    """Writes error records to ``<directory>/errors-<host>-<pid>-w<worker>.jsonl``, or as
+    objects under an ``s3://bucket/prefix/`` when ``s3_uri`` is given.
+
+    :arg s3_factory: Builds the S3 client (for ``s3_uri``).
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], s3_uri: str | None = None,
+                 s3_factory: Callable[[], Any] | None = None) -> None:
+        self._dir = Path(directory)
+        self._s3_uri = s3_uri
+        self._s3_factory = s3_factory
+
+    @override
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> StatelessSinkPartition:
+        name = f"errors-{socket.gethostname()}-{os.getpid()}-w{worker_index}"
+        if self._s3_uri:
+            assert self._s3_factory is not None
+            bucket, _, prefix = self._s3_uri.removeprefix("s3://").partition("/")
+            return _S3DeadLetterPartition(self._s3_factory(), bucket, prefix, name)
+        return _DeadLetterPartition(self._dir / f"{name}.jsonl")

@@ -186,6 +186,8 @@ class RuntimeConfig:
     """``continuous`` polls forever; ``catch_up`` drains what is there and exits."""
     errors_dir: str = ".s3sentinel/errors"
     """Records and objects that could not be parsed or mapped are written here (JSON lines)."""
+    errors_s3_uri: str | None = None
+    """``s3://bucket/prefix/``: write the error records there instead of errors_dir."""
     tables_dir: str | None = None
     """Extra directory of table definition files (*.toml)."""
 
@@ -380,6 +382,9 @@ def _check(cfg: Config, problems: list[str]) -> None:
                 re.compile(pattern)
             except re.error as ex:
                 problems.append(f"{where}.exclude: {pattern!r} is not a valid regex: {ex}")
+    uri = cfg.runtime.errors_s3_uri
+    if uri is not None and not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$", uri):
+        problems.append(f"runtime.errors_s3_uri: {uri!r} is not an s3://bucket/prefix/ URI")
     for table in cfg.tables:
         if not table.columns:
             problems.append(f"tables[{table.name}].columns: a table needs at least one column")

@@ -42,8 +42,8 @@ def build_flow(cfg: Config, *, s3_factory: Callable[[], Any] | None = None,
     """
     tables = load_tables(cfg.runtime.tables_dir, cfg.tables)
     mapper = RecordMapper(cfg.sources, tables, cfg.batch.max_bytes)
-    source = S3Source(cfg.sources, s3_factory or functools.partial(s3_client, cfg.aws),
-                      catch_up=cfg.runtime.mode == "catch_up")
+    s3_factory = s3_factory or functools.partial(s3_client, cfg.aws)
+    source = S3Source(cfg.sources, s3_factory, catch_up=cfg.runtime.mode == "catch_up")
 
     flow = Dataflow("s3sentinel")
     items = op.input("s3", flow, source)
@@ -51,7 +51,8 @@ def build_flow(cfg: Config, *, s3_factory: Callable[[], Any] | None = None,
     mapped = op.flat_map_batch("map", read.trues, mapper.map_batch)
     rows = op.branch("map_ok", mapped, lambda x: isinstance(x, Rows))
     errors: op.Stream[ErrorRecord] = op.merge("errors", read.falses, rows.falses)
-    op.output("dead_letter", errors, DeadLetterSink(cfg.runtime.errors_dir))
+    op.output("dead_letter", errors, DeadLetterSink(cfg.runtime.errors_dir,
+                                                    cfg.runtime.errors_s3_uri, s3_factory))
 
     keyed = op.key_on("key", rows.trues, lambda r: f"{r.stream}|{r.partition}")
     batches = batch_rows("batch", keyed, max_bytes=cfg.batch.max_bytes,
