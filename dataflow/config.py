@@ -13,6 +13,7 @@ A value from the environment is read as a TOML value when it parses as one
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import re
@@ -59,12 +60,13 @@ class ConfigError(ValueError):
 
     def __init__(self, problems: list[str], origin: str = "configuration") -> None:
         self.problems = problems
+        self.origin = origin
         lines = "\n".join(f"  - {p}" for p in problems)
         msg = f"{origin} is invalid ({len(problems)} problem(s)):\n{lines}"
         super().__init__(msg)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.problems,))
+        return (type(self), (self.problems, self.origin))
 
 
 @dataclass(frozen=True)
@@ -243,7 +245,7 @@ def parse_config(raw: Mapping[str, Any], *, environ: Mapping[str, str] | None = 
                  origin: str = "configuration") -> Config:
     """Validate an already-parsed config mapping (after applying env overrides)."""
     problems: list[str] = []
-    data = _apply_env(dict(raw), environ or {}, problems)
+    data = _apply_env(copy.deepcopy(dict(raw)), environ or {}, problems)
     cfg = _build(Config, data, "", problems)
     if cfg is not None and not problems:  # cross-field checks need the types right
         _check(cfg, problems)
@@ -266,12 +268,17 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str], problems: list[
         for i, part in enumerate(path):
             last = i == len(path) - 1
             if isinstance(node, list):
-                node_item = _list_item(node, part)
-                if node_item is None:
+                index = _list_index(node, part)
+                if index is None:
                     problems.append(f"{name}: no list item {part!r} (use an index or a name)")
                     break
-                node = node_item
+                if last:
+                    node[index] = parsed
+                node = node[index]
                 continue
+            if not isinstance(node, dict):
+                problems.append(f"{name}: {'.'.join(path[:i]).lower()} is a value, not a table")
+                break
             key = part.lower()
             if last:
                 node[key] = parsed
@@ -280,12 +287,12 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str], problems: list[
     return data
 
 
-def _list_item(items: list[Any], part: str) -> dict | None:
+def _list_index(items: list[Any], part: str) -> int | None:
     if part.isdigit() and int(part) < len(items):
-        return items[int(part)]
-    for item in items:
+        return int(part)
+    for i, item in enumerate(items):
         if isinstance(item, dict) and item.get("name") == part:
-            return item
+            return i
     return None
 
 

@@ -11,8 +11,10 @@ source path. :class:`Mapper` compiles one into two equivalent paths:
   or a record already parsed into a dict).
 
 Both produce the same row: values coerced to the column type, ``datetime`` values as
-ISO 8601 UTC, nested values in ``string`` columns as compact JSON text, null values
-left out, and the record id in the table's record-id column.
+ISO 8601 UTC, nested values in ``string`` columns as JSON text, null values left out,
+and the record id in the table's record-id column. (One difference: the fast path
+passes nested JSON text through as the source wrote it, the generic path writes it
+compact; both are the same JSON value. AWS writes its logs compact.)
 """
 
 from __future__ import annotations
@@ -112,6 +114,9 @@ class TableDef:
         columns = []
         seen: set[str] = set()
         for i, col in enumerate(data.get("columns") or ()):
+            if not isinstance(col, dict):
+                problems.append(f"columns[{i}]: expected a table (name, type, source), got {col!r}")
+                continue
             cname = str(col.get("name", ""))
             where = f"columns[{cname or i}]"
             if not _COLUMN_NAME.match(cname):
@@ -119,6 +124,10 @@ class TableDef:
                                 "letters, digits or '_'")
             if cname.lower() in _RESERVED:
                 problems.append(f"{where}: {cname!r} is a reserved column name")
+            if cname in ("RecordId", "RecordId_CF"):
+                problems.append(f"{where}: {cname!r} holds the record id, added by the connector")
+            if cname == "TimeGenerated" and col.get("type") != "datetime":
+                problems.append(f"{where}: TimeGenerated must have type datetime")
             if cname in seen:
                 problems.append(f"{where}: duplicate column")
             seen.add(cname)
@@ -396,15 +405,20 @@ class Mapper:
                                  f"if {var} is not None else None")
                 var = parents[key]
             lines.append(f"    v = {var}")
-            if node.leaf is msgspec.Raw and (self._rest[i] or col.type not in ("string", "dynamic")):
+            deferred = node.leaf is msgspec.Raw and (
+                bool(self._rest[i]) or col.type not in ("string", "dynamic"))
+            if deferred:  # v becomes a parsed Python value
                 lines.append(f"    v = _deferred({i}, v, parsed) if v is not None else None")
             lines.append("    if v is not None:")
-            if node.leaf is msgspec.Raw and col.type == "string" and not self._rest[i]:
+            if node.leaf is msgspec.Raw and col.type == "string" and not deferred:
                 # Raw JSON text for a string column: never fails (it is valid JSON).
                 lines.append(f"        if (x := _s(v)) is not None: "
                              f"row[{col.name!r}] = x if len(x) <= 16384 else _lim({i}, x)")
+                if col.required:
+                    lines.append(f"        else: _missing({col.name!r})")
             else:
-                lines += [f"        if {_FAST_CASE[col.type]}: row[{col.name!r}] = v",
+                fast = "True" if deferred and col.type == "dynamic" else _FAST_CASE[col.type]
+                lines += [f"        if {fast}: row[{col.name!r}] = v",
                           f"        elif (x := _c({i}, v)) is not None: row[{col.name!r}] = x"]
             if col.required:
                 lines.append(f"    else: _missing({col.name!r})")
@@ -486,7 +500,7 @@ class Mapper:
     def _coerce(self, name: str, coerce: Callable[[Any], Any], v: Any) -> Any:
         try:
             out = coerce(v)
-        except (ValueError, TypeError, OverflowError, msgspec.DecodeError):
+        except (ValueError, TypeError, OverflowError, OSError, msgspec.DecodeError):
             shown = _json_text(v)[:80]
             msg = (f"field {self._sources[name]!r} = {shown} does not fit column {name} "
                    f"({self._types[name]})")

@@ -186,8 +186,8 @@ class JsonArrayFramer:
                 continue
             return [bytes(e) for e in elems], self._advance(buf, m)
         out: list[bytes] = []
-        start = 0
-        for m in self._candidate.finditer(buf):
+        start = len(buf) - len(buf.lstrip())  # whitespace after "[" may arrive in a later chunk
+        for m in self._candidate.finditer(buf, start):
             end = m.start() + 1
             try:
                 _decode_raw(memoryview(buf)[start:end])

@@ -39,6 +39,7 @@ RATIO_GRACE_BYTES = 16 * 1024 * 1024
 
 _GZIP = b"\x1f\x8b"
 _ZSTD = b"\x28\xb5\x2f\xfd"
+_ZSTD_PIECE = 4096  # compressed bytes per zstd step: ~4 MB of output at most for a 1000:1 bomb
 
 
 @dataclass(frozen=True)
@@ -104,8 +105,9 @@ def decompress(chunks: Iterable[bytes], *, max_bytes: int,
     counted = _Counted(chunks)
     it = iter(counted)
     first = b""
-    for first in it:
-        if first:
+    for chunk in it:  # enough bytes to see the magic number, however the input is cut
+        first += chunk
+        if len(first) >= len(_ZSTD):
             break
     if not first:
         return
@@ -156,15 +158,32 @@ def decompress(chunks: Iterable[bytes], *, max_bytes: int,
                 raise ObjectReadError(msg, transient=False)
             pending = nxt
     elif first.startswith(_ZSTD):
+        # Fed in small pieces to limit what one step inflates (zstandard's decompressobj
+        # has no output cap, so a bomb of extreme ratio can still inflate one piece whole);
+        # frames are read in turn (concatenated frames are valid zstd); a stream that ends
+        # inside a frame is truncated, not silently short.
         z = zstandard.ZstdDecompressor().decompressobj()
+        in_frame = False
         try:
             for chunk in _chain(first, it):
-                out = z.decompress(chunk)
-                if out:
-                    yield guard(out)
+                for i in range(0, len(chunk), _ZSTD_PIECE):
+                    piece = chunk[i:i + _ZSTD_PIECE]
+                    while piece:
+                        in_frame = True
+                        out = z.decompress(piece)
+                        if out:
+                            yield guard(out)
+                        piece = b""
+                        if z.eof:
+                            in_frame = False
+                            piece = z.unused_data
+                            z = zstandard.ZstdDecompressor().decompressobj()
         except zstandard.ZstdError as ex:
             msg = f"corrupt zstd data: {ex}"
             raise ObjectReadError(msg, transient=False) from ex
+        if in_frame:
+            msg = "truncated zstd data: the stream ended inside a zstd frame"
+            raise ObjectReadError(msg, transient=False)
     else:
         for chunk in _chain(first, it):
             yield guard(chunk)

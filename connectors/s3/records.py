@@ -70,7 +70,7 @@ def _records(chunks: Iterator[bytes], fmt: str, parser: TextFormat | None,
     def emit(recs: list[bytes], base: int) -> Iterator[Record]:
         nonlocal header
         for i, rec in enumerate(recs, base):
-            if not rec:
+            if not rec or rec.isspace():
                 continue
             if parser is not None and (i < header_lines or parser.is_header(rec)):
                 header = (*header, rec)
