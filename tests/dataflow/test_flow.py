@@ -227,3 +227,46 @@ def test_continuous_mode_delivers_objects_as_they_land(clean: LocalStack, tmp_pa
             proc.kill()
     assert len(clean.admin().records(TRAIL)) == 200
     print(f"\ncontinuous mode: S3 put -> accepted in {', '.join(f'{x:.1f}s' for x in latencies)}")
+
+
+def test_mixed_formats_are_detected_mapped_and_bad_input_accounted(clean: LocalStack,
+                                                                    tmp_path: Path) -> None:
+    """One bucket, every format in its AWS key layout, format = "auto", errors to S3."""
+    from devstack.formatsamples import seed_mixed
+    from operators.formats.registry import DEFAULT_TABLES
+    from operators.schema import load_tables
+
+    s3 = clean.s3()
+    seed = seed_mixed(s3, "e2e-mixed")
+    s3.create_bucket(Bucket="e2e-dead-letter")
+    cfg = tmp_path / "flow.toml"
+    cfg.write_text(f"""
+[sentinel]
+endpoint = "https://127.0.0.1:1"
+rule_id = "dcr-00000000000000000000000000000000"
+credential = "managed_identity"
+[batch]
+max_age_secs = 0.5
+[runtime]
+mode = "catch_up"
+errors_s3_uri = "s3://e2e-dead-letter/s3sentinel/"
+[[sources]]
+name = "all"
+bucket = "{seed.bucket}"
+format = "auto"
+partitions = 2
+""")
+    run_flow(clean, cfg, tmp_path / "errors", "-w", "2")
+    tables = load_tables()
+    summary = clean.admin().summary()["streams"]
+    got = {fmt: summary.get(tables[DEFAULT_TABLES[fmt]].stream, {}).get("records", 0)
+           for fmt in seed.expected}
+    assert got == seed.expected
+    _check_requests(clean)  # includes: no column the DCR does not declare
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="e2e-dead-letter").get("Contents", [])]
+    entries = [orjson.loads(line) for k in keys
+               for line in s3.get_object(Bucket="e2e-dead-letter", Key=k)["Body"].read().splitlines()]
+    assert len(entries) == seed.bad_records + seed.bad_objects
+    by_stage = collections.Counter(e["stage"] for e in entries)
+    assert by_stage == {"parse": seed.bad_records, "read": seed.bad_objects}
+    assert all(e["key"] and e["reason"] for e in entries)

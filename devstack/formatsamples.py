@@ -1,0 +1,175 @@
+"""A bucket holding every AWS log format in its real key layout, plus bad lines and a corrupt object.
+
+The record lines follow the examples of the AWS documentation for each format. Used by
+the end-to-end test of format detection and mapping, and by the demo.
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+__all__ = ["MixedSeed", "seed_mixed"]
+
+ACCT = "111122223333"
+
+VPC_HEADER = (b"version account-id interface-id srcaddr dstaddr srcport dstport protocol packets "
+              b"bytes start end action log-status")
+VPC_LINES = [
+    b"2 111122223333 eni-1235b8ca123456789 172.31.16.139 172.31.16.21 20641 22 6 20 4249 "
+    b"1761955210 1761955270 ACCEPT OK",
+    b"2 111122223333 eni-1235b8ca123456789 172.31.9.69 172.31.9.12 49761 3389 6 20 4249 "
+    b"1761955210 1761955270 REJECT OK",
+    b"2 111122223333 eni-1235b8ca123456789 2001:db8:1234:a100::10 2001:db8:1234:a102::20 "
+    b"54321 443 6 10 840 1761955210 1761955270 ACCEPT OK",
+    b"2 111122223333 eni-1235b8ca123456789 - - - - - - - 1761955210 1761955270 - NODATA",
+]
+VPC_BAD = b"2 111122223333 eni-1235b8ca123456789 172.31.16.139 too few fields"
+
+ALB_LINES = [
+    b'http 2026-11-01T22:23:00.186641Z app/my-loadbalancer/50dc6c495c0c9188 192.168.131.39:2817 '
+    b'10.0.0.1:80 0.000 0.001 0.000 200 200 34 366 "GET http://www.example.com:80/ HTTP/1.1" '
+    b'"curl/7.46.0" - - arn:aws:elasticloadbalancing:us-east-2:111122223333:targetgroup/'
+    b'my-targets/73e2d6bc24d8a067 "Root=1-58337262-36d228ad5d99923122bbe354" "-" "-" 0 '
+    b'2026-11-01T22:22:48.364000Z "forward" "-" "-" "10.0.0.1:80" "200" "-" "-" TID_1234',
+    b'https 2026-11-01T22:23:00.186641Z app/my-loadbalancer/50dc6c495c0c9188 192.168.131.39:2817 '
+    b'10.0.0.1:80 0.086 0.048 0.037 200 200 0 57 "GET https://www.example.com:443/a?b=1 HTTP/1.1" '
+    b'"Mozilla/5.0 (X11; Linux) \\"quoted\\"" ECDHE-RSA-AES128-GCM-SHA256 TLSv1.2 '
+    b'arn:aws:elasticloadbalancing:us-east-2:111122223333:targetgroup/my-targets/73e2d6bc24d8a067 '
+    b'"Root=1-58337281-1d84f3d73c47ec4e58577259" "www.example.com" '
+    b'"arn:aws:acm:us-east-2:111122223333:certificate/12345678-1234-1234-1234-123456789012" 1 '
+    b'2026-11-01T22:22:48.364000Z "authenticate,forward" "-" "-" "10.0.0.1:80" "200" "-" "-" '
+    b'TID_5678',
+]
+
+CF_HEADER = [
+    b"#Version: 1.0",
+    b"#Fields: date time x-edge-location sc-bytes c-ip cs-method cs(Host) cs-uri-stem sc-status "
+    b"cs(Referer) cs(User-Agent) cs-uri-query cs(Cookie) x-edge-result-type x-edge-request-id "
+    b"x-host-header cs-protocol cs-bytes time-taken x-forwarded-for ssl-protocol ssl-cipher "
+    b"x-edge-response-result-type cs-protocol-version fle-status fle-encrypted-fields c-port "
+    b"time-to-first-byte x-edge-detailed-result-type sc-content-type sc-content-len "
+    b"sc-range-start sc-range-end",
+]
+CF_LINES = [
+    b"\t".join([b"2026-11-01", b"21:02:31", b"LAX1", b"392", b"192.0.2.100", b"GET",
+                b"d111111abcdef8.cloudfront.net", b"/index.html", b"200", b"-",
+                b"Mozilla/5.0%20(Windows%20NT%2010.0;%20Win64;%20x64)", b"-", b"-", b"Hit",
+                b"SOX4xwn4XV6Q4rgb7XiVGOHms_BGlTAC4KyHmureZmBNrjGdRLiNIQ==",
+                b"d111111abcdef8.cloudfront.net", b"https", b"23", b"0.001", b"-", b"TLSv1.2",
+                b"ECDHE-RSA-AES128-GCM-SHA256", b"Hit", b"HTTP/2.0", b"-", b"-", b"11040",
+                b"0.001", b"Hit", b"text/html", b"78", b"-", b"-"]),
+    b"\t".join([b"2026-11-01", b"21:02:32", b"LAX1", b"0", b"2001:db8::1", b"GET",
+                b"d111111abcdef8.cloudfront.net", b"/a%20b.png", b"404", b"https://example.com/",
+                b"curl/8.0", b"x=1&y=%22q%22", b"-", b"Error",
+                b"k6WGMNkEzR5BEM_SaF47gjtX9zBDO2m349OY2an0QPEaUum1ZOLrow==",
+                b"d111111abcdef8.cloudfront.net", b"https", b"23", b"0.000", b"-", b"TLSv1.3",
+                b"TLS_AES_128_GCM_SHA256", b"Error", b"HTTP/1.1", b"-", b"-", b"443", b"0.000",
+                b"Error", b"text/html", b"-", b"-", b"-"]),
+]
+
+S3ACCESS_LINES = [
+    b'79a59df900b949e55d96a1e698fbacedfd6e09d98eacf8f8d5218e7cd47ef2be amzn-s3-demo-bucket1 '
+    b'[06/Feb/2026:00:00:38 +0000] 192.0.2.3 '
+    b'79a59df900b949e55d96a1e698fbacedfd6e09d98eacf8f8d5218e7cd47ef2be 3E57427F3EXAMPLE '
+    b'REST.GET.VERSIONING - "GET /amzn-s3-demo-bucket1?versioning HTTP/1.1" 200 - 113 - 7 - '
+    b'"-" "S3Console/0.4" - s9lzHYrFp76ZVxRcpX9+5cjAnEH2ROuNkd2BHfIa6UkFVdtjf5mKR3/eTPFvsiP/'
+    b'XV/VLi31234= SigV4 ECDHE-RSA-AES128-GCM-SHA256 AuthHeader '
+    b'amzn-s3-demo-bucket1.s3.us-west-1.amazonaws.com TLSV1.2 - -',
+]
+
+
+def _guardduty() -> list[dict[str, Any]]:
+    return [{
+        "schemaVersion": "2.0", "accountId": ACCT, "region": "us-east-1", "partition": "aws",
+        "id": "16afba5c5c43e07c9e3e5e2e544e95df", "arn": f"arn:aws:guardduty:us-east-1:{ACCT}:"
+        "detector/123/finding/16afba5c5c43e07c9e3e5e2e544e95df",
+        "type": "UnauthorizedAccess:EC2/SSHBruteForce",
+        "resource": {"resourceType": "Instance", "instanceDetails": {"instanceId": "i-99999999"}},
+        "service": {"serviceName": "guardduty", "detectorId": "123", "count": 3,
+                    "action": {"actionType": "NETWORK_CONNECTION"}},
+        "severity": 5, "createdAt": "2026-11-01T10:00:00.000Z",
+        "updatedAt": "2026-11-01T10:05:00.000Z", "title": "SSH brute force attacks",
+        "description": "198.51.100.1 is performing SSH brute force attacks against i-99999999."}]
+
+
+def _waf() -> list[dict[str, Any]]:
+    return [{
+        "timestamp": 1761991200000, "formatVersion": 1,
+        "webaclId": f"arn:aws:wafv2:us-east-1:{ACCT}:regional/webacl/acl/1234",
+        "terminatingRuleId": "AWS-AWSManagedRulesSQLiRuleSet", "terminatingRuleType": "MANAGED_RULE_GROUP",
+        "action": "BLOCK", "terminatingRuleMatchDetails": [], "httpSourceName": "ALB",
+        "httpSourceId": f"{ACCT}-app/my-lb/1234", "ruleGroupList": [], "rateBasedRuleList": [],
+        "nonTerminatingMatchingRules": [], "requestHeadersInserted": None,
+        "responseCodeSent": None, "labels": [{"name": "awswaf:managed:aws:sql-database:SQLi_QueryArguments"}],
+        "httpRequest": {"clientIp": "198.51.100.7", "country": "US", "headers": [
+            {"name": "Host", "value": "example.com"}], "uri": "/login", "args": "id=1%27%20OR%201=1",
+            "httpVersion": "HTTP/1.1", "httpMethod": "GET", "requestId": "rid-1"}}]
+
+
+def _route53() -> list[dict[str, Any]]:
+    return [{
+        "version": "1.100000", "account_id": ACCT, "region": "us-east-1", "vpc_id": "vpc-0123",
+        "query_timestamp": "2026-11-01T10:00:00Z", "query_name": "example.com.", "query_type": "A",
+        "query_class": "IN", "rcode": "NOERROR", "answers": [
+            {"Rdata": "93.184.216.34", "Type": "A", "Class": "IN"}],
+        "srcaddr": "10.0.0.5", "srcport": "53123", "transport": "UDP",
+        "srcids": {"instance": "i-0123"}}]
+
+
+@dataclass
+class MixedSeed:
+    bucket: str
+    expected: dict[str, int] = field(default_factory=dict)
+    """Format -> records that must be delivered."""
+    bad_records: int = 0
+    bad_objects: int = 0
+
+
+def _gz(lines: list[bytes]) -> bytes:
+    return gzip.compress(b"\n".join(lines) + b"\n", mtime=0)
+
+
+def seed_mixed(s3: Any, bucket: str) -> MixedSeed:
+    """Write one object per format (AWS key layouts), bad lines, and a corrupt object."""
+    try:
+        s3.create_bucket(Bucket=bucket)
+    except s3.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    seed = MixedSeed(bucket)
+    base = f"AWSLogs/{ACCT}"
+    day = "2026/11/01"
+
+    def put(key: str, body: bytes) -> None:
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+
+    put(f"{base}/vpcflowlogs/us-east-1/{day}/{ACCT}_vpcflowlogs_us-east-1_fl-1234_"
+        "20261101T0000Z_abcd1234.log.gz", _gz([VPC_HEADER, *VPC_LINES, VPC_BAD]))
+    seed.expected["vpcflow"] = len(VPC_LINES)
+    seed.bad_records += 1
+    put(f"{base}/elasticloadbalancing/us-east-1/{day}/{ACCT}_elasticloadbalancing_us-east-1_"
+        "app.my-loadbalancer.50dc6c495c0c9188_20261101T2220Z_192.0.2.1_2xhxdobf.log.gz",
+        _gz(ALB_LINES))
+    seed.expected["alb"] = len(ALB_LINES)
+    put("cloudfront/E2EXAMPLE12345.2026-11-01-21.a1b2c3d4.gz", _gz([*CF_HEADER, *CF_LINES]))
+    seed.expected["cloudfront"] = len(CF_LINES)
+    put("s3access/2026-11-01-00-00-38-0A1B2C3D4E5F6A7B", b"\n".join(S3ACCESS_LINES) + b"\n")
+    seed.expected["s3access"] = len(S3ACCESS_LINES)
+    for fmt, path, records in (("guardduty", "GuardDuty", _guardduty()), ("waf", "WAFLogs", _waf()),
+                               ("route53resolver", "vpcdnsquerylogs", _route53())):
+        put(f"{base}/{path}/us-east-1/{day}/{fmt}-0001.json.gz",
+            _gz([orjson.dumps(r) for r in records]))
+        seed.expected[fmt] = len(records)
+    put(f"{base}/CloudTrail/us-east-1/{day}/{ACCT}_CloudTrail_us-east-1_20261101T0000Z_x.json.gz",
+        gzip.compress(orjson.dumps({"Records": [{
+            "eventVersion": "1.09", "eventTime": "2026-11-01T00:00:00Z", "eventName": "ListBuckets",
+            "eventSource": "s3.amazonaws.com", "awsRegion": "us-east-1",
+            "eventID": "3c5e2c3b-0000-4000-8000-000000000001"}]})))
+    seed.expected["cloudtrail"] = 1
+    put(f"{base}/CloudTrail/us-east-1/{day}/{ACCT}_CloudTrail_us-east-1_20261101T0005Z_y.json.gz",
+        gzip.compress(b'{"Records": [{"eventVersion": "1.09"}]}')[:25])  # corrupt: truncated
+    seed.bad_objects += 1
+    return seed
