@@ -79,6 +79,8 @@ class Column:
     description: str = ""
     json: bool = False
     """The source value is an object or array (sent as JSON text in a string column)."""
+    allowed: tuple[Any, ...] | None = None
+    """When set, a value (after coercion) outside these is refused: the record is quarantined."""
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,8 @@ class TableDef:
                 problems.append(f"{where}: source \"*\" (every unmapped field) needs type dynamic")
             columns.append(Column(cname, str(ctype), tuple(source.split(".")),
                                   bool(col.get("required", False)), str(col.get("description", "")),
-                                  bool(col.get("json", False))))
+                                  bool(col.get("json", False)),
+                                  tuple(col["allowed"]) if col.get("allowed") else None))
         if not columns:
             problems.append("a table needs at least one column")
         elif "TimeGenerated" not in seen:
@@ -380,6 +383,7 @@ class Mapper:
         self._coercers = [_COERCE[c.type] for c in cols]
         self._generic = [(c.name, c.source, _COERCE[c.type], c.required) for c in cols]
         self._types = {c.name: c.type for c in cols}
+        self._allowed = {c.name: frozenset(c.allowed) for c in cols if c.allowed}
         self._sources = {c.name: ".".join(c.source) for c in cols}
         self._encode = msgspec.json.Encoder().encode
         self._map_struct = self._compile(root, cuts)
@@ -410,7 +414,8 @@ class Mapper:
             if deferred:  # v becomes a parsed Python value
                 lines.append(f"    v = _deferred({i}, v, parsed) if v is not None else None")
             lines.append("    if v is not None:")
-            if node.leaf is msgspec.Raw and col.type == "string" and not deferred:
+            if node.leaf is msgspec.Raw and col.type == "string" and not deferred \
+                    and not col.allowed:
                 # Raw JSON text for a string column: never fails (it is valid JSON).
                 lines.append(f"        if (x := _s(v)) is not None: "
                              f"row[{col.name!r}] = x if len(x) <= 16384 else _lim({i}, x)")
@@ -418,6 +423,8 @@ class Mapper:
                     lines.append(f"        else: _missing({col.name!r})")
             else:
                 fast = "True" if deferred and col.type == "dynamic" else _FAST_CASE[col.type]
+                if col.allowed:
+                    fast = "False"  # checked in _coerce
                 lines += [f"        if {fast}: row[{col.name!r}] = v",
                           f"        elif (x := _c({i}, v)) is not None: row[{col.name!r}] = x"]
             if col.required:
@@ -507,6 +514,11 @@ class Mapper:
             raise MappingError(msg, "wrong_type") from None
         if type(out) is str and len(out) > 16384:
             out = _limit(out, self._truncated[self._index[name]])
+        allowed = self._allowed.get(name)
+        if allowed is not None and out is not None and out not in allowed:
+            msg = (f"field {self._sources[name]!r} = {_json_text(out)[:80]} is not an allowed "
+                   f"value of column {name} ({', '.join(map(str, allowed))})")
+            raise MappingError(msg, "not_allowed")
         return out
 
     def _missing(self, name: str) -> None:

@@ -177,3 +177,19 @@ def test_a_star_column_keeps_every_unmapped_top_level_field() -> None:
         TableDef.from_mapping({"table": "R_CL", "columns": [
             {"name": "TimeGenerated", "type": "datetime"},
             {"name": "Rest", "type": "string", "source": "*"}]}, "t")
+
+
+def test_values_outside_allowed_are_quarantined() -> None:
+    table = TableDef.from_mapping({"table": "A_CL", "columns": [
+        {"name": "TimeGenerated", "type": "datetime", "source": "t", "required": True},
+        {"name": "Action", "type": "string", "source": "a", "allowed": ["ACCEPT", "REJECT"]},
+        {"name": "Code", "type": "int", "source": "c", "allowed": [1, 2]},
+    ]}, "t")
+    m = Mapper(table)
+    ok = {"t": "2026-01-01T00:00:00Z", "a": "ACCEPT", "c": "2"}
+    assert orjson.loads(m.map_json(orjson.dumps(ok), "r"))["Code"] == 2
+    for bad in ({**ok, "a": "DROP"}, {**ok, "c": 3}):
+        for call in (lambda r: m.map_json(orjson.dumps(r), "r"), lambda r: m.map_dict(r, "r")):
+            with pytest.raises(MappingError, match="not an allowed value") as info:
+                call(bad)
+            assert info.value.code == "not_allowed"
