@@ -297,7 +297,7 @@ class _Node:
         self.leaf: Any = None  # msgspec.Raw or _SCALAR for leaves
         self.attrs: dict[str, str] = {}
 
-    def struct(self, name: str) -> type:
+    def struct(self, name: str, forbid_unknown: bool = False) -> type:
         fields, rename = [], {}
         for i, (key, child) in enumerate(sorted(self.children.items())):
             attr = f"f{i}"
@@ -307,7 +307,8 @@ class _Node:
                 fields.append((attr, child.leaf, None))
             else:
                 fields.append((attr, child.struct(f"{name}_{i}") | None, None))
-        return msgspec.defstruct(name, fields, rename=rename, gc=False)
+        return msgspec.defstruct(name, fields, rename=rename, gc=False,
+                                 forbid_unknown_fields=forbid_unknown)
 
 
 def _walk(v: Any, path: tuple[str, ...]) -> Any:
@@ -358,7 +359,6 @@ class Mapper:
         self._rest_column = next((c.name for c in table.columns if c.source == ("*",)), None)
         cols = self._cols = tuple(c for c in table.columns if c.source != ("*",))
         self._used_top = frozenset(c.source[0] for c in cols)
-        self._decode_top = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
         self._truncated = [metrics.FIELDS_TRUNCATED.labels(table.name, c.name) for c in cols]
         self._index = {c.name: i for i, c in enumerate(cols)}
         leaves = {c.source for c in cols}
@@ -376,7 +376,10 @@ class Mapper:
                 node = node.children[part]
             if node.children:
                 node.leaf = msgspec.Raw
-        self._decoder = msgspec.json.Decoder(root.struct(f"{table.name}Record"))
+        # With a "*" column, a record with a top-level field no column reads takes the
+        # generic path (which collects it); on the fast path there is then nothing to collect.
+        self._decoder = msgspec.json.Decoder(
+            root.struct(f"{table.name}Record", forbid_unknown=self._rest_column is not None))
         self._rest = [c.source[cut:] for c, cut in zip(cols, cuts)]
         self._rest_keys = [[f'"{p}"'.encode() for p in rest if not p.isdigit()]
                            for rest in self._rest]
@@ -448,10 +451,6 @@ class Mapper:
         except msgspec.DecodeError as ex:
             raise MappingError(f"not valid JSON: {ex}", "invalid_json") from None
         row = self._map_struct(rec, {}, {})
-        if self._rest_column is not None:
-            rest = {k: v for k, v in self._decode_top(data).items() if k not in self._used_top}
-            if rest:
-                row[self._rest_column] = rest
         row[self._id_column] = record_id
         return self._encode(row)
 
