@@ -31,9 +31,12 @@ def error_entry(err: ErrorRecord) -> dict:
     """The JSON-able entry for one error record."""
     entry = {
         "source": err.obj.source, "bucket": err.obj.bucket, "key": err.obj.key,
-        "etag": err.obj.etag, "offset": err.offset, "stage": err.stage, "reason": err.reason,
+        "etag": err.obj.etag, "format": err.obj.format, "offset": err.offset,
+        "stage": err.stage, "reason": err.reason,
         "record_id": None if err.offset is None else f"{err.obj.id}-{err.offset}",
     }
+    if err.header:
+        entry["header"] = [h.decode("utf-8", errors="replace") for h in err.header]
     try:
         entry["data"] = err.data.decode("utf-8")
     except UnicodeDecodeError:

@@ -87,6 +87,8 @@ class ErrorRecord:
     """What went wrong and, where possible, what to do about it."""
     data: bytes = b""
     """The offending bytes (possibly truncated), for inspection and replay."""
+    header: tuple[bytes, ...] = ()
+    """Header lines of the object (text formats), needed to parse ``data`` again."""
 
     def describe(self) -> str:
         """One line naming the object, the position and the reason."""

@@ -141,4 +141,5 @@ class RecordMapper:
     @staticmethod
     def _error(rec: RawRecord, stage: str, reason: str, code: str) -> ErrorRecord:
         metrics.ERRORS.labels(rec.obj.source, stage, code).inc()
-        return ErrorRecord(rec.obj, rec.offset, stage, reason, rec.data[:ERROR_SAMPLE_BYTES])
+        return ErrorRecord(rec.obj, rec.offset, stage, reason, rec.data[:ERROR_SAMPLE_BYTES],
+                           rec.header)
