@@ -111,7 +111,7 @@ table = "AWSCloudTrail"
 partitions = {partitions}
 fetch_threads = 4
 """)
-    env = flow_env(stack, workdir / "errors", cfg)
+    env = flow_env(stack, workdir / f"run-{processes}p" / "errors", cfg)  # own journal per run
     base = [sys.executable, "-m", "bytewax.run", "dataflow.flow:flow", "-s", str(epoch_secs)]
     if processes == 1:
         cmds = [base]

@@ -192,6 +192,10 @@ class RuntimeConfig:
     """``s3://bucket/prefix/``: write the error records there instead of errors_dir."""
     tables_dir: str | None = None
     """Extra directory of table definition files (*.toml)."""
+    journal_dir: str = ".s3sentinel/journal"
+    """The upload journal (records already accepted; keep it beside the recovery store)."""
+    journal_retention_secs: float = 7 * 24 * 3600.0
+    """How long delivered ranges are remembered after an object's last delivery."""
 
 
 @dataclass(frozen=True)

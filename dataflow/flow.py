@@ -58,7 +58,9 @@ def build_flow(cfg: Config, *, s3_factory: Callable[[], Any] | None = None,
     batches = batch_rows("batch", keyed, max_bytes=cfg.batch.max_bytes,
                          max_records=cfg.batch.max_records,
                          max_age=timedelta(seconds=cfg.batch.max_age_secs))
-    op.output("sentinel", op.key_rm("unkey", batches), SentinelSink(cfg.sentinel, service_factory))
+    sink = SentinelSink(cfg.sentinel, service_factory, journal_dir=cfg.runtime.journal_dir,
+                        journal_retention_secs=cfg.runtime.journal_retention_secs)
+    op.output("sentinel", op.key_rm("unkey", batches), sink)
     return flow
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "OBJECT_RETRIES",
     "RECORDS_DELIVERED",
     "RECORDS_READ",
+    "RECORDS_SKIPPED",
     "REQUESTS",
     "REQUEST_BYTES",
     "REQUEST_SECONDS",
@@ -53,6 +54,11 @@ RECORDS_DELIVERED = Counter(
     "s3sentinel_records_delivered_total",
     "Records accepted by the Logs Ingestion API (HTTP 204).",
     ["stream"],
+)
+RECORDS_SKIPPED = Counter(
+    "s3sentinel_records_skipped_total",
+    "Records not sent again, by reason (already_delivered: the upload journal had them).",
+    ["stream", "reason"],
 )
 REQUESTS = Counter(
     "s3sentinel_requests_total",

@@ -36,6 +36,7 @@ def flow_env(stack: LocalStack, errors_dir: Path, config: Path) -> dict[str, str
         "S3SENTINEL__SENTINEL__ENDPOINT": stack.info["endpoint"],
         "S3SENTINEL__SENTINEL__CA_FILE": stack.info["ca_file"],
         "S3SENTINEL__RUNTIME__ERRORS_DIR": str(errors_dir),
+        "S3SENTINEL__RUNTIME__JOURNAL_DIR": str(errors_dir.parent / "journal"),
     }
 
 

@@ -6,7 +6,8 @@ hiccups) are retried with exponential back-off and full jitter, honouring
 ``Retry-After``, for up to ``retry_max_secs``. A 413 splits the batch in two. A
 batch that still cannot be delivered stops the flow with :class:`DeliveryFailed`,
 so nothing is dropped silently: after a restart it is sent again from the last
-recovery snapshot.
+recovery snapshot. The upload journal (see :mod:`connectors.sentinel.journal`) keeps
+records that were already accepted from being sent twice when a restart replays them.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing_extensions import override
 
 from connectors.sentinel.encoder import MAX_WIRE_BYTES, encode
 from connectors.sentinel.errors import DeliveryError, DeliveryFailed
+from connectors.sentinel.journal import UploadJournal
 from connectors.sentinel.service import IngestionService
 from dataflow import metrics
 from dataflow.config import SentinelConfig
@@ -36,11 +38,12 @@ Sleep = Callable[[float], None]
 
 class _SentinelPartition(StatelessSinkPartition[Batch]):
     def __init__(self, service: Any, cfg: SentinelConfig, sleep: Sleep,
-                 monotonic: Callable[[], float]) -> None:
+                 monotonic: Callable[[], float], journal: UploadJournal | None) -> None:
         self._service = service
         self._cfg = cfg
         self._sleep = sleep
         self._monotonic = monotonic
+        self._journal = journal
 
     @override
     def write_batch(self, items: list[Batch]) -> None:
@@ -50,8 +53,29 @@ class _SentinelPartition(StatelessSinkPartition[Batch]):
     @override
     def close(self) -> None:
         self._service.close()
+        if self._journal is not None:
+            self._journal.close()
+
+    def _unsent(self, batch: Batch) -> Batch | None:
+        """The batch without records the journal says were delivered (a replay after a crash)."""
+        journal = self._journal
+        if journal is None:
+            return batch
+        keep = [i for i, rid in enumerate(batch.record_ids) if not journal.delivered(rid)]
+        if len(keep) == len(batch.rows):
+            return batch
+        metrics.RECORDS_SKIPPED.labels(batch.stream, "already_delivered").inc(
+            len(batch.rows) - len(keep))
+        if not keep:
+            return None
+        return Batch(batch.stream, tuple(batch.rows[i] for i in keep),
+                     tuple(batch.record_ids[i] for i in keep))
 
     def _deliver(self, batch: Batch) -> None:
+        unsent = self._unsent(batch)
+        if unsent is None:
+            return
+        batch = unsent
         cfg = self._cfg
         deadline = self._monotonic() + cfg.retry_max_secs
         pending = [batch]
@@ -86,6 +110,8 @@ class _SentinelPartition(StatelessSinkPartition[Batch]):
                 pending.append(part)
                 continue
             attempt = 0
+            if self._journal is not None:
+                self._journal.record(part.record_ids)
             metrics.REQUEST_SECONDS.labels(part.stream).observe(self._monotonic() - started)
             metrics.REQUESTS.labels(part.stream, "204").inc()
             metrics.REQUEST_BYTES.labels(part.stream).inc(len(body))
@@ -113,18 +139,26 @@ class SentinelSink(DynamicSink[Batch]):
     :arg service_factory: Builds the service client (one per worker); defaults to
         :class:`IngestionService` with the configured credential.
     :arg sleep: Waits between retries (injectable for tests).
+    :arg journal_dir: Where the upload journal lives; None turns it off.
+    :arg journal_retention_secs: How long delivered ranges are remembered.
     """
 
     def __init__(self, cfg: SentinelConfig,
                  service_factory: Callable[[SentinelConfig], Any] | None = None,
-                 sleep: Sleep = time.sleep, monotonic: Callable[[], float] = time.monotonic
-                 ) -> None:
+                 sleep: Sleep = time.sleep, monotonic: Callable[[], float] = time.monotonic,
+                 journal_dir: str | None = None,
+                 journal_retention_secs: float = 7 * 24 * 3600) -> None:
         self._cfg = cfg
         self._factory = service_factory or IngestionService
         self._sleep = sleep
         self._monotonic = monotonic
+        self._journal_dir = journal_dir
+        self._retention = journal_retention_secs
 
     @override
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _SentinelPartition:
+        journal = None
+        if self._journal_dir is not None:
+            journal = UploadJournal(self._journal_dir, worker_index, self._retention)
         return _SentinelPartition(self._factory(self._cfg), self._cfg, self._sleep,
-                                  self._monotonic)
+                                  self._monotonic, journal)

@@ -171,9 +171,14 @@ def test_resume_after_kill_loses_nothing(clean: LocalStack, seeded: Seeded,
     clean.admin().set_faults([])
     run_flow(clean, cfg, tmp_path / "errors", "-w", "2", "-r", str(recovery), "-s", "1", "-b", "0")
     duplicates = _check_trail(clean, seeded)
-    print(f"\nresume after {kills} kills: {total} records, {duplicates} duplicates")
-    # bytewax replays at most what followed the last snapshot (1 s of work per kill).
-    assert duplicates < total * 0.5
+    skipped = sum(r["record_count"] for r in clean.admin().requests() if r["status"] == 204)
+    print(f"\nresume after {kills} kills: {total} records, {duplicates} duplicates "
+          f"({skipped - total} records sent twice)")
+    # bytewax replays what followed the last snapshot; the upload journal keeps the records
+    # already accepted from being sent again. What remains is the window between a 204 and
+    # its journal line: at most one request per worker per kill.
+    largest = max(r["record_count"] for r in clean.admin().requests())
+    assert duplicates <= kills * 2 * largest
 
 
 @pytest.mark.parametrize("fmt", ["cloudtrail"])

@@ -1,0 +1,152 @@
+"""The upload journal: which records the service has accepted, kept across crashes.
+
+bytewax recovery replays everything after the last snapshot, so after a crash the
+sink sees again records it already delivered; the Logs Ingestion API is append-only
+and cannot de-duplicate them. The journal remembers, per object, the offset ranges of
+the records of every accepted request (one JSON line per request, flushed and fsynced
+before the sink moves on), and the sink leaves those records out when they come again.
+
+One window remains: a crash after the service accepted a request and before its
+journal line reached the disk sends that request's records again. Record ids are
+deterministic, so such duplicates can still be removed at query time.
+
+Each sink partition appends to its own file (``journal-w<worker>.jsonl``) and, when it
+starts, reads every journal file in the directory, so a restart with another worker
+count still sees all that was delivered. Compaction (at start, and every
+``COMPACT_EVERY`` appends) rewrites the partition's own file as merged ranges and drops
+objects whose last delivery is older than the retention, measured from the newest
+entry (not the clock), so a long outage does not expire what a replay can reach.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import orjson
+
+__all__ = ["COMPACT_EVERY", "UploadJournal"]
+
+COMPACT_EVERY = 1000
+"""Appends between two compactions of a partition's own file."""
+
+
+def _split_id(record_id: str) -> tuple[str, int]:
+    obj, _, offset = record_id.rpartition("-")
+    return obj, int(offset)
+
+
+def _ranges(offsets: Iterable[int]) -> list[list[int]]:
+    """Sorted offsets as merged half-open ranges [start, end)."""
+    out: list[list[int]] = []
+    for off in sorted(offsets):
+        if out and off <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], off + 1)
+        else:
+            out.append([off, off + 1])
+    return out
+
+
+class UploadJournal:
+    """Delivered record ranges per object, durable on disk.
+
+    :arg directory: Where the journal files live (beside the recovery store).
+    :arg worker: This sink partition's worker index; it owns ``journal-w<worker>.jsonl``.
+    :arg retention_secs: How long an object's ranges are kept after its last delivery.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], worker: int,
+                 retention_secs: float = 7 * 24 * 3600) -> None:
+        self._dir = Path(directory)
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._path = self._dir / f"journal-w{worker}.jsonl"
+        self._retention = retention_secs
+        self._done: dict[str, list[list[int]]] = {}  # object id -> merged [start, end) ranges
+        self._seen: dict[str, float] = {}  # object id -> time of its last delivery
+        self._mine: dict[str, list[list[int]]] = {}  # what this partition's file holds
+        self._appends = 0
+        for path in sorted(self._dir.glob("journal-w*.jsonl")):
+            self._load(path, own=path == self._path)
+        self._compact()
+        self._file = self._path.open("ab")
+
+    def _load(self, path: Path, *, own: bool) -> None:
+        with path.open("rb") as f:
+            for line in f:
+                try:
+                    entry = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue  # a line torn by a crash: its request was not journaled
+                self._add(entry["r"], entry["t"], own=own)
+
+    def _add(self, ranges: dict[str, list[list[int]]], t: float, *, own: bool) -> None:
+        for obj, rs in ranges.items():
+            for target in (self._done, self._mine) if own else (self._done,):
+                merged = target.setdefault(obj, [])
+                merged.extend([list(r) for r in rs])
+                merged.sort()
+                out: list[list[int]] = []
+                for s, e in merged:
+                    if out and s <= out[-1][1]:
+                        out[-1][1] = max(out[-1][1], e)
+                    else:
+                        out.append([s, e])
+                target[obj] = out
+            self._seen[obj] = max(self._seen.get(obj, 0.0), t)
+
+    def delivered(self, record_id: str) -> bool:
+        """Whether the record was accepted by the service in this run or an earlier one."""
+        obj, offset = _split_id(record_id)
+        rs = self._done.get(obj)
+        if not rs:
+            return False
+        i = bisect.bisect_right(rs, [offset, float("inf")]) - 1
+        return i >= 0 and rs[i][0] <= offset < rs[i][1]
+
+    def record(self, record_ids: Iterable[str]) -> None:
+        """Journal records the service has just accepted (durable when this returns)."""
+        by_obj: dict[str, list[int]] = {}
+        for rid in record_ids:
+            obj, offset = _split_id(rid)
+            by_obj.setdefault(obj, []).append(offset)
+        ranges = {obj: _ranges(offs) for obj, offs in by_obj.items()}
+        now = time.time()
+        self._file.write(orjson.dumps({"t": now, "r": ranges}) + b"\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._add(ranges, now, own=True)
+        self._appends += 1
+        if self._appends % COMPACT_EVERY == 0:
+            self._file.close()
+            self._compact()
+            self._file = self._path.open("ab")
+
+    def _compact(self) -> None:
+        """Rewrite this partition's file as merged ranges, without expired objects."""
+        newest = max(self._seen.values(), default=0.0)
+        for obj in [o for o, t in self._seen.items() if t < newest - self._retention]:
+            self._done.pop(obj, None)
+            self._mine.pop(obj, None)
+            self._seen.pop(obj, None)
+        tmp = self._path.with_suffix(".tmp")
+        with tmp.open("wb") as f:
+            for obj, rs in self._mine.items():
+                f.write(orjson.dumps({"t": self._seen.get(obj, newest), "r": {obj: rs}}) + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._path)
+        dir_fd = os.open(self._dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __len__(self) -> int:
+        """Objects with delivered records in the journal."""
+        return len(self._done)
