@@ -81,6 +81,9 @@ class Column:
     """The source value is an object or array (sent as JSON text in a string column)."""
     allowed: tuple[Any, ...] | None = None
     """When set, a value (after coercion) outside these is refused: the record is quarantined."""
+    known: tuple[str, ...] = ()
+    """For a ``*`` column: top-level fields expected there, read on the fast path (any other
+    unmapped field sends the record down the generic path, which is slower)."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +145,8 @@ class TableDef:
             columns.append(Column(cname, str(ctype), tuple(source.split(".")),
                                   bool(col.get("required", False)), str(col.get("description", "")),
                                   bool(col.get("json", False)),
-                                  tuple(col["allowed"]) if col.get("allowed") else None))
+                                  tuple(col["allowed"]) if col.get("allowed") else None,
+                                  tuple(col.get("known") or ())))
         if not columns:
             problems.append("a table needs at least one column")
         elif "TimeGenerated" not in seen:
@@ -359,6 +363,8 @@ class Mapper:
         self._rest_column = next((c.name for c in table.columns if c.source == ("*",)), None)
         cols = self._cols = tuple(c for c in table.columns if c.source != ("*",))
         self._used_top = frozenset(c.source[0] for c in cols)
+        star = next((c for c in table.columns if c.source == ("*",)), None)
+        self._known_rest = [k for k in (star.known if star else ()) if k not in self._used_top]
         self._truncated = [metrics.FIELDS_TRUNCATED.labels(table.name, c.name) for c in cols]
         self._index = {c.name: i for i, c in enumerate(cols)}
         leaves = {c.source for c in cols}
@@ -376,6 +382,8 @@ class Mapper:
                 node = node.children[part]
             if node.children:
                 node.leaf = msgspec.Raw
+        for key in self._known_rest:  # read raw, gathered into the "*" column
+            root.children.setdefault(key, _Node()).leaf = msgspec.Raw
         # With a "*" column, a record with a top-level field no column reads takes the
         # generic path (which collects it); on the fast path there is then nothing to collect.
         self._decoder = msgspec.json.Decoder(
@@ -432,6 +440,13 @@ class Mapper:
                           f"        elif (x := _c({i}, v)) is not None: row[{col.name!r}] = x"]
             if col.required:
                 lines.append(f"    else: _missing({col.name!r})")
+        if self._known_rest:
+            lines.append("    r = None")
+            for key in self._known_rest:
+                lines += [f"    if (x := rec.{root.attrs[key]}) is not None:",
+                          "        if r is None: r = {}",
+                          f"        r[{key!r}] = x"]
+            lines.append(f"    if r is not None: row[{self._rest_column!r}] = r")
         lines.append("    return row")
         ns = {"_iso": _ISO_UTC.match, "_c": self._coerce_i, "_s": _to_string,
               "_lim": lambda i, x: _limit(x, self._truncated[i]), "_missing": self._missing,
@@ -527,6 +542,6 @@ class Mapper:
     @staticmethod
     def _loads(data: bytes) -> Any:
         try:
-            return orjson.loads(data)
+            return orjson.loads(data if isinstance(data, (bytes, str)) else bytes(data))
         except orjson.JSONDecodeError as ex:
             raise MappingError(f"not valid JSON: {ex}", "invalid_json") from None

@@ -193,3 +193,17 @@ def test_values_outside_allowed_are_quarantined() -> None:
             with pytest.raises(MappingError, match="not an allowed value") as info:
                 call(bad)
             assert info.value.code == "not_allowed"
+
+
+def test_known_extra_fields_are_gathered_on_the_fast_path() -> None:
+    table = TableDef.from_mapping({"table": "K_CL", "columns": [
+        {"name": "TimeGenerated", "type": "datetime", "source": "time", "required": True},
+        {"name": "AdditionalFields", "type": "dynamic", "source": "*", "known": ["extra"]},
+    ]}, "t")
+    m = Mapper(table)
+    for rec in ({"time": "2026-01-01T00:00:00Z", "extra": {"a": 1}},
+                {"time": "2026-01-01T00:00:00Z", "extra": {"a": 1}, "surprise": [2]},
+                {"time": "2026-01-01T00:00:00Z"}):
+        fast = orjson.loads(m.map_json(orjson.dumps(rec), "r"))
+        assert fast == orjson.loads(m.map_dict(rec, "r"))
+        assert fast.get("AdditionalFields", {}) == {k: v for k, v in rec.items() if k != "time"}
