@@ -179,7 +179,7 @@ class _S3Partition(StatefulSourcePartition[Item, dict]):
                                        max_bytes=src.max_object_bytes,
                                        max_ratio=src.max_compression_ratio,
                                        parser_for=self._parser)
-        except (FormatUnknown, ObjectReadError) as ex:
+        except (FormatUnknown, ObjectReadError, ValueError) as ex:
             body.close()
             if getattr(ex, "transient", False) and self._attempts + 1 < READ_ATTEMPTS:
                 self._resume = PartitionState(self._after, key, body.etag, offset)

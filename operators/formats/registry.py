@@ -105,5 +105,9 @@ def text_format(fmt: str, *, fields: list[str] | None = None, delimiter: str = "
         msg = f"unknown format {fmt!r}; known: {', '.join(FORMATS)}"
         raise ValueError(msg)
     module, cls = _TEXT_FORMATS[fmt]
-    parser: Any = getattr(importlib.import_module(module), cls)()
+    try:
+        parser: Any = getattr(importlib.import_module(module), cls)()
+    except (ImportError, AttributeError) as ex:
+        msg = f"format {fmt!r} is not available in this installation: {ex}"
+        raise ValueError(msg) from ex
     return parser
