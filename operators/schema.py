@@ -51,7 +51,10 @@ _RESERVED = {"type", "tenantid", "_resourceid", "_subscriptionid", "sourcesystem
 MAX_FIELD_BYTES = 65_536
 """Log Analytics keeps at most 64 KB of a string value; longer values are cut here, visibly."""
 _TRUNCATED = "...[truncated by s3sentinel]"
-_ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?Z$")
+# ISO 8601 UTC with plausible fields passes as is (the common case, no parsing); anything
+# else is parsed, and refused if it is not a real time.
+_ISO_UTC = re.compile(r"^\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])"
+                      r"T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,9})?Z$")
 
 
 class TableError(ValueError):
