@@ -19,6 +19,7 @@ from pathlib import Path
 from connectors.deadletter import read_entries
 from dataflow.config import load_config
 from devstack.appsamples import seed_app_logs
+from devstack.formatsamples import seed_mixed
 from devstack.samples import seed_cloudtrail
 from devstack.stack import LocalStack
 from operators.schema import load_tables
@@ -60,9 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         trail = seed_cloudtrail(s3, cfg.source("cloudtrail").bucket, objects=args.objects)
         app = seed_app_logs(s3, cfg.source("app").bucket)
+        mixed = seed_mixed(s3, cfg.source("aws").bucket)
         print(f"seeded {trail.record_count} CloudTrail records in {len(trail.objects)} objects "
               f"(+{len(trail.digests)} digest files) and {app.good + app.bad} app log lines "
-              f"({app.bad} bad) in {len(app.keys)} objects, in {time.monotonic() - t0:.1f}s")
+              f"({app.bad} bad) in {len(app.keys)} objects, and {sum(mixed.expected.values())} "
+              f"records of {len(mixed.expected)} other AWS formats (with {mixed.bad_records} bad "
+              f"line and {mixed.bad_objects} corrupt object), in {time.monotonic() - t0:.1f}s")
 
         cmd = [sys.executable, "-m", "bytewax.run", "dataflow.flow:flow", "-w", str(args.workers)]
         print("running:", " ".join(cmd[1:]))
