@@ -73,7 +73,8 @@ def test_int_accepted_for_float_but_bool_is_not_an_int() -> None:
 
 def test_demo_config_loads() -> None:
     cfg = load_config(DEMO, environ={})
-    assert {s.name for s in cfg.sources} == {"cloudtrail", "app"}
+    assert {s.name for s in cfg.sources} == {"cloudtrail", "aws", "app"}
+    assert cfg.source("aws").format == "auto" and cfg.source("aws").table is None
     assert cfg.source("cloudtrail").partitions == 2
     assert cfg.runtime.mode == "catch_up"
     assert cfg.sentinel.credential == "managed_identity"
