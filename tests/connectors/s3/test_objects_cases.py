@@ -17,7 +17,7 @@ from botocore.exceptions import ClientError
 from moto.server import ThreadedMotoServer
 
 from connectors.s3.errors import ObjectReadError, is_transient
-from connectors.s3.objects import CHUNK_BYTES, Body, Prefetcher, decompress, open_body
+from connectors.s3.objects import CHUNK_BYTES, Prefetcher, decompress, open_body
 
 BUCKET = "unit-objects"
 MB = 1024 * 1024

@@ -1,0 +1,150 @@
+"""Table definitions as data: one TOML file per table, or a ``[[tables]]`` entry in the config.
+
+A definition names the Log Analytics table, the DCR stream rows are posted to, and each
+column's exact name, type and source path (plus ``required``, ``allowed``, ``json``, and
+``source = "*"`` for every field no other column holds). Everything is checked when the
+definitions are loaded; :class:`operators.schema.Mapper` turns one into rows.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from dataflow.config import TableConfig
+
+__all__ = ["COLUMN_TYPES", "Column", "TableDef", "TableError", "load_tables"]
+
+COLUMN_TYPES = ("string", "int", "long", "real", "bool", "datetime", "dynamic")
+_COLUMN_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,44}$")
+_RESERVED = {"type", "tenantid", "_resourceid", "_subscriptionid", "sourcesystem", "_itemid",
+             "_billedsize", "_isbillable", "mg", "_timereceived"}
+
+
+class TableError(ValueError):
+    """A table definition is invalid."""
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    source: tuple[str, ...]
+    required: bool = False
+    description: str = ""
+    json: bool = False
+    """The source value is an object or array (sent as JSON text in a string column)."""
+    allowed: tuple[Any, ...] | None = None
+    """When set, a value (after coercion) outside these is refused: the record is quarantined."""
+    known: tuple[str, ...] = ()
+    """For a ``*`` column: top-level fields expected there, read on the fast path (any other
+    unmapped field sends the record down the generic path, which is slower)."""
+
+
+@dataclass(frozen=True)
+class TableDef:
+    """One Log Analytics table: where rows go and how each column is filled."""
+
+    name: str
+    kind: str
+    """``standard`` (an Azure table such as AWSCloudTrail) or ``custom`` (``_CL``)."""
+    stream: str
+    """DCR input stream the rows are posted to."""
+    output_stream: str
+    columns: tuple[Column, ...]
+    description: str = ""
+
+    @property
+    def record_id_column(self) -> str:
+        """Column holding the record id (``_CF`` suffix: the only custom columns standard tables take)."""
+        return "RecordId_CF" if self.kind == "standard" else "RecordId"
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], origin: str) -> TableDef:
+        """Build and validate a definition from parsed TOML (or a config ``[[tables]]`` entry)."""
+        problems: list[str] = []
+        name = str(data.get("table") or data.get("name") or "")
+        kind = str(data.get("kind", "custom"))
+        if not name:
+            problems.append("'table' (the table name) is missing")
+        if kind not in ("standard", "custom"):
+            problems.append(f"kind {kind!r} must be 'standard' or 'custom'")
+        if kind == "custom" and name and not name.endswith("_CL"):
+            problems.append(f"custom table name {name!r} must end with '_CL'")
+        columns = []
+        seen: set[str] = set()
+        for i, col in enumerate(data.get("columns") or ()):
+            if not isinstance(col, dict):
+                problems.append(f"columns[{i}]: expected a table (name, type, source), got {col!r}")
+                continue
+            cname = str(col.get("name", ""))
+            where = f"columns[{cname or i}]"
+            if not _COLUMN_NAME.match(cname):
+                problems.append(f"{where}: column names start with a letter and have at most 45 "
+                                "letters, digits or '_'")
+            if cname.lower() in _RESERVED:
+                problems.append(f"{where}: {cname!r} is a reserved column name")
+            if cname in ("RecordId", "RecordId_CF"):
+                problems.append(f"{where}: {cname!r} holds the record id, added by the connector")
+            if cname == "TimeGenerated" and col.get("type") != "datetime":
+                problems.append(f"{where}: TimeGenerated must have type datetime")
+            if cname in seen:
+                problems.append(f"{where}: duplicate column")
+            seen.add(cname)
+            ctype = col.get("type")
+            if ctype not in COLUMN_TYPES:
+                problems.append(f"{where}: type {ctype!r} is not one of {', '.join(COLUMN_TYPES)}")
+            source = str(col.get("source") or cname)
+            if source == "*" and ctype != "dynamic":
+                problems.append(f"{where}: source \"*\" (every unmapped field) needs type dynamic")
+            columns.append(Column(cname, str(ctype), tuple(source.split(".")),
+                                  bool(col.get("required", False)), str(col.get("description", "")),
+                                  bool(col.get("json", False)),
+                                  tuple(col["allowed"]) if col.get("allowed") else None,
+                                  tuple(col.get("known") or ())))
+        if not columns:
+            problems.append("a table needs at least one column")
+        elif "TimeGenerated" not in seen:
+            problems.append("a table needs a TimeGenerated column (type datetime)")
+        if problems:
+            msg = f"table definition {origin} is invalid:\n" + "\n".join(f"  - {p}" for p in problems)
+            raise TableError(msg)
+        stream = str(data.get("stream") or f"Custom-{name}")
+        output = str(data.get("output_stream") or
+                     (f"Microsoft-{name}" if kind == "standard" else f"Custom-{name}"))
+        return cls(name, kind, stream, output, tuple(columns), str(data.get("description", "")))
+
+
+def load_tables(extra_dir: str | Path | None = None,
+                declared: Iterable[TableConfig] = ()) -> dict[str, TableDef]:
+    """Every table definition: shipped ones, then ``extra_dir``'s, then config-declared ones.
+
+    Later definitions of the same table replace earlier ones.
+    """
+    tables: dict[str, TableDef] = {}
+    shipped = resources.files("operators") / "tables"
+    files = [(f.name, f.read_text(encoding="utf-8")) for f in shipped.iterdir()
+             if f.name.endswith(".toml")]
+    if extra_dir is not None:
+        files += [(str(p), p.read_text(encoding="utf-8"))
+                  for p in sorted(Path(extra_dir).glob("*.toml"))]
+    for origin, text in sorted(files) if extra_dir is None else files:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as ex:
+            msg = f"table definition {origin} is not valid TOML: {ex}"
+            raise TableError(msg) from None
+        table = TableDef.from_mapping(data, origin)
+        tables[table.name] = table
+    for cfg in declared:
+        data = {"table": cfg.name, "kind": "custom", "stream": cfg.stream,
+                "description": cfg.description,
+                "columns": [{"name": c.name, "type": c.type, "source": c.source,
+                             "required": c.required} for c in cfg.columns]}
+        tables[cfg.name] = TableDef.from_mapping(data, f"config tables[{cfg.name}]")
+    return tables
