@@ -57,7 +57,7 @@ _KEY_RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"/elasticloadbalancing/.*_app\."), "alb"),
     (re.compile(r"/elasticloadbalancing/.*_net\."), "nlb"),
     (re.compile(r"/elasticloadbalancing/"), "elb"),
-    (re.compile(r"(^|/)E[A-Z0-9]{6,}\.\d{4}-\d\d-\d\d-\d\d\.[0-9a-f]+(\.gz)?$"), "cloudfront"),
+    (re.compile(r"(^|/)E[A-Z0-9]{6,}\.\d{4}-\d\d-\d\d-\d\d\.[0-9A-Za-z]+(\.gz)?$"), "cloudfront"),
     (re.compile(r"(^|/)\d{4}-\d\d-\d\d-\d\d-\d\d-\d\d-[0-9A-F]{16}$"), "s3access"),
 ]
 

@@ -432,3 +432,11 @@ def test_any_alb_record_round_trips(n: int, data: st.DataObject) -> None:
             if v is not None and v != "-":
                 rec[name] = v
     assert AlbFormat().parse(" ".join(parts).encode(), ()) == rec
+
+
+@settings(max_examples=2000, deadline=None)
+@given(text=st.text('ab "\\-\t', max_size=30))
+def test_the_fast_tokenizer_agrees_with_the_regex(text: str) -> None:
+    from operators.formats.elb import _tokens_quoted, _tokens_regex
+
+    assert _tokens_quoted(text) == _tokens_regex(text)
