@@ -1,30 +1,43 @@
-"""The dead-letter store: records and objects that could not be read, parsed or mapped.
+"""The dead-letter store: whatever could not be read, parsed, mapped or delivered.
 
-Each worker appends JSON lines to its own file in the configured directory, flushed
-and fsynced before the epoch completes, so an error record is never lost on a crash.
-With an S3 prefix configured, each batch of error records is written as one object
-under it instead (the PUT completes before the epoch does).
-Each line names the object, the offset, the stage and the reason, and carries the
-offending bytes (UTF-8 text when they are text, base64 otherwise) for later replay.
+Nothing the connector gives up on is dropped: it becomes an entry here, with the
+reason, and ``s3sentinel replay`` can send it again once the cause is fixed.
+
+Entries are JSON lines in files (a local directory) or objects (an ``s3://bucket/prefix/``).
+Each write is one new file, made atomically: written to a temporary name, fsynced,
+then renamed (a PUT is atomic by itself), so a crash never leaves half an entry. After
+the write the records are marked in the dead-letter journal (see
+:mod:`connectors.sentinel.journal`), which is how the SQS source knows that an
+object's records are all accounted for.
+
+An entry names the object, the offset, the stage and the reason. Records that failed
+before mapping carry their bytes (UTF-8 text, or base64) and header lines, to be mapped
+again; records that failed delivery carry the mapped row, the stream, and the
+service's status, error code and request id.
 """
 
 from __future__ import annotations
 
 import base64
+import itertools
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from typing_extensions import override
 
+from connectors.sentinel.journal import DEAD_LETTERED, REST, UploadJournal
+from dataflow import metrics
 from dataflow.messages import ErrorRecord
 
-__all__ = ["DeadLetterSink", "error_entry", "read_entries"]
+__all__ = ["DeadLetterSink", "DeadLetterStore", "error_entry", "read_entries"]
+
+_seq = itertools.count(1)
 
 
 def error_entry(err: ErrorRecord) -> dict:
@@ -32,8 +45,9 @@ def error_entry(err: ErrorRecord) -> dict:
     entry = {
         "source": err.obj.source, "bucket": err.obj.bucket, "key": err.obj.key,
         "etag": err.obj.etag, "format": err.obj.format, "offset": err.offset,
-        "stage": err.stage, "reason": err.reason,
+        "stage": err.stage, "code": err.code, "reason": err.reason, "time": time.time(),
         "record_id": None if err.offset is None else f"{err.obj.id}-{err.offset}",
+        "object_id": err.obj.id,
     }
     if err.header:
         entry["header"] = [h.decode("utf-8", errors="replace") for h in err.header]
@@ -44,48 +58,42 @@ def error_entry(err: ErrorRecord) -> dict:
     return entry
 
 
-def read_entries(directory: str | os.PathLike[str]) -> list[dict]:
-    """Every entry in a dead-letter directory (for tests, reports and replay)."""
-    out: list[dict] = []
-    for path in sorted(Path(directory).glob("*.jsonl")):
-        with path.open("rb") as f:
-            out.extend(orjson.loads(line) for line in f if line.strip())
+def entry_ranges(entries: Iterable[dict]) -> dict[str, list[list[int]]]:
+    """Offset ranges per object id that the entries account for.
+
+    A read failure at offset k accounts for the rest of the object (k and after);
+    a record's failure for its own offset.
+    """
+    out: dict[str, list[list[int]]] = {}
+    for e in entries:
+        rid = e.get("record_id")
+        if e.get("stage") == "read" or rid is None:
+            obj = e.get("object_id")
+            if obj:
+                out.setdefault(obj, []).append([e.get("offset") or 0, REST])
+            continue
+        obj, _, off = rid.rpartition("-")
+        out.setdefault(obj, []).append([int(off), int(off) + 1])
     return out
 
 
-class _DeadLetterPartition(StatelessSinkPartition[ErrorRecord]):
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: IO[bytes] = path.open("ab")
-
-    @override
-    def write_batch(self, items: list[ErrorRecord]) -> None:
-        self._file.write(b"".join(orjson.dumps(error_entry(e)) + b"\n" for e in items))
-        self._file.flush()
-        os.fsync(self._file.fileno())
-
-    @override
-    def close(self) -> None:
-        self._file.close()
+def _dumps(entries: Iterable[dict]) -> bytes:
+    return b"".join(orjson.dumps(e) + b"\n" for e in entries)
 
 
-class _S3DeadLetterPartition(StatelessSinkPartition[ErrorRecord]):
-    def __init__(self, s3: Any, bucket: str, prefix: str, name: str) -> None:
-        self._s3, self._bucket, self._prefix, self._name = s3, bucket, prefix, name
-        self._seq = 0
-
-    @override
-    def write_batch(self, items: list[ErrorRecord]) -> None:
-        self._seq += 1
-        key = f"{self._prefix}{self._name}-{time.time_ns()}-{self._seq:06d}.jsonl"
-        body = b"".join(orjson.dumps(error_entry(e)) + b"\n" for e in items)
-        self._s3.put_object(Bucket=self._bucket, Key=key, Body=body)
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
-class DeadLetterSink(DynamicSink[ErrorRecord]):
-    """Writes error records to ``<directory>/errors-<host>-<pid>-w<worker>.jsonl``, or as
-    objects under an ``s3://bucket/prefix/`` when ``s3_uri`` is given.
+class DeadLetterStore:
+    """Dead-letter files in a local directory, or objects under an S3 prefix.
 
+    :arg directory: Local directory (used when ``s3_uri`` is None).
+    :arg s3_uri: ``s3://bucket/prefix/`` to keep the entries in S3 instead.
     :arg s3_factory: Builds the S3 client (for ``s3_uri``).
     """
 
@@ -93,13 +101,132 @@ class DeadLetterSink(DynamicSink[ErrorRecord]):
                  s3_factory: Callable[[], Any] | None = None) -> None:
         self._dir = Path(directory)
         self._s3_uri = s3_uri
+        self._s3: Any = None
+        if s3_uri:
+            if s3_factory is None:
+                msg = "an S3 dead-letter store needs an S3 client factory"
+                raise ValueError(msg)
+            self._s3 = s3_factory()
+            self._bucket, _, self._prefix = s3_uri.removeprefix("s3://").partition("/")
+
+    @property
+    def location(self) -> str:
+        return self._s3_uri or str(self._dir)
+
+    def write(self, entries: list[dict], name: str) -> str:
+        """Write entries as one new file named ``<name>-<time>-<seq>.jsonl``; returns its name."""
+        fname = f"{name}-{time.time_ns()}-{next(_seq):06d}.jsonl"
+        self._put(fname, _dumps(entries))
+        return fname
+
+    def names(self) -> list[str]:
+        """Every entry file, oldest first (names start with their writer and time)."""
+        if self._s3 is None:
+            if not self._dir.exists():
+                return []
+            return sorted(p.name for p in self._dir.glob("*.jsonl"))
+        out: list[str] = []
+        for page in self._s3.get_paginator("list_objects_v2").paginate(
+                Bucket=self._bucket, Prefix=self._prefix):
+            out.extend(o["Key"][len(self._prefix):] for o in page.get("Contents", ())
+                       if o["Key"].endswith(".jsonl"))
+        return sorted(out)
+
+    def read(self, name: str) -> list[dict]:
+        """The entries of one file."""
+        if self._s3 is None:
+            data = (self._dir / name).read_bytes()
+        else:
+            data = self._s3.get_object(Bucket=self._bucket, Key=self._prefix + name)["Body"].read()
+        return [orjson.loads(line) for line in data.splitlines() if line.strip()]
+
+    def replace(self, name: str, entries: list[dict]) -> None:
+        """Atomically rewrite a file with the entries that remain (remove it when none)."""
+        if entries:
+            self._put(name, _dumps(entries))
+        elif self._s3 is None:
+            (self._dir / name).unlink(missing_ok=True)
+            _fsync_dir(self._dir)
+        else:
+            self._s3.delete_object(Bucket=self._bucket, Key=self._prefix + name)
+
+    def entries(self) -> list[dict]:
+        """Every entry in the store."""
+        return [e for n in self.names() for e in self.read(n)]
+
+    def _put(self, name: str, body: bytes) -> None:
+        if self._s3 is not None:
+            self._s3.put_object(Bucket=self._bucket, Key=self._prefix + name, Body=body)
+            return
+        self._dir.mkdir(parents=True, exist_ok=True)
+        tmp = self._dir / f".{name}.tmp"
+        with tmp.open("wb") as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._dir / name)
+        _fsync_dir(self._dir)
+
+
+def read_entries(directory: str | os.PathLike[str]) -> list[dict]:
+    """Every entry in a local dead-letter directory (for tests, reports and replay)."""
+    return DeadLetterStore(directory).entries()
+
+
+def record_dead_letters(store: DeadLetterStore, journal: UploadJournal | None,
+                        entries: list[dict], name: str) -> None:
+    """Write entries, then mark their records as accounted for; count them."""
+    if not entries:
+        return
+    store.write(entries, name)
+    if journal is not None:
+        journal.record_ranges(entry_ranges(entries))
+    for e in entries:
+        metrics.DEADLETTER_RECORDS.labels(e.get("stage", ""), e.get("code") or "error").inc()
+
+
+class _DeadLetterPartition(StatelessSinkPartition[ErrorRecord]):
+    def __init__(self, store: DeadLetterStore, journal: UploadJournal | None,
+                 name: str) -> None:
+        self._store = store
+        self._journal = journal
+        self._name = name
+
+    @override
+    def write_batch(self, items: list[ErrorRecord]) -> None:
+        record_dead_letters(self._store, self._journal, [error_entry(e) for e in items],
+                            self._name)
+
+    @override
+    def close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+
+
+class DeadLetterSink(DynamicSink[ErrorRecord]):
+    """Writes error records to the dead-letter store, as files named
+    ``errors-<host>-<pid>-w<worker>-<time>-<seq>.jsonl``.
+
+    :arg directory: Local directory of the store.
+    :arg s3_uri: ``s3://bucket/prefix/`` to keep them in S3 instead.
+    :arg s3_factory: Builds the S3 client (for ``s3_uri``).
+    :arg journal_dir: Where the dead-letter journal goes (beside the upload journal); None
+        leaves it out.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], s3_uri: str | None = None,
+                 s3_factory: Callable[[], Any] | None = None,
+                 journal_dir: str | os.PathLike[str] | None = None) -> None:
+        self._dir = Path(directory)
+        self._s3_uri = s3_uri
         self._s3_factory = s3_factory
+        self._journal_dir = journal_dir
 
     @override
     def build(self, step_id: str, worker_index: int, worker_count: int) -> StatelessSinkPartition:
         name = f"errors-{socket.gethostname()}-{os.getpid()}-w{worker_index}"
-        if self._s3_uri:
-            assert self._s3_factory is not None
-            bucket, _, prefix = self._s3_uri.removeprefix("s3://").partition("/")
-            return _S3DeadLetterPartition(self._s3_factory(), bucket, prefix, name)
-        return _DeadLetterPartition(self._dir / f"{name}.jsonl")
+        store = DeadLetterStore(self._dir, self._s3_uri, self._s3_factory)
+        journal = None
+        if self._journal_dir is not None:
+            journal = UploadJournal(self._journal_dir, worker_index, name=DEAD_LETTERED)
+        return _DeadLetterPartition(store, journal, name)

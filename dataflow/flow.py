@@ -20,7 +20,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
 from connectors.aws import s3_client
-from connectors.deadletter import DeadLetterSink
+from connectors.deadletter import DeadLetterSink, DeadLetterStore
 from connectors.s3.source import S3Source
 from connectors.sentinel.sink import SentinelSink
 from dataflow import metrics
@@ -51,15 +51,18 @@ def build_flow(cfg: Config, *, s3_factory: Callable[[], Any] | None = None,
     mapped = op.flat_map_batch("map", read.trues, mapper.map_batch)
     rows = op.branch("map_ok", mapped, lambda x: isinstance(x, Rows))
     errors: op.Stream[ErrorRecord] = op.merge("errors", read.falses, rows.falses)
-    op.output("dead_letter", errors, DeadLetterSink(cfg.runtime.errors_dir,
-                                                    cfg.runtime.errors_s3_uri, s3_factory))
+    rt = cfg.runtime
+    op.output("dead_letter", errors, DeadLetterSink(rt.errors_dir, rt.errors_s3_uri, s3_factory,
+                                                    journal_dir=rt.journal_dir))
 
     keyed = op.key_on("key", rows.trues, lambda r: f"{r.stream}|{r.partition}")
     batches = batch_rows("batch", keyed, max_bytes=cfg.batch.max_bytes,
                          max_records=cfg.batch.max_records,
                          max_age=timedelta(seconds=cfg.batch.max_age_secs))
-    sink = SentinelSink(cfg.sentinel, service_factory, journal_dir=cfg.runtime.journal_dir,
-                        journal_retention_secs=cfg.runtime.journal_retention_secs)
+    dead_letters = functools.partial(DeadLetterStore, rt.errors_dir, rt.errors_s3_uri, s3_factory)
+    sink = SentinelSink(cfg.sentinel, service_factory, journal_dir=rt.journal_dir,
+                        journal_retention_secs=rt.journal_retention_secs,
+                        dead_letters=dead_letters)
     op.output("sentinel", op.key_rm("unkey", batches), sink)
     return flow
 

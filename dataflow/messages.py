@@ -89,6 +89,8 @@ class ErrorRecord:
     """The offending bytes (possibly truncated), for inspection and replay."""
     header: tuple[bytes, ...] = ()
     """Header lines of the object (text formats), needed to parse ``data`` again."""
+    code: str = ""
+    """Short reason code (``invalid_json``, ``object_unreadable``, ...) for metrics and filters."""
 
     def describe(self) -> str:
         """One line naming the object, the position and the reason."""

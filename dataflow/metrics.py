@@ -7,11 +7,15 @@ Names follow ``s3sentinel_<noun>_<unit>_total`` for counters and carry their uni
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
     "BATCH_BYTES",
+    "DEADLETTER_RECORDS",
     "ERRORS",
+    "IN_FLIGHT_OBJECTS",
+    "LAG_SECONDS",
+    "OLDEST_UNDELIVERED_SECONDS",
     "FIELDS_TRUNCATED",
     "OBJECTS",
     "OBJECT_RETRIES",
@@ -22,6 +26,8 @@ __all__ = [
     "REQUEST_BYTES",
     "REQUEST_SECONDS",
     "REQUEST_RETRIES",
+    "REPLAYED_RECORDS",
+    "SQS_MESSAGES",
     "summary",
 ]
 
@@ -86,6 +92,39 @@ BATCH_BYTES = Histogram(
     "Size of a batch as uncompressed JSON.",
     ["stream"],
     buckets=(1e3, 1e4, 1e5, 2.5e5, 5e5, 7.5e5, 1e6, 1.1e6),
+)
+
+DEADLETTER_RECORDS = Counter(
+    "s3sentinel_deadletter_records_total",
+    "Records (or object remainders) written to the dead-letter store, by stage and reason code.",
+    ["stage", "reason"],
+)
+REPLAYED_RECORDS = Counter(
+    "s3sentinel_replayed_records_total",
+    "Dead-letter records replayed, by outcome (delivered, failed, already_delivered).",
+    ["outcome"],
+)
+SQS_MESSAGES = Counter(
+    "s3sentinel_sqs_messages_total",
+    "SQS notification messages, by action (received, deleted, extended, ignored, "
+    "test_event, dead_lettered).",
+    ["source", "action"],
+)
+IN_FLIGHT_OBJECTS = Gauge(
+    "s3sentinel_in_flight_objects",
+    "Objects read (or being read) whose records are not all delivered or dead-lettered yet.",
+    ["source"],
+)
+LAG_SECONDS = Gauge(
+    "s3sentinel_lag_seconds",
+    "Seconds between an object's arrival (LastModified or the SQS SentTimestamp) and the "
+    "delivery of its last record, for the last object finished.",
+    ["source"],
+)
+OLDEST_UNDELIVERED_SECONDS = Gauge(
+    "s3sentinel_oldest_undelivered_seconds",
+    "Age of the oldest object received whose records are not all accounted for yet.",
+    ["source"],
 )
 
 

@@ -214,6 +214,10 @@ class SentinelEmulator:
         """Replace the fault script (see :class:`FaultScript` for the spec format)."""
         self._state.faults.replace(faults)
 
+    def set_rejects(self, needles: list[str]) -> None:
+        """Refuse requests with a row containing one of these strings (HTTP 400)."""
+        self._state.set_rejects(needles)
+
     def set_secret(self, name: str, value: str) -> str:
         """Add or rotate a Key Vault secret; returns the new version id."""
         return self._state.set_secret(name, value)
@@ -266,6 +270,10 @@ class EmulatorAdmin:
     def set_faults(self, faults: Sequence[Mapping[str, Any]]) -> None:
         """Replace the fault script."""
         self._call("POST", "faults", list(faults))
+
+    def set_rejects(self, needles: list[str]) -> None:
+        """Refuse requests with a row containing one of these strings (HTTP 400)."""
+        self._call("POST", "rejects", list(needles))
 
     def set_secret(self, name: str, value: str) -> str:
         """Add or rotate a secret; returns the new version id."""

@@ -352,6 +352,11 @@ class SentinelRequestHandler(BaseHTTPRequestHandler):
         if not all(isinstance(r, dict) for r in rows):
             return finish(400, "InvalidPayload", "Every element of the JSON array must be an "
                           "object.", fault=kind)
+        for needle in state.rejects:
+            for i, row in enumerate(rows):
+                if needle in orjson.dumps(row).decode():
+                    return finish(400, "InvalidPayload", f"Row {i} of the request was refused: "
+                                  f"it contains {needle!r}.", fault=kind)
         dropped: Counter[str] = Counter()
         if columns is not None:
             kept = []
@@ -443,6 +448,12 @@ class SentinelRequestHandler(BaseHTTPRequestHandler):
             except (ValueError, TypeError) as exc:
                 return self._error(400, "InvalidFaultSpec", str(exc))
             return self._json(200, {"ok": True, "faults": len(payload or [])})
+        if (method, action) == ("POST", "rejects"):
+            try:
+                state.set_rejects(payload if payload is not None else [])
+            except ValueError as exc:
+                return self._error(400, "InvalidPayload", str(exc))
+            return self._json(200, {"ok": True})
         if (method, action) == ("POST", "secrets"):
             if not (isinstance(payload, dict) and isinstance(payload.get("name"), str)
                     and isinstance(payload.get("value"), str)):

@@ -180,7 +180,16 @@ class EmulatorState:
             self._record_counts: Counter[str] = Counter()
             self._requests: list[RequestLog] = []
             self._dropped: dict[str, Counter[str]] = defaultdict(Counter)
+            self.rejects: tuple[str, ...] = ()
         self.faults.replace([])
+
+    def set_rejects(self, needles: list[str]) -> None:
+        """Refuse (400 InvalidPayload) any request with a row whose JSON contains one of these
+        strings: a poison record, as the service refuses a request for one bad row."""
+        if not isinstance(needles, list) or not all(isinstance(n, str) for n in needles):
+            raise ValueError("rejects must be a list of strings")
+        with self._lock:
+            self.rejects = tuple(needles)
 
     # tokens
     def issue_token(self, resource: str) -> tuple[str, int]:

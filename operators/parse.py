@@ -23,8 +23,9 @@ __all__ = ["ERROR_SAMPLE_BYTES", "RecordMapper"]
 
 log = logging.getLogger(__name__)
 
-ERROR_SAMPLE_BYTES = 64 * 1024
-"""Most bytes of an offending record kept in its error record."""
+ERROR_SAMPLE_BYTES = 16 * 1024 * 1024
+"""Most bytes of an offending record kept in its error record: in practice the whole record,
+so that `s3sentinel replay` can send it again once the cause is fixed."""
 
 
 class _Route:
@@ -142,4 +143,4 @@ class RecordMapper:
     def _error(rec: RawRecord, stage: str, reason: str, code: str) -> ErrorRecord:
         metrics.ERRORS.labels(rec.obj.source, stage, code).inc()
         return ErrorRecord(rec.obj, rec.offset, stage, reason, rec.data[:ERROR_SAMPLE_BYTES],
-                           rec.header)
+                           rec.header, code)

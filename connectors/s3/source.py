@@ -245,7 +245,7 @@ class _S3Partition(StatefulSourcePartition[Item, dict]):
         log.error("%s: giving up on this object at record %s: %s", ref.uri, offset, reason)
         metrics.ERRORS.labels(self._src.name, "read", "object_unreadable").inc()
         self._finish(ref, "failed")
-        self._errors.append(ErrorRecord(ref, offset, "read", reason))
+        self._errors.append(ErrorRecord(ref, offset, "read", reason, code="object_unreadable"))
 
     def _backoff(self, operation: str, ex: BaseException) -> None:
         self._attempts += 1

@@ -28,15 +28,33 @@ from pathlib import Path
 
 import orjson
 
-__all__ = ["COMPACT_EVERY", "UploadJournal"]
+__all__ = ["COMPACT_EVERY", "DEAD_LETTERED", "DELIVERED", "JournalView", "UploadJournal"]
 
 COMPACT_EVERY = 1000
 """Appends between two compactions of a partition's own file."""
+
+DELIVERED = "journal"
+"""Journal of records the service accepted (the sink skips them on replay)."""
+DEAD_LETTERED = "deadletter"
+"""Journal of records written to the dead-letter store (accounted for, not delivered)."""
+
+REST = 2**62
+"""End of the range that stands for "this offset and everything after it"."""
 
 
 def _split_id(record_id: str) -> tuple[str, int]:
     obj, _, offset = record_id.rpartition("-")
     return obj, int(offset)
+
+
+def _merge(ranges: list[list[int]]) -> list[list[int]]:
+    out: list[list[int]] = []
+    for s, e in sorted(ranges):
+        if out and s <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], e)
+        else:
+            out.append([s, e])
+    return out
 
 
 def _ranges(offsets: Iterable[int]) -> list[list[int]]:
@@ -54,21 +72,25 @@ class UploadJournal:
     """Delivered record ranges per object, durable on disk.
 
     :arg directory: Where the journal files live (beside the recovery store).
-    :arg worker: This sink partition's worker index; it owns ``journal-w<worker>.jsonl``.
+    :arg worker: This sink partition's worker index (or another label unique among the
+        writers); it owns ``<name>-w<worker>.jsonl``.
     :arg retention_secs: How long an object's ranges are kept after its last delivery.
+    :arg name: ``journal`` (:data:`DELIVERED`) or ``deadletter`` (:data:`DEAD_LETTERED`):
+        the files are ``<name>-w<worker>.jsonl``.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], worker: int,
-                 retention_secs: float = 7 * 24 * 3600) -> None:
+    def __init__(self, directory: str | os.PathLike[str], worker: int | str,
+                 retention_secs: float = 7 * 24 * 3600, name: str = DELIVERED) -> None:
         self._dir = Path(directory)
         self._dir.mkdir(parents=True, exist_ok=True)
-        self._path = self._dir / f"journal-w{worker}.jsonl"
+        self._name = name
+        self._path = self._dir / f"{name}-w{worker}.jsonl"
         self._retention = retention_secs
         self._done: dict[str, list[list[int]]] = {}  # object id -> merged [start, end) ranges
         self._seen: dict[str, float] = {}  # object id -> time of its last delivery
         self._mine: dict[str, list[list[int]]] = {}  # what this partition's file holds
         self._appends = 0
-        for path in sorted(self._dir.glob("journal-w*.jsonl")):
+        for path in sorted(self._dir.glob(f"{name}-w*.jsonl")):
             self._load(path, own=path == self._path)
         self._compact()
         self._file = self._path.open("ab")
@@ -85,16 +107,7 @@ class UploadJournal:
     def _add(self, ranges: dict[str, list[list[int]]], t: float, *, own: bool) -> None:
         for obj, rs in ranges.items():
             for target in (self._done, self._mine) if own else (self._done,):
-                merged = target.setdefault(obj, [])
-                merged.extend([list(r) for r in rs])
-                merged.sort()
-                out: list[list[int]] = []
-                for s, e in merged:
-                    if out and s <= out[-1][1]:
-                        out[-1][1] = max(out[-1][1], e)
-                    else:
-                        out.append([s, e])
-                target[obj] = out
+                target[obj] = _merge(target.get(obj, []) + [list(r) for r in rs])
             self._seen[obj] = max(self._seen.get(obj, 0.0), t)
 
     def delivered(self, record_id: str) -> bool:
@@ -112,7 +125,12 @@ class UploadJournal:
         for rid in record_ids:
             obj, offset = _split_id(rid)
             by_obj.setdefault(obj, []).append(offset)
-        ranges = {obj: _ranges(offs) for obj, offs in by_obj.items()}
+        self.record_ranges({obj: _ranges(offs) for obj, offs in by_obj.items()})
+
+    def record_ranges(self, ranges: dict[str, list[list[int]]]) -> None:
+        """Journal half-open offset ranges per object id (durable when this returns)."""
+        if not ranges:
+            return
         now = time.time()
         self._file.write(orjson.dumps({"t": now, "r": ranges}) + b"\n")
         self._file.flush()
@@ -150,3 +168,58 @@ class UploadJournal:
     def __len__(self) -> int:
         """Objects with delivered records in the journal."""
         return len(self._done)
+
+
+class JournalView:
+    """A read-only, incrementally refreshed view of every journal file in a directory.
+
+    The SQS source uses it to learn when every record of an object is accounted for
+    (delivered, or written to the dead-letter store) before it deletes the object's
+    message. It tails the files other processes append to, and reads a file again from
+    the start when compaction replaced it.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str],
+                 names: tuple[str, ...] = (DELIVERED, DEAD_LETTERED)) -> None:
+        self._dir = Path(directory)
+        self._names = names
+        self._pos: dict[Path, tuple[int, int]] = {}  # path -> (inode, bytes read)
+        self._done: dict[str, list[list[int]]] = {}
+
+    def refresh(self) -> None:
+        """Read what was appended since the last refresh."""
+        for name in self._names:
+            for path in self._dir.glob(f"{name}-w*.jsonl"):
+                try:
+                    st = path.stat()
+                except FileNotFoundError:
+                    continue
+                inode, pos = self._pos.get(path, (st.st_ino, 0))
+                if inode != st.st_ino or st.st_size < pos:
+                    pos = 0
+                if st.st_size == pos:
+                    self._pos[path] = (st.st_ino, pos)
+                    continue
+                with path.open("rb") as f:
+                    f.seek(pos)
+                    data = f.read()
+                end = data.rfind(b"\n") + 1  # a line still being written waits for next time
+                for line in data[:end].splitlines():
+                    try:
+                        entry = orjson.loads(line)
+                    except orjson.JSONDecodeError:
+                        continue
+                    for obj, rs in entry["r"].items():
+                        self._done[obj] = _merge(self._done.get(obj, []) + rs)
+                self._pos[path] = (st.st_ino, pos + end)
+
+    def covered(self, object_id: str, count: int) -> bool:
+        """Whether offsets ``0 .. count-1`` of the object are all accounted for."""
+        if count <= 0:
+            return True
+        rs = self._done.get(object_id)
+        return bool(rs) and rs[0][0] <= 0 and rs[0][1] >= count
+
+    def forget(self, object_id: str) -> None:
+        """Drop an object once its message is deleted (keeps the view small)."""
+        self._done.pop(object_id, None)

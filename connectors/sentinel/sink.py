@@ -3,17 +3,24 @@
 Each worker has its own partition with its own client. A batch is sent as one
 gzipped request; transient failures (429, 5xx, connection errors, credential
 hiccups) are retried with exponential back-off and full jitter, honouring
-``Retry-After``, for up to ``retry_max_secs``. A 413 splits the batch in two. A
-batch that still cannot be delivered stops the flow with :class:`DeliveryFailed`,
-so nothing is dropped silently: after a restart it is sent again from the last
-recovery snapshot. The upload journal (see :mod:`connectors.sentinel.journal`) keeps
-records that were already accepted from being sent twice when a restart replays them.
+``Retry-After``, for up to ``retry_max_secs``. A 413 splits the batch in two, and so
+does a 400 (the service refuses a whole request for one bad row): halving isolates the
+rows it refuses. What still cannot be delivered (a single refused row, or a batch whose
+retries ran out) goes to the dead-letter store with the service's status, error code and
+request id, to be sent again with ``s3sentinel replay``. Errors that no retry or split
+can fix (401, 403, 404: credential, role or rule id) stop the flow with
+:class:`DeliveryFailed` instead, so a misconfiguration does not fill the dead-letter store.
+
+The upload journal (see :mod:`connectors.sentinel.journal`) keeps records that were
+already accepted from being sent twice when a restart replays them.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,9 +28,10 @@ from typing import Any
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from typing_extensions import override
 
+from connectors.deadletter import DeadLetterStore, record_dead_letters
 from connectors.sentinel.encoder import MAX_WIRE_BYTES, encode
 from connectors.sentinel.errors import DeliveryError, DeliveryFailed
-from connectors.sentinel.journal import UploadJournal
+from connectors.sentinel.journal import DEAD_LETTERED, UploadJournal
 from connectors.sentinel.service import IngestionService
 from dataflow import metrics
 from dataflow.config import SentinelConfig
@@ -35,15 +43,37 @@ log = logging.getLogger(__name__)
 
 Sleep = Callable[[float], None]
 
+STOP_STATUSES = frozenset({401, 403, 404})
+"""Refusals that concern every request alike (credential, role, rule): the flow stops."""
+
+
+def delivery_entries(batch: Batch, ex: DeliveryError, why: str) -> list[dict]:
+    """Dead-letter entries for rows the service did not take."""
+    now = time.time()
+    out = []
+    for rid, row in zip(batch.record_ids, batch.rows, strict=True):
+        obj, _, off = rid.rpartition("-")
+        out.append({"stage": "deliver", "stream": batch.stream, "record_id": rid,
+                    "object_id": obj, "offset": int(off), "status": ex.status,
+                    "code": ex.code or (str(ex.status) if ex.status else "connection"),
+                    "request_id": ex.request_id, "reason": f"{why}: {ex}", "time": now,
+                    "row": row.decode()})
+    return out
+
 
 class _SentinelPartition(StatelessSinkPartition[Batch]):
     def __init__(self, service: Any, cfg: SentinelConfig, sleep: Sleep,
-                 monotonic: Callable[[], float], journal: UploadJournal | None) -> None:
+                 monotonic: Callable[[], float], journal: UploadJournal | None,
+                 dead_letters: DeadLetterStore | None = None,
+                 dead_journal: UploadJournal | None = None, name: str = "deliver") -> None:
         self._service = service
         self._cfg = cfg
         self._sleep = sleep
         self._monotonic = monotonic
         self._journal = journal
+        self._dead_letters = dead_letters
+        self._dead_journal = dead_journal
+        self._name = name
 
     @override
     def write_batch(self, items: list[Batch]) -> None:
@@ -53,15 +83,19 @@ class _SentinelPartition(StatelessSinkPartition[Batch]):
     @override
     def close(self) -> None:
         self._service.close()
-        if self._journal is not None:
-            self._journal.close()
+        for journal in (self._journal, self._dead_journal):
+            if journal is not None:
+                journal.close()
 
     def _unsent(self, batch: Batch) -> Batch | None:
-        """The batch without records the journal says were delivered (a replay after a crash)."""
+        """The batch without records the journals say were delivered or dead-lettered (a
+        replay after a crash)."""
         journal = self._journal
         if journal is None:
             return batch
-        keep = [i for i, rid in enumerate(batch.record_ids) if not journal.delivered(rid)]
+        dead = self._dead_journal
+        keep = [i for i, rid in enumerate(batch.record_ids) if not journal.delivered(rid)
+                and (dead is None or not dead.delivered(rid))]
         if len(keep) == len(batch.rows):
             return batch
         metrics.RECORDS_SKIPPED.labels(batch.stream, "already_delivered").inc(
@@ -92,16 +126,21 @@ class _SentinelPartition(StatelessSinkPartition[Batch]):
                 self._service.send(part.stream, body)
             except DeliveryError as ex:
                 metrics.REQUESTS.labels(part.stream, str(ex.status or "error")).inc()
-                if ex.too_large and len(part.rows) > 1:
-                    metrics.REQUEST_RETRIES.labels(part.stream, "too_large").inc()
+                if (ex.too_large or ex.status == 400) and len(part.rows) > 1:
+                    reason = "too_large" if ex.too_large else "isolate_refused"
+                    metrics.REQUEST_RETRIES.labels(part.stream, reason).inc()
                     pending.extend(reversed(part.split()))
                     continue
                 if not ex.transient:
                     self._fail(part, ex, "the service refused it")
+                    continue
                 attempt += 1
                 delay = self._backoff(attempt, ex.retry_after)
                 if self._monotonic() + delay > deadline:
                     self._fail(part, ex, f"still failing after {cfg.retry_max_secs:.0f}s of retries")
+                    attempt = 0
+                    deadline = self._monotonic() + cfg.retry_max_secs
+                    continue
                 reason = {429: "throttled", None: "connection"}.get(ex.status, "server_error")
                 metrics.REQUEST_RETRIES.labels(part.stream, reason).inc()
                 log.warning("stream %s: %d rows not delivered (%s); retry %d in %.1fs",
@@ -123,13 +162,19 @@ class _SentinelPartition(StatelessSinkPartition[Batch]):
         cap = min(self._cfg.retry_cap_secs, self._cfg.retry_base_secs * 2 ** (attempt - 1))
         return random.uniform(0, cap)
 
-    @staticmethod
-    def _fail(batch: Batch, ex: DeliveryError, why: str) -> None:
+    def _fail(self, batch: Batch, ex: DeliveryError, why: str) -> None:
+        """Dead-letter rows that cannot be delivered, or stop the flow when nothing could be."""
         first, last = batch.record_ids[0], batch.record_ids[-1]
-        msg = (f"could not deliver {len(batch.rows)} rows to stream {batch.stream} "
-               f"(records {first} .. {last}): {why}: {ex}. The flow stops so that nothing is "
-               "lost; fix the cause and restart it: delivery resumes from the last snapshot.")
-        raise DeliveryFailed(msg) from ex
+        if self._dead_letters is None or ex.status in STOP_STATUSES:
+            msg = (f"could not deliver {len(batch.rows)} rows to stream {batch.stream} "
+                   f"(records {first} .. {last}): {why}: {ex}. The flow stops so that nothing "
+                   "is lost; fix the cause and restart it: delivery resumes from the last "
+                   "snapshot.")
+            raise DeliveryFailed(msg) from ex
+        log.error("stream %s: %d rows (records %s .. %s) go to the dead-letter store %s: %s: %s",
+                  batch.stream, len(batch.rows), first, last, self._dead_letters.location, why, ex)
+        record_dead_letters(self._dead_letters, self._dead_journal,
+                            delivery_entries(batch, ex, why), self._name)
 
 
 class SentinelSink(DynamicSink[Batch]):
@@ -141,24 +186,34 @@ class SentinelSink(DynamicSink[Batch]):
     :arg sleep: Waits between retries (injectable for tests).
     :arg journal_dir: Where the upload journal lives; None turns it off.
     :arg journal_retention_secs: How long delivered ranges are remembered.
+    :arg dead_letters: Builds the dead-letter store for rows that cannot be delivered;
+        None stops the flow on such rows instead.
     """
 
     def __init__(self, cfg: SentinelConfig,
                  service_factory: Callable[[SentinelConfig], Any] | None = None,
                  sleep: Sleep = time.sleep, monotonic: Callable[[], float] = time.monotonic,
                  journal_dir: str | None = None,
-                 journal_retention_secs: float = 7 * 24 * 3600) -> None:
+                 journal_retention_secs: float = 7 * 24 * 3600,
+                 dead_letters: Callable[[], DeadLetterStore] | None = None) -> None:
         self._cfg = cfg
         self._factory = service_factory or IngestionService
         self._sleep = sleep
         self._monotonic = monotonic
         self._journal_dir = journal_dir
         self._retention = journal_retention_secs
+        self._dead_letters = dead_letters
 
     @override
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _SentinelPartition:
-        journal = None
+        journal = dead_journal = None
         if self._journal_dir is not None:
             journal = UploadJournal(self._journal_dir, worker_index, self._retention)
+        store = self._dead_letters() if self._dead_letters is not None else None
+        if store is not None and self._journal_dir is not None:
+            # Its own file, apart from the dead-letter sink's file of the same worker.
+            dead_journal = UploadJournal(self._journal_dir, f"s{worker_index}",
+                                         self._retention, name=DEAD_LETTERED)
+        name = f"undelivered-{socket.gethostname()}-{os.getpid()}-w{worker_index}"
         return _SentinelPartition(self._factory(self._cfg), self._cfg, self._sleep,
-                                  self._monotonic, journal)
+                                  self._monotonic, journal, store, dead_journal, name)

@@ -59,3 +59,23 @@ def test_compaction_merges_and_expires_relative_to_the_newest_entry(tmp_path: Pa
     # A long outage does not expire anything: age is measured from the newest entry.
     clock[0] += 10**6
     assert UploadJournal(tmp_path, 0, retention_secs=100).delivered("new-3")
+
+
+def test_view_tails_appends_and_rereads_compacted_files(tmp_path) -> None:
+    from connectors.sentinel.journal import DEAD_LETTERED, JournalView
+
+    delivered = UploadJournal(tmp_path, 0)
+    dead = UploadJournal(tmp_path, 1, name=DEAD_LETTERED)
+    view = JournalView(tmp_path)
+    delivered.record([f"a-{i}" for i in range(5)])
+    view.refresh()
+    assert view.covered("a", 5) and not view.covered("a", 7)
+    dead.record_ranges({"a": [[5, 7]]})
+    view.refresh()
+    assert view.covered("a", 7)
+    delivered.record(["b-0"])
+    delivered._file.close()
+    delivered._compact()  # replaced by a new file: the view reads it again from the start
+    view.refresh()
+    assert view.covered("b", 1) and view.covered("a", 7)
+    assert view.covered("zzz", 0) and not view.covered("zzz", 1)

@@ -136,3 +136,74 @@ def test_service_classifies_errors(cfg: SentinelConfig, emulator: SentinelEmulat
     with pytest.raises(DeliveryError) as info:
         svc.send(STREAM, b'{"not": "an array"}')
     assert info.value.status == 400 and not info.value.transient
+
+
+# -- dead-lettering ---------------------------------------------------------------------------
+
+
+def dl_part(cfg: SentinelConfig, tmp_path, sleep=None, monotonic=None) -> object:
+    from connectors.deadletter import DeadLetterStore
+
+    kwargs = {"sleep": sleep or Sleeps()}
+    if monotonic is not None:
+        kwargs["monotonic"] = monotonic
+    return SentinelSink(cfg, journal_dir=str(tmp_path / "journal"),
+                        dead_letters=lambda: DeadLetterStore(tmp_path / "errors"),
+                        **kwargs).build("out", 0, 1)
+
+
+def test_a_refused_row_is_isolated_and_dead_lettered(cfg: SentinelConfig,
+                                                     emulator: SentinelEmulator, tmp_path) -> None:
+    from connectors.deadletter import read_entries
+    from connectors.sentinel.journal import JournalView
+
+    rows = [orjson.dumps({"TimeGenerated": "2026-01-01T00:00:00Z", "i": i,
+                          "pad": "POISON" if i == 11 else "ok"}) for i in range(16)]
+    emulator.set_rejects(["POISON"])
+    try:
+        dl_part(cfg, tmp_path).write_batch([Batch(STREAM, tuple(rows),
+                                                  tuple(f"obj-{i}" for i in range(16)))])
+    finally:
+        emulator.set_rejects([])
+    assert sorted(delivered(emulator)) == [i for i in range(16) if i != 11]
+    (entry,) = read_entries(tmp_path / "errors")
+    assert entry["record_id"] == "obj-11" and entry["stage"] == "deliver"
+    assert entry["status"] == 400 and entry["code"] == "InvalidPayload"
+    assert entry["request_id"] and orjson.loads(entry["row"])["pad"] == "POISON"
+    assert entry["stream"] == STREAM and "Row 0 of the request was refused" in entry["reason"]
+    view = JournalView(tmp_path / "journal")
+    view.refresh()
+    assert view.covered("obj", 16)  # delivered or dead-lettered: every record accounted for
+
+
+def test_exhausted_retries_dead_letter_the_batch_and_the_flow_goes_on(
+        cfg: SentinelConfig, emulator: SentinelEmulator, tmp_path) -> None:
+    from connectors.deadletter import read_entries
+
+    emulator.set_faults([{"status": 503, "count": None}])
+    clock = [0.0]
+
+    def sleep(secs: float) -> None:
+        clock[0] += secs
+
+    p = dl_part(replace(cfg, retry_max_secs=1.0, retry_cap_secs=0.3), tmp_path, sleep=sleep,
+                monotonic=lambda: clock[0])
+    p.write_batch([batch(3)])
+    entries = read_entries(tmp_path / "errors")
+    assert [e["record_id"] for e in entries] == ["obj-0", "obj-1", "obj-2"]
+    assert {e["status"] for e in entries} == {503} and "still failing after 1s" in entries[0]["reason"]
+    emulator.set_faults([])
+    p.write_batch([batch(2, start=3)])
+    assert delivered(emulator) == [3, 4]
+    # A replay of the same records after a crash is not dead-lettered (or sent) twice.
+    p2 = dl_part(cfg, tmp_path)
+    p2.write_batch([batch(5)])
+    assert delivered(emulator) == [3, 4] and len(read_entries(tmp_path / "errors")) == 3
+
+
+def test_configuration_errors_stop_even_with_a_dead_letter_store(
+        cfg: SentinelConfig, emulator: SentinelEmulator, tmp_path) -> None:
+    p = dl_part(replace(cfg, rule_id="dcr-does-not-exist"), tmp_path)
+    with pytest.raises(DeliveryFailed, match="HTTP 404"):
+        p.write_batch([batch(2)])
+    assert not (tmp_path / "errors").exists()
