@@ -7,6 +7,8 @@
   become (NDJSON on stdout), errors on stderr; exit 0 only when every record mapped.
 - ``s3sentinel dcr [--tables T,...] [-o FILE]``: the Data Collection Rule (ARM template)
   for the table definitions, so the DCR declares exactly what the connector sends.
+- ``s3sentinel replay -c CONFIG [--since 6h] [--stream S] [--dry-run]``: send the
+  dead-letter store's records again; what is delivered leaves the store.
 """
 
 from __future__ import annotations
@@ -103,6 +105,20 @@ def _dcr(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay(args: argparse.Namespace) -> int:
+    from dataflow.replay import parse_since, replay
+
+    try:
+        cfg = load_config(args.config)
+        since = parse_since(args.since) if args.since else None
+    except (ConfigError, ValueError) as ex:
+        print(ex, file=sys.stderr)
+        return 2
+    summary = replay(cfg, since=since, stream=args.stream, dry_run=args.dry_run)
+    print(summary)
+    return 1 if summary.failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="s3sentinel", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -126,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     dcr.add_argument("--tables", help="comma-separated tables (default: all defined)")
     dcr.add_argument("-o", "--output", help="file to write (default: stdout)")
     dcr.add_argument("-c", "--config", type=Path, help="config with custom tables")
+    rep = sub.add_parser("replay", help="send dead-lettered records again")
+    _config_arg(rep)
+    rep.add_argument("--since", help="only entries newer than this (30m, 6h, 2d, or ISO-8601)")
+    rep.add_argument("--stream", help="only rows bound for this DCR stream")
+    rep.add_argument("--dry-run", action="store_true", help="count what would be sent")
     args, extra = parser.parse_known_args(argv)
     if args.command == "validate-config":
         return _validate(args)
@@ -133,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         return _preview(args)
     if args.command == "dcr":
         return _dcr(args)
+    if args.command == "replay":
+        return _replay(args)
     return _run(args, [a for a in extra if a != "--"])
 
 

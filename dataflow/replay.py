@@ -1,0 +1,246 @@
+"""``s3sentinel replay``: send dead-lettered records again, once the cause is fixed.
+
+Each entry of the dead-letter store goes back through the same path as in the flow:
+
+- ``deliver`` entries (rows the service refused, or whose retries ran out) are sent as
+  they are;
+- ``parse``/``map`` entries are parsed and mapped again from their bytes, with the
+  current config and table definitions (so a fixed mapping applies);
+- ``read`` entries (objects that could not be read from some offset on) are read again
+  from S3 (the same version, by ETag) from that offset.
+
+Rows are delivered by the sink's own partition, so retries, 413/400 splitting and the
+upload journal all apply: a record the journal says was delivered is not sent again,
+which makes a second replay (or one interrupted by a crash) deliver nothing twice.
+Delivered entries are removed from their file (atomically); what fails again stays
+in the store, with the new reason (a row refused again is written anew by the sink).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from connectors.aws import s3_client
+from connectors.deadletter import DeadLetterStore, error_entry
+from connectors.s3.objects import open_body
+from connectors.s3.records import object_records
+from connectors.sentinel.journal import UploadJournal
+from connectors.sentinel.service import IngestionService
+from connectors.sentinel.sink import _SentinelPartition
+from dataflow import metrics
+from dataflow.config import Config
+from dataflow.messages import Batch, ErrorRecord, ObjectRef, RawRecord, Rows
+from operators.formats.registry import text_format
+from operators.parse import RecordMapper
+from operators.schema import load_tables
+
+__all__ = ["ReplaySummary", "parse_since", "replay"]
+
+log = logging.getLogger(__name__)
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """``--since``: a duration back from now (``30m``, ``6h``, ``2d``) or an ISO-8601 time."""
+    m = _DURATION.match(text.strip())
+    if m:
+        secs = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        return (time.time() if now is None else now) - secs
+    try:
+        dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        msg = f"--since {text!r}: give a duration such as 30m, 6h, 2d or an ISO-8601 time"
+        raise ValueError(msg) from None
+    return dt.timestamp()
+
+
+@dataclass
+class ReplaySummary:
+    """What a replay did (or, with ``dry_run``, would do)."""
+
+    entries: int = 0
+    """Entries selected by the filters."""
+    delivered: Counter[str] = field(default_factory=Counter)
+    """Records delivered now, per stream."""
+    already_delivered: int = 0
+    """Records the upload journal had (sent by an earlier replay or before a crash)."""
+    failed: int = 0
+    """Records that failed again and stay in the store."""
+    dry_run: bool = False
+
+    def __str__(self) -> str:
+        verb = "would send" if self.dry_run else "delivered"
+        streams = ", ".join(f"{k}={v}" for k, v in sorted(self.delivered.items())) or "none"
+        return (f"replay: {self.entries} dead-letter entries selected; {verb} "
+                f"{sum(self.delivered.values())} records [{streams}]; already delivered "
+                f"{self.already_delivered}; still failing {self.failed}")
+
+
+@dataclass
+class _Work:
+    """Rows rebuilt from one entry, and what replaced it if it failed again."""
+
+    rows: list[tuple[str, str, bytes]] = field(default_factory=list)  # (stream, record id, row)
+    remaining: list[dict] = field(default_factory=list)
+
+
+def replay(cfg: Config, *, since: float | None = None, stream: str | None = None,
+           dry_run: bool = False, s3_factory: Callable[[], Any] | None = None,
+           service_factory: Callable[..., Any] | None = None,
+           sleep: Callable[[float], None] = time.sleep) -> ReplaySummary:
+    """Replay the dead-letter store of ``cfg`` (see the module docstring)."""
+    s3_factory = s3_factory or functools.partial(s3_client, cfg.aws)
+    rt = cfg.runtime
+    store = DeadLetterStore(rt.errors_dir, rt.errors_s3_uri, s3_factory)
+    tables = load_tables(rt.tables_dir, cfg.tables)
+    mapper = RecordMapper(cfg.sources, tables, cfg.batch.max_bytes)
+    rebuild = _Rebuilder(cfg, mapper, s3_factory)
+    journal = UploadJournal(rt.journal_dir, "replay", rt.journal_retention_secs)
+    summary = ReplaySummary(dry_run=dry_run)
+    part = None
+    if not dry_run:
+        service = (service_factory or IngestionService)(cfg.sentinel)
+        part = _SentinelPartition(service, cfg.sentinel, sleep, time.monotonic, journal,
+                                  store, None, name="replayed")
+    try:
+        for name in store.names():
+            entries = store.read(name)
+            keep: list[dict] = []
+            rows: list[tuple[str, str, bytes]] = []
+            for entry in entries:
+                if not _selected(entry, since, stream):
+                    keep.append(entry)
+                    continue
+                work = rebuild(entry)
+                if stream is not None:
+                    # Rows for other streams (e.g. a read entry whose object feeds several)
+                    # are not sent now; such an entry stays whole.
+                    if any(s != stream for s, _, _ in work.rows):
+                        keep.append(entry)
+                        continue
+                summary.entries += 1
+                keep.extend(work.remaining)
+                summary.failed += len(work.remaining)
+                rows.extend(work.rows)
+            fresh = [r for r in rows if not journal.delivered(r[1])]
+            summary.already_delivered += len(rows) - len(fresh)
+            metrics.REPLAYED_RECORDS.labels("already_delivered").inc(len(rows) - len(fresh))
+            if dry_run:
+                summary.delivered.update(s for s, _, _ in fresh)
+                continue
+            assert part is not None
+            for batch in _batches(fresh, cfg.batch.max_bytes, cfg.batch.max_records):
+                part.write_batch([batch])
+            for s, rid, _ in fresh:
+                if journal.delivered(rid):
+                    summary.delivered[s] += 1
+                    metrics.REPLAYED_RECORDS.labels("delivered").inc()
+                else:  # the sink wrote it to the store again, with the new reason
+                    summary.failed += 1
+                    metrics.REPLAYED_RECORDS.labels("failed").inc()
+            if len(keep) != len(entries) or rows:
+                store.replace(name, keep)
+    finally:
+        if part is not None:
+            part.close()
+        else:
+            journal.close()
+    return summary
+
+
+def _selected(entry: dict, since: float | None, stream: str | None) -> bool:
+    if since is not None and entry.get("time", since) < since:
+        return False
+    return stream is None or entry.get("stream") in (None, stream)
+
+
+def _batches(rows: list[tuple[str, str, bytes]], max_bytes: int,
+             max_records: int) -> Iterator[Batch]:
+    by_stream: dict[str, list[tuple[str, bytes]]] = {}
+    for s, rid, row in rows:
+        by_stream.setdefault(s, []).append((rid, row))
+    for s, items in by_stream.items():
+        ids: list[str] = []
+        body: list[bytes] = []
+        size = 1
+        for rid, row in items:
+            if body and (size + len(row) + 1 > max_bytes or len(body) >= max_records):
+                yield Batch(s, tuple(body), tuple(ids))
+                ids, body, size = [], [], 1
+            ids.append(rid)
+            body.append(row)
+            size += len(row) + 1
+        if body:
+            yield Batch(s, tuple(body), tuple(ids))
+
+
+class _Rebuilder:
+    """Turns one dead-letter entry back into rows (or a new entry saying why not)."""
+
+    def __init__(self, cfg: Config, mapper: RecordMapper, s3_factory: Callable[[], Any]) -> None:
+        self._cfg = cfg
+        self._mapper = mapper
+        self._s3_factory = s3_factory
+        self._s3: Any = None
+
+    def __call__(self, entry: dict) -> _Work:
+        stage = entry.get("stage")
+        if stage == "deliver":
+            return _Work(rows=[(entry["stream"], entry["record_id"], entry["row"].encode())])
+        try:
+            src = self._cfg.source(entry["source"])
+        except KeyError as ex:
+            return _Work(remaining=[{**entry, "reason": f"replay: {ex.args[0]}"}])
+        ref = ObjectRef(src.name, "replay", entry["bucket"], entry["key"], entry["etag"], 0,
+                        entry.get("format") or src.format)
+        if stage == "read":
+            return self._reread(entry, ref)
+        data = entry["data"].encode() if "data" in entry else _b64(entry["data_b64"])
+        header = tuple(h.encode() for h in entry.get("header", ()))
+        return self._map([RawRecord(ref, entry["offset"], data, header)])
+
+    def _map(self, records: list[RawRecord]) -> _Work:
+        work = _Work()
+        for item in self._mapper.map_batch(records):
+            if isinstance(item, Rows):
+                work.rows.extend(zip([item.stream] * len(item.rows), item.record_ids, item.rows,
+                                     strict=True))
+            else:
+                assert isinstance(item, ErrorRecord)
+                work.remaining.append(error_entry(item))
+        return work
+
+    def _reread(self, entry: dict, ref: ObjectRef) -> _Work:
+        src = self._cfg.source(ref.source)
+        if self._s3 is None:
+            self._s3 = self._s3_factory()
+        offset = entry.get("offset") or 0
+        fmt = src.format if src.format != "auto" else (entry.get("format") or "auto")
+        try:
+            body = open_body(self._s3, ref.bucket, ref.key, etag=ref.etag or None)
+            fmt, recs = object_records(
+                ref.key, body.chunks(), fmt, skip=offset, max_bytes=src.max_object_bytes,
+                max_ratio=src.max_compression_ratio,
+                parser_for=lambda f: text_format(f, fields=src.fields, delimiter=src.delimiter))
+            ref = ObjectRef(ref.source, ref.partition, ref.bucket, ref.key, ref.etag,
+                            body.size, fmt)
+            raw = [RawRecord(ref, off, data, header) for off, data, header in recs]
+        except Exception as ex:  # still unreadable: the entry stays, with today's reason
+            reason = getattr(ex, "reason", None) or f"{type(ex).__name__}: {ex}"
+            return _Work(remaining=[{**entry, "reason": f"replay: {reason}", "time": time.time()}])
+        return self._map(raw)
+
+
+def _b64(text: str) -> bytes:
+    import base64
+
+    return base64.b64decode(text)
