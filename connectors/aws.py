@@ -10,7 +10,7 @@ from botocore.config import Config as BotoConfig
 
 from dataflow.config import AwsConfig
 
-__all__ = ["s3_client"]
+__all__ = ["s3_client", "sqs_client"]
 
 
 @functools.lru_cache(maxsize=16)
@@ -30,4 +30,16 @@ def s3_client(aws: AwsConfig) -> Any:
             retries={"mode": "standard", "max_attempts": 3},
             tcp_keepalive=True,
         ),
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def sqs_client(aws: AwsConfig) -> Any:
+    """A boto3 SQS client for ``aws`` (S3 event notifications), one per process and config."""
+    session = boto3.session.Session()
+    return session.client(
+        "sqs",
+        region_name=aws.region,
+        endpoint_url=aws.endpoint_url,
+        config=BotoConfig(retries={"mode": "standard", "max_attempts": 3}, tcp_keepalive=True),
     )

@@ -137,6 +137,20 @@ class SourceConfig:
     """Keys are split by hash over this many partitions (spread across workers)."""
     start_after: str = ""
     """Start listing after this key (skip older objects)."""
+    discovery: Literal["list", "sqs"] = "list"
+    """How new objects are found: ``list`` the prefix every ``poll_secs`` (no AWS set-up), or
+    ``sqs``: S3 event notifications (direct, through SNS, or EventBridge) on ``queue_url``."""
+    queue_url: str = ""
+    """SQS queue of the bucket's ObjectCreated notifications (``discovery = "sqs"``)."""
+    queue_poll_secs: float = 1.0
+    """How long a partition waits before asking an empty queue again."""
+    visibility_timeout_secs: int = 300
+    """A received message stays invisible this long, extended while its object is in work."""
+    max_receive_count: int = 5
+    """A message received more often than this (its object keeps failing) sends its object to
+    the dead-letter store and is deleted."""
+    max_in_flight_messages: int = 2000
+    """Messages a partition holds until their records are delivered; more waits."""
     exclude: list[str] = field(default_factory=list)
     """Regular expressions; matching keys are skipped."""
     poll_secs: float = 30.0
@@ -384,6 +398,19 @@ def _check(cfg: Config, problems: list[str]) -> None:
         if src.table is None and src.format not in DEFAULT_TABLES and src.format != "auto":
             problems.append(f"{where}.table: required for format {src.format!r} "
                             "(it has no standard table)")
+        if src.discovery == "sqs":
+            if not src.queue_url.startswith(("https://", "http://")):
+                problems.append(f"{where}.queue_url: discovery = \"sqs\" needs the queue's URL "
+                                "(https://sqs.<region>.amazonaws.com/<account>/<name>)")
+            if not 5 <= src.visibility_timeout_secs <= 43200:
+                problems.append(f"{where}.visibility_timeout_secs: 5..43200 (within SQS's "
+                                "range, and long enough to be extended before it runs out)")
+            if src.max_receive_count < 1 or src.max_in_flight_messages < 1:
+                problems.append(f"{where}: max_receive_count and max_in_flight_messages >= 1")
+            if src.queue_poll_secs <= 0:
+                problems.append(f"{where}.queue_poll_secs: must be > 0")
+        elif src.queue_url:
+            problems.append(f"{where}.queue_url: set discovery = \"sqs\" to use the queue")
         if src.format == "delimited" and not src.fields:
             problems.append(f"{where}.fields: the delimited format needs the field names")
         if len(src.delimiter) > 1:

@@ -19,7 +19,7 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
-from connectors.aws import s3_client
+from connectors.aws import s3_client, sqs_client
 from connectors.deadletter import DeadLetterSink, DeadLetterStore
 from connectors.s3.source import S3Source
 from connectors.sentinel.sink import SentinelSink
@@ -43,7 +43,9 @@ def build_flow(cfg: Config, *, s3_factory: Callable[[], Any] | None = None,
     tables = load_tables(cfg.runtime.tables_dir, cfg.tables)
     mapper = RecordMapper(cfg.sources, tables, cfg.batch.max_bytes)
     s3_factory = s3_factory or functools.partial(s3_client, cfg.aws)
-    source = S3Source(cfg.sources, s3_factory, catch_up=cfg.runtime.mode == "catch_up")
+    source = S3Source(cfg.sources, s3_factory, catch_up=cfg.runtime.mode == "catch_up",
+                      sqs_factory=functools.partial(sqs_client, cfg.aws),
+                      journal_dir=cfg.runtime.journal_dir)
 
     flow = Dataflow("s3sentinel")
     items = op.input("s3", flow, source)

@@ -123,6 +123,25 @@ class LocalStack:
         return boto3.client("s3", endpoint_url=self.s3_endpoint, region_name="us-east-1",
                             aws_access_key_id="testing", aws_secret_access_key="testing")
 
+    def sqs(self) -> Any:
+        """A boto3 SQS client for the moto server."""
+        import boto3
+
+        return boto3.client("sqs", endpoint_url=self.s3_endpoint, region_name="us-east-1",
+                            aws_access_key_id="testing", aws_secret_access_key="testing")
+
+    def notify_queue(self, bucket: str, queue: str) -> str:
+        """Create ``bucket`` (if needed) and ``queue``, and send the bucket's ObjectCreated
+        events to the queue, as an S3 event notification configuration does; returns its URL."""
+        s3, sqs = self.s3(), self.sqs()
+        url = sqs.create_queue(QueueName=queue)["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+        s3.create_bucket(Bucket=bucket)
+        s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={
+            "QueueConfigurations": [{"QueueArn": arn["Attributes"]["QueueArn"],
+                                     "Events": ["s3:ObjectCreated:*"]}]})
+        return url
+
     @staticmethod
     def _wait_http(url: str, secs: float) -> None:
         deadline = time.monotonic() + secs

@@ -220,6 +220,19 @@ class JournalView:
         rs = self._done.get(object_id)
         return bool(rs) and rs[0][0] <= 0 and rs[0][1] >= count
 
+    def covered_ranges(self, object_id: str, ranges: list[list[int]]) -> bool:
+        """Whether every offset in ``ranges`` (half-open [start, end)) is accounted for."""
+        if not ranges:
+            return True
+        done = self._done.get(object_id)
+        if not done:
+            return False
+        for s, e in ranges:
+            i = bisect.bisect_right(done, [s, REST + 1]) - 1
+            if i < 0 or done[i][1] < e:
+                return False
+        return True
+
     def forget(self, object_id: str) -> None:
         """Drop an object once its message is deleted (keeps the view small)."""
         self._done.pop(object_id, None)

@@ -1,0 +1,359 @@
+"""Discovery by S3 event notifications on SQS: the scalable, low-latency mode.
+
+The bucket sends ``ObjectCreated`` events to an SQS queue, directly, wrapped by SNS,
+or through EventBridge. Every partition of the source receives from the same queue;
+SQS hands each message to one receiver at a time, so the partitions share the work
+without coordinating.
+
+A message is deleted only when every record of its objects is accounted for: delivered
+(the upload journal) or written to the dead-letter store (the dead-letter journal). The
+partition knows which offsets it emitted; :class:`~connectors.sentinel.journal.JournalView`
+tells when all of them are in the journals. Until then the message's visibility is
+extended, so no other receiver takes it. After a crash nothing is lost: the messages come
+back when their visibility runs out, the objects are read again, and the sink skips what
+the journal says was delivered. The journal directory must therefore be shared by every
+process of the flow (it is, on one host).
+
+A message that keeps coming back (``max_receive_count``) sends its objects to the
+dead-letter store with the reason and is then deleted; a body that is no S3 event
+becomes a dead-letter entry as well. ``s3:TestEvent`` messages and events for other
+buckets, prefixes or excluded keys are deleted and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import unquote_plus
+
+import orjson
+
+from connectors.s3.discovery import skip_reason
+from connectors.s3.source import Clock, Item, _S3Partition
+from connectors.sentinel.journal import JournalView
+from dataflow import metrics
+from dataflow.config import SourceConfig
+from dataflow.messages import ErrorRecord, ObjectRef, RawRecord
+
+__all__ = ["NotifiedObject", "parse_notification"]
+
+log = logging.getLogger(__name__)
+
+CHECK_EVERY_SECS = 0.5
+"""How often the journals are read to find messages whose objects are done."""
+
+
+@dataclass(frozen=True, slots=True)
+class NotifiedObject:
+    bucket: str
+    key: str
+    etag: str
+    size: int
+
+
+def parse_notification(body: str) -> tuple[list[NotifiedObject], str | None]:
+    """The created objects an SQS message body names, or why it names none.
+
+    Understands S3 event notifications (``{"Records": [...]}``), the same wrapped in an
+    SNS notification, and EventBridge ``Object Created`` events.
+
+    :returns: (objects, None), or ([], "test_event"), or ([], a reason it is not an S3
+        event notification).
+    """
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as ex:
+        return [], f"not JSON: {ex}"
+    if isinstance(doc, dict) and doc.get("Type") == "Notification" and "Message" in doc:
+        try:
+            doc = orjson.loads(doc["Message"])
+        except orjson.JSONDecodeError as ex:
+            return [], f"SNS message is not JSON: {ex}"
+    if not isinstance(doc, dict):
+        return [], "not a JSON object"
+    if doc.get("Event") == "s3:TestEvent":
+        return [], "test_event"
+    if doc.get("detail-type") == "Object Created" and isinstance(doc.get("detail"), dict):
+        d = doc["detail"]
+        try:
+            return [NotifiedObject(d["bucket"]["name"], d["object"]["key"],
+                                   d["object"].get("etag", ""), int(d["object"].get("size", 0)))], None
+        except (KeyError, TypeError, ValueError) as ex:
+            return [], f"EventBridge event without {ex}"
+    records = doc.get("Records")
+    if not isinstance(records, list):
+        return [], "no Records: not an S3 event notification"
+    out: list[NotifiedObject] = []
+    for rec in records:
+        try:
+            if not str(rec["eventName"]).startswith("ObjectCreated:"):
+                continue  # ObjectRemoved, restore, replication...: nothing to read
+            s3 = rec["s3"]
+            out.append(NotifiedObject(s3["bucket"]["name"], unquote_plus(s3["object"]["key"]),
+                                      s3["object"].get("eTag", ""), int(s3["object"].get("size", 0))))
+        except (KeyError, TypeError, ValueError) as ex:
+            return [], f"S3 event record without {ex}"
+    return out, None
+
+
+@dataclass
+class _Object:
+    key: str
+    etag: str
+    size: int
+    object_id: str = ""
+    emitted: list[list[int]] = field(default_factory=list)
+    """Offsets emitted, as merged [start, end) ranges (they come in increasing order)."""
+    done: bool = False
+    """Read to the end, or failed (then ``emitted`` includes the failed offset)."""
+    users: int = 0
+    """Messages in flight that name this object."""
+
+
+@dataclass
+class _Message:
+    message_id: str
+    receipt: str
+    sent_ts: float
+    visible_until: float  # monotonic
+    objects: list[_Object] = field(default_factory=list)
+
+
+class SqsPartition(_S3Partition):
+    """One receiver of a source's notification queue; reads the objects it is told about."""
+
+    def __init__(self, s3: Any, sqs: Any, src: SourceConfig, name: str, journal_dir: str, *,
+                 catch_up: bool, clock: Clock, monotonic: Any = time.monotonic) -> None:
+        super().__init__(s3, src, name, 0, 1, None, catch_up=catch_up, clock=clock)
+        self._sqs = sqs
+        self._view = JournalView(journal_dir)
+        self._mono = monotonic
+        self._messages: dict[str, _Message] = {}
+        self._pending: deque[_Object] = deque()
+        self._tracked: dict[str, _Object] = {}  # key -> object in flight
+        self._current: _Object | None = None
+        self._next_check = 0.0
+
+    # -- bytewax interface -------------------------------------------------------------
+
+    def next_batch(self) -> list[Item]:
+        self._maintain()
+        out = super().next_batch()
+        obj: _Object | None = None
+        for item in out:
+            if isinstance(item, RawRecord):
+                if obj is None or obj.key != item.obj.key:
+                    obj = self._tracked.get(item.obj.key)
+                if obj is not None:
+                    _add(obj.emitted, item.offset)
+        return out
+
+    def next_awake(self) -> datetime | None:
+        if self._messages:  # wake for visibility extensions and deletions
+            soon = self._clock() + timedelta(seconds=CHECK_EVERY_SECS)
+            return soon if self._wake_at is None else min(self._wake_at, soon)
+        return self._wake_at
+
+    def snapshot(self) -> dict:
+        # Messages not deleted come back after their visibility timeout: nothing to keep.
+        return {"v": 1, "discovery": "sqs"}
+
+    # -- receiving ----------------------------------------------------------------------
+
+    def _open_next(self) -> bool:
+        if self._resume is not None:  # a retry of the object in progress
+            return super()._open_next()
+        if not self._pending:
+            self._receive()
+            if not self._pending:
+                return False
+        obj = self._pending[0]
+        self._current = obj
+        return self._open(obj.key, None, 0, obj.size)
+
+    def _receive(self) -> None:
+        src = self._src
+        if len(self._messages) >= src.max_in_flight_messages:
+            return
+        try:
+            resp = self._sqs.receive_message(
+                QueueUrl=src.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0,
+                VisibilityTimeout=src.visibility_timeout_secs,
+                AttributeNames=["ApproximateReceiveCount", "SentTimestamp"])
+        except Exception as ex:
+            self._backoff("receive", ex)
+            return
+        messages = resp.get("Messages", [])
+        if not messages:
+            if self._catch_up and not self._messages and self._current is None:
+                raise StopIteration
+            self._wake_at = self._clock() + timedelta(seconds=src.queue_poll_secs)
+            return
+        now = self._mono()
+        for m in messages:
+            metrics.SQS_MESSAGES.labels(src.name, "received").inc()
+            attrs = m.get("Attributes", {})
+            msg = _Message(m["MessageId"], m["ReceiptHandle"],
+                           int(attrs.get("SentTimestamp", time.time() * 1000)) / 1000,
+                           now + src.visibility_timeout_secs)
+            objects, why = parse_notification(m["Body"])
+            if why == "test_event":
+                self._delete(msg, "test_event")
+                continue
+            if why is not None:
+                self._dead_letter_message(msg, m["Body"], why)
+                continue
+            wanted = [o for o in objects if self._wanted(o)]
+            if not wanted:
+                self._delete(msg, "ignored")
+                continue
+            receives = int(attrs.get("ApproximateReceiveCount", 1))
+            if receives > src.max_receive_count:
+                msg.objects = [_Object(o.key, o.etag, o.size) for o in wanted]
+                self._messages[msg.message_id] = msg
+                self._give_up(msg, receives)
+                continue
+            for o in wanted:
+                # A second notification of an object this partition already has (S3 and SQS
+                # deliver at least once): share it, so it is read once for both messages.
+                same = self._tracked.get(o.key)
+                if same is None or (o.etag and same.etag and o.etag != same.etag):
+                    same = self._tracked[o.key] = _Object(o.key, o.etag, o.size)
+                    self._pending.append(same)
+                else:
+                    metrics.SQS_MESSAGES.labels(src.name, "duplicate").inc()
+                same.users += 1
+                msg.objects.append(same)
+            self._messages[msg.message_id] = msg
+        self._fetch.want(o.key for o in self._pending)
+        metrics.IN_FLIGHT_OBJECTS.labels(src.name).set(
+            sum(len(m.objects) for m in self._messages.values()))
+
+    def _wanted(self, o: NotifiedObject) -> bool:
+        src = self._src
+        return (o.bucket == src.bucket and o.key.startswith(src.prefix)
+                and skip_reason(src, o.key) is None)
+
+    def _give_up(self, msg: _Message, receives: int) -> None:
+        """The message keeps coming back: its objects go to the dead-letter store."""
+        src = self._src
+        metrics.SQS_MESSAGES.labels(src.name, "dead_lettered").inc()
+        for obj in msg.objects:
+            ref = ObjectRef(src.name, self._name, src.bucket, obj.key, obj.etag, obj.size)
+            reason = (f"SQS message {msg.message_id} was received {receives} times (more than "
+                      f"max_receive_count = {src.max_receive_count}) without every record of "
+                      "this object being delivered; look for earlier errors about this object, "
+                      "then run `s3sentinel replay`")
+            log.error("%s: %s", ref.uri, reason)
+            self._errors.append(ErrorRecord(ref, 0, "read", reason, code="max_receives"))
+            obj.object_id = ref.id
+            obj.emitted = [[0, 1]]
+            obj.done = True
+
+    def _dead_letter_message(self, msg: _Message, body: str, why: str) -> None:
+        """A message that names no object: kept in the dead-letter store, then deleted."""
+        src = self._src
+        ref = ObjectRef(src.name, self._name, src.bucket, f"sqs-message/{msg.message_id}", "", 0)
+        log.error("source %s: SQS message %s is not an S3 event notification (%s)",
+                  src.name, msg.message_id, why)
+        self._errors.append(ErrorRecord(ref, 0, "read", f"SQS message body: {why}",
+                                        body.encode(), code="not_s3_event"))
+        msg.objects = [_Object(ref.key, "", 0, ref.id, [[0, 1]], True)]
+        self._messages[msg.message_id] = msg
+
+    # -- completion ---------------------------------------------------------------------
+
+    def _finish(self, ref: ObjectRef, outcome: str) -> None:
+        metrics.OBJECTS.labels(self._src.name, outcome).inc()
+        obj = self._current
+        if obj is not None and obj.key == ref.key:
+            obj.object_id = ref.id
+            obj.done = True
+            if self._pending and self._pending[0] is obj:
+                self._pending.popleft()
+            self._current = None
+        self._fetch.want(o.key for o in self._pending)
+        self._reading = None
+        self._resume = None
+        self._attempts = 0
+
+    def _fail_object(self, ref: ObjectRef, offset: int | None, reason: str) -> None:
+        obj = self._current
+        if obj is not None and obj.key == ref.key:
+            _add(obj.emitted, offset or 0)  # the dead-letter journal marks it and the rest
+        super()._fail_object(ref, offset, reason)
+
+    def _maintain(self) -> None:
+        now = self._mono()
+        if not self._messages or now < self._next_check:
+            return
+        self._next_check = now + CHECK_EVERY_SECS
+        self._view.refresh()
+        src = self._src
+        extend: list[_Message] = []
+        oldest = 0.0
+        for msg in list(self._messages.values()):
+            if all(o.done and self._view.covered_ranges(o.object_id, o.emitted)
+                   for o in msg.objects):
+                self._delete(msg, "deleted")
+                metrics.LAG_SECONDS.labels(src.name).set(max(0.0, time.time() - msg.sent_ts))
+                continue
+            oldest = max(oldest, time.time() - msg.sent_ts)
+            if msg.visible_until - now < src.visibility_timeout_secs / 3:
+                extend.append(msg)
+        metrics.OLDEST_UNDELIVERED_SECONDS.labels(src.name).set(oldest)
+        metrics.IN_FLIGHT_OBJECTS.labels(src.name).set(
+            sum(len(m.objects) for m in self._messages.values()))
+        for i in range(0, len(extend), 10):
+            chunk = extend[i:i + 10]
+            try:
+                resp = self._sqs.change_message_visibility_batch(
+                    QueueUrl=src.queue_url,
+                    Entries=[{"Id": str(j), "ReceiptHandle": m.receipt,
+                              "VisibilityTimeout": src.visibility_timeout_secs}
+                             for j, m in enumerate(chunk)])
+            except Exception as ex:  # the next check tries again
+                log.warning("source %s: cannot extend the visibility of %d messages: %s",
+                            src.name, len(chunk), ex)
+                continue
+            for j in (int(e["Id"]) for e in resp.get("Successful", [])):
+                chunk[j].visible_until = now + src.visibility_timeout_secs
+                metrics.SQS_MESSAGES.labels(src.name, "extended").inc()
+
+    def _delete(self, msg: _Message, action: str) -> None:
+        src = self._src
+        try:
+            self._sqs.delete_message(QueueUrl=src.queue_url, ReceiptHandle=msg.receipt)
+        except Exception as ex:  # it comes back; its records are in the journal by then
+            log.warning("source %s: cannot delete SQS message %s: %s", src.name,
+                        msg.message_id, ex)
+        metrics.SQS_MESSAGES.labels(src.name, action).inc()
+        self._messages.pop(msg.message_id, None)
+        for obj in msg.objects:
+            obj.users -= 1
+            if obj.users <= 0:
+                if self._tracked.get(obj.key) is obj:
+                    del self._tracked[obj.key]
+                if obj.object_id:
+                    self._view.forget(obj.object_id)
+
+
+def _add(ranges: list[list[int]], offset: int) -> None:
+    if ranges and ranges[-1][1] == offset:
+        ranges[-1][1] = offset + 1
+    elif not ranges or offset > ranges[-1][1]:
+        ranges.append([offset, offset + 1])
+    else:  # out of order (not expected): merge properly
+        ranges.append([offset, offset + 1])
+        ranges.sort()
+        merged: list[list[int]] = []
+        for s, e in ranges:
+            if merged and s <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], e)
+            else:
+                merged.append([s, e])
+        ranges[:] = merged

@@ -1,0 +1,164 @@
+"""The SQS partition against a moto server: real S3 → SQS notifications, deletion only once
+the journals account for every record, visibility extension, and messages that keep failing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from connectors.s3.notifications import parse_notification
+from connectors.s3.source import S3Source
+from connectors.sentinel.journal import DEAD_LETTERED, UploadJournal
+from dataflow import metrics
+from dataflow.config import SourceConfig
+from dataflow.messages import ErrorRecord, RawRecord
+
+BUCKET = "notified"
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[str]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def client(endpoint: str, service: str) -> Any:
+    return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+@pytest.fixture
+def aws(endpoint: str, request: pytest.FixtureRequest) -> tuple[Any, Any, str]:
+    s3, sqs = client(endpoint, "s3"), client(endpoint, "sqs")
+    url = sqs.create_queue(QueueName=f"q-{request.node.name[:60]}")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]
+    s3.create_bucket(Bucket=BUCKET)
+    s3.put_bucket_notification_configuration(Bucket=BUCKET, NotificationConfiguration={
+        "QueueConfigurations": [{"QueueArn": arn["QueueArn"], "Events": ["s3:ObjectCreated:*"]}]})
+    return s3, sqs, url
+
+
+class Mono:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def part(aws: tuple[Any, Any, str], tmp_path: Any, mono: Mono | None = None, **kw: Any) -> Any:
+    s3, sqs, url = aws
+    cfg = SourceConfig(**{"name": "n", "bucket": BUCKET, "format": "ndjson", "table": "T_CL",
+                          "prefix": "logs/", "discovery": "sqs", "queue_url": url,
+                          "visibility_timeout_secs": 30, "queue_poll_secs": 0.01, **kw})
+    source = S3Source([cfg], lambda: s3, sqs_factory=lambda: sqs, journal_dir=str(tmp_path))
+    p = source.build_part("s3", "n:0/1", None)
+    if mono is not None:
+        p._mono = mono
+    return p
+
+
+def pump(p: Any, rounds: int = 50) -> list[Any]:
+    out: list[Any] = []
+    for _ in range(rounds):
+        p._wake_at = None
+        p._next_check = 0.0
+        out.extend(p.next_batch())
+    return out
+
+
+def depth(sqs: Any, url: str) -> int:
+    a = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
+        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+    return int(a["ApproximateNumberOfMessages"]) + int(a["ApproximateNumberOfMessagesNotVisible"])
+
+
+def test_parse_notification_forms() -> None:
+    direct = {"Records": [{"eventName": "ObjectCreated:Put", "s3": {
+        "bucket": {"name": "b"}, "object": {"key": "a+b%2Fc%2Bd.json", "size": 3, "eTag": "e"}}},
+        {"eventName": "ObjectRemoved:Delete", "s3": {"bucket": {"name": "b"},
+                                                      "object": {"key": "gone"}}}]}
+    objs, why = parse_notification(json.dumps(direct))
+    assert why is None and [(o.key, o.etag, o.size) for o in objs] == [("a b/c+d.json", "e", 3)]
+    sns = {"Type": "Notification", "Message": json.dumps(direct)}
+    assert parse_notification(json.dumps(sns))[0] == objs
+    bridge = {"detail-type": "Object Created", "detail": {"bucket": {"name": "b"},
+                                                         "object": {"key": "k 1", "size": 5}}}
+    assert [o.key for o in parse_notification(json.dumps(bridge))[0]] == ["k 1"]
+    assert parse_notification('{"Event": "s3:TestEvent", "Bucket": "b"}') == ([], "test_event")
+    assert parse_notification("nope")[1].startswith("not JSON")
+    assert "not an S3 event" in parse_notification('{"hello": 1}')[1]
+
+
+def test_message_is_deleted_only_once_every_record_is_accounted_for(aws: Any, tmp_path: Any) -> None:
+    s3, sqs, url = aws
+    s3.put_object(Bucket=BUCKET, Key="logs/a.ndjson", Body=b'{"a":1}\n\n{"a":2}\n{"a":3}\n')
+    s3.put_object(Bucket=BUCKET, Key="other/skip.ndjson", Body=b'{"a":1}\n')  # not our prefix
+    p = part(aws, tmp_path)
+    out = pump(p)
+    recs = [x for x in out if isinstance(x, RawRecord)]
+    assert [r.offset for r in recs] == [0, 2, 3]  # the blank line 1 is no record
+    assert depth(sqs, url) == 1  # read, not yet delivered: the message stays
+    delivered = UploadJournal(tmp_path, 0)
+    delivered.record([recs[0].record_id, recs[2].record_id])
+    pump(p, 3)
+    assert depth(sqs, url) == 1  # offset 2 is neither delivered nor dead-lettered
+    UploadJournal(tmp_path, 5, name=DEAD_LETTERED).record([recs[1].record_id])
+    pump(p, 3)
+    assert depth(sqs, url) == 0 and p._messages == {}
+
+
+def test_visibility_is_extended_while_the_object_is_in_work(aws: Any, tmp_path: Any) -> None:
+    s3, sqs, url = aws
+    s3.put_object(Bucket=BUCKET, Key="logs/b.ndjson", Body=b'{"a":1}\n')
+    mono = Mono()
+    p = part(aws, tmp_path, mono)
+    before = metrics.SQS_MESSAGES.labels("n", "extended")._value.get()
+    pump(p, 5)
+    assert len(p._messages) == 1
+    mono.now += 25  # 5 s of the 30 s visibility left: extend
+    pump(p, 1)
+    assert metrics.SQS_MESSAGES.labels("n", "extended")._value.get() - before == 1
+    (msg,) = p._messages.values()
+    assert msg.visible_until == mono.now + 30
+    pump(p, 1)  # just extended: no second extension yet
+    assert metrics.SQS_MESSAGES.labels("n", "extended")._value.get() - before == 1
+
+
+def test_a_message_received_too_often_dead_letters_its_object(aws: Any, tmp_path: Any) -> None:
+    s3, sqs, url = aws
+    s3.put_object(Bucket=BUCKET, Key="logs/c.ndjson", Body=b'{"a":1}\n')
+    for _ in range(2):  # two earlier receivers that never finished
+        sqs.receive_message(QueueUrl=url, VisibilityTimeout=0, MaxNumberOfMessages=10)
+    p = part(aws, tmp_path, max_receive_count=2)
+    out = pump(p, 3)
+    (err,) = [x for x in out if isinstance(x, ErrorRecord)]
+    assert err.code == "max_receives" and err.obj.key == "logs/c.ndjson"
+    assert "received 3 times" in err.reason and "s3sentinel replay" in err.reason
+    assert not [x for x in out if isinstance(x, RawRecord)]
+    assert depth(sqs, url) == 1  # deleted once the dead-letter entry is journaled
+    UploadJournal(tmp_path, 0, name=DEAD_LETTERED).record_ranges({err.obj.id: [[0, 2**62]]})
+    pump(p, 2)
+    assert depth(sqs, url) == 0
+
+
+def test_duplicate_notifications_read_the_object_once(aws: Any, tmp_path: Any) -> None:
+    s3, sqs, url = aws
+    s3.put_object(Bucket=BUCKET, Key="logs/d.ndjson", Body=b'{"a":1}\n{"a":2}\n')
+    dup = {"Records": [{"eventName": "ObjectCreated:Put", "s3": {
+        "bucket": {"name": BUCKET}, "object": {"key": "logs/d.ndjson", "size": 1}}}]}
+    sqs.send_message(QueueUrl=url, MessageBody=json.dumps(dup))
+    p = part(aws, tmp_path)
+    recs = [x for x in pump(p) if isinstance(x, RawRecord)]
+    assert [r.offset for r in recs] == [0, 1] and len(p._messages) == 2
+    UploadJournal(tmp_path, 0).record([r.record_id for r in recs])
+    pump(p, 2)
+    assert depth(sqs, url) == 0
