@@ -22,6 +22,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -137,6 +138,16 @@ class SourceConfig:
     """Keys are split by hash over this many partitions (spread across workers)."""
     start_after: str = ""
     """Start listing after this key (skip older objects)."""
+    lookback_secs: float = 900.0
+    """Listing: objects whose LastModified is within this many seconds of the newest object
+    read are still picked up when they arrive late or under a key that sorts earlier (see
+    connectors.s3.discovery). 0 lists by key from a watermark instead (only for prefixes
+    where new keys always sort last)."""
+    start_time: str = ""
+    """Listing: only objects modified at or after this ISO-8601 time (e.g. 2026-11-01T00:00:00Z)."""
+    ignore_older_secs: float = 0.0
+    """Listing: skip objects modified more than this many seconds before the partition
+    started (0: read everything)."""
     discovery: Literal["list", "sqs"] = "list"
     """How new objects are found: ``list`` the prefix every ``poll_secs`` (no AWS set-up), or
     ``sqs``: S3 event notifications (direct, through SNS, or EventBridge) on ``queue_url``."""
@@ -398,6 +409,14 @@ def _check(cfg: Config, problems: list[str]) -> None:
         if src.table is None and src.format not in DEFAULT_TABLES and src.format != "auto":
             problems.append(f"{where}.table: required for format {src.format!r} "
                             "(it has no standard table)")
+        if src.start_time:
+            try:
+                datetime.fromisoformat(src.start_time.replace("Z", "+00:00"))
+            except ValueError:
+                problems.append(f"{where}.start_time: {src.start_time!r} is not an ISO-8601 "
+                                "time such as 2026-11-01T00:00:00Z")
+        if src.lookback_secs < 0 or src.ignore_older_secs < 0:
+            problems.append(f"{where}: lookback_secs and ignore_older_secs must be >= 0")
         if src.discovery == "sqs":
             if not src.queue_url.startswith(("https://", "http://")):
                 problems.append(f"{where}.queue_url: discovery = \"sqs\" needs the queue's URL "

@@ -1,9 +1,20 @@
 """Discovery by listing: which keys a partition reads next.
 
-Keys are spread over a source's partitions by a stable hash, and each partition
-lists the prefix in lexical order from its watermark (``StartAfter``), keeping the
-keys that are its own. That needs no AWS-side set-up and no state beyond the
-watermark.
+Keys are spread over a source's partitions by a stable hash; each partition lists the
+prefix and keeps the keys that are its own. That needs no AWS-side set-up.
+
+Two ways to list:
+
+- **Look-back** (``lookback_secs > 0``, the default): every poll lists the whole prefix
+  and reads the keys not read yet whose ``LastModified`` is within ``lookback_secs`` of
+  the newest object read so far, oldest first. A log file delivered late (CloudTrail and
+  VPC Flow Logs do not deliver in key order) or under a key that sorts before the others
+  (a new account or region under ``AWSLogs/``) has a recent LastModified, so it is found.
+  State is the set of keys read within the window (:class:`RecentKeys`): bounded by the
+  arrival rate times the window, however many objects the bucket holds. The price is one
+  full listing per poll; for buckets of millions of keys use SQS notifications.
+- **Lexical** (``lookback_secs = 0``): list from a watermark key with ``StartAfter``;
+  cheapest, but only correct when new keys always sort after the old ones.
 """
 
 from __future__ import annotations
@@ -15,7 +26,7 @@ from typing import Any
 
 from dataflow.config import SourceConfig
 
-__all__ = ["ListedObject", "Lister", "shard_of", "skip_reason"]
+__all__ = ["ListedObject", "Lister", "RecentKeys", "shard_of", "skip_reason"]
 
 _CLOUDTRAIL_DIGEST = re.compile(r"/CloudTrail-Digest/|_CloudTrail-Digest_")
 
@@ -42,6 +53,61 @@ class ListedObject:
     key: str
     etag: str
     size: int
+    modified: float = 0.0
+    """LastModified, epoch seconds."""
+
+
+class RecentKeys:
+    """Keys read whose LastModified is within the look-back window of the newest one read.
+
+    The window's lower edge (the horizon) never passes an object that was listed but not
+    read yet, so a snapshot taken with a backlog loses nothing: it records the horizon
+    that still covers the backlog.
+
+    :arg lookback_secs: Width of the window.
+    :arg not_before: Objects modified before this (epoch seconds) are never read
+        (``start_time`` / ``ignore_older_secs``).
+    """
+
+    def __init__(self, lookback_secs: float, not_before: float = 0.0,
+                 snap: dict[str, Any] | None = None) -> None:
+        self._lookback = lookback_secs
+        self._not_before = not_before
+        self.newest = float(snap.get("newest", 0.0)) if snap else 0.0
+        self._restored_floor = float(snap.get("floor", 0.0)) if snap else None
+        self._seen: dict[str, float] = dict(snap.get("seen", {})) if snap else {}
+
+    def horizon(self, pending: float = float("inf")) -> float:
+        """Objects modified before this are taken as read; ``pending`` is the oldest
+        LastModified of the objects listed but not read yet."""
+        if not self.newest:
+            return self._not_before
+        edge = min(self.newest - self._lookback, pending)
+        if self._restored_floor is not None:
+            edge = min(edge, self._restored_floor)
+        return max(self._not_before, edge)
+
+    def wanted(self, obj: ListedObject, pending: float = float("inf")) -> bool:
+        return obj.modified >= self.horizon(pending) and obj.key not in self._seen
+
+    def listed(self) -> None:
+        """A listing after a restore has queued the backlog: its floor is no longer needed."""
+        self._restored_floor = None
+
+    def add(self, key: str, modified: float, pending: float = float("inf")) -> None:
+        """``key`` has been read to the end (or given up on)."""
+        self._seen[key] = modified
+        if modified > self.newest:
+            self.newest = modified
+            horizon = self.horizon(pending)
+            for k in [k for k, t in self._seen.items() if t < horizon]:
+                del self._seen[k]
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def snapshot(self, pending: float = float("inf")) -> dict[str, Any]:
+        return {"newest": self.newest, "floor": self.horizon(pending), "seen": dict(self._seen)}
 
 
 class Lister:
@@ -74,8 +140,41 @@ class Lister:
                 if skip_reason(self._src, key) is not None:
                     self.skipped += 1
                     continue
-                out.append(ListedObject(key, item["ETag"].strip('"'), int(item["Size"])))
+                out.append(ListedObject(key, item["ETag"].strip('"'), int(item["Size"]),
+                                        item["LastModified"].timestamp()))
             if len(out) >= max_keys or not resp.get("IsTruncated"):
+                return out
+            kwargs["ContinuationToken"] = resp["NextContinuationToken"]
+            kwargs.pop("StartAfter", None)
+
+    def list_recent(self, recent: RecentKeys, queued: set[str],
+                    pending: float = float("inf"), after: str = "") -> list[ListedObject]:
+        """This partition's keys not read yet within the look-back window, oldest first.
+
+        :arg after: Keys at or before this are done (``start_after``, or the watermark of
+            a partition that listed by key before).
+
+        :raises botocore.exceptions.ClientError: As raised by ``ListObjectsV2``.
+        """
+        out: list[ListedObject] = []
+        kwargs: dict[str, Any] = {"Bucket": self._src.bucket, "Prefix": self._src.prefix}
+        start = max(after, self._src.start_after)
+        if start:
+            kwargs["StartAfter"] = start
+        while True:
+            resp = self._s3.list_objects_v2(**kwargs)
+            for item in resp.get("Contents", ()):
+                key = item["Key"]
+                if key in queued or shard_of(key, self._shards) != self._shard:
+                    continue
+                obj = ListedObject(key, item["ETag"].strip('"'), int(item["Size"]),
+                                   item["LastModified"].timestamp())
+                if not recent.wanted(obj, pending) or skip_reason(self._src, key) is not None:
+                    continue
+                out.append(obj)
+            if not resp.get("IsTruncated"):
+                out.sort(key=lambda o: (o.modified, o.key))
+                recent.listed()
                 return out
             kwargs["ContinuationToken"] = resp["NextContinuationToken"]
             kwargs.pop("StartAfter", None)

@@ -25,7 +25,7 @@ from typing import Any
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from typing_extensions import override
 
-from connectors.s3.discovery import ListedObject, Lister
+from connectors.s3.discovery import ListedObject, Lister, RecentKeys
 from connectors.s3.errors import ObjectReadError, is_transient
 from connectors.s3.framing import FramingError
 from connectors.s3.objects import Prefetcher
@@ -58,10 +58,12 @@ def _utcnow() -> datetime:
 class _Reading:
     """The object a partition is reading: its ref and the iterator of its records."""
 
-    def __init__(self, ref: ObjectRef, records: Iterator[Record], start: int) -> None:
+    def __init__(self, ref: ObjectRef, records: Iterator[Record], start: int,
+                 modified: float = 0.0) -> None:
         self.ref = ref
         self.records = records
         self.next_offset = start
+        self.modified = modified
 
 
 class _S3Partition(StatefulSourcePartition[Item, dict]):
@@ -85,6 +87,15 @@ class _S3Partition(StatefulSourcePartition[Item, dict]):
         self._attempts = 0
         self._errors: list[ErrorRecord] = []
         self._parsers: dict[str, TextFormat | None] = {}
+        self._modified = state.modified  # LastModified of the object being opened or read
+        self._recent: RecentKeys | None = None
+        if src.lookback_secs > 0:
+            not_before = 0.0
+            if src.start_time:
+                not_before = datetime.fromisoformat(src.start_time.replace("Z", "+00:00")).timestamp()
+            if src.ignore_older_secs:
+                not_before = max(not_before, clock().timestamp() - src.ignore_older_secs)
+            self._recent = RecentKeys(src.lookback_secs, not_before, state.recent)
 
     # -- bytewax interface -------------------------------------------------------------
 
@@ -108,12 +119,23 @@ class _S3Partition(StatefulSourcePartition[Item, dict]):
 
     @override
     def snapshot(self) -> dict:
+        recent = self._recent.snapshot(self._pending()) if self._recent is not None else None
         if self._reading is not None:
             r = self._reading
-            return PartitionState(self._after, r.ref.key, r.ref.etag, r.next_offset).to_snapshot()
+            return PartitionState(self._after, r.ref.key, r.ref.etag, r.next_offset,
+                                  r.modified, recent).to_snapshot()
         if self._resume is not None:
-            return self._resume.to_snapshot()
-        return PartitionState(self._after).to_snapshot()
+            st = self._resume
+            return PartitionState(st.after, st.key, st.etag, st.offset, st.modified,
+                                  recent).to_snapshot()
+        return PartitionState(self._after, recent=recent).to_snapshot()
+
+    def _pending(self) -> float:
+        """Oldest LastModified among objects listed or in progress but not finished."""
+        oldest = min((o.modified for o in self._queue), default=float("inf"))
+        if self._reading is not None or self._resume is not None:
+            oldest = min(oldest, self._modified)
+        return oldest
 
     @override
     def close(self) -> None:
@@ -126,15 +148,23 @@ class _S3Partition(StatefulSourcePartition[Item, dict]):
         if self._resume is not None:
             st = self._resume
             assert st.key is not None
+            self._modified = st.modified
             return self._open(st.key, st.etag, st.offset, size=0)
         if not self._queue and not self._list():
             return False
         nxt = self._queue[0]
+        self._modified = nxt.modified
         return self._open(nxt.key, None, 0, size=nxt.size)
 
     def _list(self) -> bool:
         try:
-            listed = self._lister.list_after(self._listed_to)
+            if self._recent is not None:
+                busy = {o.key for o in self._queue}
+                if self._resume is not None and self._resume.key is not None:
+                    busy.add(self._resume.key)
+                listed = self._lister.list_recent(self._recent, busy, self._pending(), self._after)
+            else:
+                listed = self._lister.list_after(self._listed_to)
         except Exception as ex:
             if not is_transient(ex):
                 msg = (f"source {self._src.name!r}: cannot list s3://{self._src.bucket}/"
@@ -167,7 +197,7 @@ class _S3Partition(StatefulSourcePartition[Item, dict]):
                 # The version being read was overwritten: read the new version from the start.
                 log.warning("s3://%s/%s changed while being read; reading the new version",
                             self._src.bucket, key)
-                self._resume = PartitionState(self._after, key, None, 0)
+                self._resume = PartitionState(self._after, key, None, 0, self._modified)
                 return False
             self._fail_object(ObjectRef(self._src.name, self._name, self._src.bucket, key,
                                         etag or "", size), offset, ex.reason)
@@ -182,14 +212,14 @@ class _S3Partition(StatefulSourcePartition[Item, dict]):
         except (FormatUnknown, ObjectReadError, ValueError) as ex:
             body.close()
             if getattr(ex, "transient", False) and self._attempts + 1 < READ_ATTEMPTS:
-                self._resume = PartitionState(self._after, key, body.etag, offset)
+                self._resume = PartitionState(self._after, key, body.etag, offset, self._modified)
                 self._backoff("read", ex)
                 return False
             ref = ObjectRef(src.name, self._name, src.bucket, key, body.etag, body.size)
             self._fail_object(ref, offset, str(ex))
             return False
         ref = ObjectRef(src.name, self._name, src.bucket, key, body.etag, body.size, fmt)
-        self._reading = _Reading(ref, recs, offset)
+        self._reading = _Reading(ref, recs, offset, self._modified)
         self._resume = None
         return True
 
@@ -218,7 +248,8 @@ class _S3Partition(StatefulSourcePartition[Item, dict]):
             transient = err.transient if err is not None else is_transient(ex)
             if transient and self._attempts + 1 < READ_ATTEMPTS:
                 # Read it again from where it broke: same version, records from next_offset.
-                self._resume = PartitionState(self._after, r.ref.key, r.ref.etag, r.next_offset)
+                self._resume = PartitionState(self._after, r.ref.key, r.ref.etag, r.next_offset,
+                                              r.modified)
                 self._reading = None
                 self._backoff("read", ex)
             elif err is not None or transient:
@@ -231,7 +262,11 @@ class _S3Partition(StatefulSourcePartition[Item, dict]):
 
     def _finish(self, ref: ObjectRef, outcome: str) -> None:
         metrics.OBJECTS.labels(self._src.name, outcome).inc()
-        self._after = max(self._after, ref.key)
+        if self._recent is not None:
+            rest = min((o.modified for o in self._queue if o.key != ref.key), default=float("inf"))
+            self._recent.add(ref.key, self._modified, rest)
+        else:  # with look-back, ``after`` stays a fixed floor (start_after, or a lexical past)
+            self._after = max(self._after, ref.key)
         self._listed_to = max(self._listed_to, ref.key)
         if self._queue and self._queue[0].key == ref.key:
             self._queue.popleft()

@@ -23,12 +23,18 @@ class PartitionState:
     key: str | None = None
     etag: str | None = None
     offset: int = 0
+    modified: float = 0.0
+    """LastModified (epoch seconds) of the object in progress (look-back listing)."""
+    recent: dict[str, Any] | None = None
+    """Look-back listing: :meth:`RecentKeys.snapshot` (keys read within the window)."""
 
     def to_snapshot(self) -> dict[str, Any]:
         """Plain dict for bytewax's recovery store (independent of this class's layout)."""
         snap: dict[str, Any] = {"v": 1, "after": self.after}
         if self.key is not None:
-            snap.update(key=self.key, etag=self.etag, offset=self.offset)
+            snap.update(key=self.key, etag=self.etag, offset=self.offset, modified=self.modified)
+        if self.recent is not None:
+            snap["recent"] = self.recent
         return snap
 
     @classmethod
@@ -37,4 +43,5 @@ class PartitionState:
         if snap is None:
             return cls(after=default_after)
         return cls(after=max(snap.get("after", ""), default_after), key=snap.get("key"),
-                   etag=snap.get("etag"), offset=int(snap.get("offset", 0)))
+                   etag=snap.get("etag"), offset=int(snap.get("offset", 0)),
+                   modified=float(snap.get("modified", 0.0)), recent=snap.get("recent"))

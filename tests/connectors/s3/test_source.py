@@ -126,7 +126,7 @@ def test_resume_mid_object_continues_at_the_next_record(s3: Any,
 def test_snapshot_after_an_object_points_past_it(s3: Any) -> None:
     put_lines(s3, "logs/a.ndjson", [b"{}"])
     put_lines(s3, "logs/b.ndjson", [b"{}"])
-    part = build(s3, src())
+    part = build(s3, src(lookback_secs=0))
     batch = []
     while not batch:
         batch = part.next_batch()
@@ -247,3 +247,55 @@ def orjson_n(item: Any) -> int:
     import orjson
 
     return int(orjson.loads(item.data)["n"])
+
+
+# -- look-back listing --------------------------------------------------------------------
+
+
+def test_late_keys_that_sort_earlier_are_picked_up(s3: Any) -> None:
+    """CloudTrail under AWSLogs/<account>/...: a new account's keys sort before the others."""
+    clock = Clock()
+    put_lines(s3, "logs/222/x.ndjson", [b'{"n":1}'])
+    part = build(s3, src(), catch_up=False, clock=clock)
+    lexical = build(s3, src(lookback_secs=0), catch_up=False, clock=clock)
+    got = [i.obj.key for i in part.next_batch()]
+    assert got == ["logs/222/x.ndjson"] and lexical.next_batch()
+    for p in (part, lexical):
+        assert p.next_batch() == []  # caught up: waits poll_secs
+    put_lines(s3, "logs/111/late.ndjson", [b'{"n":2}'])
+    clock.now += timedelta(seconds=11)
+    assert [i.obj.key for i in part.next_batch()] == ["logs/111/late.ndjson"]
+    assert lexical.next_batch() == []  # what lookback_secs = 0 would miss
+    # A restart from the snapshot reads neither again.
+    again = build(s3, src(), part.snapshot(), catch_up=True)
+    assert drain(again) == []
+
+
+def test_recent_keys_stay_bounded_and_never_pass_the_backlog() -> None:
+    from connectors.s3.discovery import ListedObject, RecentKeys
+
+    recent = RecentKeys(lookback_secs=100)
+    for i in range(100_000):
+        recent.add(f"k{i:06d}", 1_000_000.0 + i)  # one object a second
+    assert len(recent) <= 101
+    assert recent.horizon() == 1_000_000.0 + 99_999 - 100
+    # A late object inside the window is wanted; one before it is not (taken as read).
+    assert recent.wanted(ListedObject("late", "", 1, 1_000_000.0 + 99_950))
+    assert not recent.wanted(ListedObject("old", "", 1, 1_000_000.0 + 99_000))
+    # With a backlog listed but unread (oldest at t0), the horizon and the snapshot keep it.
+    t0 = 1_000_000.0 + 50_000
+    assert recent.horizon(pending=t0) == t0
+    snap = recent.snapshot(pending=t0)
+    restored = RecentKeys(100, snap=snap)
+    assert restored.wanted(ListedObject("backlog", "", 1, t0))
+    restored.listed()  # the backlog is queued again: the restored floor is no longer needed
+    assert not restored.wanted(ListedObject("backlog", "", 1, t0))
+
+
+def test_start_time_and_ignore_older_skip_old_objects(s3: Any) -> None:
+    put_lines(s3, "logs/old.ndjson", [b"{}"])
+    assert drain(build(s3, src(start_time="2999-01-01T00:00:00Z"))) == []
+    clock = Clock()
+    clock.now = datetime.now(timezone.utc) + timedelta(days=2)
+    assert drain(build(s3, src(ignore_older_secs=86400), clock=clock)) == []
+    assert len(drain(build(s3, src(ignore_older_secs=86400)))) == 1
