@@ -53,13 +53,19 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
     os.environ[ENV_CONFIG_PATH] = str(args.config)
     if args.catch_up:
         os.environ["S3SENTINEL__RUNTIME__MODE"] = "catch_up"
+    rt = load_config(args.config).runtime
     cmd = [sys.executable, "-m", "bytewax.run", "dataflow.flow:flow", "-w", str(args.workers)]
-    if args.recovery_dir:
-        if not Path(args.recovery_dir).exists():
+    # Recovery is on by default in continuous mode: a restart resumes where it stopped.
+    recovery = args.recovery_dir or (rt.recovery_dir if rt.mode == "continuous"
+                                     and not args.no_recovery else None)
+    if recovery:
+        if not Path(recovery).exists():
             from bytewax.recovery import init_db_dir
 
-            init_db_dir(Path(args.recovery_dir), args.recovery_partitions)
-        cmd += ["-r", str(args.recovery_dir), "-s", str(args.snapshot_secs), "-b", "0"]
+            Path(recovery).mkdir(parents=True)
+            init_db_dir(Path(recovery), args.recovery_partitions or rt.recovery_partitions)
+        snapshot = args.snapshot_secs or rt.snapshot_secs
+        cmd += ["-r", str(recovery), "-s", str(snapshot), "-b", "0"]
     os.execv(sys.executable, cmd + extra)
     return 0  # not reached
 
@@ -125,9 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run the dataflow")
     _config_arg(run)
     run.add_argument("-w", "--workers", type=int, default=1, help="workers in this process")
-    run.add_argument("-r", "--recovery-dir", help="bytewax recovery directory (created if missing)")
-    run.add_argument("--recovery-partitions", type=int, default=1)
-    run.add_argument("--snapshot-secs", type=int, default=10)
+    run.add_argument("-r", "--recovery-dir",
+                     help="bytewax recovery directory (created if missing; default "
+                          "runtime.recovery_dir in continuous mode)")
+    run.add_argument("--no-recovery", action="store_true", help="run without a recovery store")
+    run.add_argument("--recovery-partitions", type=int, default=0)
+    run.add_argument("--snapshot-secs", type=int, default=0)
     run.add_argument("--catch-up", action="store_true", help="drain the buckets, then exit")
     val = sub.add_parser("validate-config", help="check the config and table definitions")
     _config_arg(val)

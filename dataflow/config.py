@@ -221,6 +221,13 @@ class RuntimeConfig:
     """The upload journal (records already accepted; keep it beside the recovery store)."""
     journal_retention_secs: float = 7 * 24 * 3600.0
     """How long delivered ranges are remembered after an object's last delivery."""
+    recovery_dir: str = ".s3sentinel/recovery"
+    """bytewax recovery store, used by ``s3sentinel run`` in continuous mode (created on first
+    start). Keep it, the journal and the dead-letter directory on durable storage."""
+    snapshot_secs: int = 10
+    """How often state is snapshotted to the recovery store."""
+    recovery_partitions: int = 1
+    """Partitions of a new recovery store (one SQLite file each)."""
 
 
 @dataclass(frozen=True)

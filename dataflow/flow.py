@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import os
 import sys
 from collections.abc import Callable
 from datetime import timedelta
@@ -77,7 +78,16 @@ def __getattr__(name: str) -> Any:
     # `python -m bytewax.run dataflow.flow:flow` reads this attribute: build the flow from
     # $S3SENTINEL_CONFIG on first use, so importing the module needs no config.
     if name == "flow":
-        flow = build_flow(load_config())
+        cfg = load_config()
+        recovery = os.environ.get("BYTEWAX_RECOVERY_DIRECTORY") or any(
+            a in ("-r", "--recovery-directory") or a.startswith("--recovery-directory=")
+            for a in sys.argv)
+        if cfg.runtime.mode == "continuous" and not recovery:
+            print("s3sentinel: continuous mode without a recovery store: after a restart every "
+                  "source starts over (the upload journal still skips what was delivered). "
+                  "Use `s3sentinel run`, or pass -r DIR -s SECS -b 0 to bytewax.run.",
+                  file=sys.stderr, flush=True)
+        flow = build_flow(cfg)
         globals()["flow"] = flow
         atexit.register(_print_summary)
         return flow

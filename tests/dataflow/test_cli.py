@@ -62,3 +62,37 @@ def test_console_script_is_installed() -> None:
     proc = subprocess.run([str(exe), "validate-config", "-c", str(ROOT / "examples/demo.toml")],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+def _captured_run(monkeypatch, tmp_path: Path, *args: str) -> list[str]:
+    import dataflow.cli as cli
+
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(f"""
+[sentinel]
+endpoint = "https://dce.example"
+rule_id = "dcr-1"
+[runtime]
+recovery_dir = "{tmp_path / 'recovery'}"
+snapshot_secs = 7
+[[sources]]
+name = "trail"
+bucket = "b"
+format = "cloudtrail"
+""")
+    seen: list[list[str]] = []
+    monkeypatch.setattr(cli.os, "execv", lambda exe, cmd: seen.append(cmd))
+    monkeypatch.delenv("S3SENTINEL__RUNTIME__MODE", raising=False)
+    monkeypatch.setenv("S3SENTINEL_CONFIG", str(cfg))  # run sets it; restored afterwards
+    assert main(["run", "-c", str(cfg), *args]) == 0
+    monkeypatch.delenv("S3SENTINEL__RUNTIME__MODE", raising=False)
+    return seen[0]
+
+
+def test_run_turns_recovery_on_in_continuous_mode(monkeypatch, tmp_path: Path) -> None:
+    cmd = _captured_run(monkeypatch, tmp_path)
+    assert cmd[cmd.index("-r") + 1] == str(tmp_path / "recovery")
+    assert cmd[cmd.index("-s") + 1] == "7" and cmd[cmd.index("-b") + 1] == "0"
+    assert list((tmp_path / "recovery").glob("part-*.sqlite3"))  # created on first start
+    assert "-r" not in _captured_run(monkeypatch, tmp_path, "--no-recovery")
+    assert "-r" not in _captured_run(monkeypatch, tmp_path, "--catch-up")
