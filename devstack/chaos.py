@@ -1,0 +1,276 @@
+"""Chaos runs: the real flow, killed with SIGKILL at random moments, restarted, counted.
+
+One run seeds CloudTrail objects into a fresh bucket (half before the start, the rest
+while the flow runs, as logs land), runs the flow in continuous mode with recovery on,
+``kill -9``s every process of it at random moments, restarts it each time (optionally
+once with another worker count), then lets it catch up and counts what the emulator
+accepted against what was seeded: lost records, duplicates, dead letters.
+
+Used by ``bench/chaos.py`` (long runs, figures) and by the test suite (short runs).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from devstack.demo import flow_env
+from devstack.faultproxy import FaultProxy
+from devstack.samples import seed_cloudtrail
+from devstack.stack import LocalStack, free_port
+
+__all__ = ["ChaosResult", "run_chaos"]
+
+ROOT = Path(__file__).resolve().parent.parent
+STREAM = "Custom-AWSCloudTrail"
+
+
+@dataclass
+class ChaosResult:
+    mode: str
+    workers: int
+    processes: int
+    kills: int
+    objects: int
+    expected: int
+    delivered: int
+    lost: int
+    duplicates: int
+    dead_lettered: int
+    unexpected: int
+    seconds: float
+    catch_up_seconds: float
+    queue_left: int | None = None
+    s3_faults: dict[str, int] = field(default_factory=dict)
+    sentinel_faults: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.lost == 0 and self.unexpected == 0 and not self.queue_left
+
+    def line(self) -> str:
+        q = "" if self.queue_left is None else f", queue left {self.queue_left}"
+        faults = ""
+        if self.s3_faults or self.sentinel_faults:
+            faults = f", faults injected: S3 {dict(self.s3_faults)}, Sentinel {self.sentinel_faults}"
+        return (f"{self.mode:<5} w={self.workers} p={self.processes}: {self.kills} kills, "
+                f"{self.objects} objects, {self.expected} records -> lost {self.lost}, "
+                f"duplicates {self.duplicates}, dead-lettered {self.dead_lettered}{q}{faults}; "
+                f"{self.seconds:.0f}s (catch-up after the last restart "
+                f"{self.catch_up_seconds:.1f}s)")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _config(path: Path, bucket: str, *, mode: str, queue_url: str, partitions: int,
+            retry_max_secs: float) -> None:
+    discovery = ""
+    if mode == "sqs":
+        # Every kill sends the messages in flight back to the queue and counts a receive:
+        # max_receive_count is about objects that keep failing, not about restarts.
+        discovery = (f'discovery = "sqs"\nqueue_url = "{queue_url}"\nqueue_poll_secs = 0.2\n'
+                     "visibility_timeout_secs = 6\nmax_receive_count = 1000\n")
+    path.write_text(f"""
+[sentinel]
+endpoint = "https://127.0.0.1:1"
+rule_id = "dcr-00000000000000000000000000000000"
+credential = "managed_identity"
+retry_max_secs = {retry_max_secs}
+retry_cap_secs = 2.0
+[batch]
+max_bytes = 200000
+max_age_secs = 0.5
+[runtime]
+mode = "continuous"
+[[sources]]
+name = "trail"
+bucket = "{bucket}"
+prefix = "AWSLogs/"
+format = "cloudtrail"
+partitions = {partitions}
+poll_secs = 0.5
+{discovery}""")
+
+
+class _Flow:
+    """The flow's processes: start, kill -9, wait."""
+
+    def __init__(self, env: dict[str, str], recovery: Path, log: Path) -> None:
+        self._env = env
+        self._recovery = recovery
+        self._log = log
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, workers: int, processes: int) -> None:
+        base = [sys.executable, "-m", "bytewax.run", "dataflow.flow:flow", "-w", str(workers),
+                "-r", str(self._recovery), "-s", "1", "-b", "0"]
+        addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
+        with self._log.open("ab") as log:
+            for i in range(processes):
+                extra = ["-i", str(i), "-a", addresses] if processes > 1 else []
+                self.procs.append(subprocess.Popen(base + extra, env=self._env, cwd=ROOT,
+                                                   stdout=log, stderr=log))
+
+    def alive(self) -> bool:
+        return all(p.poll() is None for p in self.procs)
+
+    def kill(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                os.kill(p.pid, signal.SIGKILL)
+        for p in self.procs:
+            p.wait()
+        self.procs = []
+
+
+def _queue_depth(sqs: Any, url: str) -> int:
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
+        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]) + int(
+        attrs["ApproximateNumberOfMessagesNotVisible"])
+
+
+def run_chaos(stack: LocalStack, workdir: Path, *, mode: str = "list", workers: int = 1,
+              processes: int = 1, kills: int = 10, objects: int = 200,
+              records_per_object: tuple[int, int] = (20, 200), rescale_to: int | None = None,
+              min_up_secs: float = 1.0, max_up_secs: float = 4.0, seed: int = 1,
+              storm_secs: float = 0.0, timeout_secs: float = 150.0,
+              log: Any = None) -> ChaosResult:
+    """One chaos run (see the module docstring); ``storm_secs`` adds a fault storm.
+
+    :arg rescale_to: Restart once (the middle restart) with this many workers per process.
+    :arg storm_secs: For this long from the start, the emulator answers with 429 +
+        Retry-After, 500/503, dropped connections and slow responses, and S3/SQS (through
+        :class:`FaultProxy`) with 503 SlowDown, 500 and dropped connections.
+    """
+    rng = random.Random(seed)
+    say = log or (lambda *_: None)
+    run_dir = workdir / f"chaos-{mode}-w{workers}-p{processes}-{seed}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    bucket = f"chaos-{mode}-w{workers}-p{processes}-{seed}"
+    s3 = stack.s3()
+    queue_url = ""
+    if mode == "sqs":
+        queue_url = stack.notify_queue(bucket, bucket)
+    else:
+        s3.create_bucket(Bucket=bucket)
+    admin = stack.admin()
+    admin.reset()
+
+    from bytewax.recovery import init_db_dir
+
+    recovery = run_dir / "recovery"
+    recovery.mkdir()
+    init_db_dir(recovery, 1)
+    config = run_dir / "flow.toml"
+    _config(config, bucket, mode=mode, queue_url=queue_url, partitions=4,
+            retry_max_secs=600.0 if storm_secs else 120.0)
+    proxy = None
+    env = flow_env(stack, run_dir / "errors", config)
+    if storm_secs:
+        proxy = FaultProxy(stack.s3_endpoint, seed=seed).start()
+        env["S3SENTINEL__AWS__ENDPOINT_URL"] = proxy.endpoint
+        proxy.set(slowdown=0.08, internal=0.04, drop=0.02)
+        admin.set_faults([
+            {"status": 429, "retry_after_secs": 1, "probability": 0.15, "seed": seed,
+             "duration_secs": storm_secs},
+            {"status": 503, "probability": 0.08, "seed": seed + 1, "duration_secs": storm_secs},
+            {"status": 500, "probability": 0.05, "seed": seed + 2, "duration_secs": storm_secs},
+            {"drop": True, "probability": 0.05, "seed": seed + 3, "duration_secs": storm_secs},
+            {"delay_secs": 2.0, "probability": 0.05, "seed": seed + 4,
+             "duration_secs": storm_secs},
+        ])
+
+    # Half the objects before the start; the rest land while the flow runs and is killed.
+    first = objects // 2
+    start = datetime(2026, 11, 1, tzinfo=timezone.utc) + timedelta(days=seed % 20)
+    manifests = [seed_cloudtrail(s3, bucket, objects=first, records_per_object=records_per_object,
+                                 seed=seed, start=start, digests=False)]
+    landing_done = threading.Event()
+
+    def land() -> None:
+        rest, n = objects - first, 0
+        while n < rest:
+            batch = min(rest - n, max(1, rest // 10))
+            manifests.append(seed_cloudtrail(
+                s3, bucket, objects=batch, records_per_object=records_per_object,
+                seed=seed * 1000 + n + 1, start=start + timedelta(hours=6 + n), digests=False))
+            n += batch
+            time.sleep(rng.uniform(0.3, 1.2))
+        landing_done.set()
+
+    flow = _Flow(env, recovery, run_dir / "flow.log")
+    began = time.monotonic()
+    lander = threading.Thread(target=land, daemon=True)
+    lander.start()
+    done_kills = 0
+    try:
+        for k in range(kills):
+            w = rescale_to if rescale_to and k == kills // 2 else workers
+            flow.start(w, processes)
+            up = rng.uniform(min_up_secs, max_up_secs)
+            time.sleep(up)
+            if not flow.alive():
+                raise RuntimeError(f"the flow exited by itself before kill {k + 1}; see "
+                                   f"{run_dir / 'flow.log'}")
+            flow.kill()
+            done_kills += 1
+            say(f"  kill {done_kills}/{kills} after {up:.1f}s (workers {w}): "
+                f"{admin.summary()['total_records']} records accepted so far")
+        landing_done.wait(timeout=120)
+        if proxy is not None:
+            proxy.set()  # S3 is healthy again; the emulator's storm ends by its duration
+        expected_ids = {e for m in manifests for e in m.event_ids}
+        expected = len(expected_ids)
+        last_start = time.monotonic()
+        flow.start(workers, processes)
+        deadline = last_start + timeout_secs
+        caught_up = None
+        sqs = stack.sqs() if mode == "sqs" else None
+        while time.monotonic() < deadline:
+            if not flow.alive():
+                raise RuntimeError(f"the flow exited by itself; see {run_dir / 'flow.log'}")
+            total = admin.summary()["total_records"]
+            if total >= expected:
+                got = {r["AwsEventId"] for r in admin.records(STREAM)}
+                if expected_ids <= got and (sqs is None or _queue_depth(sqs, queue_url) == 0):
+                    caught_up = time.monotonic() - last_start
+                    break
+            time.sleep(0.5)
+        time.sleep(2.0)  # anything still in flight would show up as a duplicate
+        flow.kill()
+    finally:
+        flow.kill()
+        if proxy is not None:
+            proxy.stop()
+        admin.set_faults([])
+    records = admin.records(STREAM)
+    counts = collections.Counter(r["AwsEventId"] for r in records)
+    from connectors.deadletter import read_entries
+
+    errors = run_dir / "errors"
+    dead = len(read_entries(errors)) if errors.exists() else 0
+    storm_faults = sum(1 for r in admin.requests() if r.get("fault"))
+    return ChaosResult(
+        mode=mode, workers=workers, processes=processes, kills=done_kills,
+        objects=sum(len(m.objects) for m in manifests), expected=len(expected_ids),
+        delivered=len(records), lost=len(expected_ids - counts.keys()),
+        duplicates=sum(counts.values()) - len(counts), dead_lettered=dead,
+        unexpected=len(counts.keys() - expected_ids), seconds=time.monotonic() - began,
+        catch_up_seconds=caught_up if caught_up is not None else float("nan"),
+        queue_left=_queue_depth(stack.sqs(), queue_url) if mode == "sqs" else None,
+        s3_faults=dict(proxy.injected) if proxy is not None else {},
+        sentinel_faults=storm_faults)

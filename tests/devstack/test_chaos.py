@@ -1,0 +1,45 @@
+"""Short chaos runs in the default suite (a few kills, a short storm); the long runs are
+``bench/chaos.py`` and, marked slow, the ten-kill runs here that `.ci/run` includes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from devstack.chaos import run_chaos
+from devstack.stack import LocalStack
+
+
+def _check(res) -> None:
+    print("\n" + res.line())
+    assert res.kills >= 1
+    assert res.lost == 0 and res.unexpected == 0, res.line()
+    assert not res.queue_left, res.line()
+    assert res.dead_lettered == 0, res.line()
+    # The one window left: requests accepted but not journaled when a kill came.
+    assert res.duplicates <= res.kills * res.workers * res.processes * 1000, res.line()
+
+
+@pytest.mark.parametrize("mode", ["list", "sqs"])
+def test_kill_9_at_random_moments_loses_nothing(stack: LocalStack, tmp_path: Path,
+                                                mode: str) -> None:
+    _check(run_chaos(stack, tmp_path, mode=mode, kills=3, objects=40,
+                     records_per_object=(20, 120), seed=7))
+
+
+def test_a_fault_storm_with_kills_loses_nothing(stack: LocalStack, tmp_path: Path) -> None:
+    res = run_chaos(stack, tmp_path, mode="list", workers=2, kills=2, objects=40,
+                    records_per_object=(20, 120), storm_secs=8.0, seed=9)
+    _check(res)
+    assert res.sentinel_faults > 0 and sum(res.s3_faults.values()) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize(("mode", "workers", "processes", "rescale"), [
+    ("list", 2, 1, None), ("sqs", 1, 2, None), ("sqs", 2, 1, None), ("list", 1, 1, 2)])
+def test_ten_kills(stack: LocalStack, tmp_path: Path, mode: str, workers: int, processes: int,
+                   rescale: int | None) -> None:
+    _check(run_chaos(stack, tmp_path, mode=mode, workers=workers, processes=processes,
+                     kills=10, objects=150, rescale_to=rescale, seed=11))
