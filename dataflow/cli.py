@@ -36,6 +36,10 @@ def _validate(args: argparse.Namespace) -> int:
         cfg = load_config(args.config)
         tables = load_tables(cfg.runtime.tables_dir, cfg.tables)
         RecordMapper(cfg.sources, tables, cfg.batch.max_bytes)
+        if cfg.ops.health_table and cfg.ops.health_table not in tables:
+            msg = (f"ops.health_table: no table {cfg.ops.health_table!r}; use the shipped "
+                   "S3SentinelHealth_CL or declare it under [[tables]]")
+            raise KeyError(msg)
     except (ConfigError, TableError, KeyError) as ex:
         print(str(ex).strip("'\""), file=sys.stderr)
         return 1

@@ -35,11 +35,13 @@ __all__ = [
     "ConfigError",
     "ENV_CONFIG_PATH",
     "ENV_PREFIX",
+    "OpsConfig",
     "RuntimeConfig",
     "SentinelConfig",
     "SourceConfig",
     "TableColumnConfig",
     "TableConfig",
+    "WebhookConfig",
     "load_config",
     "parse_config",
 ]
@@ -231,6 +233,60 @@ class RuntimeConfig:
 
 
 @dataclass(frozen=True)
+class WebhookConfig:
+    """Where alerts are posted (for teams without Alertmanager)."""
+
+    kind: Literal["teams", "slack"]
+    url: str
+    """Incoming-webhook URL; may be a ``keyvault:<secret-name>`` reference."""
+
+
+@dataclass(frozen=True)
+class OpsConfig:
+    """Metrics, health, admin API, alerts, secrets and logs."""
+
+    port: int = 9464
+    """Port of the ops HTTP server (/metrics, /healthz, /readyz, /admin/*); process i of a
+    multi-process flow listens on port + i. 0 turns the server off."""
+    bind: str = "127.0.0.1"
+    """Address the ops server listens on (0.0.0.0 to be scraped from elsewhere)."""
+    open_metrics: bool = True
+    """Serve /metrics, /healthz and /readyz without a token (admin routes always need one)."""
+    reader_tokens: list[str] = field(default_factory=list)
+    """Bearer tokens for read-only admin routes (each may be ``keyvault:<name>``)."""
+    admin_tokens: list[str] = field(default_factory=list)
+    """Bearer tokens for admin routes that change something (replay, pause, resume)."""
+    jwt_key: str = ""
+    """HS256 key: signed JWTs with a ``role`` claim (reader/admin) are accepted too."""
+    revoked: list[str] = field(default_factory=list)
+    """Revoked tokens, or JWT ``jti`` values."""
+    audit_log: str = ".s3sentinel/audit.jsonl"
+    """Every admin request (who, what, outcome) is appended here."""
+    max_lag_secs: float = 900.0
+    """/readyz fails when the oldest undelivered object is older than this."""
+    stuck_secs: float = 600.0
+    """/readyz fails when a partition with work has made no progress for this long."""
+    check_cache_secs: float = 15.0
+    """Readiness checks that call S3 or Azure are cached this long."""
+    keyvault_url: str = ""
+    """Azure Key Vault for ``keyvault:`` references (https://<vault>.vault.azure.net)."""
+    keyvault_verify_challenge_resource: bool = True
+    """Check that Key Vault's auth challenge names a vault domain; turn off only for a
+    private test stack served from another host name."""
+    secret_ttl_secs: float = 300.0
+    """Secrets are fetched again after this long, so a rotation is picked up."""
+    log_format: Literal["text", "json"] = "text"
+    """``json``: one JSON object per log line; secrets and PII patterns redacted either way."""
+    health_table: str = ""
+    """Write connector health rows to this table once a minute (e.g. S3SentinelHealth_CL); empty
+    turns it off."""
+    health_interval_secs: float = 60.0
+    webhooks: list[WebhookConfig] = field(default_factory=list)
+    alert_for_secs: float = 120.0
+    """A failing readiness check alerts after it has failed this long (and resolves likewise)."""
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration."""
 
@@ -240,6 +296,7 @@ class Config:
     batch: BatchConfig = field(default_factory=BatchConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     tables: list[TableConfig] = field(default_factory=list)
+    ops: OpsConfig = field(default_factory=OpsConfig)
 
     def source(self, name: str) -> SourceConfig:
         """The source named ``name``."""
@@ -446,6 +503,14 @@ def _check(cfg: Config, problems: list[str]) -> None:
                 re.compile(pattern)
             except re.error as ex:
                 problems.append(f"{where}.exclude: {pattern!r} is not a valid regex: {ex}")
+    ops = cfg.ops
+    if not 0 <= ops.port <= 65535:
+        problems.append("ops.port: 0..65535 (0 turns the ops server off)")
+    if ops.keyvault_url and not ops.keyvault_url.startswith("https://"):
+        problems.append("ops.keyvault_url: must be https://<vault>.vault.azure.net")
+    refs = [*ops.reader_tokens, *ops.admin_tokens, ops.jwt_key, *(w.url for w in ops.webhooks)]
+    if any(r.startswith("keyvault:") for r in refs) and not ops.keyvault_url:
+        problems.append("ops: keyvault: references need ops.keyvault_url")
     uri = cfg.runtime.errors_s3_uri
     if uri is not None and not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$", uri):
         problems.append(f"runtime.errors_s3_uri: {uri!r} is not an s3://bucket/prefix/ URI")

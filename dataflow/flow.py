@@ -88,6 +88,9 @@ def __getattr__(name: str) -> Any:
                   "Use `s3sentinel run`, or pass -r DIR -s SECS -b 0 to bytewax.run.",
                   file=sys.stderr, flush=True)
         flow = build_flow(cfg)
+        from ops import runtime
+
+        runtime.start(cfg)
         globals()["flow"] = flow
         atexit.register(_print_summary)
         return flow

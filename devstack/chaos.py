@@ -179,7 +179,7 @@ def run_chaos(stack: LocalStack, workdir: Path, *, mode: str = "list", workers: 
     _config(config, bucket, mode=mode, queue_url=queue_url, partitions=4,
             retry_max_secs=600.0 if storm_secs else 120.0)
     proxy = None
-    env = flow_env(stack, run_dir / "errors", config)
+    env = flow_env(stack, run_dir / "errors", config) | {"S3SENTINEL__OPS__PORT": "0"}
     if storm_secs:
         proxy = FaultProxy(stack.s3_endpoint, seed=seed).start()
         env["S3SENTINEL__AWS__ENDPOINT_URL"] = proxy.endpoint

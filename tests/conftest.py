@@ -106,7 +106,9 @@ partitions = {partitions}
 def flow_env(stack: LocalStack, config: Path, errors_dir: Path) -> dict[str, str]:
     from devstack.demo import flow_env as env
 
-    return env(stack, errors_dir, config)
+    # No ops server unless a test asks for one (flows of several tests must not collide).
+    return {**env(stack, errors_dir, config), "S3SENTINEL__OPS__PORT": "0",
+            "S3SENTINEL__RUNTIME__RECOVERY_DIR": str(errors_dir.parent / "recovery")}
 
 
 def run_flow(stack: LocalStack, config: Path, errors_dir: Path, *args: str,

@@ -38,6 +38,7 @@ from connectors.sentinel.journal import JournalView
 from dataflow import metrics
 from dataflow.config import SourceConfig
 from dataflow.messages import ErrorRecord, ObjectRef, RawRecord
+from ops import status
 
 __all__ = ["NotifiedObject", "parse_notification"]
 
@@ -133,7 +134,7 @@ class SqsPartition(_S3Partition):
         self._view = JournalView(journal_dir)
         self._mono = monotonic
         self._messages: dict[str, _Message] = {}
-        self._pending: deque[_Object] = deque()
+        self._todo: deque[_Object] = deque()
         self._tracked: dict[str, _Object] = {}  # key -> object in flight
         self._current: _Object | None = None
         self._next_check = 0.0
@@ -158,6 +159,14 @@ class SqsPartition(_S3Partition):
             return soon if self._wake_at is None else min(self._wake_at, soon)
         return self._wake_at
 
+    def _report(self, progressed: bool) -> None:
+        r = self._reading
+        status.report(self._name, self._src.name, progressed=progressed,
+                      busy=r is not None or bool(self._todo), object=r.ref.key if r else None,
+                      offset=r.next_offset if r else None, queued=len(self._todo),
+                      messages=len(self._messages), paused=status.is_paused(self._src.name),
+                      retries=self._attempts)
+
     def snapshot(self) -> dict:
         # Messages not deleted come back after their visibility timeout: nothing to keep.
         return {"v": 1, "discovery": "sqs"}
@@ -167,11 +176,11 @@ class SqsPartition(_S3Partition):
     def _open_next(self) -> bool:
         if self._resume is not None:  # a retry of the object in progress
             return super()._open_next()
-        if not self._pending:
+        if not self._todo:
             self._receive()
-            if not self._pending:
+            if not self._todo:
                 return False
-        obj = self._pending[0]
+        obj = self._todo[0]
         self._current = obj
         return self._open(obj.key, None, 0, obj.size)
 
@@ -223,13 +232,13 @@ class SqsPartition(_S3Partition):
                 same = self._tracked.get(o.key)
                 if same is None or (o.etag and same.etag and o.etag != same.etag):
                     same = self._tracked[o.key] = _Object(o.key, o.etag, o.size)
-                    self._pending.append(same)
+                    self._todo.append(same)
                 else:
                     metrics.SQS_MESSAGES.labels(src.name, "duplicate").inc()
                 same.users += 1
                 msg.objects.append(same)
             self._messages[msg.message_id] = msg
-        self._fetch.want(o.key for o in self._pending)
+        self._fetch.want(o.key for o in self._todo)
         metrics.IN_FLIGHT_OBJECTS.labels(src.name).set(
             sum(len(m.objects) for m in self._messages.values()))
 
@@ -273,10 +282,10 @@ class SqsPartition(_S3Partition):
         if obj is not None and obj.key == ref.key:
             obj.object_id = ref.id
             obj.done = True
-            if self._pending and self._pending[0] is obj:
-                self._pending.popleft()
+            if self._todo and self._todo[0] is obj:
+                self._todo.popleft()
             self._current = None
-        self._fetch.want(o.key for o in self._pending)
+        self._fetch.want(o.key for o in self._todo)
         self._reading = None
         self._resume = None
         self._attempts = 0

@@ -33,6 +33,7 @@ from connectors.s3.records import FormatUnknown, Record, object_records
 from connectors.s3.state import PartitionState
 from dataflow import metrics
 from dataflow.config import SourceConfig
+from ops import status
 from dataflow.messages import ErrorRecord, ObjectRef, RawRecord
 from operators.formats import TextFormat
 from operators.formats.registry import text_format
@@ -101,6 +102,10 @@ class _S3Partition(StatefulSourcePartition[Item, dict]):
 
     @override
     def next_batch(self) -> list[Item]:
+        if status.is_paused(self._src.name):
+            self._wake_at = self._clock() + timedelta(seconds=1)
+            self._report(False)
+            return []
         if self._wake_at is not None:
             if self._clock() < self._wake_at:
                 return []
@@ -111,7 +116,17 @@ class _S3Partition(StatefulSourcePartition[Item, dict]):
         if self._errors:
             out.extend(self._errors)
             self._errors.clear()
+        self._report(bool(out))
         return out
+
+    def _report(self, progressed: bool) -> None:
+        r = self._reading
+        status.report(self._name, self._src.name, progressed=progressed,
+                      busy=r is not None or bool(self._queue) or self._resume is not None,
+                      object=r.ref.key if r is not None else None,
+                      offset=r.next_offset if r is not None else None,
+                      queued=len(self._queue), paused=status.is_paused(self._src.name),
+                      retries=self._attempts)
 
     @override
     def next_awake(self) -> datetime | None:

@@ -82,10 +82,10 @@ format = "cloudtrail"
 """)
     seen: list[list[str]] = []
     monkeypatch.setattr(cli.os, "execv", lambda exe, cmd: seen.append(cmd))
-    monkeypatch.delenv("S3SENTINEL__RUNTIME__MODE", raising=False)
-    monkeypatch.setenv("S3SENTINEL_CONFIG", str(cfg))  # run sets it; restored afterwards
+    # run sets both in os.environ (for bytewax.run); monkeypatch removes them afterwards.
+    monkeypatch.setenv("S3SENTINEL__RUNTIME__MODE", "continuous")
+    monkeypatch.setenv("S3SENTINEL_CONFIG", str(cfg))
     assert main(["run", "-c", str(cfg), *args]) == 0
-    monkeypatch.delenv("S3SENTINEL__RUNTIME__MODE", raising=False)
     return seen[0]
 
 

@@ -1,0 +1,173 @@
+"""Starts the ops side of one flow process: logs, the ops server, alerts, the health table.
+
+Called once per process when ``python -m bytewax.run dataflow.flow:flow`` builds the flow.
+Process ``i`` of a multi-process flow serves on ``ops.port + i`` (its index comes from
+bytewax.run's ``-i`` or ``BYTEWAX_PROCESS_ID``), so processes on one host do not collide.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+from connectors.aws import s3_client
+from connectors.deadletter import DeadLetterStore
+from connectors.sentinel.service import IngestionService
+from dataflow.config import Config
+from ops.auth import Authorizer
+from ops.health import Readiness
+from ops.logs import configure
+from ops.secrets import SecretError, SecretResolver
+from ops.server import OpsServer
+
+__all__ = ["OpsRuntime", "process_index", "start"]
+
+log = logging.getLogger(__name__)
+
+ALERT_EVERY_SECS = 15.0
+
+
+def process_index(argv: list[str] | None = None) -> int:
+    """This process's index in a multi-process flow (0 when alone)."""
+    argv = sys.argv if argv is None else argv
+    for i, a in enumerate(argv):
+        if a in ("-i", "--process-id") and i + 1 < len(argv):
+            return int(argv[i + 1])
+        if a.startswith("--process-id="):
+            return int(a.split("=", 1)[1])
+    return int(os.environ.get("BYTEWAX_PROCESS_ID", "0") or 0)
+
+
+class OpsRuntime:
+    """The running ops parts of one process (stop() for tests)."""
+
+    def __init__(self, cfg: Config, *, port: int | None = None) -> None:
+        self.cfg = cfg
+        ops = cfg.ops
+        kwargs: dict[str, Any] = {"verify_challenge_resource": ops.keyvault_verify_challenge_resource}
+        if cfg.sentinel.ca_file:
+            kwargs["connection_verify"] = cfg.sentinel.ca_file
+        self.secrets = SecretResolver(ops.keyvault_url, ttl_secs=ops.secret_ttl_secs, **kwargs)
+        self.authorizer = Authorizer(self._tokens)
+        tables = _streams(cfg)
+        self.readiness = Readiness(cfg, functools.partial(s3_client, cfg.aws),
+                                   functools.partial(IngestionService, cfg.sentinel), tables)
+        self.server: OpsServer | None = None
+        if ops.port or port is not None:
+            where = ops.port + process_index() if port is None else port
+            try:
+                self.server = OpsServer(cfg, where, self.authorizer, self.readiness,
+                                        self._replay, self._dead_letters)
+            except OSError as ex:
+                # Loud, but not fatal: delivering the data matters more than serving metrics.
+                log.error("ops server: cannot listen on %s:%d (%s); no /metrics or /readyz in "
+                          "this process. Set ops.port to a free port (process i uses port + i).",
+                          ops.bind, where, ex)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> OpsRuntime:
+        if self.server is not None:
+            self.server.start()
+            log.info("ops server on %s (/metrics, /healthz, /readyz, /admin)", self.server.url)
+        if self.cfg.ops.webhooks:
+            self._spawn(self._alert_loop, "s3sentinel-alerts")
+        if self.cfg.ops.health_table:
+            from ops.healthtable import HealthReporter
+
+            reporter = HealthReporter(self.cfg, self.readiness)
+            self._spawn(lambda: reporter.run(self._stop), "s3sentinel-health")
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.server is not None:
+            self.server.stop()
+
+    def _spawn(self, target: Any, name: str) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _resolve_all(self, values: list[str]) -> list[str]:
+        out = []
+        for v in values:
+            try:
+                out.append(self.secrets.resolve(v))
+            except SecretError as ex:
+                log.error("ops: %s", ex)
+        return out
+
+    def _tokens(self) -> tuple[list[str], list[str], str, list[str]]:
+        ops = self.cfg.ops
+        jwt = self._resolve_all([ops.jwt_key])[0] if ops.jwt_key else ""
+        return (self._resolve_all(ops.reader_tokens), self._resolve_all(ops.admin_tokens), jwt,
+                list(ops.revoked))
+
+    def _dead_letters(self) -> DeadLetterStore:
+        rt = self.cfg.runtime
+        return DeadLetterStore(rt.errors_dir, rt.errors_s3_uri,
+                               functools.partial(s3_client, self.cfg.aws))
+
+    def _replay(self, dry_run: bool) -> str:
+        from dataflow.replay import replay
+
+        return str(replay(self.cfg, dry_run=dry_run))
+
+    def _alert_loop(self) -> None:
+        from ops.webhooks import AlertState, WebhookNotifier, WebhookTarget
+
+        ops = self.cfg.ops
+        state = AlertState(ops.alert_for_secs)
+        notifier = None
+        while not self._stop.wait(ALERT_EVERY_SECS):
+            try:
+                if notifier is None:
+                    targets = [WebhookTarget(w.kind, self.secrets.resolve(w.url))
+                               for w in ops.webhooks]
+                    notifier = WebhookNotifier(targets)
+                for name, check in self.readiness.run().items():
+                    alert = state.observe(f"s3sentinel_{name}", not check.ok,
+                                          severity="critical" if name == "sentinel" else "warning",
+                                          summary=f"s3sentinel readiness check '{name}': "
+                                                  f"{check.detail}",
+                                          details={"pid": str(os.getpid()), "check": name})
+                    if alert is not None:
+                        notifier.notify(alert)
+                for alert in state.active():  # reminders, at most every min_interval_secs
+                    notifier.notify(alert)
+            except Exception:
+                log.exception("ops: alert loop failed; trying again in %.0fs", ALERT_EVERY_SECS)
+
+
+def _streams(cfg: Config) -> list[str]:
+    from operators.parse import RecordMapper
+    from operators.schema import load_tables
+
+    tables = load_tables(cfg.runtime.tables_dir, cfg.tables)
+    mapper = RecordMapper(cfg.sources, tables, cfg.batch.max_bytes)
+    out: list[str] = []
+    for src in cfg.sources:
+        if src.format != "auto":
+            try:
+                out.append(mapper.stream_of(src.name, src.format))
+            except Exception:  # noqa: S112 (reported by validate-config)
+                continue
+    return list(dict.fromkeys(out)) or [t.stream for t in tables.values()]
+
+
+_runtime: OpsRuntime | None = None
+
+
+def start(cfg: Config) -> OpsRuntime:
+    """Configure logging and start the ops parts of this process (once)."""
+    global _runtime
+    if _runtime is None:
+        configure(cfg.ops.log_format)
+        _runtime = OpsRuntime(cfg).start()
+    return _runtime
