@@ -1,0 +1,1 @@
+"""Enrichment of table rows: priority rules, multi-step sequences and threat-intel indicators."""

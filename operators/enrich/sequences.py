@@ -1,0 +1,391 @@
+"""Multi-step patterns by one principal within a time window, declared as data.
+
+One CreateUser is routine; CreateUser, then AttachUserPolicy with AdministratorAccess,
+then CreateAccessKey by the same principal within 30 minutes is how a stolen credential
+is turned into a lasting admin one. Such chains are declared in TOML
+(``operators/enrich/sequences/default.toml``), their steps written in the condition
+language of :mod:`operators.enrich.rules`::
+
+    [[sequences]]
+    id = "privilege_escalation"
+    table = "AWSCloudTrail"            # or "*" (AWSCloudTrail when left out)
+    principal = "UserIdentityArn"      # the column whose value groups events (the default)
+    window_secs = 1800                 # from the first to the last event of a match
+    priority = "critical"              # as for rules ("high" when left out)
+    reason = "{principal} ..."         # {principal}, {sequence_id}, {count}, last row's columns
+    steps = [
+      { match = { EventName = "CreateUser" } },
+      { match = { EventName = "ListUsers", ErrorCode = "AccessDenied" }, min_count = 10 },
+    ]
+
+A match is a subsequence of one principal's events, in event-time order, whose first and
+last events are at most ``window_secs`` apart; events in between are ignored. A step with
+``min_count = N`` needs N events. Time is event time (the row's TimeGenerated), never the
+clock, so replays and backfills find the same matches.
+
+State is small by construction: for each principal, sequence and step reached, only the
+partial match that started last is kept (it has the most window left, so for events in
+time order it completes whenever an earlier-started one would), as a tuple of record
+times, plus, for a ``min_count`` step, the times counted so far (a sliding count for a
+first step; a later step counts against the partial match it started with, until that
+expires). Only a first-step event creates state; partial matches expire with their window,
+a principal's state goes once it holds nothing, and at most ``max_principals`` principals
+are kept (least recently seen evicted first). Events are expected in roughly time order: an
+event older than a partial match's last event does not extend it.
+:meth:`SequenceDetector.snapshot` gives plain JSON-able state and
+:meth:`SequenceDetector.restore` rebuilds it, so a detector can live in a bytewax stateful
+operator (keyed by principal, or one per worker).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from operators.enrich.rules import (
+    PRIORITIES,
+    Pred,
+    Reason,
+    RuleError,
+    compile_match,
+    compile_reason,
+    load_entries,
+    pinned_event_names,
+    table_columns,
+)
+
+__all__ = [
+    "DEFAULT_SEQUENCES",
+    "SequenceDetector",
+    "SequenceMatch",
+    "SequenceSpec",
+    "event_time",
+    "load_sequences",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SEQUENCES = Path(__file__).with_name("sequences") / "default.toml"
+"""The packaged sequences, always loaded first unless ``include_default=False``."""
+SNAPSHOT_VERSION = 1
+
+_SEQ_KEYS = frozenset({"id", "table", "principal", "window_secs", "priority", "reason", "steps",
+                       "enabled", "description"})
+_STEP_KEYS = frozenset({"match", "any", "min_count", "name"})
+_Chain = tuple[float, ...]
+
+
+def event_time(value: Any) -> float | None:
+    """Epoch seconds of an ISO 8601 time (``2026-11-28T14:30:00.123Z``), or None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceMatch:
+    """A completed sequence: who, why, and the event times of the records that made it."""
+
+    sequence_id: str
+    principal: str
+    reason: str
+    record_times: tuple[float, ...]
+    """Event times (epoch seconds) of the matched records, first to last."""
+    priority: str = "high"
+
+
+@dataclass(frozen=True, eq=False)
+class SequenceSpec:
+    """One compiled sequence (build with :func:`load_sequences`)."""
+
+    id: str
+    table: str
+    principal: str
+    window_secs: float
+    priority: str
+    reason: str
+    origin: str
+    step_preds: tuple[Pred, ...] = field(repr=False)
+    step_pins: tuple[frozenset[str] | None, ...] = field(repr=False)
+    counts: tuple[int, ...] = field(repr=False)
+    """Each step's min_count."""
+    render: Reason = field(repr=False)
+
+
+def load_sequences(paths: Iterable[str | Path] | None = None, *,
+                   include_default: bool = True) -> tuple[SequenceSpec, ...]:
+    """The packaged sequences plus ``paths`` (each adds, replaces or removes by id).
+
+    :raises RuleError: With every problem of every file, naming file and sequence.
+    """
+    files = ([DEFAULT_SEQUENCES] if include_default else []) + list(paths or ())
+    problems: list[str] = []
+    specs = []
+    for origin, e in load_entries(files, "sequences", problems):
+        where = f"{origin}: sequence {e['id']!r}"
+        n = len(problems)
+        for k in sorted(set(e) - _SEQ_KEYS):
+            problems.append(f"{where}: unknown key {k!r}; sequences take "
+                            f"{', '.join(sorted(_SEQ_KEYS))}")
+        table, principal = e.get("table", "AWSCloudTrail"), e.get("principal", "UserIdentityArn")
+        window, priority = e.get("window_secs"), e.get("priority", "high")
+        if not isinstance(table, str) or not table:
+            problems.append(f"{where}: 'table' must be a table name or \"*\"")
+            table = "*"
+        cols = table_columns(table)
+        if not isinstance(principal, str) or (cols is not None and principal not in cols):
+            problems.append(f"{where}: principal {principal!r} must be a column of {table}")
+        if isinstance(window, bool) or not isinstance(window, (int, float)) or window <= 0:
+            problems.append(f"{where}: window_secs must be a positive number of seconds")
+        if priority not in PRIORITIES:
+            problems.append(f"{where}: priority {priority!r} is not one of {', '.join(PRIORITIES)}")
+        render = compile_reason(e.get("reason"), where, problems)
+        steps = e.get("steps")
+        if not isinstance(steps, list) or not steps or not all(isinstance(s, dict) for s in steps):
+            problems.append(f"{where}: 'steps' must be a non-empty list of tables with 'match'")
+            steps = []
+        preds, pins, counts = [], [], []
+        for i, step in enumerate(steps):
+            swhere = f"{where}: steps[{i}]"
+            for k in sorted(set(step) - _STEP_KEYS):
+                problems.append(f"{swhere}: unknown key {k!r}; steps take "
+                                f"{', '.join(sorted(_STEP_KEYS))}")
+            match = step.get("match", {})
+            if not isinstance(match, dict) or not (match or "any" in step):
+                problems.append(f"{swhere}: 'match' must be a non-empty table of conditions")
+                match = {}
+            if "any" in step:
+                match = {**match, "any": step["any"]} if "any" not in match else match
+            count = step.get("min_count", 1)
+            if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 1000:
+                problems.append(f"{swhere}: min_count must be a whole number from 1 to 1000")
+                count = 1
+            preds.append(compile_match(match, swhere, problems, cols))
+            pins.append(pinned_event_names(match))
+            counts.append(count)
+        if len(problems) > n or render is None:
+            continue
+        specs.append(SequenceSpec(e["id"], table, principal, float(window), priority,
+                                  e["reason"], origin, tuple(preds), tuple(pins), tuple(counts),
+                                  render))
+    if problems:
+        raise RuleError(problems, what="sequence")
+    return tuple(specs)
+
+
+_Candidate = tuple[int, int, Pred]  # spec index, step index, predicate
+
+
+class SequenceDetector:
+    """Finds declared sequences in a stream of rows, per principal, in event time.
+
+    :arg specs: Compiled sequences (:func:`load_sequences`); None loads the packaged ones.
+    :arg max_principals: Most principals with partial matches kept; the least recently
+        seen are evicted beyond it (their partial matches are lost).
+    """
+
+    def __init__(self, specs: Iterable[SequenceSpec] | None = None,
+                 max_principals: int = 100_000) -> None:
+        if max_principals < 1:
+            msg = f"max_principals must be at least 1, got {max_principals}"
+            raise ValueError(msg)
+        self.specs = tuple(load_sequences() if specs is None else specs)
+        self.max_principals = max_principals
+        self.evicted = 0
+        """Principals dropped (with their partial matches) to stay within max_principals."""
+        self._state: OrderedDict[str, dict[str, list[Any]]] = OrderedDict()
+        self._index: dict[str, tuple[dict[str, tuple[_Candidate, ...]],
+                                     tuple[_Candidate, ...]]] = {}
+
+    def __len__(self) -> int:
+        """Principals with partial matches."""
+        return len(self._state)
+
+    def _build(self, table: str) -> tuple[dict[str, tuple[_Candidate, ...]],
+                                          tuple[_Candidate, ...]]:
+        mine = [((si, j, pred), pin) for si, spec in enumerate(self.specs)
+                if spec.table in (table, "*")
+                for j, (pred, pin) in enumerate(zip(spec.step_preds, spec.step_pins))]
+        generic = tuple(c for c, pin in mine if pin is None)
+        names = {n for _, pin in mine if pin for n in pin}
+        by_event = {n: tuple(c for c, pin in mine if pin is None or n in pin) for n in names}
+        self._index[table] = (by_event, generic)
+        return by_event, generic
+
+    def observe(self, table: str, row: Mapping[str, Any],
+                ts: float | None = None) -> list[SequenceMatch]:
+        """Feed one row; returns the sequences it completes (usually none).
+
+        :arg ts: The row's event time in epoch seconds; by default its TimeGenerated. A row
+            without a usable time cannot be placed in a window and is ignored.
+        """
+        index = self._index.get(table)
+        by_event, candidates = index if index is not None else self._build(table)
+        if by_event:
+            name = row.get("EventName")
+            if name.__class__ is str:
+                candidates = by_event.get(name, candidates)
+        hits: dict[int, set[int]] | None = None
+        for si, j, pred in candidates:
+            if pred(row):
+                if hits is None:
+                    hits = {}
+                hits.setdefault(si, set()).add(j)
+        if hits is None:
+            return []
+        out: list[SequenceMatch] = []
+        when = None
+        for si, steps in hits.items():
+            spec = self.specs[si]
+            principal = row.get(spec.principal)
+            if principal is None or principal == "":
+                continue
+            principal = principal if principal.__class__ is str else str(principal)
+            if 0 not in steps and principal not in self._state:
+                continue  # a later step, and no partial match to advance: the common case
+            if when is None:
+                when = event_time(row.get("TimeGenerated") if ts is None else ts)
+                if when is None:
+                    return out
+            done = self._advance(spec, principal, steps, when)
+            if done is not None:
+                extra = {"principal": principal, "sequence_id": spec.id, "count": len(done)}
+                out.append(SequenceMatch(spec.id, principal, spec.render(row, extra), done,
+                                         spec.priority))
+        return out
+
+    def _advance(self, spec: SequenceSpec, principal: str, steps: set[int],
+                 ts: float) -> _Chain | None:
+        state = self._state.get(principal)
+        if state is None:
+            if 0 not in steps:  # nothing to advance: no state for this principal
+                return None
+            state = self._state[principal] = {}
+            if len(self._state) > self.max_principals:
+                self._state.popitem(last=False)
+                self.evicted += 1
+        else:
+            self._state.move_to_end(principal)
+        counts, window, last = spec.counts, spec.window_secs, len(spec.counts) - 1
+        entries = state.get(spec.id)
+        entries = [_EMPTY] * len(counts) if entries is None else _expire(entries, ts, window)
+        done_chain = None
+        for j in range(last, -1, -1):  # last step first: one event advances a chain one step
+            if j not in steps:
+                continue
+            done, anchor, times = entries[j]
+            if j == 0:
+                prev: _Chain = ()
+            else:
+                prev = entries[j - 1][0]  # type: ignore[assignment]
+                if prev is None or ts < prev[-1] or ts - prev[0] > window:
+                    continue
+            need = counts[j]
+            if need == 1:
+                new = (*prev, ts)
+            elif j == 0:  # a sliding count: the last `need` times within one window
+                times = (*(t for t in times if t <= ts), ts)[-need:]
+                entries[0] = (done, None, times)
+                if len(times) < need:
+                    continue
+                new = times
+            else:  # counts against the partial match it started with, until that expires
+                if anchor is None or (anchor != prev and not times):
+                    anchor, times = prev, ()
+                times = (*times, ts)
+                if len(times) < need:
+                    entries[j] = (done, anchor, times)
+                    continue
+                new = (*anchor, *times)
+                entries[j] = (done, None, ())
+            if j == last:
+                done_chain = new
+            elif done is None or new[0] >= done[0]:
+                entries[j] = (new, entries[j][1], entries[j][2])
+        if done_chain is not None or all(d is None and not t for d, _, t in entries):
+            state.pop(spec.id, None)
+            if not state:
+                del self._state[principal]
+        else:
+            state[spec.id] = entries
+        return done_chain
+
+    def snapshot(self) -> dict[str, Any]:
+        """The partial matches as plain JSON-able data, least recently seen principal first.
+
+        Per principal and sequence, one ``[done, anchor, times]`` per step: the partial match
+        through that step (record times), and for a ``min_count`` step the times counted so
+        far (and, after the first step, the partial match they extend).
+        """
+        return {"version": SNAPSHOT_VERSION, "principals": [
+            [p, {sid: [[_list(d), _list(a), list(t)] for d, a, t in entries]
+                 for sid, entries in state.items()}]
+            for p, state in self._state.items()]}
+
+    @classmethod
+    def restore(cls, specs: Iterable[SequenceSpec] | None, snapshot: Mapping[str, Any] | None,
+                max_principals: int = 100_000) -> SequenceDetector:
+        """A detector continuing from ``snapshot`` (None: a fresh one).
+
+        Partial matches of sequences that are gone, or whose number of steps changed, are
+        dropped (and logged): they cannot be continued meaningfully.
+
+        :raises ValueError: The snapshot is of another format version.
+        """
+        det = cls(specs, max_principals)
+        if not snapshot:
+            return det
+        if snapshot.get("version") != SNAPSHOT_VERSION:
+            msg = (f"sequence snapshot version {snapshot.get('version')!r} is not "
+                   f"{SNAPSHOT_VERSION}; start without the old state (it cannot be read)")
+            raise ValueError(msg)
+        nsteps = {s.id: len(s.counts) for s in det.specs}
+        dropped = 0
+        for principal, state in list(snapshot.get("principals", ()))[-max_principals:]:
+            kept = {}
+            for sid, entries in state.items():
+                if nsteps.get(sid) != len(entries):
+                    dropped += 1
+                    continue
+                kept[sid] = [(_tuple(d), _tuple(a), _tuple(t) or ()) for d, a, t in entries]
+            if kept:
+                det._state[str(principal)] = kept
+        if dropped:
+            log.warning("dropped %d partial sequence matches whose sequence is gone or changed",
+                        dropped)
+        return det
+
+
+_EMPTY: tuple[_Chain | None, _Chain | None, _Chain] = (None, None, ())
+
+
+def _expire(entries: list[Any], ts: float, window: float) -> list[Any]:
+    """Entries without the parts whose window has passed at ``ts``."""
+    out = []
+    for j, (done, anchor, times) in enumerate(entries):
+        if done is not None and ts - done[0] > window:
+            done = None
+        if anchor is not None and ts - anchor[0] > window:
+            anchor, times = None, ()
+        elif j == 0 and times and ts - times[0] > window:
+            times = tuple(t for t in times if ts - t <= window)
+        out.append((done, anchor, times))
+    return out
+
+
+def _list(chain: _Chain | None) -> list[float] | None:
+    return None if chain is None else list(chain)
+
+
+def _tuple(times: Iterable[Any] | None) -> _Chain | None:
+    return None if times is None else tuple(float(t) for t in times)
