@@ -11,6 +11,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
     "BATCH_BYTES",
+    "BATCH_RECORDS",
+    "EVENT_DELAY_SECONDS",
+    "THROTTLE_WAIT_SECONDS",
     "DEADLETTER_RECORDS",
     "ERRORS",
     "IN_FLIGHT_OBJECTS",
@@ -18,6 +21,8 @@ __all__ = [
     "OLDEST_UNDELIVERED_SECONDS",
     "FIELDS_TRUNCATED",
     "OBJECTS",
+    "OBJECTS_LISTED",
+    "OBJECT_BYTES",
     "OBJECT_RETRIES",
     "RECORDS_DELIVERED",
     "RECORDS_READ",
@@ -40,6 +45,16 @@ OBJECT_RETRIES = Counter(
     "s3sentinel_object_retries_total",
     "Transient S3 failures (throttling, 5xx, network) that were retried.",
     ["source", "operation"],
+)
+OBJECT_BYTES = Counter(
+    "s3sentinel_object_bytes_total",
+    "Bytes of S3 objects finished (as stored, compressed or not).",
+    ["source"],
+)
+OBJECTS_LISTED = Counter(
+    "s3sentinel_objects_listed_total",
+    "Objects found by listing or received in SQS notifications, to be read.",
+    ["source"],
 )
 RECORDS_READ = Counter(
     "s3sentinel_records_read_total",
@@ -81,6 +96,23 @@ REQUEST_RETRIES = Counter(
     "Requests retried, by reason (throttled, server_error, connection, too_large).",
     ["stream", "reason"],
 )
+THROTTLE_WAIT_SECONDS = Counter(
+    "s3sentinel_throttle_wait_seconds_total",
+    "Seconds spent waiting on Retry-After after 429 responses.",
+    ["stream"],
+)
+EVENT_DELAY_SECONDS = Histogram(
+    "s3sentinel_event_delay_seconds",
+    "End-to-end delay: the first row's TimeGenerated to the request's acceptance (per request).",
+    ["stream"],
+    buckets=(1, 5, 15, 30, 60, 120, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400),
+)
+BATCH_RECORDS = Histogram(
+    "s3sentinel_batch_records",
+    "Records in one accepted request.",
+    ["stream"],
+    buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000, 20000),
+)
 REQUEST_SECONDS = Histogram(
     "s3sentinel_request_seconds",
     "Latency of one Logs Ingestion API request.",
@@ -113,18 +145,18 @@ SQS_MESSAGES = Counter(
 IN_FLIGHT_OBJECTS = Gauge(
     "s3sentinel_in_flight_objects",
     "Objects read (or being read) whose records are not all delivered or dead-lettered yet.",
-    ["source"],
+    ["source", "partition"],
 )
 LAG_SECONDS = Gauge(
     "s3sentinel_lag_seconds",
     "Seconds between an object's arrival (LastModified or the SQS SentTimestamp) and the "
     "delivery of its last record, for the last object finished.",
-    ["source"],
+    ["source", "partition"],
 )
 OLDEST_UNDELIVERED_SECONDS = Gauge(
     "s3sentinel_oldest_undelivered_seconds",
     "Age of the oldest object received whose records are not all accounted for yet.",
-    ["source"],
+    ["source", "partition"],
 )
 
 

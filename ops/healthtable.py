@@ -111,8 +111,12 @@ class HealthReporter:
                 self._last_success[labels["stream"]] = now
         dead = sum(self._delta(f"dead|{lb['stage']}|{lb['reason']}", v)
                    for lb, v in _samples(metrics.DEADLETTER_RECORDS))
-        lag = {lb["source"]: v for lb, v in _samples(metrics.LAG_SECONDS)}
-        oldest = {lb["source"]: v for lb, v in _samples(metrics.OLDEST_UNDELIVERED_SECONDS)}
+        lag: dict[str, float] = {}
+        for lb, v in _samples(metrics.LAG_SECONDS):
+            lag[lb["source"]] = max(v, lag.get(lb["source"], 0.0))
+        oldest: dict[str, float] = {}
+        for lb, v in _samples(metrics.OLDEST_UNDELIVERED_SECONDS):
+            oldest[lb["source"]] = max(v, oldest.get(lb["source"], 0.0))
         failed = []
         if self._readiness is not None:
             failed = [f"{n}: {c.detail}" for n, c in self._readiness.run().items() if not c.ok]

@@ -32,6 +32,7 @@ from urllib.parse import unquote_plus
 
 import orjson
 
+from connectors.s3.delivery import add_offset
 from connectors.s3.discovery import skip_reason
 from connectors.s3.source import Clock, Item, _S3Partition
 from connectors.sentinel.journal import JournalView
@@ -150,13 +151,14 @@ class SqsPartition(_S3Partition):
                 if obj is None or obj.key != item.obj.key:
                     obj = self._tracked.get(item.obj.key)
                 if obj is not None:
-                    _add(obj.emitted, item.offset)
+                    add_offset(obj.emitted, item.offset)
         return out
 
     def next_awake(self) -> datetime | None:
-        if self._messages:  # wake for visibility extensions and deletions
-            soon = self._clock() + timedelta(seconds=CHECK_EVERY_SECS)
-            return soon if self._wake_at is None else min(self._wake_at, soon)
+        # Idle with messages in flight: wake for visibility extensions and deletions. (None
+        # means "call again at once": never delay a busy partition.)
+        if self._wake_at is not None and self._messages:
+            return min(self._wake_at, self._clock() + timedelta(seconds=CHECK_EVERY_SECS))
         return self._wake_at
 
     def _report(self, progressed: bool) -> None:
@@ -233,13 +235,14 @@ class SqsPartition(_S3Partition):
                 if same is None or (o.etag and same.etag and o.etag != same.etag):
                     same = self._tracked[o.key] = _Object(o.key, o.etag, o.size)
                     self._todo.append(same)
+                    metrics.OBJECTS_LISTED.labels(src.name).inc()
                 else:
                     metrics.SQS_MESSAGES.labels(src.name, "duplicate").inc()
                 same.users += 1
                 msg.objects.append(same)
             self._messages[msg.message_id] = msg
         self._fetch.want(o.key for o in self._todo)
-        metrics.IN_FLIGHT_OBJECTS.labels(src.name).set(
+        metrics.IN_FLIGHT_OBJECTS.labels(src.name, self._name).set(
             sum(len(m.objects) for m in self._messages.values()))
 
     def _wanted(self, o: NotifiedObject) -> bool:
@@ -278,6 +281,7 @@ class SqsPartition(_S3Partition):
 
     def _finish(self, ref: ObjectRef, outcome: str) -> None:
         metrics.OBJECTS.labels(self._src.name, outcome).inc()
+        metrics.OBJECT_BYTES.labels(self._src.name).inc(ref.size)
         obj = self._current
         if obj is not None and obj.key == ref.key:
             obj.object_id = ref.id
@@ -293,7 +297,7 @@ class SqsPartition(_S3Partition):
     def _fail_object(self, ref: ObjectRef, offset: int | None, reason: str) -> None:
         obj = self._current
         if obj is not None and obj.key == ref.key:
-            _add(obj.emitted, offset or 0)  # the dead-letter journal marks it and the rest
+            add_offset(obj.emitted, offset or 0)  # the dead-letter journal marks it and the rest
         super()._fail_object(ref, offset, reason)
 
     def _maintain(self) -> None:
@@ -309,13 +313,13 @@ class SqsPartition(_S3Partition):
             if all(o.done and self._view.covered_ranges(o.object_id, o.emitted)
                    for o in msg.objects):
                 self._delete(msg, "deleted")
-                metrics.LAG_SECONDS.labels(src.name).set(max(0.0, time.time() - msg.sent_ts))
+                metrics.LAG_SECONDS.labels(src.name, self._name).set(max(0.0, time.time() - msg.sent_ts))
                 continue
             oldest = max(oldest, time.time() - msg.sent_ts)
             if msg.visible_until - now < src.visibility_timeout_secs / 3:
                 extend.append(msg)
-        metrics.OLDEST_UNDELIVERED_SECONDS.labels(src.name).set(oldest)
-        metrics.IN_FLIGHT_OBJECTS.labels(src.name).set(
+        metrics.OLDEST_UNDELIVERED_SECONDS.labels(src.name, self._name).set(oldest)
+        metrics.IN_FLIGHT_OBJECTS.labels(src.name, self._name).set(
             sum(len(m.objects) for m in self._messages.values()))
         for i in range(0, len(extend), 10):
             chunk = extend[i:i + 10]
@@ -349,20 +353,3 @@ class SqsPartition(_S3Partition):
                     del self._tracked[obj.key]
                 if obj.object_id:
                     self._view.forget(obj.object_id)
-
-
-def _add(ranges: list[list[int]], offset: int) -> None:
-    if ranges and ranges[-1][1] == offset:
-        ranges[-1][1] = offset + 1
-    elif not ranges or offset > ranges[-1][1]:
-        ranges.append([offset, offset + 1])
-    else:  # out of order (not expected): merge properly
-        ranges.append([offset, offset + 1])
-        ranges.sort()
-        merged: list[list[int]] = []
-        for s, e in ranges:
-            if merged and s <= merged[-1][1]:
-                merged[-1][1] = max(merged[-1][1], e)
-            else:
-                merged.append([s, e])
-        ranges[:] = merged

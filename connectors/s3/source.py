@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
@@ -25,6 +26,7 @@ from typing import Any
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from typing_extensions import override
 
+from connectors.s3.delivery import DeliveryTracker, add_offset
 from connectors.s3.discovery import ListedObject, Lister, RecentKeys
 from connectors.s3.errors import ObjectReadError, is_transient
 from connectors.s3.framing import FramingError
@@ -69,7 +71,8 @@ class _Reading:
 
 class _S3Partition(StatefulSourcePartition[Item, dict]):
     def __init__(self, s3: Any, src: SourceConfig, name: str, shard: int, shards: int,
-                 resume_state: dict | None, *, catch_up: bool, clock: Clock) -> None:
+                 resume_state: dict | None, *, catch_up: bool, clock: Clock,
+                 journal_dir: str | None = None) -> None:
         self._src = src
         self._name = name
         self._catch_up = catch_up
@@ -89,6 +92,8 @@ class _S3Partition(StatefulSourcePartition[Item, dict]):
         self._errors: list[ErrorRecord] = []
         self._parsers: dict[str, TextFormat | None] = {}
         self._modified = state.modified  # LastModified of the object being opened or read
+        self._tracker = DeliveryTracker(journal_dir, src.name, name) if journal_dir else None
+        self._emitted: list[list[int]] = []  # offsets emitted of the object being read
         self._recent: RecentKeys | None = None
         if src.lookback_secs > 0:
             not_before = 0.0
@@ -106,6 +111,8 @@ class _S3Partition(StatefulSourcePartition[Item, dict]):
             self._wake_at = self._clock() + timedelta(seconds=1)
             self._report(False)
             return []
+        if self._tracker is not None:
+            self._tracker.check()
         if self._wake_at is not None:
             if self._clock() < self._wake_at:
                 return []
@@ -130,6 +137,10 @@ class _S3Partition(StatefulSourcePartition[Item, dict]):
 
     @override
     def next_awake(self) -> datetime | None:
+        # Idle with objects not yet accounted for: wake now and then to keep the freshness
+        # gauges current. (None means "call again at once": never delay a busy partition.)
+        if self._wake_at is not None and self._tracker is not None and self._tracker.waiting:
+            return min(self._wake_at, self._clock() + timedelta(seconds=1))
         return self._wake_at
 
     @override
@@ -195,6 +206,7 @@ class _S3Partition(StatefulSourcePartition[Item, dict]):
             self._wake_at = self._clock() + timedelta(seconds=self._src.poll_secs)
             return False
         self._queue.extend(listed)
+        metrics.OBJECTS_LISTED.labels(self._src.name).inc(len(listed))
         self._listed_to = listed[-1].key
         self._fetch.want(o.key for o in self._queue)
         return True
@@ -248,10 +260,13 @@ class _S3Partition(StatefulSourcePartition[Item, dict]):
         r = self._reading
         assert r is not None
         out: list[Item] = []
+        track = self._tracker is not None
         try:
             for offset, data, header in r.records:
                 out.append(RawRecord(r.ref, offset, data, header))
                 r.next_offset = offset + 1
+                if track:
+                    add_offset(self._emitted, offset)
                 if len(out) >= BATCH_RECORDS:
                     break
             else:
@@ -277,6 +292,10 @@ class _S3Partition(StatefulSourcePartition[Item, dict]):
 
     def _finish(self, ref: ObjectRef, outcome: str) -> None:
         metrics.OBJECTS.labels(self._src.name, outcome).inc()
+        metrics.OBJECT_BYTES.labels(self._src.name).inc(ref.size)
+        if self._tracker is not None:
+            self._tracker.add(ref.id, self._emitted, self._modified or time.time())
+        self._emitted = []
         if self._recent is not None:
             rest = min((o.modified for o in self._queue if o.key != ref.key), default=float("inf"))
             self._recent.add(ref.key, self._modified, rest)
@@ -293,6 +312,8 @@ class _S3Partition(StatefulSourcePartition[Item, dict]):
     def _fail_object(self, ref: ObjectRef, offset: int | None, reason: str) -> None:
         """Report an object that cannot be read (from ``offset`` on) and move past it."""
         log.error("%s: giving up on this object at record %s: %s", ref.uri, offset, reason)
+        if self._tracker is not None:
+            add_offset(self._emitted, offset or 0)  # the dead-letter journal marks it and the rest
         metrics.ERRORS.labels(self._src.name, "read", "object_unreadable").inc()
         self._finish(ref, "failed")
         self._errors.append(ErrorRecord(ref, offset, "read", reason, code="object_unreadable"))
@@ -361,4 +382,5 @@ class S3Source(FixedPartitionedSource[Item, dict]):
             return SqsPartition(self._s3_factory(), self._sqs_factory(), src, for_part,
                                 self._journal_dir, catch_up=self._catch_up, clock=self._clock)
         return _S3Partition(self._s3_factory(), src, for_part, int(index), int(count),
-                            resume_state, catch_up=self._catch_up, clock=self._clock)
+                            resume_state, catch_up=self._catch_up, clock=self._clock,
+                            journal_dir=self._journal_dir)

@@ -20,8 +20,10 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import socket
 import time
+from datetime import datetime, timezone
 from collections.abc import Callable
 from typing import Any
 
@@ -59,6 +61,23 @@ def delivery_entries(batch: Batch, ex: DeliveryError, why: str) -> list[dict]:
                     "request_id": ex.request_id, "reason": f"{why}: {ex}", "time": now,
                     "row": row.decode()})
     return out
+
+
+_TIME_GENERATED = re.compile(rb'"TimeGenerated":"([0-9T:.+-]+Z?)"')
+
+
+def _event_delay(row: bytes) -> float | None:
+    """Seconds from a row's TimeGenerated to now (None when it has none)."""
+    m = _TIME_GENERATED.search(row)
+    if m is None:
+        return None
+    try:
+        t = datetime.fromisoformat(m.group(1).decode().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    return max(0.0, time.time() - t.timestamp())
 
 
 class _SentinelPartition(StatelessSinkPartition[Batch]):
@@ -143,6 +162,8 @@ class _SentinelPartition(StatelessSinkPartition[Batch]):
                     continue
                 reason = {429: "throttled", None: "connection"}.get(ex.status, "server_error")
                 metrics.REQUEST_RETRIES.labels(part.stream, reason).inc()
+                if ex.status == 429:
+                    metrics.THROTTLE_WAIT_SECONDS.labels(part.stream).inc(delay)
                 log.warning("stream %s: %d rows not delivered (%s); retry %d in %.1fs",
                             part.stream, len(part.rows), ex, attempt, delay)
                 self._sleep(delay)
@@ -155,6 +176,10 @@ class _SentinelPartition(StatelessSinkPartition[Batch]):
             metrics.REQUESTS.labels(part.stream, "204").inc()
             metrics.REQUEST_BYTES.labels(part.stream).inc(len(body))
             metrics.RECORDS_DELIVERED.labels(part.stream).inc(len(part.rows))
+            metrics.BATCH_RECORDS.labels(part.stream).observe(len(part.rows))
+            delay = _event_delay(part.rows[0])
+            if delay is not None:
+                metrics.EVENT_DELAY_SECONDS.labels(part.stream).observe(delay)
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:

@@ -99,6 +99,14 @@ def test_ops_server_of_a_running_flow(clean: LocalStack, seeded: Seeded, tmp_pat
         assert got[("s3sentinel_objects_total", ("outcome=completed", "source=trail"))] == objects
         assert got[("s3sentinel_records_read_total", ("source=trail",))] == total
         assert ("s3sentinel_request_seconds_bucket", ("le=+Inf", f"stream={TRAIL}")) in got
+        # Freshness: every object accounted for, so nothing is waiting; a lag was measured
+        # (the seeded objects arrived before the flow started, so it is positive).
+        for part in ("trail:0/2", "trail:1/2"):
+            labels = (f"partition={part}", "source=trail")
+            assert got[("s3sentinel_oldest_undelivered_seconds", labels)] == 0
+            assert got[("s3sentinel_lag_seconds", labels)] > 0
+        assert got[("s3sentinel_event_delay_seconds_count", (f"stream={TRAIL}",))] >= ok_requests
+        assert got[("s3sentinel_objects_listed_total", ("source=trail",))] == objects
 
         status, body = http(base + "/healthz")
         assert status == 200 and json.loads(body)["alive"] is True
