@@ -150,6 +150,11 @@ class SourceConfig:
     ignore_older_secs: float = 0.0
     """Listing: skip objects modified more than this many seconds before the partition
     started (0: read everything)."""
+    role_arn: str = ""
+    """IAM role to assume (STS AssumeRole, refreshed before expiry) to read this source, e.g.
+    in another account; empty uses the default credential chain."""
+    external_id: str = ""
+    """ExternalId for the AssumeRole call (the role's trust policy may require one)."""
     discovery: Literal["list", "sqs"] = "list"
     """How new objects are found: ``list`` the prefix every ``poll_secs`` (no AWS set-up), or
     ``sqs``: S3 event notifications (direct, through SNS, or EventBridge) on ``queue_url``."""
@@ -481,6 +486,11 @@ def _check(cfg: Config, problems: list[str]) -> None:
                                 "time such as 2026-11-01T00:00:00Z")
         if src.lookback_secs < 0 or src.ignore_older_secs < 0:
             problems.append(f"{where}: lookback_secs and ignore_older_secs must be >= 0")
+        if src.role_arn and not re.match(r"^arn:aws[\w-]*:iam::\d{12}:role/.+$", src.role_arn):
+            problems.append(f"{where}.role_arn: {src.role_arn!r} is not an IAM role ARN "
+                            "(arn:aws:iam::<account>:role/<name>)")
+        if src.external_id and not src.role_arn:
+            problems.append(f"{where}.external_id: only used with role_arn")
         if src.discovery == "sqs":
             if not src.queue_url.startswith(("https://", "http://")):
                 problems.append(f"{where}.queue_url: discovery = \"sqs\" needs the queue's URL "

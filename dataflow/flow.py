@@ -25,7 +25,7 @@ from connectors.deadletter import DeadLetterSink, DeadLetterStore
 from connectors.s3.source import S3Source
 from connectors.sentinel.sink import SentinelSink
 from dataflow import metrics
-from dataflow.config import Config, load_config
+from dataflow.config import AwsConfig, Config, SourceConfig, load_config
 from dataflow.messages import ErrorRecord, RawRecord, Rows
 from operators.batch import batch_rows
 from operators.parse import RecordMapper
@@ -43,10 +43,12 @@ def build_flow(cfg: Config, *, s3_factory: Callable[[], Any] | None = None,
     """
     tables = load_tables(cfg.runtime.tables_dir, cfg.tables)
     mapper = RecordMapper(cfg.sources, tables, cfg.batch.max_bytes)
+    # Per-source clients (each source may assume its own role), unless a test injects one.
+    client_for = functools.partial(_client_for, cfg.aws) if s3_factory is None else None
     s3_factory = s3_factory or functools.partial(s3_client, cfg.aws)
     source = S3Source(cfg.sources, s3_factory, catch_up=cfg.runtime.mode == "catch_up",
                       sqs_factory=functools.partial(sqs_client, cfg.aws),
-                      journal_dir=cfg.runtime.journal_dir)
+                      journal_dir=cfg.runtime.journal_dir, client_for=client_for)
 
     flow = Dataflow("s3sentinel")
     items = op.input("s3", flow, source)
@@ -68,6 +70,11 @@ def build_flow(cfg: Config, *, s3_factory: Callable[[], Any] | None = None,
                         dead_letters=dead_letters)
     op.output("sentinel", op.key_rm("unkey", batches), sink)
     return flow
+
+
+def _client_for(aws: AwsConfig, src: SourceConfig, service: str) -> Any:
+    make = s3_client if service == "s3" else sqs_client
+    return make(aws, src.role_arn, src.external_id)
 
 
 def _print_summary() -> None:

@@ -336,6 +336,8 @@ class S3Source(FixedPartitionedSource[Item, dict]):
         otherwise it polls for new objects every ``poll_secs``.
     :arg clock: Current time (injectable for tests).
     :arg sqs_factory: Builds the SQS client (sources with ``discovery = "sqs"``).
+    :arg client_for: Builds (S3 client, SQS client) for one source (per-source roles); when
+        given, it is used instead of ``s3_factory``/``sqs_factory``.
     :arg journal_dir: The upload journal's directory (SQS sources delete a message once the
         journal has all its records).
     """
@@ -343,15 +345,17 @@ class S3Source(FixedPartitionedSource[Item, dict]):
     def __init__(self, sources: list[SourceConfig], s3_factory: Callable[[], Any], *,
                  catch_up: bool = False, clock: Clock = _utcnow,
                  sqs_factory: Callable[[], Any] | None = None,
-                 journal_dir: str | None = None) -> None:
+                 journal_dir: str | None = None,
+                 client_for: Callable[[SourceConfig, str], Any] | None = None) -> None:
         self._sources = {s.name: s for s in sources}
+        self._client_for = client_for
         self._s3_factory = s3_factory
         self._sqs_factory = sqs_factory
         self._journal_dir = journal_dir
         self._catch_up = catch_up
         self._clock = clock
         sqs = [s.name for s in sources if s.discovery == "sqs"]
-        if sqs and (sqs_factory is None or journal_dir is None):
+        if sqs and ((sqs_factory is None and client_for is None) or journal_dir is None):
             msg = (f"sources {sqs} use SQS notifications: S3Source needs an sqs_factory and the "
                    "journal_dir (messages are deleted once the journal has their records)")
             raise ValueError(msg)
@@ -375,12 +379,14 @@ class S3Source(FixedPartitionedSource[Item, dict]):
             msg = (f"partition {for_part!r} was made for {count} partitions but source {source!r} "
                    f"now has {src.partitions}; changing partitions needs a fresh recovery store")
             raise ValueError(msg)
+        s3 = self._client_for(src, "s3") if self._client_for else self._s3_factory()
         if src.discovery == "sqs":
             from connectors.s3.notifications import SqsPartition
 
-            assert self._sqs_factory is not None and self._journal_dir is not None
-            return SqsPartition(self._s3_factory(), self._sqs_factory(), src, for_part,
-                                self._journal_dir, catch_up=self._catch_up, clock=self._clock)
-        return _S3Partition(self._s3_factory(), src, for_part, int(index), int(count),
+            assert self._journal_dir is not None
+            sqs = self._client_for(src, "sqs") if self._client_for else self._sqs_factory()
+            return SqsPartition(s3, sqs, src, for_part, self._journal_dir,
+                                catch_up=self._catch_up, clock=self._clock)
+        return _S3Partition(s3, src, for_part, int(index), int(count),
                             resume_state, catch_up=self._catch_up, clock=self._clock,
                             journal_dir=self._journal_dir)
