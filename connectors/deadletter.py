@@ -98,9 +98,10 @@ class DeadLetterStore:
     """
 
     def __init__(self, directory: str | os.PathLike[str], s3_uri: str | None = None,
-                 s3_factory: Callable[[], Any] | None = None) -> None:
+                 s3_factory: Callable[[], Any] | None = None, keyring: Any = None) -> None:
         self._dir = Path(directory)
         self._s3_uri = s3_uri
+        self._keyring = keyring
         self._s3: Any = None
         if s3_uri:
             if s3_factory is None:
@@ -116,8 +117,46 @@ class DeadLetterStore:
     def write(self, entries: list[dict], name: str) -> str:
         """Write entries as one new file named ``<name>-<time>-<seq>.jsonl``; returns its name."""
         fname = f"{name}-{time.time_ns()}-{next(_seq):06d}.jsonl"
-        self._put(fname, _dumps(entries))
+        self._put(fname, self._encode(fname, entries))
         return fname
+
+    def _encode(self, name: str, entries: Iterable[dict]) -> bytes:
+        if self._keyring is None:
+            return _dumps(entries)
+        from ops.crypto import encrypt_line
+
+        aad = name.encode()  # an entry moved to another file does not decrypt
+        return b"".join(encrypt_line(self._keyring, orjson.dumps(e), aad) + b"\n"
+                        for e in entries)
+
+    def _decode(self, name: str, data: bytes) -> list[dict]:
+        out = []
+        for line in data.splitlines():
+            if not line.strip():
+                continue
+            doc = orjson.loads(line)
+            if isinstance(doc, dict) and "kid" in doc and "ct" in doc:
+                if self._keyring is None:
+                    msg = (f"{self.location}/{name}: entries are encrypted (key "
+                           f"{doc['kid']!r}); configure runtime.encryption_key_file or "
+                           "runtime.encryption_keyvault_keys to read them")
+                    raise PermissionError(msg)
+                from ops.crypto import decrypt_line
+
+                doc = orjson.loads(decrypt_line(self._keyring, line, name.encode()))
+            out.append(doc)
+        return out
+
+    def rotate(self) -> tuple[int, int]:
+        """Re-encrypt every file under the current key (atomically, file by file); returns
+        (files, entries). Old keys must stay in the keyring until this has finished."""
+        files = entries = 0
+        for name in self.names():
+            got = self.read(name)
+            self.replace(name, got)
+            files += 1
+            entries += len(got)
+        return files, entries
 
     def names(self) -> list[str]:
         """Every entry file, oldest first (names start with their writer and time)."""
@@ -138,12 +177,12 @@ class DeadLetterStore:
             data = (self._dir / name).read_bytes()
         else:
             data = self._s3.get_object(Bucket=self._bucket, Key=self._prefix + name)["Body"].read()
-        return [orjson.loads(line) for line in data.splitlines() if line.strip()]
+        return self._decode(name, data)
 
     def replace(self, name: str, entries: list[dict]) -> None:
         """Atomically rewrite a file with the entries that remain (remove it when none)."""
         if entries:
-            self._put(name, _dumps(entries))
+            self._put(name, self._encode(name, entries))
         elif self._s3 is None:
             (self._dir / name).unlink(missing_ok=True)
             _fsync_dir(self._dir)
@@ -168,9 +207,9 @@ class DeadLetterStore:
         _fsync_dir(self._dir)
 
 
-def read_entries(directory: str | os.PathLike[str]) -> list[dict]:
+def read_entries(directory: str | os.PathLike[str], keyring: Any = None) -> list[dict]:
     """Every entry in a local dead-letter directory (for tests, reports and replay)."""
-    return DeadLetterStore(directory).entries()
+    return DeadLetterStore(directory, keyring=keyring).entries()
 
 
 def record_dead_letters(store: DeadLetterStore, journal: UploadJournal | None,
@@ -216,16 +255,18 @@ class DeadLetterSink(DynamicSink[ErrorRecord]):
 
     def __init__(self, directory: str | os.PathLike[str], s3_uri: str | None = None,
                  s3_factory: Callable[[], Any] | None = None,
-                 journal_dir: str | os.PathLike[str] | None = None) -> None:
+                 journal_dir: str | os.PathLike[str] | None = None,
+                 keyring: Any = None) -> None:
         self._dir = Path(directory)
         self._s3_uri = s3_uri
         self._s3_factory = s3_factory
         self._journal_dir = journal_dir
+        self._keyring = keyring
 
     @override
     def build(self, step_id: str, worker_index: int, worker_count: int) -> StatelessSinkPartition:
         name = f"errors-{socket.gethostname()}-{os.getpid()}-w{worker_index}"
-        store = DeadLetterStore(self._dir, self._s3_uri, self._s3_factory)
+        store = DeadLetterStore(self._dir, self._s3_uri, self._s3_factory, self._keyring)
         journal = None
         if self._journal_dir is not None:
             journal = UploadJournal(self._journal_dir, worker_index, name=DEAD_LETTERED)

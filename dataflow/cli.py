@@ -9,6 +9,8 @@
   for the table definitions, so the DCR declares exactly what the connector sends.
 - ``s3sentinel replay -c CONFIG [--since 6h] [--stream S] [--dry-run]``: send the
   dead-letter store's records again; what is delivered leaves the store.
+- ``s3sentinel rotate-key -c CONFIG``: re-encrypt the dead-letter store under the current
+  key (keep the old keys configured until it has finished).
 """
 
 from __future__ import annotations
@@ -129,6 +131,34 @@ def _replay(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+def _rotate_key(args: argparse.Namespace) -> int:
+    from connectors.deadletter import DeadLetterStore
+    from ops.keys import keyring_for
+
+    try:
+        cfg = load_config(args.config)
+        keyring = keyring_for(cfg)
+    except (ConfigError, ValueError) as ex:
+        print(ex, file=sys.stderr)
+        return 2
+    if keyring is None:
+        print("rotate-key: no key configured (runtime.encryption_key_file or "
+              "runtime.encryption_keyvault_keys)", file=sys.stderr)
+        return 2
+    import functools
+
+    from connectors.aws import s3_client
+
+    rt = cfg.runtime
+    store = DeadLetterStore(rt.errors_dir, rt.errors_s3_uri, functools.partial(s3_client, cfg.aws),
+                            keyring)
+    files, entries = store.rotate()
+    print(f"rotate-key: {entries} entries in {files} files of {store.location} now under key "
+          f"{keyring.current!r}; keys {', '.join(k for k in keyring.key_ids if k != keyring.current) or 'none'} "
+          "may be retired")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="s3sentinel", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -160,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--since", help="only entries newer than this (30m, 6h, 2d, or ISO-8601)")
     rep.add_argument("--stream", help="only rows bound for this DCR stream")
     rep.add_argument("--dry-run", action="store_true", help="count what would be sent")
+    rot = sub.add_parser("rotate-key", help="re-encrypt the dead-letter store under the current key")
+    _config_arg(rot)
     args, extra = parser.parse_known_args(argv)
     if args.command == "validate-config":
         return _validate(args)
@@ -169,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         return _dcr(args)
     if args.command == "replay":
         return _replay(args)
+    if args.command == "rotate-key":
+        return _rotate_key(args)
     return _run(args, [a for a in extra if a != "--"])
 
 

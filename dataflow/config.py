@@ -228,6 +228,14 @@ class RuntimeConfig:
     """The upload journal (records already accepted; keep it beside the recovery store)."""
     journal_retention_secs: float = 7 * 24 * 3600.0
     """How long delivered ranges are remembered after an object's last delivery."""
+    encryption_key_file: str = ""
+    """Encrypt dead-letter entries (AES-256-GCM) with the keys of this file (mode 0600:
+    ``{"current": "k2", "keys": {"k1": "<base64>", "k2": "<base64>"}}``)."""
+    encryption_keyvault_keys: list[str] = field(default_factory=list)
+    """Or: Key Vault secret names holding base64 keys (needs ops.keyvault_url); the key id is
+    the secret name."""
+    encryption_current_key: str = ""
+    """Key id that encrypts (with encryption_keyvault_keys); the others only decrypt."""
     recovery_dir: str = ".s3sentinel/recovery"
     """bytewax recovery store, used by ``s3sentinel run`` in continuous mode (created on first
     start). Keep it, the journal and the dead-letter directory on durable storage."""

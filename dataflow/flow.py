@@ -30,6 +30,7 @@ from dataflow.messages import ErrorRecord, RawRecord, Rows
 from operators.batch import batch_rows
 from operators.parse import RecordMapper
 from operators.schema import load_tables
+from ops.keys import keyring_for
 
 __all__ = ["build_flow"]
 
@@ -57,14 +58,16 @@ def build_flow(cfg: Config, *, s3_factory: Callable[[], Any] | None = None,
     rows = op.branch("map_ok", mapped, lambda x: isinstance(x, Rows))
     errors: op.Stream[ErrorRecord] = op.merge("errors", read.falses, rows.falses)
     rt = cfg.runtime
+    keyring = keyring_for(cfg)  # dead-letter entries encrypted at rest when configured
     op.output("dead_letter", errors, DeadLetterSink(rt.errors_dir, rt.errors_s3_uri, s3_factory,
-                                                    journal_dir=rt.journal_dir))
+                                                    journal_dir=rt.journal_dir, keyring=keyring))
 
     keyed = op.key_on("key", rows.trues, lambda r: f"{r.stream}|{r.partition}")
     batches = batch_rows("batch", keyed, max_bytes=cfg.batch.max_bytes,
                          max_records=cfg.batch.max_records,
                          max_age=timedelta(seconds=cfg.batch.max_age_secs))
-    dead_letters = functools.partial(DeadLetterStore, rt.errors_dir, rt.errors_s3_uri, s3_factory)
+    dead_letters = functools.partial(DeadLetterStore, rt.errors_dir, rt.errors_s3_uri, s3_factory,
+                                     keyring)
     sink = SentinelSink(cfg.sentinel, service_factory, journal_dir=rt.journal_dir,
                         journal_retention_secs=rt.journal_retention_secs,
                         dead_letters=dead_letters)

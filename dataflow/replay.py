@@ -100,7 +100,9 @@ def replay(cfg: Config, *, since: float | None = None, stream: str | None = None
     """Replay the dead-letter store of ``cfg`` (see the module docstring)."""
     s3_factory = s3_factory or functools.partial(s3_client, cfg.aws)
     rt = cfg.runtime
-    store = DeadLetterStore(rt.errors_dir, rt.errors_s3_uri, s3_factory)
+    from ops.keys import keyring_for
+
+    store = DeadLetterStore(rt.errors_dir, rt.errors_s3_uri, s3_factory, keyring_for(cfg))
     tables = load_tables(rt.tables_dir, cfg.tables)
     mapper = RecordMapper(cfg.sources, tables, cfg.batch.max_bytes)
     rebuild = _Rebuilder(cfg, mapper, s3_factory)

@@ -111,8 +111,11 @@ class OpsRuntime:
 
     def _dead_letters(self) -> DeadLetterStore:
         rt = self.cfg.runtime
+        from ops.keys import keyring_for
+
         return DeadLetterStore(rt.errors_dir, rt.errors_s3_uri,
-                               functools.partial(s3_client, self.cfg.aws))
+                               functools.partial(s3_client, self.cfg.aws),
+                               keyring_for(self.cfg, self.secrets))
 
     def _replay(self, dry_run: bool) -> str:
         from dataflow.replay import replay

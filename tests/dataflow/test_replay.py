@@ -17,7 +17,7 @@ BUCKET = "e2e-replay"
 STREAM = "Custom-AppEvents_CL"
 
 
-def _config(path: Path, *, fixed: bool) -> Path:
+def _config(path: Path, *, fixed: bool, runtime: str = "") -> Path:
     status_type = "string" if fixed else "int"
     misc = ('format = "delimited"\nfields = ["ts", "msg", "user"]\ntable = "AppEvents_CL"'
             if fixed else 'format = "auto"')
@@ -31,6 +31,7 @@ retry_max_secs = 5
 max_age_secs = 0.5
 [runtime]
 mode = "catch_up"
+{runtime}
 
 [[sources]]
 name = "app"
@@ -117,3 +118,34 @@ def test_poison_record_and_object_are_dead_lettered_then_replayed_once(
     assert len(got) == 57 == len(set(messages))
     assert {"POISON", "bad status", "line 0", "line 4"} <= set(messages)
     assert len({r["RecordId"] for r in got}) == 57
+
+
+def test_an_encrypted_entry_is_replayed_after_key_rotation(clean: LocalStack,
+                                                           tmp_path: Path) -> None:
+    import json
+
+    from connectors.deadletter import DeadLetterStore
+    from ops.crypto import Keyring, add_key_to_file, generate_key_file
+
+    keys = generate_key_file(tmp_path / "keys.json", "k1")
+    errors = tmp_path / "errors"
+    row = {"TimeGenerated": "2026-11-28T12:00:00Z", "Message": "kept secret", "RecordId": "e-0"}
+    DeadLetterStore(errors, keyring=Keyring.from_file(keys)).write([{
+        "stage": "deliver", "stream": STREAM, "record_id": "e0e0e0e0e0e0e0e0-0",
+        "object_id": "e0e0e0e0e0e0e0e0", "offset": 0, "row": json.dumps(row),
+        "reason": "HTTP 503", "time": 0}], "undelivered-w0")
+    assert b"kept secret" not in b"".join(p.read_bytes() for p in errors.iterdir())
+    config = _config(tmp_path / "flow.toml", fixed=True,
+                     runtime=f'encryption_key_file = "{keys}"')
+    add_key_to_file(keys, "k2")
+    rot = subprocess.run([sys.executable, "-m", "dataflow.cli", "rotate-key", "-c", str(config)],
+                         env=flow_env(clean, config, errors), cwd=ROOT, capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert rot.returncode == 0 and "1 entries in 1 files" in rot.stdout, rot.stdout + rot.stderr
+    doc = json.loads(keys.read_text())
+    del doc["keys"]["k1"]  # retired once rotation finished
+    keys.write_text(json.dumps(doc))
+    proc = _replay(clean, config, errors)
+    assert proc.returncode == 0 and f"delivered 1 records [{STREAM}=1]" in proc.stdout, \
+        proc.stdout + proc.stderr
+    assert [r["Message"] for r in clean.admin().records(STREAM)] == ["kept secret"]
