@@ -1,0 +1,292 @@
+"""Anomaly scoring: warm-up, novelty, rates against the daily rhythm, bounded state, resume,
+and detection on the labelled workload of ``bench/workload.py``."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import random
+import re
+import time
+
+import bytewax.operators as op
+import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSink, TestingSource, run_main
+
+from bench.detection import evaluate
+from bench.workload import SCENARIOS, generate
+from operators.enrich.anomaly import (
+    ANOMALOUS,
+    AnomalyConfig,
+    AnomalyScorer,
+    EntityState,
+    Score,
+    agent_family,
+    entity_items,
+    entity_keys,
+    principal_of,
+    stateful_mapper,
+)
+
+T0 = 1_794_182_400.0  # 2026-11-09T00:00:00Z, a Monday
+DAY = 86_400.0
+ALICE = "arn:aws:iam::111122223333:user/alice"
+CLI = "aws-cli/2.15.30 Python/3.11.8 Darwin/23.4.0 exe/x86_64 prompt/off"
+OFFICE = "198.51.100.7"
+READS = ["DescribeInstances", "DescribeVpcs", "DescribeSubnets", "DescribeVolumes",
+         "DescribeSecurityGroups", "DescribeImages"]
+
+
+def iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def row(ts: float, name: str = "DescribeInstances", source: str = "ec2", *, arn: str = ALICE,
+        ip: str = OFFICE, ua: str = CLI, error: str | None = None,
+        itype: str = "IAMUser") -> dict[str, object]:
+    r: dict[str, object] = {
+        "TimeGenerated": iso(ts), "EventName": name, "EventSource": f"{source}.amazonaws.com",
+        "SourceIpAddress": ip, "UserAgent": ua, "UserIdentityArn": arn,
+        "UserIdentityType": itype, "RecipientAccountId": "111122223333",
+        "AWSRegion": "us-east-1", "ReadOnly": name.startswith(("Describe", "List", "Get"))}
+    if error:
+        r["ErrorCode"] = error
+    return r
+
+
+def office_days(scorer: AnomalyScorer, days: int, *, start: float = T0, per_hour: int = 12,
+                arn: str = ALICE, seed: int = 0) -> list[Score]:
+    """A person's routine: weekdays 08-18 UTC, a few reads per 5 minutes, same IP and CLI."""
+    rng = random.Random(seed)
+    out = []
+    for d in range(days):
+        if d % 7 >= 5:
+            continue
+        for h in range(8, 18):
+            for _ in range(per_hour):
+                ts = start + d * DAY + h * 3600 + rng.uniform(0, 3600)
+                out.append(scorer.score(row(ts, rng.choice(READS), arn=arn)))
+    return out
+
+
+def test_warmup_suppresses_scores() -> None:
+    scorer = AnomalyScorer(AnomalyConfig(warmup_events=50, warmup_secs=2 * DAY))
+    office_days(scorer, 1)  # 120 events, but only one day of event time
+    early = scorer.score(row(T0 + DAY + 3600, "DeleteTrail", "cloudtrail", ip="185.220.101.9",
+                             ua="python-requests/2.31.0"))
+    assert early.value == 0.0 and early.reasons == ()
+
+    office_days(scorer, 2, start=T0 + DAY)  # now two days of history: warm
+    late = scorer.score(row(T0 + 3 * DAY + 3600, "StopLogging", "cloudtrail",
+                            ip="185.220.101.10", ua="python-requests/2.31.0"))
+    assert late.value >= ANOMALOUS
+    assert late.entity == f"principal:{ALICE}"
+
+    # enough time but too few events: still learning
+    sparse = AnomalyScorer(AnomalyConfig(warmup_events=50, warmup_secs=DAY))
+    for i in range(20):
+        sparse.score(row(T0 + i * 3 * 3600))
+    assert sparse.score(row(T0 + 3 * DAY, "DeleteTrail", "cloudtrail")).value == 0.0
+
+
+def test_first_seen_pair_after_warmup_is_scored_with_a_reason() -> None:
+    scorer = AnomalyScorer()
+    office_days(scorer, 14)
+    t = T0 + 14 * DAY + 10 * 3600  # Monday of the third week
+
+    trail = scorer.score(row(t, "DeleteTrail", "cloudtrail"))
+    assert trail.value >= ANOMALOUS  # a logging-tamper API is alarming on its own
+    assert f"first call of cloudtrail:DeleteTrail by {ALICE} after 14.0 days of history" \
+        in trail.reasons
+
+    user = scorer.score(row(t + 60, "CreateUser", "iam"))
+    assert 0.5 <= user.value < ANOMALOUS  # one weak signal stays below the threshold
+    assert any(r.startswith(f"first call of iam:CreateUser by {ALICE}") for r in user.reasons)
+    assert not any("iam:CreateUser" in r for r in scorer.score(row(t + 120, "CreateUser",
+                                                                       "iam")).reasons)
+
+    travel = scorer.score(row(t + 600, ip="203.0.113.50"))
+    assert 0.5 <= travel.value < ANOMALOUS
+    assert any(r.startswith(f"new source IP 203.0.113.50 for {ALICE} (network 203.0.113.0/24 "
+                            "never seen before)") for r in travel.reasons)
+
+    stolen = scorer.score(row(t + 900, ip="45.137.21.8", ua="python-requests/2.31.0"))
+    assert stolen.value >= ANOMALOUS  # two together do reach it
+    assert any("user agent never seen" in r for r in stolen.reasons)
+
+    upgraded = scorer.score(row(t + 1200, ua=CLI.replace("2.15.30", "2.16.2")))
+    assert upgraded.value == 0.0  # a new CLI version is not a new tool
+
+
+def test_rate_spike_detected_and_daily_rhythm_not_flagged() -> None:
+    scorer = AnomalyScorer()
+    etl = "arn:aws:sts::111122223333:assumed-role/etl-role/job"
+    rng = random.Random(1)
+    nightly: list[Score] = []
+    for d in range(9):
+        day = T0 + d * DAY
+        for k in range(300):  # the nightly bulk read: 300 GetObject in 02:00-02:04
+            sc = scorer.score(row(day + 2 * 3600 + k, "GetObject", "s3", arn=etl, ip="10.0.1.5"))
+            if d >= 4:
+                nightly.append(sc)
+        for m in range(0, 24 * 60, 10):  # and a call every 10 minutes, all day
+            if 120 <= m < 130:
+                continue
+            scorer.score(row(day + m * 60 + rng.uniform(0, 60), "GetParameter", "ssm", arn=etl,
+                             ip="10.0.1.5"))
+    assert max(s.value for s in nightly) < ANOMALOUS  # the usual bulk at its usual hour
+
+    t = T0 + 9 * DAY + 14 * 3600  # the same volume at 14:00 is not usual
+    day_burst = [scorer.score(row(t + k, "GetObject", "s3", arn=etl, ip="10.0.1.5"))
+                 for k in range(300)]
+    top = max(day_burst, key=lambda s: s.value)
+    assert top.value >= ANOMALOUS
+    assert re.fullmatch(rf"\d+ data reads \(GetObject\) in 5 min by {re.escape(etl)} vs "
+                        r"baseline \d+±\d+ \(peak \d+\)", top.reasons[0]), top.reasons
+
+    people = AnomalyScorer()
+    routine = office_days(people, 14)
+    assert max(s.value for s in routine[len(routine) // 3:]) < ANOMALOUS
+    t = T0 + 14 * DAY + 11 * 3600
+    burst = [people.score(row(t + k * 0.5, rng.choice(READS))) for k in range(400)]
+    assert any(any(f"calls in 5 min by {ALICE} vs baseline" in r for r in s.reasons)
+               for s in burst)
+    assert max(s.value for s in burst) < ANOMALOUS  # a script alone is not an incident
+
+
+def test_failed_calls_across_new_apis_flagged_but_a_denied_loop_is_not() -> None:
+    scorer = AnomalyScorer()
+    office_days(scorer, 14)
+    t = T0 + 14 * DAY + 10 * 3600
+    loop = [scorer.score(row(t + k * 3, "DescribeInstances", error="AccessDenied"))
+            for k in range(40)]  # a script without the right role, retrying
+    assert any(any("calls failed (AccessDenied)" in r for r in s.reasons) for s in loop)
+    assert max(s.value for s in loop) < ANOMALOUS
+
+    apis = [f"List{n}" for n in ("Users", "Roles", "Policies", "Secrets", "Keys", "Functions",
+                                 "Buckets", "Clusters", "Stacks", "Topics")]
+    t += 3600
+    recon = [scorer.score(row(t + k * 3, apis[k % 10], "iam", error="AccessDenied"))
+             for k in range(40)]
+    top = max(recon, key=lambda s: s.value)
+    assert top.value >= ANOMALOUS
+    assert any("APIs never called before" in r for r in top.reasons)
+    assert any("calls failed (AccessDenied)" in r for r in top.reasons)
+
+
+def test_state_is_bounded() -> None:
+    cfg = AnomalyConfig(max_entities=10_000, entity_kinds=("principal",))
+    scorer = AnomalyScorer(cfg)
+    r: dict[str, object] = {"EventName": "GetCallerIdentity", "EventSource": "sts.amazonaws.com"}
+    t0 = time.perf_counter()
+    for i in range(1_000_000):
+        r["UserIdentityArn"] = f"arn:aws:iam::111122223333:user/u{i}"
+        scorer.score(r, T0 + i)
+        if i % 100_000 == 0:
+            assert len(scorer) <= 10_000
+    assert len(scorer) == 10_000
+    assert scorer.evicted == 990_000
+    assert scorer.entity("principal:arn:aws:iam::111122223333:user/u999999") is not None
+    assert scorer.entity("principal:arn:aws:iam::111122223333:user/u0") is None
+    elapsed = time.perf_counter() - t0
+
+    # pair tables keep counts and evict the least used beyond their caps
+    one = AnomalyScorer(AnomalyConfig(entity_kinds=("principal",)))
+    for i in range(5_000):
+        one.score(row(T0 + i, f"Describe{i}", ip=f"10.{i // 250}.{i % 250}.1",
+                      ua=f"tool{i}/1.0"))
+    st = one.entity(f"principal:{ALICE}")
+    assert st is not None
+    cfg1 = one.config
+    assert len(st.pairs["ip"]) <= cfg1.max_ips
+    assert len(st.pairs["net"]) <= cfg1.max_networks
+    assert len(st.pairs["agent"]) <= cfg1.max_agents
+    assert len(st.pairs["api"]) <= cfg1.max_apis
+    assert elapsed < 60  # a generous bound: it takes a few seconds
+
+
+def test_snapshot_restore_gives_identical_scores() -> None:
+    wl = generate(6_000, seed=4)
+    half = len(wl.rows) * 2 // 3
+    a = AnomalyScorer()
+    for r in wl.rows[:half]:
+        a.score(r)
+    snap = json.loads(json.dumps(a.snapshot()))  # plain JSON, through text
+    b = AnomalyScorer()
+    b.restore(snap)
+    assert len(b) == len(a)
+    rest_a = [a.score(r) for r in wl.rows[half:]]
+    rest_b = [b.score(r) for r in wl.rows[half:]]
+    assert rest_a == rest_b
+    assert any(s.value >= ANOMALOUS for s in rest_a)  # the comparison covers real scores
+
+    with pytest.raises(ValueError, match="bucket_secs"):
+        AnomalyScorer(AnomalyConfig(bucket_secs=60)).restore(snap)
+    with pytest.raises(ValueError, match="version"):
+        AnomalyScorer().restore({**snap, "version": 99})
+
+
+def test_entity_state_pickles_small_and_resumes() -> None:
+    state = EntityState(f"principal:{ALICE}")
+    rows = [row(T0 + DAY * d + 3600 * h + m * 60, READS[m % 6])
+            for d in range(5) for h in range(9, 17) for m in range(0, 60, 7)]
+    for r in rows[:-50]:
+        state.update_and_score(r)
+    copy = pickle.loads(pickle.dumps(state))
+    assert copy.snapshot() == state.snapshot()
+    tail = rows[-50:] + [row(T0 + 5 * DAY + 36_000, "StopLogging", "cloudtrail")]
+    assert [copy.update_and_score(r) for r in tail] == [state.update_and_score(r) for r in tail]
+
+
+def test_stateful_map_in_a_bytewax_flow() -> None:
+    cfg = AnomalyConfig(warmup_events=20, warmup_secs=DAY)
+    rows = [row(T0 + i * 600) for i in range(300)]
+    rows.append(row(T0 + 300 * 600, "DeleteTrail", "cloudtrail"))
+    out: list[tuple[str, Score]] = []
+    flow = Dataflow("anomaly")
+    keyed = op.flat_map("entities", op.input("in", flow, TestingSource(rows)),
+                        lambda r: entity_items(r, cfg))
+    op.output("out", op.stateful_map("score", keyed, stateful_mapper(cfg)), TestingSink(out))
+    run_main(flow)
+    assert len(out) == sum(len(entity_keys(r, cfg)) for r in rows)
+    key, last = [kv for kv in out if kv[0].startswith("principal:")][-1]
+    assert key == f"principal:{ALICE}" and last.value >= ANOMALOUS
+
+
+def test_small_workload_detects_every_scenario_class() -> None:
+    wl = generate(20_000, seed=5)
+    assert {s.name for s in wl.scenarios} == set(SCENARIOS)
+    report = evaluate(wl)  # the anomaly scorer alone, without rules or sequences
+    missed = [name for name, d in report["scenarios"].items() if not d["detected"]]
+    assert not missed, report["scenarios"]
+    assert report["precision"] >= 0.8
+    assert report["fp_per_million"] < 200  # a handful at most on 20k normal events
+
+
+def test_row_views() -> None:
+    app = "arn:aws:sts::1:assumed-role/app/i-0abc123def4567890"
+    assert principal_of({"UserIdentityArn": app}) \
+        == "arn:aws:sts::1:assumed-role/app/*"
+    assert principal_of({"UserIdentityArn": "arn:aws:sts::1:assumed-role/sso/alice@example.com"}) \
+        == "arn:aws:sts::1:assumed-role/sso/alice@example.com"
+    assert principal_of({"UserIdentityAccessKeyId": "AKIA1"}) == "key:AKIA1"
+    assert principal_of({}) is None
+    assert agent_family(CLI) == agent_family(CLI.replace("2.15.30", "2.16.2"))
+    assert agent_family(CLI) != agent_family("aws-cli/2.13.4 Python/3.11.4 "
+                                             "Linux/6.3.0-kali1-amd64 exe/x86_64.kali.2023")
+    assert entity_keys(row(T0)) == [f"principal:{ALICE}", f"ip:{OFFICE}",
+                                    "account:111122223333/us-east-1"]
+    assert "ip:ec2.amazonaws.com" not in entity_keys(row(T0, ip="ec2.amazonaws.com"))
+
+
+def test_config_is_checked() -> None:
+    with pytest.raises(ValueError, match="unknown anomaly config key.*bucket_sec"):
+        AnomalyConfig.from_mapping({"bucket_sec": 60})
+    with pytest.raises(ValueError, match="weight_rate must be from 0 to 1"):
+        AnomalyConfig(weight_rate=2.0)
+    with pytest.raises(ValueError, match="warmup_events must be positive"):
+        AnomalyConfig(warmup_events=0)
+    cfg = AnomalyConfig.from_mapping({"bucket_secs": 60, "entity_kinds": ["principal"],
+                                      "data_apis": ["GetObject"]})
+    assert cfg.entity_kinds == ("principal",) and cfg.data_apis == frozenset({"GetObject"})
