@@ -90,9 +90,18 @@ def _rss_mb(pid: int) -> float:
 
 
 def run_flow(stack: LocalStack, workdir: Path, processes: int, partitions: int,
-             epoch_secs: int) -> dict:
-    """Run the flow to catch-up; wall time, and the peak RSS of the largest process."""
-    cfg = workdir / f"bench-{processes}.toml"
+             epoch_secs: int, enrich: str = "") -> dict:
+    """Run the flow to catch-up; wall time, and the peak RSS of the largest process.
+
+    :arg enrich: ``""`` (off), ``rules`` (rules, fast lane, findings) or ``all`` (and
+        anomaly scores and sequences).
+    """
+    name = f"{processes}{('-' + enrich) if enrich else ''}"
+    cfg = workdir / f"bench-{name}.toml"
+    extra = ""
+    if enrich:
+        extra = "[enrich]\nenabled = true\n" + (
+            "anomaly = true\nsequences = true\n" if enrich == "all" else "")
     cfg.write_text(f"""
 [sentinel]
 endpoint = "https://127.0.0.1:1"
@@ -110,15 +119,16 @@ format = "cloudtrail"
 table = "AWSCloudTrail"
 partitions = {partitions}
 fetch_threads = 4
-""")
-    env = flow_env(stack, workdir / f"run-{processes}p" / "errors", cfg)  # own journal per run
+{extra}""")
+    env = flow_env(stack, workdir / f"run-{name}p" / "errors", cfg)  # own journal per run
+    env["S3SENTINEL__OPS__PORT"] = "0"
     base = [sys.executable, "-m", "bytewax.run", "dataflow.flow:flow", "-s", str(epoch_secs)]
     if processes == 1:
         cmds = [base]
     else:
         addrs = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
         cmds = [base + ["-i", str(i), "-a", addrs] for i in range(processes)]
-    before = stack.admin().summary()["total_records"]
+    before = stack.admin().summary()["streams"].get(STREAM, {}).get("records", 0)
     started_at = time.time()
     t0 = time.perf_counter()
     procs = [subprocess.Popen(c, env=env, cwd=ROOT, stderr=subprocess.DEVNULL) for c in cmds]
@@ -132,10 +142,10 @@ fetch_threads = 4
     wall = time.perf_counter() - t0
     if any(p.returncode for p in procs):
         raise SystemExit(f"the flow failed: exit statuses {[p.returncode for p in procs]}")
-    delivered = stack.admin().summary()["total_records"] - before
+    delivered = stack.admin().summary()["streams"].get(STREAM, {}).get("records", 0) - before
     # Steady state: from the first accepted request to the last (start-up left out).
     reqs = [r for r in stack.admin().requests() if r["status"] == 204][-10**6:]
-    reqs = [r for r in reqs if r["time"] >= started_at]
+    reqs = [r for r in reqs if r["time"] >= started_at and r["stream"] == STREAM]
     span = reqs[-1]["time"] - reqs[0]["time"] if len(reqs) > 1 else 0.0
     steady = (sum(r["record_count"] for r in reqs[1:]) / span) if span > 0 else 0.0
     return {"wall_secs": wall, "records": delivered, "peak_rss_mb": max(rss),
@@ -148,6 +158,8 @@ def main() -> int:
     ap.add_argument("--records", type=int, nargs=2, default=(300, 700), metavar=("MIN", "MAX"))
     ap.add_argument("--epoch-secs", type=int, default=1,
                     help="bytewax epoch length (-s): bounds how much is read ahead of delivery")
+    ap.add_argument("--enrich-all", action="store_true",
+                    help="also run with anomaly scores and sequences (slow: see the README)")
     ap.add_argument("--json", action="store_true", help="end with one JSON object of the figures")
     args = ap.parse_args()
 
@@ -189,6 +201,18 @@ def main() -> int:
                   f"{r['events_per_cpu_sec']:,.0f} ev per CPU-second of the flow, "
                   f"peak RSS {r['peak_rss_mb']:.0f} MB")
 
+        for mode in ("rules", "all") if args.enrich_all else ("rules",):
+            r = run_flow(stack, Path(tmp), 1, 4, args.epoch_secs, enrich=mode)
+            assert r["records"] == events, f"enrich {mode}: {r['records']} of {events}"
+            r["events_per_sec"] = events / r["wall_secs"]
+            r["events_per_cpu_sec"] = events / r["cpu_secs"]
+            runs[mode] = r
+            print(f"pipeline, 1 process, enrichment {mode}: {r['events_per_sec']:,.0f} ev/s "
+                  f"({r['events_per_sec'] / runs[1]['events_per_sec']:.2f} of without), "
+                  f"steady state {r['steady_eps']:,.0f} ev/s, "
+                  f"{r['events_per_cpu_sec']:,.0f} ev per CPU-second, "
+                  f"peak RSS {r['peak_rss_mb']:.0f} MB  (target >= 0.75 of without)")
+
     ratio = runs[1]["events_per_sec"] / baseline
     steady_ratio = runs[1]["steady_eps"] / baseline
     cpu_ratio = runs[1]["events_per_cpu_sec"] / baseline
@@ -215,7 +239,14 @@ def main() -> int:
         "ratio_pipeline_to_bare": round(ratio, 3), "ratio_steady_to_bare": round(steady_ratio, 3),
         "ratio_cpu_to_bare": round(cpu_ratio, 3),
         "speedup_2p": round(speedup, 3), "speedup_2p_steady": round(steady_speedup, 3),
+        "enrich_rules_1p_eps": round(runs["rules"]["events_per_sec"]),
+        "enrich_rules_ratio": round(runs["rules"]["events_per_sec"] / runs[1]["events_per_sec"], 3),
+        "enrich_rules_eps_per_cpu": round(runs["rules"]["events_per_cpu_sec"]),
     }
+    if "all" in runs:
+        figures["enrich_all_1p_eps"] = round(runs["all"]["events_per_sec"])
+        figures["enrich_all_ratio"] = round(runs["all"]["events_per_sec"]
+                                            / runs[1]["events_per_sec"], 3)
     if args.json:
         print(json.dumps(figures))
     return 0

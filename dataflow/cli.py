@@ -89,7 +89,7 @@ def _preview(args: argparse.Namespace) -> int:
     fields = [f for f in (args.fields or "").split(",") if f]
     try:
         return preview(args.target, fmt=args.format, table=args.table, cfg=cfg, fields=fields,
-                       delimiter=args.delimiter)
+                       delimiter=args.delimiter, enrich=args.enrich)
     except BrokenPipeError:  # `s3sentinel preview x | head`
         sys.stderr.close()
         return 1
@@ -181,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     pre.add_argument("--fields", help="comma-separated field names (delimited, csv)")
     pre.add_argument("--delimiter", default="", help="field separator (delimited, csv)")
     pre.add_argument("-c", "--config", type=Path, help="config with custom tables and AWS access")
+    pre.add_argument("--enrich", metavar="RULES", help="also show each row's priority and "
+                     "reasons under a rules file (or 'default' for the shipped rules)")
     dcr = sub.add_parser("dcr", help="write the Data Collection Rule ARM template")
     dcr.add_argument("--tables", help="comma-separated tables (default: all defined)")
     dcr.add_argument("-o", "--output", help="file to write (default: stdout)")

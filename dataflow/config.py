@@ -35,6 +35,7 @@ __all__ = [
     "ConfigError",
     "ENV_CONFIG_PATH",
     "ENV_PREFIX",
+    "EnrichConfig",
     "OpsConfig",
     "RuntimeConfig",
     "SentinelConfig",
@@ -246,6 +247,32 @@ class RuntimeConfig:
 
 
 @dataclass(frozen=True)
+class EnrichConfig:
+    """Priority rules, threat intel, anomaly scores and sequences (see operators/enrich)."""
+
+    enabled: bool = False
+    """Turn enrichment on: findings go to S3SentinelFindings_CL (declare it in the DCR)."""
+    rules: bool = True
+    """Classify rows with the shipped priority rules (and rule_files)."""
+    rule_files: list[str] = field(default_factory=list)
+    """Your own rule files (TOML); a rule with a shipped rule's id replaces it."""
+    intel_file: str = ""
+    """Threat-intel indicators (IPs/CIDRs, domains, access key ids): a path or s3://bucket/key,
+    reloaded when it changes."""
+    intel_check_secs: float = 30.0
+    anomaly: bool = False
+    """Score CloudTrail rows against per-entity baselines (stateful, in the snapshots)."""
+    sequences: bool = False
+    """Detect multi-step patterns per principal (stateful, in the snapshots)."""
+    fast_lane_secs: float = 0.5
+    """Batch age of critical, intel-matching and anomalous rows and of findings."""
+    shards: int = 64
+    """Principal hash shards of the stateful anomaly/sequence step."""
+    max_entities_per_shard: int = 20_000
+    """Entities (and principals) kept per shard; the least recently seen go first."""
+
+
+@dataclass(frozen=True)
 class WebhookConfig:
     """Where alerts are posted (for teams without Alertmanager)."""
 
@@ -310,6 +337,7 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     tables: list[TableConfig] = field(default_factory=list)
     ops: OpsConfig = field(default_factory=OpsConfig)
+    enrich: EnrichConfig = field(default_factory=EnrichConfig)
 
     def source(self, name: str) -> SourceConfig:
         """The source named ``name``."""

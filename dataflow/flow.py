@@ -28,6 +28,7 @@ from dataflow import metrics
 from dataflow.config import AwsConfig, Config, SourceConfig, load_config
 from dataflow.messages import ErrorRecord, RawRecord, Rows
 from operators.batch import batch_rows
+from operators.enrich.operator import FAST, Enricher, Observed, score_shard
 from operators.parse import RecordMapper
 from operators.schema import load_tables
 from ops.keys import keyring_for
@@ -62,10 +63,18 @@ def build_flow(cfg: Config, *, s3_factory: Callable[[], Any] | None = None,
     op.output("dead_letter", errors, DeadLetterSink(rt.errors_dir, rt.errors_s3_uri, s3_factory,
                                                     journal_dir=rt.journal_dir, keyring=keyring))
 
-    keyed = op.key_on("key", rows.trues, lambda r: f"{r.stream}|{r.partition}")
-    batches = batch_rows("batch", keyed, max_bytes=cfg.batch.max_bytes,
-                         max_records=cfg.batch.max_records,
-                         max_age=timedelta(seconds=cfg.batch.max_age_secs))
+    good: op.Stream[Rows] = rows.trues
+    if cfg.enrich.enabled:
+        good = _enrich(cfg, tables, good)
+    lanes = op.branch("lane", good, lambda r: r.partition.endswith(FAST))
+    batch = functools.partial(batch_rows, max_bytes=cfg.batch.max_bytes,
+                              max_records=cfg.batch.max_records)
+    normal = batch("batch", op.key_on("key", lanes.falses, lambda r: f"{r.stream}|{r.partition}"),
+                   max_age=timedelta(seconds=cfg.batch.max_age_secs))
+    fast = batch("fast_batch", op.key_on("fast_key", lanes.trues,
+                                         lambda r: f"{r.stream}|{r.partition}"),
+                 max_age=timedelta(seconds=cfg.enrich.fast_lane_secs))
+    batches = op.merge("batches", normal, fast)
     dead_letters = functools.partial(DeadLetterStore, rt.errors_dir, rt.errors_s3_uri, s3_factory,
                                      keyring)
     sink = SentinelSink(cfg.sentinel, service_factory, journal_dir=rt.journal_dir,
@@ -73,6 +82,22 @@ def build_flow(cfg: Config, *, s3_factory: Callable[[], Any] | None = None,
                         dead_letters=dead_letters)
     op.output("sentinel", op.key_rm("unkey", batches), sink)
     return flow
+
+
+def _enrich(cfg: Config, tables: dict, rows: op.Stream[Rows]) -> op.Stream[Rows]:
+    """Rules and intel on every row; anomaly scores and sequences on a keyed side branch."""
+    intel_s3 = s3_client(cfg.aws) if cfg.enrich.intel_file.startswith("s3://") else None
+    enricher = Enricher(cfg.enrich, tables, intel_s3)
+    out = op.flat_map_batch("enrich", rows, enricher.enrich_batch)
+    split = op.branch("observed", out, lambda x: isinstance(x, Observed))
+    good: op.Stream[Rows] = split.falses
+    if cfg.enrich.anomaly or cfg.enrich.sequences:
+        keyed = op.key_on("shard", split.trues, lambda o: o.shard)
+        scored = op.stateful_map("score", keyed, functools.partial(score_shard, enricher,
+                                                                   cfg.enrich))
+        found = op.flat_map("findings", op.key_rm("unshard", scored), lambda rows: rows)
+        good = op.merge("with_findings", good, found)
+    return good
 
 
 def _client_for(aws: AwsConfig, src: SourceConfig, service: str) -> Any:

@@ -25,6 +25,7 @@ __all__ = [
     "OBJECT_BYTES",
     "OBJECT_RETRIES",
     "RECORDS_DELIVERED",
+    "RECORDS_FLAGGED",
     "RECORDS_READ",
     "RECORDS_SKIPPED",
     "REQUESTS",
@@ -130,6 +131,12 @@ DEADLETTER_RECORDS = Counter(
     "s3sentinel_deadletter_records_total",
     "Records (or object remainders) written to the dead-letter store, by stage and reason code.",
     ["stage", "reason"],
+)
+RECORDS_FLAGGED = Counter(
+    "s3sentinel_records_flagged_total",
+    "Records flagged by enrichment, by table and flag (critical, high, intel, anomalous, "
+    "sequence, fast_lane).",
+    ["table", "flag"],
 )
 REPLAYED_RECORDS = Counter(
     "s3sentinel_replayed_records_total",

@@ -3,7 +3,9 @@
 Reads the object exactly as the connector does (compression from the magic bytes,
 format from ``--format`` or detected, the same framing, parsers and table mapping),
 prints each row as it would be sent (NDJSON on stdout) and each error with its
-position and reason on stderr.
+position and reason on stderr. With ``--enrich RULES.toml`` (or ``--enrich default``),
+each row is followed by the enrichment it gets: priority, reasons and rule ids, so a
+rule can be checked before it is deployed.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def _s3_chunks(uri: str, cfg: Config | None) -> tuple[str, str, Iterator[bytes]]
 
 def preview(target: str, *, fmt: str = "auto", table: str | None = None,
             cfg: Config | None = None, fields: list[str] | None = None, delimiter: str = "",
+            enrich: str | None = None,
             out: IO[str] = sys.stdout, err: IO[str] = sys.stderr) -> int:
     """Print the rows of one file or ``s3://`` object; 0 when every record mapped, else 1."""
     if target.startswith("s3://"):
@@ -68,6 +71,16 @@ def preview(target: str, *, fmt: str = "auto", table: str | None = None,
         print(f"preview: {target}: {str(ex).strip(chr(39))}", file=err)
         return 2
     ref = ObjectRef("preview", "preview:0/1", bucket, key, etag, 0, found)
+    rules = None
+    if enrich is not None:
+        from operators.enrich.rules import RuleError, RuleSet
+
+        try:
+            rules = RuleSet.load(None if enrich == "default" else [enrich])
+        except RuleError as ex:
+            print(f"preview: {ex}", file=err)
+            return 2
+        by_stream = {t.stream: t.name for t in tables.values()}
     ok = bad = 0
     try:
         for offset, data, header in records:
@@ -78,6 +91,14 @@ def preview(target: str, *, fmt: str = "auto", table: str | None = None,
             else:
                 ok += 1
                 out.write(res.data.decode("utf-8") + "\n")
+                if rules is not None:
+                    import orjson
+
+                    c = rules.classify(by_stream.get(res.stream, ""), orjson.loads(res.data))
+                    out.write(orjson.dumps({"_enrichment": {
+                        "record_id": res.record_id, "priority": c.priority,
+                        "reasons": list(c.reasons), "rule_ids": list(c.rule_ids)}}).decode()
+                              + "\n")
     except (ObjectReadError, FramingError) as ex:
         bad += 1
         print(f"{target}: {ex}", file=err)

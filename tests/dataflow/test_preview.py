@@ -64,3 +64,32 @@ def test_unknown_formats_and_missing_files(tmp_path: Path) -> None:
     path.write_bytes(b"\x00\x01 what is this")
     assert run(path)[0] == 2 and "cannot tell the format" in run(path)[2]
     assert run(tmp_path / "nope")[0] == 2
+
+
+def test_enrich_shows_priority_and_reasons_under_a_users_rule(tmp_path: Path) -> None:
+    rules = tmp_path / "mine.toml"
+    rules.write_text("""
+[[rules]]
+id = "watch-describe"
+table = "AWSCloudTrail"
+priority = "high"
+reason = "{EventName} from {SourceIpAddress}"
+match = { EventName = { equals = "DescribeInstances" } }
+""")
+    rng = random.Random(1)
+    when = datetime(2026, 11, 28, tzinfo=timezone.utc)
+    events = [cloudtrail_event(rng, account="111122223333", region="us-east-1", when=when)
+              for _ in range(3)]
+    events[1] = {**events[1], "eventName": "DescribeInstances", "sourceIPAddress": "192.0.2.1"}
+    events[2] = {k: v for k, v in events[2].items() if k not in ("errorCode", "errorMessage")
+                 } | {"eventName": "StopLogging", "eventSource": "cloudtrail.amazonaws.com"}
+    path = tmp_path / "trail.json"
+    path.write_bytes(cloudtrail_object(events))
+    out = io.StringIO()
+    assert preview(str(path), fmt="cloudtrail", enrich=str(rules), out=out, err=io.StringIO()) == 0
+    lines = [orjson.loads(x) for x in out.getvalue().splitlines()]
+    enr = [x["_enrichment"] for x in lines if "_enrichment" in x]
+    assert len(enr) == 3
+    assert enr[1]["priority"] == "high" and enr[1]["rule_ids"] == ["watch-describe"]
+    assert enr[1]["reasons"] == ["DescribeInstances from 192.0.2.1"]
+    assert enr[2]["priority"] == "critical"  # shipped rules apply too

@@ -1,0 +1,212 @@
+"""Enrichment in the flow: priority rules and threat intel on every row, a fast lane for
+what is urgent, findings in their own table; anomaly scores and sequences on a side branch.
+
+The stateless step (:meth:`Enricher.enrich_batch`) runs on the mapped row bundles. For
+tables that rules or intel cover it reads each row, classifies it and matches it against
+the indicators. A row flagged critical, or matching an indicator, leaves the normal
+bundle for a fast-lane bundle (its partition name ends in ``|fast``), which the flow
+batches with ``enrich.fast_lane_secs`` instead of ``batch.max_age_secs``; a row flagged
+high or critical, or matching intel, also yields a finding row (``S3SentinelFindings_CL``)
+that references the record id. Standard tables keep their exact schema.
+
+With ``enrich.anomaly`` or ``enrich.sequences`` on, CloudTrail rows also go, keyed by a
+hash shard of their principal, to a stateful step (:func:`score_shard`) holding one
+bounded :class:`~operators.enrich.anomaly.AnomalyScorer` and one
+:class:`~operators.enrich.sequences.SequenceDetector` per shard, both in the recovery
+snapshots; anomalous rows and completed sequences come out as findings, in the fast lane.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from dataflow import metrics
+from dataflow.config import EnrichConfig
+from dataflow.messages import Rows
+from operators.tabledef import TableDef
+
+__all__ = ["FAST", "Enricher", "Observed", "ShardState", "score_shard"]
+
+log = logging.getLogger(__name__)
+
+FAST = "|fast"
+"""Suffix of the partition name of fast-lane bundles."""
+
+FINDINGS_TABLE = "S3SentinelFindings_CL"
+CLOUDTRAIL = "AWSCloudTrail"
+_URGENT = frozenset({"critical"})
+_FINDING = frozenset({"critical", "high"})
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """A CloudTrail row on its way to the anomaly/sequence side branch."""
+
+    shard: str
+    record_id: str
+    partition: str
+    row: dict
+
+
+class Enricher:
+    """The stateless enrichment step, built once per process from the config."""
+
+    def __init__(self, cfg: EnrichConfig, tables: dict[str, TableDef],
+                 s3_client: Any = None) -> None:
+        from operators.schema import Mapper
+
+        self._cfg = cfg
+        self._by_stream = {t.stream: t for t in tables.values()}
+        self._findings = Mapper(tables[FINDINGS_TABLE])
+        self.findings_stream = tables[FINDINGS_TABLE].stream
+        self._rules = None
+        if cfg.rules:
+            from operators.enrich.rules import RuleSet
+
+            self._rules = RuleSet.load(cfg.rule_files or None)
+        self._intel = None
+        if cfg.intel_file:
+            from operators.enrich.intel import IntelWatcher
+
+            self._intel = IntelWatcher(cfg.intel_file, s3_client,
+                                       check_every_secs=cfg.intel_check_secs)
+        self._side = cfg.anomaly or cfg.sequences
+
+    def enrich_batch(self, items: list[Rows]) -> list[Rows | Observed]:
+        out: list[Rows | Observed] = []
+        for bundle in items:
+            table = self._by_stream.get(bundle.stream)
+            if table is None or table.name == FINDINGS_TABLE:
+                out.append(bundle)
+                continue
+            keep: list[int] = []
+            fast: list[int] = []
+            findings: list[tuple[bytes, str]] = []
+            for i, (raw, rid) in enumerate(zip(bundle.rows, bundle.record_ids, strict=True)):
+                row = orjson.loads(raw)
+                urgent = self._flag(table.name, row, rid, findings)
+                (fast if urgent else keep).append(i)
+                if self._side and table.name == CLOUDTRAIL:
+                    out.append(Observed(_shard(row, self._cfg.shards), rid, bundle.partition, row))
+            if fast:
+                metrics.RECORDS_FLAGGED.labels(table.name, "fast_lane").inc(len(fast))
+                out.append(_subset(bundle, fast, bundle.partition + FAST))
+            if keep:
+                out.append(_subset(bundle, keep, bundle.partition) if fast else bundle)
+            if findings:
+                out.append(Rows(self.findings_stream, bundle.partition + FAST,
+                                tuple(r for r, _ in findings), tuple(i for _, i in findings)))
+        return out
+
+    def _flag(self, table: str, row: dict, rid: str, findings: list[tuple[bytes, str]]) -> bool:
+        urgent = False
+        if self._rules is not None:
+            c = self._rules.classify(table, row)
+            if c.priority in _FINDING:
+                urgent = c.priority in _URGENT
+                metrics.RECORDS_FLAGGED.labels(table, c.priority).inc()
+                findings.append(self.finding(table, row, rid, c.priority, list(c.reasons),
+                                             rule_ids=list(c.rule_ids), detector="rules"))
+        if self._intel is not None:
+            matches = self._intel.match(table, row)
+            if matches:
+                urgent = True
+                metrics.RECORDS_FLAGGED.labels(table, "intel").inc()
+                findings.append(self.finding(
+                    table, row, rid, "intel",
+                    [f"{m.column} {m.value} matches {m.kind} indicator {m.indicator}"
+                     + (f" ({m.description})" if m.description else "") for m in matches],
+                    intel=[{"kind": m.kind, "value": m.value, "indicator": m.indicator,
+                            "description": m.description, "column": m.column} for m in matches],
+                    detector="intel"))
+        return urgent
+
+    def finding(self, table: str, row: dict, rid: str, priority: str, reasons: list[str], *,
+                rule_ids: list[str] | None = None, score: float | None = None,
+                intel: list[dict] | None = None, sequence: str = "",
+                detector: str) -> tuple[bytes, str]:
+        """A finding row (JSON) and its record id: ``<object id>.<detector>-<offset>``, so the
+        upload journal keeps findings from being sent twice after a restart, as it does rows."""
+        obj, _, offset = rid.rpartition("-")
+        fid = f"{obj}.{detector}-{offset}"
+        doc = {"TimeGenerated": row.get("TimeGenerated"), "SourceTable": table,
+               "SourceRecordId": rid, "Priority": priority, "Reasons": reasons,
+               "RuleIds": rule_ids or [], "AnomalyScore": score, "IntelMatches": intel or [],
+               "SequenceId": sequence, "Principal": row.get("UserIdentityArn"),
+               "EventName": row.get("EventName"),
+               "SourceIp": row.get("SourceIpAddress") or row.get("SrcAddr")
+               or row.get("ClientIp"), "Detector": detector}
+        return self._findings.map_dict(doc, fid), fid
+
+
+def _subset(bundle: Rows, idx: list[int], partition: str) -> Rows:
+    return Rows(bundle.stream, partition, tuple(bundle.rows[i] for i in idx),
+                tuple(bundle.record_ids[i] for i in idx))
+
+
+def _shard(row: dict, shards: int) -> str:
+    who = row.get("UserIdentityArn") or row.get("UserIdentityAccessKeyId") or ""
+    return str(zlib.crc32(str(who).encode()) % shards)
+
+
+class ShardState:
+    """Anomaly scorer and sequence detector of one shard; pickles as their snapshots."""
+
+    def __init__(self, cfg: EnrichConfig) -> None:
+        self.cfg = cfg
+        self.scorer = self.detector = None
+        if cfg.anomaly:
+            from operators.enrich.anomaly import AnomalyConfig, AnomalyScorer
+
+            self.scorer = AnomalyScorer(AnomalyConfig(max_entities=cfg.max_entities_per_shard))
+        if cfg.sequences:
+            from operators.enrich.sequences import SequenceDetector
+
+            self.detector = SequenceDetector(max_principals=cfg.max_entities_per_shard)
+
+    def __getstate__(self) -> dict:
+        return {"cfg": self.cfg,
+                "scorer": self.scorer.snapshot() if self.scorer is not None else None,
+                "detector": self.detector.snapshot() if self.detector is not None else None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["cfg"])  # type: ignore[misc]
+        if self.scorer is not None and state["scorer"] is not None:
+            self.scorer.restore(state["scorer"])
+        if self.detector is not None and state["detector"] is not None:
+            from operators.enrich.sequences import SequenceDetector
+
+            self.detector = SequenceDetector.restore(None, state["detector"],
+                                                     max_principals=self.cfg.max_entities_per_shard)
+
+
+def score_shard(enricher: Enricher, cfg: EnrichConfig, state: ShardState | None,
+                obs: Observed) -> tuple[ShardState, list[Rows]]:
+    """The stateful side step: findings for anomalous rows and completed sequences."""
+    from operators.enrich.anomaly import ANOMALOUS
+
+    if state is None:
+        state = ShardState(cfg)
+    found: list[tuple[bytes, str]] = []
+    if state.scorer is not None:
+        score = state.scorer.score(obs.row)
+        if score.value >= ANOMALOUS:
+            metrics.RECORDS_FLAGGED.labels(CLOUDTRAIL, "anomalous").inc()
+            found.append(enricher.finding(CLOUDTRAIL, obs.row, obs.record_id, "anomalous",
+                                          list(score.reasons), score=round(score.value, 3),
+                                          detector="anomaly"))
+    if state.detector is not None:
+        for m in state.detector.observe(CLOUDTRAIL, obs.row):
+            metrics.RECORDS_FLAGGED.labels(CLOUDTRAIL, "sequence").inc()
+            found.append(enricher.finding(CLOUDTRAIL, obs.row, obs.record_id, m.priority,
+                                          [m.reason], sequence=m.sequence_id,
+                                          detector="sequence"))
+    if not found:
+        return state, []
+    return state, [Rows(enricher.findings_stream, obs.partition + FAST,
+                        tuple(r for r, _ in found), tuple(i for _, i in found))]
