@@ -12,7 +12,6 @@ import logging
 import os
 import sys
 import threading
-import time
 from typing import Any
 
 from connectors.aws import s3_client

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,31 +122,41 @@ class Lister:
         self.skipped = 0
         """Keys passed over (digests, excluded, other partitions' keys are not counted)."""
 
-    def list_after(self, after: str, max_keys: int = 1000) -> list[ListedObject]:
-        """Up to ``max_keys`` of this partition's keys after ``after``, oldest name first.
-
-        :raises botocore.exceptions.ClientError: As raised by ``ListObjectsV2``.
-        """
-        out: list[ListedObject] = []
+    def _pages(self, after: str) -> Iterator[tuple[list[ListedObject], bool]]:
+        """This partition's keys after ``after``, one listing page at a time, with whether
+        more pages follow."""
         kwargs: dict[str, Any] = {"Bucket": self._src.bucket, "Prefix": self._src.prefix}
         start = max(after, self._src.start_after)
         if start:
             kwargs["StartAfter"] = start
         while True:
             resp = self._s3.list_objects_v2(**kwargs)
-            for item in resp.get("Contents", ()):
-                key = item["Key"]
-                if shard_of(key, self._shards) != self._shard:
-                    continue
-                if skip_reason(self._src, key) is not None:
-                    self.skipped += 1
-                    continue
-                out.append(ListedObject(key, item["ETag"].strip('"'), int(item["Size"]),
-                                        item["LastModified"].timestamp()))
-            if len(out) >= max_keys or not resp.get("IsTruncated"):
-                return out
+            page = [ListedObject(item["Key"], item["ETag"].strip('"'), int(item["Size"]),
+                                 item["LastModified"].timestamp())
+                    for item in resp.get("Contents", ())
+                    if shard_of(item["Key"], self._shards) == self._shard]
+            more = bool(resp.get("IsTruncated"))
+            yield page, more
+            if not more:
+                return
             kwargs["ContinuationToken"] = resp["NextContinuationToken"]
             kwargs.pop("StartAfter", None)
+
+    def list_after(self, after: str, max_keys: int = 1000) -> list[ListedObject]:
+        """Up to ``max_keys`` of this partition's keys after ``after``, oldest name first.
+
+        :raises botocore.exceptions.ClientError: As raised by ``ListObjectsV2``.
+        """
+        out: list[ListedObject] = []
+        for page, _ in self._pages(after):
+            for obj in page:
+                if skip_reason(self._src, obj.key) is not None:
+                    self.skipped += 1
+                    continue
+                out.append(obj)
+            if len(out) >= max_keys:
+                break
+        return out
 
     def list_recent(self, recent: RecentKeys, queued: set[str],
                     pending: float = float("inf"), after: str = "") -> list[ListedObject]:
@@ -156,25 +167,9 @@ class Lister:
 
         :raises botocore.exceptions.ClientError: As raised by ``ListObjectsV2``.
         """
-        out: list[ListedObject] = []
-        kwargs: dict[str, Any] = {"Bucket": self._src.bucket, "Prefix": self._src.prefix}
-        start = max(after, self._src.start_after)
-        if start:
-            kwargs["StartAfter"] = start
-        while True:
-            resp = self._s3.list_objects_v2(**kwargs)
-            for item in resp.get("Contents", ()):
-                key = item["Key"]
-                if key in queued or shard_of(key, self._shards) != self._shard:
-                    continue
-                obj = ListedObject(key, item["ETag"].strip('"'), int(item["Size"]),
-                                   item["LastModified"].timestamp())
-                if not recent.wanted(obj, pending) or skip_reason(self._src, key) is not None:
-                    continue
-                out.append(obj)
-            if not resp.get("IsTruncated"):
-                out.sort(key=lambda o: (o.modified, o.key))
-                recent.listed()
-                return out
-            kwargs["ContinuationToken"] = resp["NextContinuationToken"]
-            kwargs.pop("StartAfter", None)
+        out = [obj for page, _ in self._pages(after) for obj in page
+               if obj.key not in queued and recent.wanted(obj, pending)
+               and skip_reason(self._src, obj.key) is None]
+        out.sort(key=lambda o: (o.modified, o.key))
+        recent.listed()
+        return out

@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
-import pytest
-from moto.server import ThreadedMotoServer
 
 from connectors.aws import s3_client
 from dataflow.config import AwsConfig
-
-
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 def test_a_source_role_is_assumed_with_its_external_id(endpoint: str, monkeypatch) -> None:

@@ -4,12 +4,10 @@ the journals account for every record, visibility extension, and messages that k
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from connectors.s3.notifications import parse_notification
 from connectors.s3.source import S3Source
@@ -19,15 +17,6 @@ from dataflow.config import SourceConfig
 from dataflow.messages import ErrorRecord, RawRecord
 
 BUCKET = "notified"
-
-
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 def client(endpoint: str, service: str) -> Any:

@@ -7,14 +7,12 @@ again), as bytewax does across a restart.
 from __future__ import annotations
 
 import gzip
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import boto3
 import pytest
 from botocore.exceptions import EndpointConnectionError
-from moto.server import ThreadedMotoServer
 
 import connectors.s3.source as source_mod
 from connectors.s3.discovery import shard_of
@@ -23,15 +21,6 @@ from dataflow.config import SourceConfig
 from dataflow.messages import ErrorRecord, RawRecord
 
 BUCKET = "unit-source"
-
-
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 @pytest.fixture
