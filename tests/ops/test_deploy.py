@@ -15,12 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml  # pinned in the test extras
 from prometheus_client import REGISTRY
 
 import dataflow.metrics  # noqa: F401 (registers the metrics on the default registry)
-
-# PyYAML comes with the test extras (moto[server], responses and cfn-lint require it).
-yaml = pytest.importorskip("yaml", reason="PyYAML (a dependency of moto[server]) is needed")
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "s3sentinel-rules.yml"
