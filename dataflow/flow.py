@@ -59,7 +59,7 @@ def build_flow(cfg: Config, *, s3_factory: Callable[[], Any] | None = None,
     rows = op.branch("map_ok", mapped, lambda x: isinstance(x, Rows))
     errors: op.Stream[ErrorRecord] = op.merge("errors", read.falses, rows.falses)
     rt = cfg.runtime
-    keyring = keyring_for(cfg)  # dead-letter entries encrypted at rest when configured
+    keyring = keyring_for(cfg)  # dead letters and pending batches in snapshots, encrypted at rest
     op.output("dead_letter", errors, DeadLetterSink(rt.errors_dir, rt.errors_s3_uri, s3_factory,
                                                     journal_dir=rt.journal_dir, keyring=keyring))
 
@@ -68,7 +68,7 @@ def build_flow(cfg: Config, *, s3_factory: Callable[[], Any] | None = None,
         good = _enrich(cfg, tables, good)
     lanes = op.branch("lane", good, lambda r: r.partition.endswith(FAST))
     batch = functools.partial(batch_rows, max_bytes=cfg.batch.max_bytes,
-                              max_records=cfg.batch.max_records)
+                              max_records=cfg.batch.max_records, keyring=keyring)
     normal = batch("batch", op.key_on("key", lanes.falses, lambda r: f"{r.stream}|{r.partition}"),
                    max_age=timedelta(seconds=cfg.batch.max_age_secs))
     fast = batch("fast_batch", op.key_on("fast_key", lanes.trues,

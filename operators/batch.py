@@ -6,14 +6,18 @@ would never flush. This batcher is an ``op.stateful_batch`` logic whose
 
 A batch's body is ``[row,row,...]``; the batcher never lets it exceed ``max_bytes``.
 Pending rows are part of the snapshot: after a restart they are sent from the
-snapshot, since the source will not read them again.
+snapshot, since the source will not read them again. With a keyring (encryption at
+rest), the pending rows are stored in the recovery store as one AES-GCM envelope.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
+from typing import Any
+
 import bytewax.operators as op
+import orjson
 from bytewax.dataflow import operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 from typing_extensions import override
@@ -37,10 +41,13 @@ class BatchLogic(StatefulBatchLogic[Row | Rows, Batch, dict]):
     :arg max_age: Longest a row waits before its batch is sent.
     :arg clock: Current time.
     :arg resume_state: A snapshot of this logic, or None.
+    :arg keyring: Encrypts the pending rows in snapshots (see :mod:`ops.crypto`).
     """
 
     def __init__(self, *, max_bytes: int, max_records: int, max_age: timedelta,
-                 clock: Clock = _utcnow, resume_state: dict | None = None) -> None:
+                 clock: Clock = _utcnow, resume_state: dict | None = None,
+                 keyring: Any = None) -> None:
+        self._keyring = keyring
         self._stream = ""
         self._max_bytes = max_bytes
         self._max_records = max_records
@@ -51,6 +58,8 @@ class BatchLogic(StatefulBatchLogic[Row | Rows, Batch, dict]):
         self._size = 1  # "[" and "]" minus the comma the first row does not need
         self._opened: datetime | None = None
         if resume_state is not None:
+            if "sealed" in resume_state:
+                resume_state = _unseal(resume_state, keyring)
             self._rows = list(resume_state["rows"])
             self._ids = list(resume_state["ids"])
             self._size = 1 + sum(len(r) + 1 for r in self._rows)
@@ -99,6 +108,10 @@ class BatchLogic(StatefulBatchLogic[Row | Rows, Batch, dict]):
 
     @override
     def snapshot(self) -> dict:
+        if self._keyring is not None and self._rows:
+            plain = orjson.dumps({"rows": [r.decode() for r in self._rows], "ids": self._ids})
+            sealed = self._keyring.encrypt(plain, _AAD).to_bytes()
+            return {"sealed": sealed, "opened": self._opened, "stream": self._stream}
         return {"rows": list(self._rows), "ids": list(self._ids), "opened": self._opened,
                 "stream": self._stream}
 
@@ -111,9 +124,22 @@ class BatchLogic(StatefulBatchLogic[Row | Rows, Batch, dict]):
         return batch
 
 
+_AAD = b"s3sentinel-batch-snapshot"
+
+
+def _unseal(state: dict, keyring: Any) -> dict:
+    if keyring is None:
+        msg = ("the recovery store holds encrypted batches: configure the keyring it was written "
+               "with (runtime.encryption_key_file or runtime.encryption_keyvault_keys)")
+        raise RuntimeError(msg)
+    doc = orjson.loads(keyring.decrypt(state["sealed"], _AAD))
+    return {**state, "rows": [r.encode() for r in doc["rows"]], "ids": doc["ids"]}
+
+
 @operator
 def batch_rows(step_id: str, up: KeyedStream[Row | Rows], *, max_bytes: int, max_records: int,
-               max_age: timedelta, clock: Clock = _utcnow) -> KeyedStream[Batch]:
+               max_age: timedelta, clock: Clock = _utcnow,
+               keyring: Any = None) -> KeyedStream[Batch]:
     """Group keyed rows into batches of at most ``max_bytes`` / ``max_records``, sent by ``max_age``.
 
     Keys are ``<stream>|<partition>``; every row of a key goes to the same stream.
@@ -121,6 +147,6 @@ def batch_rows(step_id: str, up: KeyedStream[Row | Rows], *, max_bytes: int, max
 
     def builder(resume_state: dict | None) -> BatchLogic:
         return BatchLogic(max_bytes=max_bytes, max_records=max_records, max_age=max_age,
-                          clock=clock, resume_state=resume_state)
+                          clock=clock, resume_state=resume_state, keyring=keyring)
 
     return op.stateful_batch("batch", up, builder)

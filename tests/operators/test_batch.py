@@ -125,3 +125,21 @@ def test_in_a_dataflow_every_row_is_batched_once(max_bytes: int) -> None:
     assert sorted(ids) == sorted(r.record_id for r in rows)
     for key, b in out:
         assert key.startswith(b.stream) and len(b.body()) <= max_bytes
+
+
+def test_pending_rows_are_encrypted_in_snapshots_with_a_keyring() -> None:
+    import pickle
+
+    from ops.crypto import Keyring
+
+    ring = Keyring({"k1": bytes(range(32))}, "k1")
+    clock = Clock()
+    secret = Row("Custom-T", "id-1", b'{"UserName":"alice-secret"}', "p:0/1")
+    lg = logic(clock, keyring=ring, max_bytes=1000)
+    lg.on_batch([secret])
+    snap = lg.snapshot()
+    assert b"alice-secret" not in pickle.dumps(snap) and b'"kid":"k1"' in snap["sealed"]
+    restored = logic(clock, snap, keyring=ring, max_bytes=1000)
+    assert restored.on_eof()[0] == lg.on_eof()[0]
+    with pytest.raises(RuntimeError, match="encryption_key_file"):
+        logic(clock, snap, max_bytes=1000)
