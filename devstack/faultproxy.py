@@ -123,6 +123,12 @@ class FaultProxy:
                 if not head:
                     self.wfile.write(data)
 
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+            def _serve(self) -> None:
+                try:
+                    self._forward()
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True  # the client gave up (a killed flow)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _serve
 
         return Handler
