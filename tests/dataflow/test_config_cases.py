@@ -116,7 +116,7 @@ def test_every_problem_reported_at_once_with_its_key_path() -> None:
     problems = problems_of(raw)
     assert len(problems) == 9, problems
     joined = "\n".join(problems)
-    assert "colour: unknown key (known keys: aws, batch, ops, runtime, sentinel, sources, tables)" \
+    assert "colour: unknown key (known keys: aws, batch, enrich, ops, runtime, sentinel, sources, tables)" \
         in problems
     assert any(p.startswith("sentinel.retries: unknown key") for p in problems)
     assert any(p.startswith("sources[trail].buckett: unknown key") for p in problems)

@@ -30,9 +30,10 @@ def test_kill_9_at_random_moments_loses_nothing(stack: LocalStack, tmp_path: Pat
 
 def test_a_fault_storm_with_kills_loses_nothing(stack: LocalStack, tmp_path: Path) -> None:
     res = run_chaos(stack, tmp_path, mode="list", workers=2, kills=2, objects=40,
-                    records_per_object=(20, 120), storm_secs=8.0, seed=9)
+                    records_per_object=(20, 120), storm_secs=15.0, seed=9)
     _check(res)
-    assert res.sentinel_faults > 0 and sum(res.s3_faults.values()) > 0
+    # The storm must have hit something, or this test proved nothing.
+    assert res.sentinel_faults > 0 and sum(res.s3_faults.values()) > 0, res.line()
 
 
 @pytest.mark.slow
