@@ -79,8 +79,10 @@ def main(argv: list[str] | None = None) -> int:
 
         admin = stack.admin()
         summary = admin.summary()
-        objects = {str(r.get("RecordId_CF") or r.get("RecordId")).rsplit("-", 1)[0]
+        # Findings ids are "<object id>.<detector>-<offset>": count source objects only.
+        objects = {str(r.get("RecordId_CF") or r.get("RecordId")).rsplit("-", 1)[0].split(".")[0]
                    for r in admin.records()}
+        findings = summary["streams"].get("Custom-S3SentinelFindings_CL", {}).get("records", 0)
         errors = read_entries(errors_dir) if errors_dir.exists() else []
         for e in errors[:3]:
             print(f"dead-letter: s3://{e['bucket']}/{e['key']} record {e['offset']}: {e['reason']}")
@@ -88,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"landed in Sentinel (emulator) in {elapsed:.1f}s: {summary['total_records']} records "
               f"from {len(objects)} objects -> {streams}; failed: {len(errors)} "
               f"(dead-letter entries in {errors_dir})")
+        if findings:
+            print(f"enrichment: {findings} findings in S3SentinelFindings_CL (priority rules and "
+                  "anomaly scores; see README, Enrichment)")
     return 0
 
 
