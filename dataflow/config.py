@@ -270,6 +270,9 @@ class EnrichConfig:
     """Principal hash shards of the stateful anomaly/sequence step."""
     max_entities_per_shard: int = 20_000
     """Entities (and principals) kept per shard; the least recently seen go first."""
+    anomaly_entities: list[str] = field(default_factory=lambda: ["principal", "account"])
+    """Entity kinds with their own baselines (principal, ip, account). Source IPs are left out
+    by default: one state per address makes the snapshots grow with every new address."""
 
 
 @dataclass(frozen=True)
@@ -549,6 +552,11 @@ def _check(cfg: Config, problems: list[str]) -> None:
                 re.compile(pattern)
             except re.error as ex:
                 problems.append(f"{where}.exclude: {pattern!r} is not a valid regex: {ex}")
+    bad = sorted(set(cfg.enrich.anomaly_entities) - {"principal", "ip", "account"})
+    if bad or not cfg.enrich.anomaly_entities:
+        problems.append(f"enrich.anomaly_entities: {bad or 'empty'}; use principal, ip, account")
+    if cfg.enrich.fast_lane_secs <= 0 or cfg.enrich.shards < 1:
+        problems.append("enrich: fast_lane_secs must be > 0 and shards >= 1")
     ops = cfg.ops
     if not 0 <= ops.port <= 65535:
         problems.append("ops.port: 0..65535 (0 turns the ops server off)")

@@ -18,6 +18,7 @@ snapshots; anomalous rows and completed sequences come out as findings, in the f
 
 from __future__ import annotations
 
+import functools
 import logging
 import zlib
 from dataclasses import dataclass
@@ -154,20 +155,38 @@ def _shard(row: dict, shards: int) -> str:
     return str(zlib.crc32(str(who).encode()) % shards)
 
 
-class ShardState:
-    """Anomaly scorer and sequence detector of one shard; pickles as their snapshots."""
+@functools.lru_cache(maxsize=1)
+def _sequence_specs() -> tuple:
+    """The shipped sequence specs, read and compiled once per process."""
+    from operators.enrich.sequences import load_sequences
 
-    def __init__(self, cfg: EnrichConfig) -> None:
+    return tuple(load_sequences())
+
+
+class ShardState:
+    """Anomaly scorer and sequence detector of one shard; pickles as their snapshots.
+
+    bytewax snapshots ``stateful_map`` state with ``copy.deepcopy`` at every epoch;
+    :meth:`__deepcopy__` returns the frozen snapshot (plain data) instead of rebuilding
+    live objects that would only be pickled.
+    """
+
+    def __init__(self, cfg: EnrichConfig, snapshot: dict | None = None) -> None:
         self.cfg = cfg
         self.scorer = self.detector = None
+        snapshot = snapshot or {}
         if cfg.anomaly:
             from operators.enrich.anomaly import AnomalyConfig, AnomalyScorer
 
-            self.scorer = AnomalyScorer(AnomalyConfig(max_entities=cfg.max_entities_per_shard))
+            self.scorer = AnomalyScorer(AnomalyConfig(max_entities=cfg.max_entities_per_shard,
+                                                      entity_kinds=tuple(cfg.anomaly_entities)))
+            if snapshot.get("scorer") is not None:
+                self.scorer.restore(snapshot["scorer"])
         if cfg.sequences:
             from operators.enrich.sequences import SequenceDetector
 
-            self.detector = SequenceDetector(max_principals=cfg.max_entities_per_shard)
+            self.detector = SequenceDetector.restore(_sequence_specs(), snapshot.get("detector"),
+                                                     max_principals=cfg.max_entities_per_shard)
 
     def __getstate__(self) -> dict:
         return {"cfg": self.cfg,
@@ -175,14 +194,24 @@ class ShardState:
                 "detector": self.detector.snapshot() if self.detector is not None else None}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["cfg"])  # type: ignore[misc]
-        if self.scorer is not None and state["scorer"] is not None:
-            self.scorer.restore(state["scorer"])
-        if self.detector is not None and state["detector"] is not None:
-            from operators.enrich.sequences import SequenceDetector
+        self.__init__(state["cfg"], state)  # type: ignore[misc]
 
-            self.detector = SequenceDetector.restore(None, state["detector"],
-                                                     max_principals=self.cfg.max_entities_per_shard)
+    def __deepcopy__(self, memo: dict) -> _FrozenShard:
+        return _FrozenShard(self.__getstate__())
+
+
+class _FrozenShard:
+    """A shard's snapshot as bytewax stores it; unpickles as a live :class:`ShardState`."""
+
+    def __init__(self, state: dict) -> None:
+        self.state = state
+
+    def __reduce__(self) -> tuple:
+        return (_thaw, (self.state,))
+
+
+def _thaw(state: dict) -> ShardState:
+    return ShardState(state["cfg"], state)
 
 
 def score_shard(enricher: Enricher, cfg: EnrichConfig, state: ShardState | None,

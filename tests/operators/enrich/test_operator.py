@@ -58,3 +58,9 @@ def test_side_branch_state_survives_a_snapshot() -> None:
     restored = pickle.loads(pickle.dumps(state))
     assert restored.scorer.snapshot() == state.scorer.snapshot()
     assert restored.detector.snapshot() == state.detector.snapshot()
+    # bytewax snapshots with copy.deepcopy, then pickles into the recovery store.
+    import copy
+
+    thawed = pickle.loads(pickle.dumps(copy.deepcopy(state)))
+    assert thawed.scorer.snapshot() == state.scorer.snapshot()
+    assert thawed.detector.snapshot() == state.detector.snapshot()
