@@ -46,12 +46,12 @@ _FINDING = frozenset({"critical", "high"})
 
 @dataclass(frozen=True, slots=True)
 class Observed:
-    """A CloudTrail row on its way to the anomaly/sequence side branch."""
+    """CloudTrail rows of one principal shard on their way to the anomaly/sequence side
+    branch, in order: one item per shard per batch (bytewax moves items one by one)."""
 
     shard: str
-    record_id: str
-    partition: str
-    row: dict
+    rows: tuple[tuple[str, str, dict], ...]
+    """(record id, source partition, row) of each row."""
 
 
 class Enricher:
@@ -80,6 +80,7 @@ class Enricher:
 
     def enrich_batch(self, items: list[Rows]) -> list[Rows | Observed]:
         out: list[Rows | Observed] = []
+        side: dict[str, list[tuple[str, str, dict]]] = {}
         for bundle in items:
             table = self._by_stream.get(bundle.stream)
             if table is None or table.name == FINDINGS_TABLE:
@@ -93,7 +94,8 @@ class Enricher:
                 urgent = self._flag(table.name, row, rid, findings)
                 (fast if urgent else keep).append(i)
                 if self._side and table.name == CLOUDTRAIL:
-                    out.append(Observed(_shard(row, self._cfg.shards), rid, bundle.partition, row))
+                    side.setdefault(_shard(row, self._cfg.shards), []).append(
+                        (rid, bundle.partition, row))
             if fast:
                 metrics.RECORDS_FLAGGED.labels(table.name, "fast_lane").inc(len(fast))
                 out.append(_subset(bundle, fast, bundle.partition + FAST))
@@ -102,6 +104,7 @@ class Enricher:
             if findings:
                 out.append(Rows(self.findings_stream, bundle.partition + FAST,
                                 tuple(r for r, _ in findings), tuple(i for _, i in findings)))
+        out.extend(Observed(shard, tuple(rows)) for shard, rows in side.items())
         return out
 
     def _flag(self, table: str, row: dict, rid: str, findings: list[tuple[bytes, str]]) -> bool:
@@ -221,21 +224,21 @@ def score_shard(enricher: Enricher, cfg: EnrichConfig, state: ShardState | None,
 
     if state is None:
         state = ShardState(cfg)
-    found: list[tuple[bytes, str]] = []
-    if state.scorer is not None:
-        score = state.scorer.score(obs.row)
-        if score.value >= ANOMALOUS:
-            metrics.RECORDS_FLAGGED.labels(CLOUDTRAIL, "anomalous").inc()
-            found.append(enricher.finding(CLOUDTRAIL, obs.row, obs.record_id, "anomalous",
-                                          list(score.reasons), score=round(score.value, 3),
-                                          detector="anomaly"))
-    if state.detector is not None:
-        for m in state.detector.observe(CLOUDTRAIL, obs.row):
-            metrics.RECORDS_FLAGGED.labels(CLOUDTRAIL, "sequence").inc()
-            found.append(enricher.finding(CLOUDTRAIL, obs.row, obs.record_id, m.priority,
-                                          [m.reason], sequence=m.sequence_id,
-                                          detector="sequence"))
-    if not found:
-        return state, []
-    return state, [Rows(enricher.findings_stream, obs.partition + FAST,
-                        tuple(r for r, _ in found), tuple(i for _, i in found))]
+    found: dict[str, list[tuple[bytes, str]]] = {}  # source partition -> findings
+    for rid, partition, row in obs.rows:
+        if state.scorer is not None:
+            score = state.scorer.score(row)
+            if score.value >= ANOMALOUS:
+                metrics.RECORDS_FLAGGED.labels(CLOUDTRAIL, "anomalous").inc()
+                found.setdefault(partition, []).append(enricher.finding(
+                    CLOUDTRAIL, row, rid, "anomalous", list(score.reasons),
+                    score=round(score.value, 3), detector="anomaly"))
+        if state.detector is not None:
+            for m in state.detector.observe(CLOUDTRAIL, row):
+                metrics.RECORDS_FLAGGED.labels(CLOUDTRAIL, "sequence").inc()
+                found.setdefault(partition, []).append(enricher.finding(
+                    CLOUDTRAIL, row, rid, m.priority, [m.reason], sequence=m.sequence_id,
+                    detector="sequence"))
+    return state, [Rows(enricher.findings_stream, partition + FAST,
+                        tuple(r for r, _ in rows), tuple(i for _, i in rows))
+                   for partition, rows in found.items()]
