@@ -439,7 +439,7 @@ class EntityState:
     """
 
     __slots__ = ("key", "kind", "label", "config", "n", "first_ts", "last_ts", "bucket", "cur",
-                 "prev", "base", "hours", "pairs", "nov", "zero")
+                 "prev", "base", "hours", "pairs", "nov", "zero", "snap")
 
     def __init__(self, key: str, config: AnomalyConfig | None = None) -> None:
         kind, _, label = key.partition(":")
@@ -460,6 +460,7 @@ class EntityState:
         # count of events and, per pair table, of events that brought a value never seen.
         self.nov: list[float] = []
         self.zero: Score | None = None  # this entity's "nothing to see" Score, made once
+        self.snap: dict[str, Any] | None = None  # the last snapshot, until the state changes
 
     def update_and_score(self, row: Mapping[str, Any], ts: float | None = None) -> Score:
         """Learn from one row of this entity and score it (0 during warm-up).
@@ -481,6 +482,7 @@ class EntityState:
         """Learn from ``ev``; the (score, reason) of every feature that fired, or None."""
         cfg = self.config
         ts = ev.ts
+        self.snap = None
         if self.n == 0:
             self.first_ts = self.last_ts = ts
         b = int(ts // cfg.bucket_secs)
@@ -698,7 +700,14 @@ class EntityState:
 
     # ------------------------------------------------------------------------ persistence
     def snapshot(self) -> dict[str, Any]:
-        """The state as plain JSON-able data (a copy)."""
+        """The state as plain JSON-able data: a copy, made again only once the entity has
+        learnt something since, so snapshotting a scorer costs what changed, not what it
+        holds (bytewax snapshots state every epoch). Treat it as read-only."""
+        if self.snap is None:
+            self.snap = self._snapshot()
+        return self.snap
+
+    def _snapshot(self) -> dict[str, Any]:
         return {"n": self.n, "first_ts": self.first_ts, "last_ts": self.last_ts,
                 "bucket": self.bucket, "cur": list(self.cur),
                 "prev": None if self.prev is None else list(self.prev), "base": list(self.base),

@@ -227,6 +227,25 @@ def test_snapshot_restore_gives_identical_scores() -> None:
         AnomalyScorer().restore({**snap, "version": 99})
 
 
+def test_a_snapshot_is_made_again_only_for_entities_that_changed() -> None:
+    scorer = AnomalyScorer()
+    bob = "arn:aws:iam::111122223333:user/bob"
+    for i in range(50):
+        scorer.score(row(T0 + i * 60))
+        scorer.score(row(T0 + i * 60, arn=bob))
+    first = {k: v for k, v in scorer.snapshot()["entities"]}
+    scorer.score(row(T0 + 3600, "ListBuckets", "s3"))  # alice (and the account) only
+    second = {k: v for k, v in scorer.snapshot()["entities"]}
+    assert second[f"principal:{bob}"] is first[f"principal:{bob}"]  # reused, not copied
+    assert second[f"principal:{ALICE}"] is not first[f"principal:{ALICE}"]
+    assert second[f"principal:{ALICE}"]["n"] == first[f"principal:{ALICE}"]["n"] + 1
+    assert "s3:ListBuckets" in second[f"principal:{ALICE}"]["pairs"]["api"]
+    assert "s3:ListBuckets" not in first[f"principal:{ALICE}"]["pairs"]["api"]  # not mutated
+    again = AnomalyScorer()
+    again.restore(json.loads(json.dumps(scorer.snapshot())))
+    assert again.snapshot() == scorer.snapshot()
+
+
 def test_entity_state_pickles_small_and_resumes() -> None:
     state = EntityState(f"principal:{ALICE}")
     rows = [row(T0 + DAY * d + 3600 * h + m * 60, READS[m % 6])
