@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import gc
 import os
 import sys
 from collections.abc import Callable
@@ -105,6 +106,16 @@ def _client_for(aws: AwsConfig, src: SourceConfig, service: str) -> Any:
     return make(aws, src.role_arn, src.external_id)
 
 
+def _tune_gc() -> None:
+    """Make the cyclic garbage collector cheap for a flow that allocates many short-lived
+    rows: what start-up built (modules, tables, rules) is moved out of its sight for good,
+    and young collections run every 20,000 allocations instead of 700, so fewer survivors
+    are promoted and rescanned. Rows are freed by reference counting either way."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+
+
 def _print_summary() -> None:
     print(metrics.summary(), file=sys.stderr, flush=True)
 
@@ -123,6 +134,7 @@ def __getattr__(name: str) -> Any:
                   "Use `s3sentinel run`, or pass -r DIR -s SECS -b 0 to bytewax.run.",
                   file=sys.stderr, flush=True)
         flow = build_flow(cfg)
+        _tune_gc()
         from ops import runtime
 
         runtime.start(cfg)
