@@ -32,11 +32,11 @@ def _config_arg(p: argparse.ArgumentParser) -> None:
 
 def _validate(args: argparse.Namespace) -> int:
     from operators.parse import RecordMapper
-    from operators.schema import TableError, load_tables
+    from operators.schema import TableError, tables_for
 
     try:
         cfg = load_config(args.config)
-        tables = load_tables(cfg.runtime.tables_dir, cfg.tables)
+        tables = tables_for(cfg)
         RecordMapper(cfg.sources, tables, cfg.batch.max_bytes)
         if cfg.ops.health_table and cfg.ops.health_table not in tables:
             msg = (f"ops.health_table: no table {cfg.ops.health_table!r}; use the shipped "
@@ -99,10 +99,10 @@ def _dcr(args: argparse.Namespace) -> int:
     import json
 
     from dataflow.dcr import dcr_template
-    from operators.schema import load_tables
+    from operators.schema import load_tables, tables_for
 
     cfg = load_config(args.config) if args.config is not None else None
-    tables = load_tables(cfg.runtime.tables_dir if cfg else None, cfg.tables if cfg else ())
+    tables = tables_for(cfg) if cfg else load_tables()
     wanted = [t for t in (args.tables or "").split(",") if t] or sorted(tables)
     unknown = [t for t in wanted if t not in tables]
     if unknown:

@@ -270,6 +270,11 @@ class EnrichConfig:
     """Principal hash shards of the stateful anomaly/sequence step."""
     max_entities_per_shard: int = 20_000
     """Entities (and principals) kept per shard; the least recently seen go first."""
+    standard_tables: Literal["findings", "columns"] = "findings"
+    """Where rule and intel results on Azure's own tables (AWSCloudTrail, ...) go: rows in
+    S3SentinelFindings_CL (the tables keep their schema), or ``_CF`` columns on the row
+    itself (EnrichmentPriority_CF, ...; the DCR export adds them to the tables). Custom
+    ``_CL`` tables always get the columns (without the suffix)."""
     anomaly_entities: list[str] = field(default_factory=lambda: ["principal", "account"])
     """Entity kinds with their own baselines (principal, ip, account). Source IPs are left out
     by default: one state per address makes the snapshots grow with every new address."""

@@ -21,7 +21,7 @@ _TYPES = {"string": "string", "int": "int", "long": "long", "real": "real", "boo
 
 def stream_columns(table: TableDef) -> list[dict[str, str]]:
     """The stream declaration's columns: every table column plus the record id."""
-    cols = [{"name": c.name, "type": _TYPES[c.type]} for c in table.columns]
+    cols = [{"name": c.name, "type": _TYPES[c.type]} for c in (*table.columns, *table.added)]
     return cols + [{"name": table.record_id_column, "type": "string"}]
 
 

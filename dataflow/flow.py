@@ -31,7 +31,7 @@ from dataflow.messages import ErrorRecord, RawRecord, Rows
 from operators.batch import batch_rows
 from operators.enrich.operator import FAST, Enricher, Observed, score_shard
 from operators.parse import RecordMapper
-from operators.schema import load_tables
+from operators.schema import tables_for
 from ops.keys import keyring_for
 
 __all__ = ["build_flow"]
@@ -44,7 +44,7 @@ def build_flow(cfg: Config, *, s3_factory: Callable[[], Any] | None = None,
     :arg s3_factory: Builds the S3 client of each source partition (default: from ``cfg.aws``).
     :arg service_factory: Builds the Logs Ingestion client of each sink partition.
     """
-    tables = load_tables(cfg.runtime.tables_dir, cfg.tables)
+    tables = tables_for(cfg)
     mapper = RecordMapper(cfg.sources, tables, cfg.batch.max_bytes)
     # Per-source clients (each source may assume its own role), unless a test injects one.
     client_for = functools.partial(_client_for, cfg.aws) if s3_factory is None else None

@@ -23,7 +23,7 @@ from dataflow.config import Config, SourceConfig
 from dataflow.messages import ErrorRecord, ObjectRef, RawRecord
 from operators.formats.registry import text_format
 from operators.parse import RecordMapper
-from operators.schema import load_tables
+from operators.schema import load_tables, tables_for
 
 __all__ = ["preview"]
 
@@ -58,7 +58,7 @@ def preview(target: str, *, fmt: str = "auto", table: str | None = None,
             print(f"preview: {target}: no such file", file=err)
             return 2
         bucket, key, etag, chunks = "local", str(path), "local", _file_chunks(path)
-    tables = load_tables(cfg.runtime.tables_dir if cfg else None, cfg.tables if cfg else ())
+    tables = tables_for(cfg) if cfg else load_tables()
     src = SourceConfig(name="preview", bucket=bucket, format=fmt, table=table,  # type: ignore[arg-type]
                        fields=list(fields or []), delimiter=delimiter)
     try:

@@ -40,7 +40,7 @@ from dataflow.config import Config
 from dataflow.messages import Batch, ErrorRecord, ObjectRef, RawRecord, Rows
 from operators.formats.registry import text_format
 from operators.parse import RecordMapper
-from operators.schema import load_tables
+from operators.schema import tables_for
 
 __all__ = ["ReplaySummary", "parse_since", "replay"]
 
@@ -103,7 +103,7 @@ def replay(cfg: Config, *, since: float | None = None, stream: str | None = None
     from ops.keys import keyring_for
 
     store = DeadLetterStore(rt.errors_dir, rt.errors_s3_uri, s3_factory, keyring_for(cfg))
-    tables = load_tables(rt.tables_dir, cfg.tables)
+    tables = tables_for(cfg)
     mapper = RecordMapper(cfg.sources, tables, cfg.batch.max_bytes)
     rebuild = _Rebuilder(cfg, mapper, s3_factory)
     journal = UploadJournal(rt.journal_dir, "replay", rt.journal_retention_secs)

@@ -22,7 +22,7 @@ from devstack.appsamples import seed_app_logs
 from devstack.formatsamples import seed_mixed
 from devstack.samples import seed_cloudtrail
 from devstack.stack import LocalStack
-from operators.schema import load_tables
+from operators.schema import tables_for
 
 __all__ = ["flow_env", "main"]
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     cfg = load_config(args.config, environ={})
-    tables = load_tables(cfg.runtime.tables_dir, cfg.tables)
+    tables = tables_for(cfg)
     streams = {t.stream: None for t in tables.values()}
     shutil.rmtree(args.workdir, ignore_errors=True)
     errors_dir = args.workdir / "errors"

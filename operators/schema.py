@@ -29,7 +29,14 @@ import msgspec
 import orjson
 
 from dataflow import metrics
-from operators.tabledef import COLUMN_TYPES, Column, TableDef, TableError, load_tables
+from operators.tabledef import (
+    COLUMN_TYPES,
+    Column,
+    TableDef,
+    TableError,
+    load_tables,
+    tables_for,
+)
 
 __all__ = [
     "COLUMN_TYPES",
@@ -39,6 +46,7 @@ __all__ = [
     "TableDef",
     "TableError",
     "load_tables",
+    "tables_for",
 ]
 
 MAX_FIELD_BYTES = 65_536

@@ -16,9 +16,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from dataflow.config import TableConfig
+from dataflow.config import Config, TableConfig
 
-__all__ = ["COLUMN_TYPES", "Column", "TableDef", "TableError", "load_tables"]
+__all__ = ["COLUMN_TYPES", "Column", "TableDef", "TableError", "load_tables", "tables_for"]
 
 COLUMN_TYPES = ("string", "int", "long", "real", "bool", "datetime", "dynamic")
 _COLUMN_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,44}$")
@@ -58,6 +58,9 @@ class TableDef:
     output_stream: str
     columns: tuple[Column, ...]
     description: str = ""
+    added: tuple[Column, ...] = ()
+    """Columns the connector fills itself after mapping (enrichment results): declared in
+    the DCR like the mapped ones, never read from the record."""
 
     @property
     def record_id_column(self) -> str:
@@ -148,3 +151,11 @@ def load_tables(extra_dir: str | Path | None = None,
                              "required": c.required} for c in cfg.columns]}
         tables[cfg.name] = TableDef.from_mapping(data, f"config tables[{cfg.name}]")
     return tables
+
+
+def tables_for(cfg: Config) -> dict[str, TableDef]:
+    """The tables ``cfg`` sends to: :func:`load_tables` with its tables directory and
+    declared tables, plus the enrichment columns its ``[enrich]`` section adds."""
+    from operators.enrich.columns import with_enrichment_columns
+
+    return with_enrichment_columns(load_tables(cfg.runtime.tables_dir, cfg.tables), cfg.enrich)

@@ -53,12 +53,12 @@ class HealthReporter:
     def __init__(self, cfg: Config, readiness: Readiness | None = None,
                  service: Any = None) -> None:
         from operators.parse import RecordMapper
-        from operators.schema import Mapper, load_tables
+        from operators.schema import Mapper, tables_for
 
         self._cfg = cfg
         self._readiness = readiness
         self._service = service
-        tables = load_tables(cfg.runtime.tables_dir, cfg.tables)
+        tables = tables_for(cfg)
         table = tables[cfg.ops.health_table]
         self._mapper = Mapper(table)
         self.stream = table.stream

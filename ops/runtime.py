@@ -149,9 +149,9 @@ class OpsRuntime:
 
 def _streams(cfg: Config) -> list[str]:
     from operators.parse import RecordMapper
-    from operators.schema import load_tables
+    from operators.schema import tables_for
 
-    tables = load_tables(cfg.runtime.tables_dir, cfg.tables)
+    tables = tables_for(cfg)
     mapper = RecordMapper(cfg.sources, tables, cfg.batch.max_bytes)
     out: list[str] = []
     for src in cfg.sources:

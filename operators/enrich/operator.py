@@ -1,17 +1,21 @@
 """Enrichment in the flow: priority rules and threat intel on every row, a fast lane for
-what is urgent, findings in their own table; anomaly scores and sequences on a side branch.
+what is urgent, results as columns or findings rows; anomaly scores and sequences on a side
+branch.
 
 The stateless step (:meth:`Enricher.enrich_batch`) runs on the mapped row bundles. For
 tables that rules or intel cover it reads each row, classifies it and matches it against
 the indicators. A row flagged critical, or matching an indicator, leaves the normal
 bundle for a fast-lane bundle (its partition name ends in ``|fast``), which the flow
-batches with ``enrich.fast_lane_secs`` instead of ``batch.max_age_secs``; a row flagged
-high or critical, or matching intel, also yields a finding row (``S3SentinelFindings_CL``)
-that references the record id. Standard tables keep their exact schema.
+batches with ``enrich.fast_lane_secs`` instead of ``batch.max_age_secs``. Where the results
+go depends on the table (:mod:`operators.enrich.columns`): custom ``_CL`` tables, and
+Azure's own tables with ``enrich.standard_tables = "columns"``, carry them as columns on
+every row; otherwise a row flagged high or critical, or matching intel, yields a finding
+row (``S3SentinelFindings_CL``) that references the record id, and the table keeps its
+exact schema.
 
-With ``enrich.anomaly`` or ``enrich.sequences`` on, CloudTrail rows also go, keyed by a
-hash shard of their principal, to a stateful step (:func:`score_shard`) holding one
-bounded :class:`~operators.enrich.anomaly.AnomalyScorer` and one
+With ``enrich.anomaly`` or ``enrich.sequences``, CloudTrail rows also go, bundled per hash
+shard of their principal, to a stateful step (:func:`score_shard`) holding one bounded
+:class:`~operators.enrich.anomaly.AnomalyScorer` and one
 :class:`~operators.enrich.sequences.SequenceDetector` per shard, both in the recovery
 snapshots; anomalous rows and completed sequences come out as findings, in the fast lane.
 """
@@ -29,6 +33,7 @@ import orjson
 from dataflow import metrics
 from dataflow.config import EnrichConfig
 from dataflow.messages import Rows
+from operators.enrich.columns import FINDINGS_TABLE, carries_columns, column_names, splice
 from operators.tabledef import TableDef
 
 __all__ = ["FAST", "Enricher", "Observed", "ShardState", "score_shard"]
@@ -38,7 +43,6 @@ log = logging.getLogger(__name__)
 FAST = "|fast"
 """Suffix of the partition name of fast-lane bundles."""
 
-FINDINGS_TABLE = "S3SentinelFindings_CL"
 CLOUDTRAIL = "AWSCloudTrail"
 _URGENT = frozenset({"critical"})
 _FINDING = frozenset({"critical", "high"})
@@ -77,6 +81,9 @@ class Enricher:
             self._intel = IntelWatcher(cfg.intel_file, s3_client,
                                        check_every_secs=cfg.intel_check_secs)
         self._side = cfg.anomaly or cfg.sequences
+        self._columns = {t.name: column_names(t) for t in tables.values()
+                         if carries_columns(t, cfg)}
+        """Tables whose rows carry the rule and intel results as columns (no findings rows)."""
 
     def enrich_batch(self, items: list[Rows]) -> list[Rows | Observed]:
         out: list[Rows | Observed] = []
@@ -86,16 +93,22 @@ class Enricher:
             if table is None or table.name == FINDINGS_TABLE:
                 out.append(bundle)
                 continue
+            cols = self._columns.get(table.name)
+            rows = list(bundle.rows) if cols else bundle.rows
             keep: list[int] = []
             fast: list[int] = []
             findings: list[tuple[bytes, str]] = []
             for i, (raw, rid) in enumerate(zip(bundle.rows, bundle.record_ids, strict=True)):
                 row = orjson.loads(raw)
-                urgent = self._flag(table.name, row, rid, findings)
+                urgent, values = self._flag(table.name, row, rid, findings, cols)
+                if values:
+                    rows[i] = splice(raw, values)  # type: ignore[index]
                 (fast if urgent else keep).append(i)
                 if self._side and table.name == CLOUDTRAIL:
                     side.setdefault(_shard(row, self._cfg.shards), []).append(
                         (rid, bundle.partition, row))
+            if cols:
+                bundle = Rows(bundle.stream, bundle.partition, tuple(rows), bundle.record_ids)
             if fast:
                 metrics.RECORDS_FLAGGED.labels(table.name, "fast_lane").inc(len(fast))
                 out.append(_subset(bundle, fast, bundle.partition + FAST))
@@ -107,28 +120,44 @@ class Enricher:
         out.extend(Observed(shard, tuple(rows)) for shard, rows in side.items())
         return out
 
-    def _flag(self, table: str, row: dict, rid: str, findings: list[tuple[bytes, str]]) -> bool:
+    def _flag(self, table: str, row: dict, rid: str, findings: list[tuple[bytes, str]],
+              cols: tuple[str, str, str, str] | None) -> tuple[bool, dict[str, Any] | None]:
+        """Classify and match one row: (whether it takes the fast lane, the enrichment
+        column values when ``cols`` names them); findings rows otherwise."""
         urgent = False
+        values: dict[str, Any] | None = {} if cols else None
+        reasons: list[str] = []
         if self._rules is not None:
             c = self._rules.classify(table, row)
             if c.priority in _FINDING:
                 urgent = c.priority in _URGENT
                 metrics.RECORDS_FLAGGED.labels(table, c.priority).inc()
-                findings.append(self.finding(table, row, rid, c.priority, list(c.reasons),
-                                             rule_ids=list(c.rule_ids), detector="rules"))
+                if values is None:
+                    findings.append(self.finding(table, row, rid, c.priority, list(c.reasons),
+                                                 rule_ids=list(c.rule_ids), detector="rules"))
+            if values is not None:
+                values[cols[0]] = c.priority  # type: ignore[index]
+                if c.rule_ids:
+                    reasons.extend(c.reasons)
+                    values[cols[2]] = list(c.rule_ids)  # type: ignore[index]
         if self._intel is not None:
             matches = self._intel.match(table, row)
             if matches:
                 urgent = True
                 metrics.RECORDS_FLAGGED.labels(table, "intel").inc()
-                findings.append(self.finding(
-                    table, row, rid, "intel",
-                    [f"{m.column} {m.value} matches {m.kind} indicator {m.indicator}"
-                     + (f" ({m.description})" if m.description else "") for m in matches],
-                    intel=[{"kind": m.kind, "value": m.value, "indicator": m.indicator,
-                            "description": m.description, "column": m.column} for m in matches],
-                    detector="intel"))
-        return urgent
+                why = [f"{m.column} {m.value} matches {m.kind} indicator {m.indicator}"
+                       + (f" ({m.description})" if m.description else "") for m in matches]
+                intel = [{"kind": m.kind, "value": m.value, "indicator": m.indicator,
+                          "description": m.description, "column": m.column} for m in matches]
+                if values is None:
+                    findings.append(self.finding(table, row, rid, "intel", why, intel=intel,
+                                                 detector="intel"))
+                else:
+                    reasons.extend(why)
+                    values[cols[3]] = intel  # type: ignore[index]
+        if reasons:
+            values[cols[1]] = reasons  # type: ignore[index]
+        return urgent, values
 
     def finding(self, table: str, row: dict, rid: str, priority: str, reasons: list[str], *,
                 rule_ids: list[str] | None = None, score: float | None = None,

@@ -3,6 +3,7 @@ the fast lane while the object's other records still wait for their (long) batch
 
 from __future__ import annotations
 
+import json
 import random
 import subprocess
 import sys
@@ -82,3 +83,92 @@ poll_secs = 0.2
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_enrichment_columns_reach_the_tables_the_dcr_declares(tmp_path: Path) -> None:
+    """Standard tables with ``standard_tables = "columns"`` and a custom table: every row
+    carries its priority, flagged rows their reasons, on streams declared exactly as
+    ``s3sentinel dcr`` exports them (the emulator drops undeclared columns, as the service
+    does)."""
+    from dataflow.config import load_config
+    from dataflow.dcr import dcr_template
+    from operators.schema import tables_for
+
+    rules = tmp_path / "app-rules.toml"
+    rules.write_text('[[rules]]\nid = "app-denied"\ntable = "AppEvents_CL"\npriority = "high"\n'
+                     'reason = "{UserName} was denied"\nmatch = { Status = 403 }\n')
+    cfg = tmp_path / "flow.toml"
+    cfg.write_text(f"""
+[sentinel]
+endpoint = "https://127.0.0.1:1"
+rule_id = "dcr-00000000000000000000000000000000"
+credential = "managed_identity"
+[batch]
+max_age_secs = 0.5
+[runtime]
+mode = "catch_up"
+[enrich]
+enabled = true
+standard_tables = "columns"
+rule_files = ["{rules}"]
+[[sources]]
+name = "trail"
+bucket = "cols-trail"
+prefix = "AWSLogs/"
+format = "cloudtrail"
+[[sources]]
+name = "app"
+bucket = "cols-app"
+format = "ndjson"
+table = "AppEvents_CL"
+[[tables]]
+name = "AppEvents_CL"
+columns = [
+  {{ name = "TimeGenerated", type = "datetime", source = "ts", required = true }},
+  {{ name = "UserName", type = "string", source = "user" }},
+  {{ name = "Status", type = "int", source = "status" }},
+]
+""")
+    arm = dcr_template(tables_for(load_config(cfg, environ={})).values())
+    (rule,) = [r for r in arm["resources"] if r["type"].endswith("dataCollectionRules")]
+    declared = {s: [c["name"] for c in d["columns"]]
+                for s, d in rule["properties"]["streamDeclarations"].items()}
+    with LocalStack(tmp_path / "stack", declared) as stack:
+        s3 = stack.s3()
+        for b in ("cols-trail", "cols-app"):
+            s3.create_bucket(Bucket=b)
+        rng = random.Random(5)
+        when = datetime(2026, 11, 28, 10, 0, tzinfo=timezone.utc)
+        events = [cloudtrail_event(rng, account="111122223333", region="us-east-1", when=when)
+                  for _ in range(40)]
+        for e in events:
+            if e["eventSource"] == "cloudtrail.amazonaws.com":
+                e["eventName"] = "LookupEvents"
+        events[3] = {k: v for k, v in events[3].items() if k not in ("errorCode", "errorMessage")
+                     } | {"eventName": "StopLogging", "eventSource": "cloudtrail.amazonaws.com"}
+        s3.put_object(Bucket="cols-trail", Key=cloudtrail_key("111122223333", "us-east-1", when, rng),
+                      Body=cloudtrail_object(events))
+        lines = [{"ts": "2026-11-28T10:00:00Z", "user": f"u{i}", "status": 403 if i % 5 == 0
+                  else 200} for i in range(20)]
+        s3.put_object(Bucket="cols-app", Key="app/1.ndjson",
+                      Body=b"\n".join(json.dumps(x).encode() for x in lines))
+        subprocess.run([sys.executable, "-m", "bytewax.run", "dataflow.flow:flow"],
+                       env=flow_env(stack, cfg, tmp_path / "errors"), cwd=ROOT, check=True,
+                       capture_output=True, timeout=120)
+        admin = stack.admin()
+        trail = admin.records(TRAIL)
+        assert len(trail) == 40
+        assert all(r["EnrichmentPriority_CF"] for r in trail)
+        (tamper,) = [r for r in trail if r["EventName"] == "StopLogging"]
+        assert tamper["EnrichmentPriority_CF"] == "critical"
+        assert tamper["EnrichmentRuleIds_CF"] == ["ct-cloudtrail-tamper"]
+        app = admin.records("Custom-AppEvents_CL")
+        assert sorted(r["EnrichmentPriority"] for r in app) == ["high"] * 4 + ["normal"] * 16
+        assert {r["UserName"] for r in app if r["EnrichmentPriority"] == "high"} == {
+            "u0", "u5", "u10", "u15"}
+        assert all(r["EnrichmentReasons"] == [f"{r['UserName']} was denied"]
+                   for r in app if r["EnrichmentPriority"] == "high")
+        assert admin.records(FINDINGS) == []  # the columns carry it: no findings rows
+        streams = admin.summary()["streams"]
+        assert streams[TRAIL]["dropped_columns"] == {}
+        assert streams["Custom-AppEvents_CL"]["dropped_columns"] == {}

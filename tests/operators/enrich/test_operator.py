@@ -64,3 +64,61 @@ def test_side_branch_state_survives_a_snapshot() -> None:
     thawed = pickle.loads(pickle.dumps(copy.deepcopy(state)))
     assert thawed.scorer.snapshot() == state.scorer.snapshot()
     assert thawed.detector.snapshot() == state.detector.snapshot()
+
+
+def test_standard_tables_can_carry_the_results_as_cf_columns(tmp_path: Path) -> None:
+    from operators.enrich.columns import with_enrichment_columns
+
+    intel = tmp_path / "intel.txt"
+    intel.write_text("203.0.113.0/24\n")
+    cfg = EnrichConfig(enabled=True, intel_file=str(intel), standard_tables="columns")
+    enricher = Enricher(cfg, with_enrichment_columns(load_tables(), cfg))
+    out = enricher.enrich_batch([bundle(ct("DescribeInstances"), ct("StopLogging"),
+                                        ct("ListBuckets", ip="203.0.113.50"))])
+    by_part = {(b.stream, b.partition): b for b in out if isinstance(b, Rows)}
+    assert set(by_part) == {(TRAIL, "trail:0/1"), (TRAIL, "trail:0/1" + FAST)}  # no findings
+    normal = [orjson.loads(r) for r in by_part[(TRAIL, "trail:0/1")].rows]
+    fast = [orjson.loads(r) for r in by_part[(TRAIL, "trail:0/1" + FAST)].rows]
+    assert normal[0]["EnrichmentPriority_CF"] == "normal"
+    assert "EnrichmentReasons_CF" not in normal[0] and "EnrichmentIntel_CF" not in normal[0]
+    tamper, listing = fast
+    assert tamper["EventName"] == "StopLogging"
+    assert tamper["EnrichmentPriority_CF"] == "critical"
+    assert tamper["EnrichmentRuleIds_CF"] == ["ct-cloudtrail-tamper"]
+    assert any("StopLogging" in r for r in tamper["EnrichmentReasons_CF"])
+    assert listing["EnrichmentIntel_CF"][0]["indicator"] == "203.0.113.0/24"
+    assert "203.0.113.0/24" in listing["EnrichmentReasons_CF"][-1]
+    assert listing["SourceIpAddress"] == "203.0.113.50"  # the mapped row is otherwise intact
+
+
+def test_custom_tables_carry_columns_from_user_rules(tmp_path: Path) -> None:
+    from dataflow.config import TableColumnConfig, TableConfig
+    from operators.enrich.columns import with_enrichment_columns
+
+    rules = tmp_path / "app-rules.toml"
+    rules.write_text('''
+[[rules]]
+id = "app-denied"
+table = "AppEvents_CL"
+priority = "high"
+reason = "{UserName} was denied: {Message}"
+match = { Status = 403 }
+''')
+    app = TableConfig(name="AppEvents_CL", columns=[
+        TableColumnConfig(name="TimeGenerated", type="datetime", source="ts"),
+        TableColumnConfig(name="Message", type="string", source="msg"),
+        TableColumnConfig(name="UserName", type="string", source="user"),
+        TableColumnConfig(name="Status", type="int", source="status")])
+    cfg = EnrichConfig(enabled=True, rule_files=[str(rules)])
+    enricher = Enricher(cfg, with_enrichment_columns(load_tables(declared=[app]), cfg))
+    rows = (orjson.dumps({"TimeGenerated": "2026-11-28T10:00:00Z", "Message": "ok",
+                          "UserName": "bob", "Status": 200}),
+            orjson.dumps({"TimeGenerated": "2026-11-28T10:00:01Z", "Message": "no",
+                          "UserName": "eve", "Status": 403}))
+    out = enricher.enrich_batch([Rows("Custom-AppEvents_CL", "app:0/1", rows, ("a-0", "a-1"))])
+    (only,) = out  # one bundle: nothing urgent, no findings rows for a table with columns
+    got = [orjson.loads(r) for r in only.rows]
+    assert [g["EnrichmentPriority"] for g in got] == ["normal", "high"]
+    assert got[1]["EnrichmentReasons"] == ["eve was denied: no"]
+    assert got[1]["EnrichmentRuleIds"] == ["app-denied"]
+    assert only.record_ids == ("a-0", "a-1")
