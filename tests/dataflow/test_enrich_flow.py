@@ -8,7 +8,7 @@ import random
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from devstack.samples import cloudtrail_event, cloudtrail_key, cloudtrail_object
@@ -172,3 +172,120 @@ columns = [
         streams = admin.summary()["streams"]
         assert streams[TRAIL]["dropped_columns"] == {}
         assert streams["Custom-AppEvents_CL"]["dropped_columns"] == {}
+
+
+def _trail(ts: datetime, name: str, source: str, ip: str, ua: str) -> dict:
+    return {"eventVersion": "1.09", "eventTime": ts.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "eventName": name, "eventSource": f"{source}.amazonaws.com",
+            "awsRegion": "us-east-1", "sourceIPAddress": ip, "userAgent": ua,
+            "userIdentity": {"type": "IAMUser", "arn": "arn:aws:iam::111122223333:user/alice",
+                             "accountId": "111122223333", "principalId": "AIDAEXAMPLE"},
+            "recipientAccountId": "111122223333", "readOnly": name.startswith("Describe"),
+            "eventID": f"{ts.timestamp():.0f}-{name}", "eventType": "AwsApiCall"}
+
+
+def _anomaly_findings(admin) -> list[dict]:  # noqa: ANN001 - the emulator's admin client
+    return [f for f in admin.records(FINDINGS) if f["Detector"] == "anomaly"]
+
+
+def _run_until(cmd: list[str], env: dict, log: Path, done) -> subprocess.Popen:  # noqa: ANN001
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log.open("a"),
+                            stderr=subprocess.STDOUT)
+    t0 = time.monotonic()
+    while not done():
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() - t0 < 60, "timed out: " + log.read_text()[-3000:]
+        time.sleep(0.2)
+    return proc
+
+
+def test_anomaly_baselines_survive_a_kill(clean: LocalStack, tmp_path: Path) -> None:
+    """Four days of alice's routine, a kill -9 once it is delivered, her objects deleted:
+    after the restart, her first StopLogging from a new network is scored anomalous, which
+    only a baseline restored from the recovery snapshot can do (a fresh flow shown only the
+    last object keeps her in warm-up and scores nothing)."""
+    from bytewax.recovery import init_db_dir
+
+    s3 = clean.s3()
+    admin = clean.admin()
+    office, cli = "198.51.100.7", "aws-cli/2.15.30 Python/3.11.8 Linux/6.1 exe/x86_64"
+    start = datetime(2026, 11, 20, 9, 0, tzinfo=timezone.utc)
+    history = [_trail(start + timedelta(hours=2 * i), ["DescribeInstances", "DescribeVpcs"][i % 2],
+                      "ec2", office, cli) for i in range(60)]  # 5 days, 60 events
+    attack = [_trail(start + timedelta(days=5, hours=1), "StopLogging", "cloudtrail",
+                     "203.0.113.9", "Boto3/1.34.0 Python/3.12.1 Linux/5.10")]
+
+    def run(name: str, bucket: str, objects: list[list[dict]], recovery: Path,
+            restart_with: list[dict] | None = None) -> None:
+        s3.create_bucket(Bucket=bucket)
+        cfg = tmp_path / f"{name}.toml"
+        cfg.write_text(f"""
+[sentinel]
+endpoint = "https://127.0.0.1:1"
+rule_id = "dcr-00000000000000000000000000000000"
+credential = "managed_identity"
+[batch]
+max_age_secs = 0.3
+[runtime]
+mode = "continuous"
+[enrich]
+enabled = true
+anomaly = true
+fast_lane_secs = 0.2
+[[sources]]
+name = "trail"
+bucket = "{bucket}"
+prefix = "AWSLogs/"
+format = "cloudtrail"
+poll_secs = 0.2
+""")
+        keys = [f"AWSLogs/111122223333/CloudTrail/us-east-1/2026/11/2{i}/obj{i}.json.gz"
+                for i in range(len(objects))]
+        for key, events in zip(keys, objects, strict=True):
+            s3.put_object(Bucket=bucket, Key=key, Body=cloudtrail_object(events))
+        env = flow_env(clean, cfg, tmp_path / f"{name}-errors")
+        cmd = [sys.executable, "-m", "bytewax.run", "dataflow.flow:flow",
+               "-r", str(recovery), "-s", "1", "-b", "0"]
+        want = sum(map(len, objects))
+        proc = _run_until(cmd, env, tmp_path / f"{name}.log",
+                          lambda: len(admin.records(TRAIL)) >= want)
+        if restart_with is None:
+            time.sleep(1.0)  # delivered; the check below is on a settled flow
+            proc.kill()
+            proc.wait()
+            return
+        time.sleep(2.5)  # a snapshot after the last row was scored (epochs are 1 s)
+        proc.kill()  # SIGKILL: no shutdown hook runs
+        proc.wait()
+        for key in keys:  # the history is gone from S3: only the snapshot holds it
+            s3.delete_object(Bucket=bucket, Key=key)
+        s3.put_object(Bucket=bucket, Key=keys[-1].replace("obj", "late"),
+                      Body=cloudtrail_object(restart_with))
+        proc = _run_until(cmd, env, tmp_path / f"{name}.log",
+                          lambda: len(admin.records(TRAIL)) >= want + len(restart_with))
+        try:
+            t0 = time.monotonic()
+            while not _anomaly_findings(admin) and time.monotonic() - t0 < 5:
+                time.sleep(0.1)
+        finally:
+            proc.kill()
+            proc.wait()
+
+    recovery = tmp_path / "recovery"
+    recovery.mkdir()
+    init_db_dir(recovery, 1)
+    run("restart", "baselines-restart", [history[:30], history[30:]], recovery,
+        restart_with=attack)
+    assert len(admin.records(TRAIL)) == 61
+    findings = _anomaly_findings(admin)
+    assert [f["EventName"] for f in findings] == ["StopLogging"], findings
+    assert findings[0]["AnomalyScore"] >= 0.8
+    assert any("first call of cloudtrail:StopLogging" in r for r in findings[0]["Reasons"])
+
+    admin.reset()  # control: the same row to a flow with no history scores nothing
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    init_db_dir(fresh, 1)
+    run("control", "baselines-control", [attack], fresh)
+    assert [r["EventName"] for r in admin.records(TRAIL)] == ["StopLogging"]
+    assert _anomaly_findings(admin) == []
