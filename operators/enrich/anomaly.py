@@ -745,8 +745,8 @@ class EntityState:
 
 def _evict(t: dict[str, list[Any]], cap: int) -> None:
     """Drop the least used quarter of a full pair table (ties: the least recently seen)."""
-    drop = sorted(t.items(), key=lambda kv: (kv[1][0], kv[1][2]))[: max(1, len(t) - cap * 3 // 4)]
-    for k, _ in drop:
+    ranked = sorted([(e[0], e[2], i, k) for i, (k, e) in enumerate(t.items())])  # no key=:
+    for *_, k in ranked[: max(1, len(t) - cap * 3 // 4)]:  # tuples compare in C
         del t[k]
 
 
