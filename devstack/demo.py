@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from connectors.deadletter import read_entries
@@ -93,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         if findings:
             print(f"enrichment: {findings} findings in S3SentinelFindings_CL (priority rules and "
                   "anomaly scores; see README, Enrichment)")
+        for table in sorted((t for t in tables.values() if t.added), key=lambda t: t.name):
+            prio = table.added[0].name  # EnrichmentPriority(_CF)
+            counts = Counter(r.get(prio) for r in admin.records(table.stream))
+            if counts:
+                shown = ", ".join(f"{k}={v}" for k, v in counts.most_common())
+                print(f"enrichment columns: {table.name} rows by {prio}: {shown}")
     return 0
 
 
