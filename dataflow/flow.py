@@ -45,7 +45,13 @@ def build_flow(cfg: Config, *, s3_factory: Callable[[], Any] | None = None,
     :arg service_factory: Builds the Logs Ingestion client of each sink partition.
     """
     tables = tables_for(cfg)
-    mapper = RecordMapper(cfg.sources, tables, cfg.batch.max_bytes)
+    enricher = None
+    if cfg.enrich.enabled:
+        intel_s3 = s3_client(cfg.aws) if cfg.enrich.intel_file.startswith("s3://") else None
+        enricher = Enricher(cfg.enrich, tables, intel_s3)
+    # The enrichment step reads the rows the mapper builds, rather than decoding them again.
+    mapper = RecordMapper(cfg.sources, tables, cfg.batch.max_bytes,
+                          keep_parsed=enricher.reads if enricher else frozenset())
     # Per-source clients (each source may assume its own role), unless a test injects one.
     client_for = functools.partial(_client_for, cfg.aws) if s3_factory is None else None
     s3_factory = s3_factory or functools.partial(s3_client, cfg.aws)
@@ -65,15 +71,16 @@ def build_flow(cfg: Config, *, s3_factory: Callable[[], Any] | None = None,
                                                     journal_dir=rt.journal_dir, keyring=keyring))
 
     good: op.Stream[Rows] = rows.trues
-    if cfg.enrich.enabled:
-        good = _enrich(cfg, tables, good)
+    if enricher is not None:
+        good = _enrich(cfg, enricher, good)
     lanes = op.branch("lane", good, lambda r: r.partition.endswith(FAST))
     batch = functools.partial(batch_rows, max_bytes=cfg.batch.max_bytes,
                               max_records=cfg.batch.max_records, keyring=keyring)
     normal = batch("batch", op.key_on("key", lanes.falses, lambda r: f"{r.stream}|{r.partition}"),
                    max_age=timedelta(seconds=cfg.batch.max_age_secs))
-    fast = batch("fast_batch", op.key_on("fast_key", lanes.trues,
-                                         lambda r: f"{r.stream}|{r.partition}"),
+    # One fast-lane batch per stream, not per source partition: urgent rows are few, and
+    # every key would otherwise send its own small request each fast_lane_secs.
+    fast = batch("fast_batch", op.key_on("fast_key", lanes.trues, lambda r: f"{r.stream}|fast"),
                  max_age=timedelta(seconds=cfg.enrich.fast_lane_secs))
     batches = op.merge("batches", normal, fast)
     dead_letters = functools.partial(DeadLetterStore, rt.errors_dir, rt.errors_s3_uri, s3_factory,
@@ -85,10 +92,8 @@ def build_flow(cfg: Config, *, s3_factory: Callable[[], Any] | None = None,
     return flow
 
 
-def _enrich(cfg: Config, tables: dict, rows: op.Stream[Rows]) -> op.Stream[Rows]:
+def _enrich(cfg: Config, enricher: Enricher, rows: op.Stream[Rows]) -> op.Stream[Rows]:
     """Rules and intel on every row; anomaly scores and sequences on a keyed side branch."""
-    intel_s3 = s3_client(cfg.aws) if cfg.enrich.intel_file.startswith("s3://") else None
-    enricher = Enricher(cfg.enrich, tables, intel_s3)
     out = op.flat_map_batch("enrich", rows, enricher.enrich_batch)
     split = op.branch("observed", out, lambda x: isinstance(x, Observed))
     good: op.Stream[Rows] = split.falses

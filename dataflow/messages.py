@@ -123,6 +123,9 @@ class Rows:
     partition: str
     rows: tuple[bytes, ...]
     record_ids: tuple[str, ...]
+    parsed: tuple[dict, ...] | None = field(default=None, compare=False, repr=False)
+    """The rows as the mapper built them, before encoding, when the enrichment step reads
+    them (it would otherwise decode every row again); it drops them."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,12 +31,14 @@ so that `s3sentinel replay` can send it again once the cause is fixed."""
 class _Route:
     """How records of one (source, format) are mapped."""
 
-    __slots__ = ("mapper", "parser", "stream")
+    __slots__ = ("keep", "mapper", "parser", "stream")
 
-    def __init__(self, mapper: Mapper, parser: TextFormat | None) -> None:
+    def __init__(self, mapper: Mapper, parser: TextFormat | None, keep: bool = False) -> None:
         self.mapper = mapper
         self.parser = parser
         self.stream = mapper.table.stream
+        self.keep = keep
+        """Hand the row dicts on with the encoded rows (:attr:`Rows.parsed`)."""
 
 
 class RecordMapper:
@@ -45,13 +47,16 @@ class RecordMapper:
     :arg sources: The configured sources.
     :arg tables: Table definitions by name (see :func:`operators.schema.load_tables`).
     :arg max_row_bytes: Largest encoded row accepted (one row must fit in one request).
+    :arg keep_parsed: Tables whose rows the next step reads: their bundles carry the row
+        dicts too (:attr:`~dataflow.messages.Rows.parsed`).
     :raises KeyError: A source names a table that is not defined.
     """
 
     def __init__(self, sources: list[SourceConfig], tables: Mapping[str, TableDef],
-                 max_row_bytes: int) -> None:
+                 max_row_bytes: int, keep_parsed: frozenset[str] = frozenset()) -> None:
         self._sources = {s.name: s for s in sources}
         self._tables = tables
+        self._keep = keep_parsed
         self._routes: dict[tuple[str, str], _Route | ErrorRecord | str] = {}
         self._max_row = max_row_bytes - 2  # the row plus the array's brackets
         for src in sources:  # check every table a source names, before any data
@@ -72,7 +77,8 @@ class RecordMapper:
                          "Declare it under [[tables]] or in runtime.tables_dir.")
             else:
                 route = _Route(Mapper(self._tables[name]),
-                               text_format(fmt, fields=src.fields, delimiter=src.delimiter))
+                               text_format(fmt, fields=src.fields, delimiter=src.delimiter),
+                               keep=name in self._keep)
             self._routes[(source, fmt)] = route
         return route  # type: ignore[return-value]
 
@@ -96,7 +102,7 @@ class RecordMapper:
     def map_batch(self, records: list[RawRecord]) -> list[Rows | ErrorRecord]:
         """Map a batch of raw records; rows come out bundled per (stream, partition), in order."""
         out: list[Rows | ErrorRecord] = []
-        groups: dict[tuple[str, str], tuple[list[bytes], list[str]]] = {}
+        groups: dict[tuple[str, str], tuple[list[bytes], list[str], list[dict]]] = {}
         for rec in records:
             res = self._map(rec)
             if type(res) is tuple:
@@ -104,27 +110,36 @@ class RecordMapper:
                 key = (res[0], obj.partition)
                 group = groups.get(key)
                 if group is None:
-                    group = groups[key] = ([], [])
+                    group = groups[key] = ([], [], [])
                 group[0].append(res[1])
                 group[1].append(f"{obj.id}-{rec.offset}")
+                if len(res) == 3:
+                    group[2].append(res[2])
             else:
                 out.append(res)  # type: ignore[arg-type]
-        for (stream, partition), (rows, ids) in groups.items():
-            out.append(Rows(stream, partition, tuple(rows), tuple(ids)))
+        for (stream, partition), (rows, ids, parsed) in groups.items():
+            out.append(Rows(stream, partition, tuple(rows), tuple(ids),
+                            tuple(parsed) if parsed else None))
         return out
 
-    def _map(self, rec: RawRecord) -> tuple[str, bytes] | ErrorRecord:
+    def _map(self, rec: RawRecord) -> tuple[str, bytes] | tuple[str, bytes, dict] | ErrorRecord:
         obj = rec.obj
         route = self._route(obj.source, obj.format or self._sources[obj.source].format)
         if type(route) is str:
             return self._error(rec, "map", route, "no_table")
         assert isinstance(route, _Route)
         record_id = f"{obj.id}-{rec.offset}"
+        row = None
         try:
-            if route.parser is None:
-                data = route.mapper.map_json(rec.data, record_id)
+            mapper = route.mapper
+            if route.keep:
+                row = (mapper.row_json(rec.data, record_id) if route.parser is None else
+                       mapper.row_dict(route.parser.parse(rec.data, rec.header), record_id))
+                data = mapper.encode(row)
+            elif route.parser is None:
+                data = mapper.map_json(rec.data, record_id)
             else:
-                data = route.mapper.map_dict(route.parser.parse(rec.data, rec.header), record_id)
+                data = mapper.map_dict(route.parser.parse(rec.data, rec.header), record_id)
         except ParseError as ex:
             return self._error(rec, "parse", ex.reason, ex.code)
         except MappingError as ex:
@@ -137,7 +152,7 @@ class RecordMapper:
             reason = (f"row is {len(data)} bytes, more than fits in one request "
                       f"({self._max_row} bytes)")
             return self._error(rec, "map", reason, "row_too_large")
-        return route.stream, data
+        return (route.stream, data) if row is None else (route.stream, data, row)
 
     @staticmethod
     def _error(rec: RawRecord, stage: str, reason: str, code: str) -> ErrorRecord:

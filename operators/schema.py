@@ -339,14 +339,23 @@ class Mapper:
 
         :raises MappingError: The record is not JSON, or a value does not fit its column.
         """
+        return self._encode(self.row_json(data, record_id))
+
+    def row_json(self, data: bytes, record_id: str) -> dict[str, Any]:
+        """:meth:`map_json`'s row before it is encoded (:meth:`encode`). Values of
+        ``dynamic`` columns may be :class:`msgspec.Raw` (JSON text kept as it came)."""
         try:
             rec = self._decoder.decode(data)
         except msgspec.ValidationError:
-            return self.map_dict(self._loads(data), record_id)  # unusual shape: generic path
+            return self.row_dict(self._loads(data), record_id)  # unusual shape: generic path
         except msgspec.DecodeError as ex:
             raise MappingError(f"not valid JSON: {ex}", "invalid_json") from None
         row = self._map_struct(rec, {}, {})
         row[self._id_column] = record_id
+        return row
+
+    def encode(self, row: dict[str, Any]) -> bytes:
+        """A row of :meth:`row_json` or :meth:`row_dict` as compact JSON."""
         return self._encode(row)
 
     def _deferred(self, i: int, raw: msgspec.Raw, parsed: dict[int, Any]) -> Any:
@@ -376,6 +385,10 @@ class Mapper:
 
     def map_dict(self, rec: Any, record_id: str) -> bytes:
         """Map one record already parsed into Python values; returns the row as JSON."""
+        return self._encode(self.row_dict(rec, record_id))
+
+    def row_dict(self, rec: Any, record_id: str) -> dict[str, Any]:
+        """:meth:`map_dict`'s row before it is encoded (:meth:`encode`)."""
         if not isinstance(rec, dict):
             kind = type(rec).__name__
             raise MappingError(f"expected a JSON object, got {kind}", "not_an_object")
@@ -396,7 +409,7 @@ class Mapper:
             if rest:
                 row[self._rest_column] = rest
         row[self._id_column] = record_id
-        return self._encode(row)
+        return row
 
     def _coerce(self, name: str, coerce: Callable[[Any], Any], v: Any) -> Any:
         try:

@@ -28,6 +28,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import orjson
 
 from dataflow import metrics
@@ -45,6 +46,9 @@ FAST = "|fast"
 
 CLOUDTRAIL = "AWSCloudTrail"
 _URGENT = frozenset({"critical"})
+_PLAIN = frozenset({str, int, float, bool})
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
 _FINDING = frozenset({"critical", "high"})
 
 
@@ -84,22 +88,43 @@ class Enricher:
         self._columns = {t.name: column_names(t) for t in tables.values()
                          if carries_columns(t, cfg)}
         """Tables whose rows carry the rule and intel results as columns (no findings rows)."""
+        from operators.enrich.intel import FIELDS
+
+        self.reads = frozenset(
+            t.name for t in tables.values() if t.name != FINDINGS_TABLE and (
+                t.name in self._columns or (self._side and t.name == CLOUDTRAIL)
+                or (self._rules is not None and self._rules.covers(t.name))
+                or (self._intel is not None and t.name in FIELDS)))
+        """Tables whose rows this step reads; the others pass untouched (and undecoded)."""
+        self._dynamic = {t.name: tuple(c.name for c in t.columns if c.type == "dynamic")
+                         for t in tables.values()}
 
     def enrich_batch(self, items: list[Rows]) -> list[Rows | Observed]:
         out: list[Rows | Observed] = []
         side: dict[str, list[tuple[str, str, dict]]] = {}
         for bundle in items:
             table = self._by_stream.get(bundle.stream)
-            if table is None or table.name == FINDINGS_TABLE:
+            parsed = bundle.parsed
+            if parsed is not None:  # rows go on as bytes only
+                bundle = Rows(bundle.stream, bundle.partition, bundle.rows, bundle.record_ids)
+            if table is None or table.name not in self.reads:
                 out.append(bundle)
                 continue
             cols = self._columns.get(table.name)
+            dynamic = self._dynamic[table.name]
             rows = list(bundle.rows) if cols else bundle.rows
             keep: list[int] = []
             fast: list[int] = []
             findings: list[tuple[bytes, str]] = []
             for i, (raw, rid) in enumerate(zip(bundle.rows, bundle.record_ids, strict=True)):
-                row = orjson.loads(raw)
+                if parsed is None:
+                    row = orjson.loads(raw)
+                else:  # the mapper's dict: what orjson.loads(raw) gives, but for dynamic
+                    row = parsed[i]  # values, which may hold JSON text (msgspec.Raw) inside
+                    for c in dynamic:
+                        v = row.get(c)
+                        if v is not None and v.__class__ not in _PLAIN:
+                            row[c] = _decode(_encode(v))
                 urgent, values = self._flag(table.name, row, rid, findings, cols)
                 if values:
                     rows[i] = splice(raw, values)  # type: ignore[index]

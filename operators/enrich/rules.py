@@ -676,6 +676,10 @@ class RuleSet:
         self._index[table] = (by_event, generic)
         return by_event, generic
 
+    def covers(self, table: str) -> bool:
+        """Whether any rule can apply to rows of ``table``."""
+        return any(r.table in (table, "*") for r in self.rules)
+
     def classify(self, table: str, row: Mapping[str, Any]) -> Classification:
         """The highest priority of the rules ``row`` matches, with every matching reason."""
         index = self._index.get(table)

@@ -122,3 +122,49 @@ match = { Status = 403 }
     assert got[1]["EnrichmentReasons"] == ["eve was denied: no"]
     assert got[1]["EnrichmentRuleIds"] == ["app-denied"]
     assert only.record_ids == ("a-0", "a-1")
+
+
+def test_rows_handed_on_by_the_mapper_enrich_as_decoded_rows_do(tmp_path: Path) -> None:
+    """The mapper hands the enrichment step its row dicts (no second decode); the results
+    are the same as from the encoded rows, dynamic columns (kept as JSON text) included."""
+    import random
+    from datetime import datetime, timezone
+
+    from dataflow.config import SourceConfig
+    from dataflow.messages import ObjectRef, RawRecord
+    from devstack.samples import cloudtrail_event
+    from operators.enrich.columns import with_enrichment_columns
+    from operators.parse import RecordMapper
+
+    intel = tmp_path / "intel.txt"
+    intel.write_text("0.0.0.0/1\n")  # half of every address
+    cfg = EnrichConfig(enabled=True, intel_file=str(intel), standard_tables="columns",
+                       anomaly=True, sequences=True)
+    tables = with_enrichment_columns(load_tables(), cfg)
+    enricher = Enricher(cfg, tables)
+    assert "AWSCloudTrail" in enricher.reads and "AWSVPCFlow" in enricher.reads
+    rng = random.Random(11)
+    when = datetime(2026, 11, 28, 10, 0, tzinfo=timezone.utc)
+    events = [cloudtrail_event(rng, account="111122223333", region="us-east-1", when=when)
+              for _ in range(400)]
+    obj = ObjectRef("trail", "trail:0/1", "b", "AWSLogs/x.json.gz", "e", 1, "cloudtrail")
+    records = [RawRecord(obj, i, orjson.dumps(e)) for i, e in enumerate(events)]
+    src = [SourceConfig(name="trail", bucket="b", format="cloudtrail")]
+    with_dicts = RecordMapper(src, tables, 1_000_000, keep_parsed=enricher.reads)
+    (handed,) = with_dicts.map_batch(records)
+    (plain,) = RecordMapper(src, tables, 1_000_000).map_batch(records)
+    assert handed.parsed is not None and plain.parsed is None
+    assert handed.rows == plain.rows  # the same bytes either way
+    dynamic = [c.name for c in tables["AWSCloudTrail"].columns if c.type == "dynamic"]
+    assert any(c in d for d in handed.parsed for c in dynamic)  # the Raw path is exercised
+
+    def results(bundle: Rows) -> list:
+        out = Enricher(cfg, tables).enrich_batch([bundle])
+        return [(x.stream, x.partition, x.rows, x.record_ids) if isinstance(x, Rows) else
+                (x.shard, x.rows) for x in out]
+
+    got, want = results(handed), results(plain)
+    assert got == want
+    assert sum(len(r[2]) for r in got if len(r) == 4 and r[1].endswith(FAST)) > 0  # flagged
+    out = Enricher(cfg, tables).enrich_batch([handed])
+    assert all(x.parsed is None for x in out if isinstance(x, Rows))  # not carried further
