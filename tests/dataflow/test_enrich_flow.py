@@ -17,6 +17,11 @@ from tests.conftest import ROOT, flow_env
 
 TRAIL = "Custom-AWSCloudTrail"
 FINDINGS = "Custom-S3SentinelFindings_CL"
+SENTINEL = """[sentinel]
+endpoint = "https://127.0.0.1:1"
+rule_id = "dcr-00000000000000000000000000000000"
+credential = "managed_identity"
+"""  # endpoints come from the environment (flow_env)
 
 
 def test_critical_records_take_the_fast_lane(clean: LocalStack, tmp_path: Path) -> None:
@@ -25,11 +30,7 @@ def test_critical_records_take_the_fast_lane(clean: LocalStack, tmp_path: Path) 
     s3.create_bucket(Bucket=bucket)
     cfg = tmp_path / "flow.toml"
     cfg.write_text(f"""
-[sentinel]
-endpoint = "https://127.0.0.1:1"
-rule_id = "dcr-00000000000000000000000000000000"
-credential = "managed_identity"
-[batch]
+{SENTINEL}[batch]
 max_age_secs = 8
 [runtime]
 mode = "continuous"
@@ -99,11 +100,7 @@ def test_enrichment_columns_reach_the_tables_the_dcr_declares(tmp_path: Path) ->
                      'reason = "{UserName} was denied"\nmatch = { Status = 403 }\n')
     cfg = tmp_path / "flow.toml"
     cfg.write_text(f"""
-[sentinel]
-endpoint = "https://127.0.0.1:1"
-rule_id = "dcr-00000000000000000000000000000000"
-credential = "managed_identity"
-[batch]
+{SENTINEL}[batch]
 max_age_secs = 0.5
 [runtime]
 mode = "catch_up"
@@ -220,11 +217,7 @@ def test_anomaly_baselines_survive_a_kill(clean: LocalStack, tmp_path: Path) -> 
         s3.create_bucket(Bucket=bucket)
         cfg = tmp_path / f"{name}.toml"
         cfg.write_text(f"""
-[sentinel]
-endpoint = "https://127.0.0.1:1"
-rule_id = "dcr-00000000000000000000000000000000"
-credential = "managed_identity"
-[batch]
+{SENTINEL}[batch]
 max_age_secs = 0.3
 [runtime]
 mode = "continuous"
