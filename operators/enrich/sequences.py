@@ -15,23 +15,29 @@ language of :mod:`operators.enrich.rules`::
     reason = "{principal} ..."         # {principal}, {sequence_id}, {count}, last row's columns
     steps = [
       { match = { EventName = "CreateUser" } },
-      { match = { EventName = "ListUsers", ErrorCode = "AccessDenied" }, min_count = 10 },
+      { match = { EventName = { prefix = "List" }, ErrorCode = "AccessDenied" }, min_count = 10,
+        min_distinct = { EventName = 5 } },
     ]
 
 A match is a subsequence of one principal's events, in event-time order, whose first and
 last events are at most ``window_secs`` apart; events in between are ignored. A step with
-``min_count = N`` needs N events. Time is event time (the row's TimeGenerated), never the
-clock, so replays and backfills find the same matches.
+``min_count = N`` needs N events; with ``min_distinct = { Column = K }`` as well (2 <= K <= N),
+those N events (for a first step: the last N of the principal's matching events) must hold
+at least K different (non-empty) values of the column, so that ten denials of ten different
+APIs count, and a job retrying one denied call ten times does not. Time is event time (the
+row's TimeGenerated), never the clock, so replays and backfills find the same matches.
 
 State is small by construction: for each principal, sequence and step reached, only the
 partial match that started last is kept (it has the most window left, so for events in
 time order it completes whenever an earlier-started one would), as a tuple of record
 times, plus, for a ``min_count`` step, the times counted so far (a sliding count for a
 first step; a later step counts against the partial match it started with, until that
-expires). Only a first-step event creates state; partial matches expire with their window,
-a principal's state goes once it holds nothing, and at most ``max_principals`` principals
-are kept (least recently seen evicted first). Events are expected in roughly time order: an
-event older than a partial match's last event does not extend it.
+expires), and for a ``min_distinct`` step their column values (at most N per partial match,
+N <= 1000: only the last N events counted are kept). Only a first-step event creates state;
+partial matches expire with their window, a principal's state goes once it holds nothing,
+and at most ``max_principals`` principals are kept (least recently seen evicted first).
+Events are expected in roughly time order: an event older than a partial match's last event
+does not extend it.
 :meth:`SequenceDetector.snapshot` gives plain JSON-able state and
 :meth:`SequenceDetector.restore` rebuilds it, so a detector can live in a bytewax stateful
 operator (keyed by principal, or one per worker).
@@ -40,6 +46,7 @@ operator (keyed by principal, or one per worker).
 from __future__ import annotations
 
 import logging
+import sys
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -72,11 +79,14 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SEQUENCES = Path(__file__).with_name("sequences") / "default.toml"
 """The packaged sequences, always loaded first unless ``include_default=False``."""
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
+_READABLE_SNAPSHOTS = (1, 2)  # version 1: no min_distinct values
 
 _SEQ_KEYS = frozenset({"id", "table", "principal", "window_secs", "priority", "reason", "steps",
                        "enabled", "description"})
-_STEP_KEYS = frozenset({"match", "any", "min_count", "name"})
+_STEP_KEYS = frozenset({"match", "any", "min_count", "min_distinct", "name"})
+_MAX_VALUE_CHARS = 256
+"""Longer min_distinct values are cut to this (they are kept in the state)."""
 _Chain = tuple[float, ...]
 
 
@@ -120,6 +130,8 @@ class SequenceSpec:
     counts: tuple[int, ...] = field(repr=False)
     """Each step's min_count."""
     render: Reason = field(repr=False)
+    distinct: tuple[tuple[str, int] | None, ...] = field(default=(), repr=False)
+    """Each step's min_distinct as (column, number), or None; () when no step has one."""
 
 
 def load_sequences(paths: Iterable[str | Path] | None = None, *,
@@ -155,6 +167,7 @@ def load_sequences(paths: Iterable[str | Path] | None = None, *,
             problems.append(f"{where}: 'steps' must be a non-empty list of tables with 'match'")
             steps = []
         preds, pins, counts = [], [], []
+        distinct: list[tuple[str, int] | None] = []
         for i, step in enumerate(steps):
             swhere = f"{where}: steps[{i}]"
             for k in sorted(set(step) - _STEP_KEYS):
@@ -173,17 +186,40 @@ def load_sequences(paths: Iterable[str | Path] | None = None, *,
             preds.append(compile_match(match, swhere, problems, cols))
             pins.append(pinned_event_names(match))
             counts.append(count)
+            distinct.append(_min_distinct(step, count, swhere, problems, cols))
         if len(problems) > n or render is None:
             continue
         specs.append(SequenceSpec(e["id"], table, principal, float(window), priority,
                                   e["reason"], origin, tuple(preds), tuple(pins), tuple(counts),
-                                  render))
+                                  render, tuple(distinct) if any(distinct) else ()))
     if problems:
         raise RuleError(problems, what="sequence")
     return tuple(specs)
 
 
-_Candidate = tuple[int, int, Pred]  # spec index, step index, predicate
+def _min_distinct(step: Mapping[str, Any], count: int, where: str, problems: list[str],
+                  cols: frozenset[str] | None) -> tuple[str, int] | None:
+    """A step's ``min_distinct = { Column = K }`` as (column, K), or None (problems noted)."""
+    if "min_distinct" not in step:
+        return None
+    spec = step["min_distinct"]
+    if not isinstance(spec, dict) or len(spec) != 1:
+        problems.append(f"{where}: min_distinct must be a table of one column and a number, "
+                        f"e.g. min_distinct = {{ EventName = 5 }}; got {spec!r}")
+        return None
+    [(column, k)] = spec.items()
+    if cols is not None and column not in cols:
+        problems.append(f"{where}: min_distinct: the table has no column {column!r}")
+        return None
+    if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= count:
+        problems.append(f"{where}: min_distinct {column} = {k!r} must be a whole number from 2 "
+                        f"to the step's min_count ({count}): K different values among its "
+                        "min_count events")
+        return None
+    return column, k
+
+
+_Candidate = tuple[int, int, Pred, str, str]  # spec index, step index, predicate, principal, id
 
 
 class SequenceDetector:
@@ -213,8 +249,8 @@ class SequenceDetector:
 
     def _build(self, table: str) -> tuple[dict[str, tuple[_Candidate, ...]],
                                           tuple[_Candidate, ...]]:
-        mine = [((si, j, pred), pin) for si, spec in enumerate(self.specs)
-                if spec.table in (table, "*")
+        mine = [((si, j, pred, spec.principal, spec.id), pin)
+                for si, spec in enumerate(self.specs) if spec.table in (table, "*")
                 for j, (pred, pin) in enumerate(zip(spec.step_preds, spec.step_pins))]
         generic = tuple(c for c, pin in mine if pin is None)
         names = {n for _, pin in mine if pin for n in pin}
@@ -236,11 +272,24 @@ class SequenceDetector:
             if name.__class__ is str:
                 candidates = by_event.get(name, candidates)
         hits: dict[int, set[int]] | None = None
-        for si, j, pred in candidates:
+        state = self._state
+        for si, j, pred, col, sid in candidates:
+            if j:  # a later step only advances a partial match: look for one before matching
+                principal = row.get(col)
+                if principal.__class__ is not str:
+                    if principal is None:
+                        continue
+                    principal = str(principal)
+                mine = state.get(principal)
+                if mine is None or sid not in mine:
+                    continue  # no partial match to advance: the common case
             if pred(row):
                 if hits is None:
-                    hits = {}
-                hits.setdefault(si, set()).add(j)
+                    hits = {si: {j}}
+                elif si in hits:
+                    hits[si].add(j)
+                else:
+                    hits[si] = {j}
         if hits is None:
             return []
         out: list[SequenceMatch] = []
@@ -251,13 +300,11 @@ class SequenceDetector:
             if principal is None or principal == "":
                 continue
             principal = principal if principal.__class__ is str else str(principal)
-            if 0 not in steps and principal not in self._state:
-                continue  # a later step, and no partial match to advance: the common case
             if when is None:
                 when = event_time(row.get("TimeGenerated") if ts is None else ts)
                 if when is None:
                     return out
-            done = self._advance(spec, principal, steps, when)
+            done = self._advance(spec, principal, steps, when, row)
             if done is not None:
                 extra = {"principal": principal, "sequence_id": spec.id, "count": len(done)}
                 out.append(SequenceMatch(spec.id, principal, spec.render(row, extra), done,
@@ -265,7 +312,7 @@ class SequenceDetector:
         return out
 
     def _advance(self, spec: SequenceSpec, principal: str, steps: set[int],
-                 ts: float) -> _Chain | None:
+                 ts: float, row: Mapping[str, Any]) -> _Chain | None:
         state = self._state.get(principal)
         if state is None:
             if 0 not in steps:  # nothing to advance: no state for this principal
@@ -283,7 +330,7 @@ class SequenceDetector:
         for j in range(last, -1, -1):  # last step first: one event advances a chain one step
             if j not in steps:
                 continue
-            done, anchor, times = entries[j]
+            done, anchor, times, vals = entries[j]
             if j == 0:
                 prev: _Chain = ()
             else:
@@ -293,26 +340,36 @@ class SequenceDetector:
             need = counts[j]
             if need == 1:
                 new = (*prev, ts)
-            elif j == 0:  # a sliding count: the last `need` times within one window
-                times = (*(t for t in times if t <= ts), ts)[-need:]
-                entries[0] = (done, None, times)
-                if len(times) < need:
-                    continue
-                new = times
-            else:  # counts against the partial match it started with, until that expires
-                if anchor is None or (anchor != prev and not times):
-                    anchor, times = prev, ()
-                times = (*times, ts)
-                if len(times) < need:
-                    entries[j] = (done, anchor, times)
-                    continue
-                new = (*anchor, *times)
-                entries[j] = (done, None, ())
+            else:
+                dist = spec.distinct[j] if spec.distinct else None
+                if j == 0:  # a sliding count: the last `need` times within one window
+                    if times and times[-1] > ts:  # out of order: only what came before it
+                        keep = [i for i, t in enumerate(times) if t <= ts]
+                        times = tuple(times[i] for i in keep)
+                        vals = tuple(vals[i] for i in keep) if vals else ()
+                    times = (*times, ts)[-need:]
+                    if dist is not None:
+                        vals = (*vals, _value(row, dist[0]))[-need:]
+                    entries[0] = (done, None, times, vals)
+                    if len(times) < need or (dist is not None and _distinct(vals) < dist[1]):
+                        continue
+                    new = times
+                else:  # counts against the partial match it started with, until that expires
+                    if anchor is None or (anchor != prev and not times):
+                        anchor, times, vals = prev, (), ()
+                    times = (*times, ts)[-need:]
+                    if dist is not None:
+                        vals = (*vals, _value(row, dist[0]))[-need:]
+                    if len(times) < need or (dist is not None and _distinct(vals) < dist[1]):
+                        entries[j] = (done, anchor, times, vals)
+                        continue
+                    new = (*anchor, *times)
+                    entries[j] = (done, None, (), ())
             if j == last:
                 done_chain = new
             elif done is None or new[0] >= done[0]:
-                entries[j] = (new, entries[j][1], entries[j][2])
-        if done_chain is not None or all(d is None and not t for d, _, t in entries):
+                entries[j] = (new, *entries[j][1:])
+        if done_chain is not None or all(e[0] is None and not e[2] for e in entries):
             state.pop(spec.id, None)
             if not state:
                 del self._state[principal]
@@ -323,12 +380,13 @@ class SequenceDetector:
     def snapshot(self) -> dict[str, Any]:
         """The partial matches as plain JSON-able data, least recently seen principal first.
 
-        Per principal and sequence, one ``[done, anchor, times]`` per step: the partial match
-        through that step (record times), and for a ``min_count`` step the times counted so
-        far (and, after the first step, the partial match they extend).
+        Per principal and sequence, one ``[done, anchor, times, values]`` per step: the
+        partial match through that step (record times), and for a ``min_count`` step the
+        times counted so far (and, after the first step, the partial match they extend),
+        with, for a ``min_distinct`` step, the column value of each (else ``[]``).
         """
         return {"version": SNAPSHOT_VERSION, "principals": [
-            [p, {sid: [[_list(d), _list(a), list(t)] for d, a, t in entries]
+            [p, {sid: [[_list(d), _list(a), list(t), list(v)] for d, a, t, v in entries]
                  for sid, entries in state.items()}]
             for p, state in self._state.items()]}
 
@@ -338,26 +396,31 @@ class SequenceDetector:
         """A detector continuing from ``snapshot`` (None: a fresh one).
 
         Partial matches of sequences that are gone, or whose number of steps changed, are
-        dropped (and logged): they cannot be continued meaningfully.
+        dropped (and logged): they cannot be continued meaningfully. Counted events without
+        a recorded value (a version 1 snapshot, or a step given ``min_distinct`` since)
+        still count towards ``min_count`` but not as a distinct value.
 
-        :raises ValueError: The snapshot is of another format version.
+        :raises ValueError: The snapshot is of a format version this code cannot read.
         """
         det = cls(specs, max_principals)
         if not snapshot:
             return det
-        if snapshot.get("version") != SNAPSHOT_VERSION:
-            msg = (f"sequence snapshot version {snapshot.get('version')!r} is not "
-                   f"{SNAPSHOT_VERSION}; start without the old state (it cannot be read)")
+        if snapshot.get("version") not in _READABLE_SNAPSHOTS:
+            msg = (f"sequence snapshot version {snapshot.get('version')!r} is not one of "
+                   f"{', '.join(map(str, _READABLE_SNAPSHOTS))}; start without the old state "
+                   "(it cannot be read)")
             raise ValueError(msg)
-        nsteps = {s.id: len(s.counts) for s in det.specs}
+        by_id = {s.id: s for s in det.specs}
         dropped = 0
         for principal, state in list(snapshot.get("principals", ()))[-max_principals:]:
             kept = {}
             for sid, entries in state.items():
-                if nsteps.get(sid) != len(entries):
+                spec = by_id.get(sid)
+                if spec is None or len(spec.counts) != len(entries):
                     dropped += 1
                     continue
-                kept[sid] = [(_tuple(d), _tuple(a), _tuple(t) or ()) for d, a, t in entries]
+                kept[sid] = [_entry(e, bool(spec.distinct and spec.distinct[j]))
+                             for j, e in enumerate(entries)]
             if kept:
                 det._state[str(principal)] = kept
         if dropped:
@@ -366,21 +429,54 @@ class SequenceDetector:
         return det
 
 
-_EMPTY: tuple[_Chain | None, _Chain | None, _Chain] = (None, None, ())
+_Entry = tuple[_Chain | None, _Chain | None, _Chain, tuple[str | None, ...]]
+_EMPTY: _Entry = (None, None, (), ())
 
 
-def _expire(entries: list[Any], ts: float, window: float) -> list[Any]:
+def _value(row: Mapping[str, Any], column: str) -> str | None:
+    """A row's value of a min_distinct column as kept in the state (None when empty)."""
+    v = row.get(column)
+    if v.__class__ is not str:
+        if v is None:
+            return None
+        v = str(v)
+    if not v:
+        return None
+    return sys.intern(v if len(v) <= _MAX_VALUE_CHARS else v[:_MAX_VALUE_CHARS])
+
+
+def _distinct(vals: tuple[str | None, ...]) -> int:
+    """Different values among ``vals``, unknown (None) ones not counted."""
+    seen = set(vals)
+    return len(seen) - (None in seen)
+
+
+def _expire(entries: list[_Entry], ts: float, window: float) -> list[_Entry]:
     """Entries without the parts whose window has passed at ``ts``."""
     out = []
-    for j, (done, anchor, times) in enumerate(entries):
+    for j, (done, anchor, times, vals) in enumerate(entries):
         if done is not None and ts - done[0] > window:
             done = None
         if anchor is not None and ts - anchor[0] > window:
-            anchor, times = None, ()
-        elif j == 0 and times and ts - times[0] > window:
-            times = tuple(t for t in times if ts - t <= window)
-        out.append((done, anchor, times))
+            anchor, times, vals = None, (), ()
+        elif j == 0 and times and ts - times[0] > window:  # times ascend: drop the oldest
+            k = 1
+            while k < len(times) and ts - times[k] > window:
+                k += 1
+            times, vals = times[k:], vals[k:]
+        out.append((done, anchor, times, vals))
     return out
+
+
+def _entry(e: list[Any], distinct: bool) -> _Entry:
+    """One step's snapshot entry (3 items in version 1, 4 since) as kept in the state."""
+    done, anchor, times = _tuple(e[0]), _tuple(e[1]), _tuple(e[2]) or ()
+    if not distinct:
+        return done, anchor, times, ()
+    vals = tuple(None if v is None else sys.intern(str(v)) for v in e[3]) if len(e) > 3 else ()
+    if len(vals) != len(times):  # no values recorded: the counted events are of unknown value
+        vals = (None,) * len(times)
+    return done, anchor, times, vals
 
 
 def _list(chain: _Chain | None) -> list[float] | None:

@@ -54,6 +54,16 @@ def denied(m: float, name: str = "ListBuckets", who: str = EVE) -> dict[str, Any
     return ev(name, m, who, EventSource="s3.amazonaws.com", ErrorCode="AccessDenied")
 
 
+PROBES = ("ListBuckets", "DescribeInstances", "GetSecretValue", "ListUsers", "DescribeVpcs",
+          "GetBucketPolicy", "ListRoles", "DescribeKeyPairs", "GetUser", "ListKeys")
+"""Ten different discovery APIs, as a recon tool calls them."""
+
+
+def probe(i: int, m: float, who: str = EVE) -> dict[str, Any]:
+    """The i-th call of a recon burst, denied: a different API each time (cycling PROBES)."""
+    return denied(m, PROBES[i % len(PROBES)], who)
+
+
 def feed(det: SequenceDetector, rows: list[dict[str, Any]]) -> list[SequenceMatch]:
     out = []
     for row in rows:
@@ -120,23 +130,27 @@ def test_a_later_start_rescues_a_match_the_first_start_would_miss(
 
 def test_recon_then_success(specs: tuple[SequenceSpec, ...]) -> None:
     det = SequenceDetector(specs)
-    rows = [denied(i * 0.5, ("ListBuckets", "DescribeInstances", "GetSecretValue")[i % 3])
-            for i in range(10)]
+    rows = [probe(i, i * 0.5) for i in range(10)]
     assert feed(det, rows) == []
     got = feed(det, [ev("ListUsers", 5, ErrorCode=None)])  # no ErrorCode: a success
     assert [(m.sequence_id, m.principal, m.priority, len(m.record_times)) for m in got] == [
         ("recon_then_success", EVE, "high", 11)]
-    assert got[0].reason == (f"{EVE} was denied 10 List/Describe/Get calls within 10 minutes, "
-                             "then ListUsers succeeded")
+    assert got[0].reason == (f"{EVE} was denied 10 List/Describe/Get calls of at least 5 "
+                             "different APIs within 10 minutes, then ListUsers succeeded")
 
 
 @pytest.mark.parametrize("rows", [
-    pytest.param([denied(i * 0.5) for i in range(9)] + [ev("ListUsers", 5)], id="only-9"),
-    pytest.param([denied(i * 2) for i in range(10)] + [ev("ListUsers", 20)], id="spread-out"),
-    pytest.param([denied(i * 0.1) for i in range(10)] + [ev("ListUsers", 10.5)], id="too-late"),
-    pytest.param([denied(i * 0.1) for i in range(10)] + [ev("CreateUser", 2)], id="not-recon"),
-    pytest.param([denied(i * 0.1, "CreateUser") for i in range(10)] + [ev("ListUsers", 2)],
-                 id="denied-writes"),
+    pytest.param([probe(i, i * 0.5) for i in range(9)] + [ev("ListUsers", 5)], id="only-9"),
+    pytest.param([probe(i, i * 2) for i in range(10)] + [ev("ListUsers", 20)], id="spread-out"),
+    pytest.param([probe(i, i * 0.1) for i in range(10)] + [ev("ListUsers", 10.5)],
+                 id="too-late"),
+    pytest.param([probe(i, i * 0.1) for i in range(10)] + [ev("CreateUser", 2)], id="not-recon"),
+    pytest.param([denied(i * 0.1, ("CreateUser", "DeleteUser", "PutRolePolicy", "CreateRole",
+                                   "DeleteRole")[i % 5]) for i in range(10)]
+                 + [ev("ListUsers", 2)], id="denied-writes"),
+    pytest.param([denied(i * 0.1) for i in range(10)] + [ev("ListUsers", 2)], id="one-api"),
+    pytest.param([denied(i * 0.1, PROBES[i % 4]) for i in range(10)] + [ev("ListUsers", 2)],
+                 id="4-apis"),
 ])
 def test_recon_near_misses(specs: tuple[SequenceSpec, ...], rows: list[dict[str, Any]]) -> None:
     assert feed(SequenceDetector(specs), rows) == []
@@ -145,7 +159,7 @@ def test_recon_near_misses(specs: tuple[SequenceSpec, ...], rows: list[dict[str,
 def test_recon_counts_in_a_sliding_window(specs: tuple[SequenceSpec, ...]) -> None:
     det = SequenceDetector(specs)
     # 5 early denials, then 10 within the last 10 minutes: the early ones have slid out.
-    rows = [denied(i) for i in range(5)] + [denied(20 + i * 0.5) for i in range(10)]
+    rows = [probe(i, i) for i in range(5)] + [probe(i, 20 + i * 0.5) for i in range(10)]
     got = feed(det, [*rows, ev("GetCallerIdentity", 26)])
     assert got[0].record_times[0] == T0.timestamp() + 20 * 60
 
@@ -188,15 +202,16 @@ def test_state_is_bounded_by_max_principals(specs: tuple[SequenceSpec, ...]) -> 
 
 def test_snapshot_and_restore_continue_a_partial_match(specs: tuple[SequenceSpec, ...]) -> None:
     det = SequenceDetector(specs)
-    feed(det, [create_user(0), attach(5)] + [denied(i * 0.1) for i in range(6)])
+    feed(det, [create_user(0), attach(5)] + [probe(i, i * 0.1) for i in range(6)])
     snap = orjson.loads(orjson.dumps(det.snapshot()))  # plain JSON
     again = SequenceDetector.restore(specs, snap)
     assert len(again) == 1 and again.snapshot() == snap
     got = feed(again, [create_key(9)])
     assert [(m.sequence_id, m.record_times) for m in got] == [
         ("privilege_escalation", tuple(T0.timestamp() + m * 60 for m in (0, 5, 9)))]
-    assert feed(again, [denied(2 + i * 0.1) for i in range(3)] + [ev("ListRoles", 3)]) == []
-    got = feed(again, [denied(3.5), ev("ListRoles", 4)])  # 6 before + 4 after the restore
+    assert feed(again, [probe(6 + i, 2 + i * 0.1) for i in range(3)] + [ev("ListRoles", 3)]) \
+        == []
+    got = feed(again, [probe(9, 3.5), ev("ListRoles", 4)])  # 6 before + 4 after the restore
     assert [(m.sequence_id, len(m.record_times)) for m in got] == [("recon_then_success", 11)]
 
 
@@ -282,3 +297,119 @@ reason = "y"
               "sequence 'broken': steps[1]: 'match' must be a non-empty table",
               "sequence 'no-steps': 'steps' must be a non-empty list"]:
         assert f"{bad}: {e}" in text, e
+
+
+# ------------------------------------------------------------------------- min_distinct
+
+LAMBDA = "arn:aws:sts::111122223333:assumed-role/lambda-6-role/lambda-fn-6"
+
+
+def test_a_job_retrying_one_denied_call_is_not_recon(specs: tuple[SequenceSpec, ...]) -> None:
+    # A Lambda missing one permission: the same call denied 50 times in 5 minutes, then
+    # calls that succeed (the same API once the permission is back, and another one).
+    rows = [denied(i * 0.1, "GetParameter", LAMBDA) for i in range(50)]
+    rows += [ev("GetParameter", 5.1, LAMBDA), ev("DescribeTable", 5.2, LAMBDA)]
+    det = SequenceDetector(specs)
+    assert feed(det, rows) == []
+    # A few APIs denied in turn (at most 4 different ones among any 10) is no recon either.
+    rows = [denied(10 + i * 0.1, PROBES[i % 4], LAMBDA) for i in range(50)]
+    assert feed(det, [*rows, ev("ListTables", 16, LAMBDA)]) == []
+
+
+def test_recon_needs_5_different_apis_among_the_10(specs: tuple[SequenceSpec, ...]) -> None:
+    five = [denied(i * 0.2, PROBES[i % 5]) for i in range(10)]  # 10 calls, 5 APIs, 2 each
+    got = feed(SequenceDetector(specs), [*five, ev("GetCallerIdentity", 3)])
+    assert [(m.sequence_id, len(m.record_times)) for m in got] == [("recon_then_success", 11)]
+    # retries first, then the burst: the last 10 denials are what counts
+    retries = [denied(i * 0.1, "GetParameter") for i in range(30)]
+    burst = [probe(i, 3 + i * 0.1) for i in range(10)]
+    got = feed(SequenceDetector(specs), [*retries, *burst, ev("ListUsers", 5)])
+    assert [m.record_times[0] for m in got] == [T0.timestamp() + 180]
+    # the burst, then retries of one API push the different ones out of the last 10
+    retries = [denied(2 + i * 0.1, "GetParameter") for i in range(6)]
+    assert feed(SequenceDetector(specs), [*burst[:9], *retries, ev("ListUsers", 4)]) == []
+
+
+def test_restore_mid_match_continues_with_the_values_seen(
+        specs: tuple[SequenceSpec, ...]) -> None:
+    det = SequenceDetector(specs)
+    feed(det, [denied(i * 0.1, PROBES[i % 3]) for i in range(6)])  # 6 denials, 3 APIs
+    snap = orjson.loads(orjson.dumps(det.snapshot()))
+    [[principal, state]] = snap["principals"]
+    assert principal == EVE and snap["version"] == 2
+    assert state["recon_then_success"][0][3] == [PROBES[i % 3] for i in range(6)]
+    # 4 more denials of 2 new APIs: 5 different APIs among the 10, only with the restored ones
+    more = [denied(1 + i * 0.1, PROBES[3 + i % 2]) for i in range(4)] + [ev("ListRoles", 2)]
+    got = feed(SequenceDetector.restore(specs, snap), more)
+    assert [(m.sequence_id, len(m.record_times)) for m in got] == [("recon_then_success", 11)]
+    # the same 4, but of APIs already denied: still 3 different, nothing
+    same = [denied(1 + i * 0.1, PROBES[i % 3]) for i in range(4)] + [ev("ListRoles", 2)]
+    assert feed(SequenceDetector.restore(specs, snap), same) == []
+
+
+def test_a_version_1_snapshot_restores_without_values(specs: tuple[SequenceSpec, ...]) -> None:
+    ts = [T0.timestamp() + i * 6 for i in range(6)]  # 6 denials counted, values not recorded
+    v1 = {"version": 1, "principals": [[EVE, {"recon_then_success": [
+        [None, None, ts], [None, None, []]]}]]}
+    det = SequenceDetector.restore(specs, v1)
+    assert det.snapshot()["principals"][0][1]["recon_then_success"][0] == [
+        None, None, ts, [None] * 6]
+    # the old denials count towards the 10, not as different APIs: 4 new ones are too few
+    assert feed(det, [probe(i, 1 + i * 0.1) for i in range(4)] + [ev("ListRoles", 2)]) == []
+    got = feed(det, [probe(4, 2.5), ev("ListRoles", 3)])  # 5 old + 5 new different ones
+    assert [(m.sequence_id, len(m.record_times)) for m in got] == [("recon_then_success", 11)]
+
+
+def test_min_distinct_on_a_later_step(tmp_path: Path) -> None:
+    f = tmp_path / "seq.toml"
+    f.write_text('''
+[[sequences]]
+id = "login_then_reads"
+window_secs = 300
+reason = "{principal}: {count} events"
+steps = [
+  { match = { EventName = "ConsoleLogin" } },
+  { match = { EventName = { prefix = "Get" } }, min_count = 3, min_distinct = { EventName = 3 } },
+  { match = { EventName = "DeleteBucket" } },
+]
+''')
+    specs = load_sequences([f], include_default=False)
+    assert specs[0].distinct == (None, ("EventName", 3), None)
+    det = SequenceDetector(specs)
+    rows = [ev("ConsoleLogin", 0)] + [ev("GetObject", 0.5 + i * 0.1) for i in range(5)]
+    assert feed(det, [*rows, ev("DeleteBucket", 1.5)]) == []  # one API, 5 times
+    rows = [ev("GetBucketAcl", 2), ev("GetBucketPolicy", 2.5), ev("DeleteBucket", 3)]
+    got = feed(det, rows)  # the last 3 reads: GetObject, GetBucketAcl, GetBucketPolicy
+    assert [len(m.record_times) for m in got] == [5]
+
+
+def test_bad_min_distinct_is_reported_with_file_and_sequence(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('''
+[[sequences]]
+id = "recon_then_success"
+window_secs = 600
+reason = "x"
+steps = [
+  { match = { EventName = "ListUsers" }, min_count = 10, min_distinct = 5 },
+  { match = { EventName = "ListRoles" }, min_count = 10, min_distinct = { EventName = 11 } },
+  { match = { EventName = "ListKeys" }, min_count = 10, min_distinct = { ApiName = 5 } },
+  { match = { EventName = "GetUser" }, min_distinct = { EventName = 2 } },
+  { match = { EventName = "GetRole" }, min_count = 4, min_distinct = { EventName = 2, X = 2 } },
+  { match = { EventName = "GetPolicy" }, min_count = 4, min_distinct = { EventName = "2" } },
+]
+''')
+    with pytest.raises(RuleError) as err:
+        load_sequences([bad])
+    text = str(err.value)
+    where = f"{bad}: sequence 'recon_then_success'"
+    for e in ["steps[0]: min_distinct must be a table of one column and a number, e.g. "
+              "min_distinct = { EventName = 5 }; got 5",
+              "steps[1]: min_distinct EventName = 11 must be a whole number from 2 to the "
+              "step's min_count (10)",
+              "steps[2]: min_distinct: the table has no column 'ApiName'",
+              "steps[3]: min_distinct EventName = 2 must be a whole number from 2 to the "
+              "step's min_count (1)",
+              "steps[4]: min_distinct must be a table of one column",
+              "steps[5]: min_distinct EventName = '2' must be a whole number"]:
+        assert f"{where}: {e}" in text, e
