@@ -129,17 +129,11 @@ class RecordMapper:
             return self._error(rec, "map", route, "no_table")
         assert isinstance(route, _Route)
         record_id = f"{obj.id}-{rec.offset}"
-        row = None
         try:
             mapper = route.mapper
-            if route.keep:
-                row = (mapper.row_json(rec.data, record_id) if route.parser is None else
-                       mapper.row_dict(route.parser.parse(rec.data, rec.header), record_id))
-                data = mapper.encode(row)
-            elif route.parser is None:
-                data = mapper.map_json(rec.data, record_id)
-            else:
-                data = mapper.map_dict(route.parser.parse(rec.data, rec.header), record_id)
+            row = (mapper.row_json(rec.data, record_id) if route.parser is None else
+                   mapper.row_dict(route.parser.parse(rec.data, rec.header), record_id))
+            data = mapper.encode(row)
         except ParseError as ex:
             return self._error(rec, "parse", ex.reason, ex.code)
         except MappingError as ex:
@@ -152,7 +146,7 @@ class RecordMapper:
             reason = (f"row is {len(data)} bytes, more than fits in one request "
                       f"({self._max_row} bytes)")
             return self._error(rec, "map", reason, "row_too_large")
-        return (route.stream, data) if row is None else (route.stream, data, row)
+        return (route.stream, data, row) if route.keep else (route.stream, data)
 
     @staticmethod
     def _error(rec: RawRecord, stage: str, reason: str, code: str) -> ErrorRecord:

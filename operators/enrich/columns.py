@@ -49,7 +49,7 @@ COLUMNS = (
 
 def carries_columns(table: TableDef, cfg: EnrichConfig) -> bool:
     """Whether rows of ``table`` carry the enrichment columns under ``cfg``."""
-    if not cfg.enabled or table.name == FINDINGS_TABLE or table.name.startswith("S3Sentinel"):
+    if not cfg.enabled or table.name.startswith("S3Sentinel"):  # findings, health: our own
         return False
     return table.kind == "custom" or cfg.standard_tables == "columns"
 

@@ -46,10 +46,10 @@ FAST = "|fast"
 
 CLOUDTRAIL = "AWSCloudTrail"
 _URGENT = frozenset({"critical"})
+_FINDING = frozenset({"critical", "high"})
 _PLAIN = frozenset({str, int, float, bool})
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
-_FINDING = frozenset({"critical", "high"})
 
 
 @dataclass(frozen=True, slots=True)
