@@ -126,6 +126,13 @@ class _Flow:
     def alive(self) -> bool:
         return all(p.poll() is None for p in self.procs)
 
+    def exit_report(self, lines: int = 40) -> str:
+        """Which process exited with what, and the end of the log (CI keeps only the output)."""
+        codes = ", ".join(f"process {i}: {'running' if p.poll() is None else f'exit {p.returncode}'}"
+                          for i, p in enumerate(self.procs))
+        tail = self._log.read_text(errors="replace").splitlines()[-lines:]
+        return f"{codes}; the last lines of {self._log}:\n" + "\n".join(tail)
+
     def kill(self) -> None:
         for p in self.procs:
             if p.poll() is None:
@@ -224,8 +231,8 @@ def run_chaos(stack: LocalStack, workdir: Path, *, mode: str = "list", workers: 
             up = rng.uniform(min_up_secs, max_up_secs)
             time.sleep(up)
             if not flow.alive():
-                raise RuntimeError(f"the flow exited by itself before kill {k + 1}; see "
-                                   f"{run_dir / 'flow.log'}")
+                raise RuntimeError(f"the flow exited by itself before kill {k + 1}; "
+                                   f"{flow.exit_report()}")
             flow.kill()
             done_kills += 1
             say(f"  kill {done_kills}/{kills} after {up:.1f}s (workers {w}): "
@@ -242,7 +249,7 @@ def run_chaos(stack: LocalStack, workdir: Path, *, mode: str = "list", workers: 
         sqs = stack.sqs() if mode == "sqs" else None
         while time.monotonic() < deadline:
             if not flow.alive():
-                raise RuntimeError(f"the flow exited by itself; see {run_dir / 'flow.log'}")
+                raise RuntimeError(f"the flow exited by itself; {flow.exit_report()}")
             total = admin.summary()["total_records"]
             if total >= expected:
                 got = {r["AwsEventId"] for r in admin.records(STREAM)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -35,9 +36,41 @@ AWS_ENV = {
 }
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
+    """A TCP port on 127.0.0.1 for a listener, free a moment ago and never handed out before.
+
+    The port is chosen *below* the kernel's ephemeral range. A port that ``bind(0)``
+    returns comes from that range, and the kernel may give it to an outgoing connection
+    (boto3's, the emulator client's) before the listener binds it; the listener then
+    fails with "Address already in use". That is how a two-process bytewax flow in the
+    chaos tests once exited by itself: one process could not bind its ``-a`` address.
+    """
+    low, _high = _ephemeral_range()
+    lo, hi = (10000, low - 1) if low > 11000 else (low // 2, low - 1)
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randint(lo, hi)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as s:  # a crowded range: fall back to the kernel's choice
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
