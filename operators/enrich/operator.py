@@ -247,7 +247,7 @@ class ShardState:
 
     def __getstate__(self) -> dict:
         return {"cfg": self.cfg,
-                "scorer": self.scorer.snapshot() if self.scorer is not None else None,
+                "scorer": self.scorer.pack() if self.scorer is not None else None,
                 "detector": self.detector.snapshot() if self.detector is not None else None}
 
     def __setstate__(self, state: dict) -> None:

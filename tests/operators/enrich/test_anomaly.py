@@ -246,6 +246,37 @@ def test_a_snapshot_is_made_again_only_for_entities_that_changed() -> None:
     assert again.snapshot() == scorer.snapshot()
 
 
+def test_a_packed_snapshot_resumes_identically_and_is_repacked_only_when_changed() -> None:
+    wl = generate(6_000, seed=4)
+    half = len(wl.rows) * 2 // 3
+    a = AnomalyScorer()
+    for r in wl.rows[:half]:
+        a.score(r)
+    packed = pickle.loads(pickle.dumps(a.pack()))  # as bytewax stores it
+    assert "entities" not in packed and all(isinstance(b, bytes) for _, b in packed["packed"])
+    b = AnomalyScorer()
+    b.restore(packed)
+    assert b.snapshot() == a.snapshot()
+    rest_a = [a.score(r) for r in wl.rows[half:]]
+    rest_b = [b.score(r) for r in wl.rows[half:]]
+    assert rest_a == rest_b
+    assert any(s.value >= ANOMALOUS for s in rest_a)
+
+    scorer = AnomalyScorer()
+    bob = "arn:aws:iam::111122223333:user/bob"
+    for i in range(20):
+        scorer.score(row(T0 + i * 60))
+        scorer.score(row(T0 + i * 60, arn=bob))
+    first = dict(scorer.pack()["packed"])
+    scorer.score(row(T0 + 3600, "ListBuckets", "s3"))  # alice (and the account) only
+    second = dict(scorer.pack()["packed"])
+    assert second[f"principal:{bob}"] is first[f"principal:{bob}"]
+    assert second[f"principal:{ALICE}"] != first[f"principal:{ALICE}"]
+
+    with pytest.raises(ValueError, match="unreadable"):
+        AnomalyScorer().restore({**packed, "packed": [(f"principal:{ALICE}", b"not a pickle")]})
+
+
 def test_entity_state_pickles_small_and_resumes() -> None:
     state = EntityState(f"principal:{ALICE}")
     rows = [row(T0 + DAY * d + 3600 * h + m * 60, READS[m % 6])
