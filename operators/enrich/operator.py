@@ -18,6 +18,11 @@ shard of their principal, to a stateful step (:func:`score_shard`) holding one b
 :class:`~operators.enrich.anomaly.AnomalyScorer` and one
 :class:`~operators.enrich.sequences.SequenceDetector` per shard, both in the recovery
 snapshots; anomalous rows and completed sequences come out as findings, in the fast lane.
+
+Sequences grouped by another column than the principal (``principal = "Alb"``: a burst of
+5xx answers from one load balancer; ``principal = "SourceIpAddress"``: failed console
+logins from one address) get the rows that match one of their steps, of whatever table
+they declare, sharded by that column's value, so each group's count lives in one shard.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ FAST = "|fast"
 """Suffix of the partition name of fast-lane bundles."""
 
 CLOUDTRAIL = "AWSCloudTrail"
+PRINCIPAL = "UserIdentityArn"
+"""The column CloudTrail rows are sharded by (with the access key when it is missing)."""
 _URGENT = frozenset({"critical"})
 _FINDING = frozenset({"critical", "high"})
 _PLAIN = frozenset({str, int, float, bool})
@@ -59,7 +66,10 @@ class Observed:
 
     shard: str
     rows: tuple[tuple[str, str, dict], ...]
-    """(record id, source partition, row) of each row."""
+    """(record id, source partition, row) of each CloudTrail row sharded by principal."""
+    grouped: tuple[tuple[str, str, str, str, dict], ...] = ()
+    """(table, group column, record id, source partition, row) of each row sharded by the
+    value of a sequence's group column other than the principal."""
 
 
 class Enricher:
@@ -98,10 +108,16 @@ class Enricher:
         """Tables whose rows this step reads; the others pass untouched (and undecoded)."""
         self._dynamic = {t.name: tuple(c.name for c in t.columns if c.type == "dynamic")
                          for t in tables.values()}
+        self._groups = {t.name: g for t in tables.values()
+                        if cfg.sequences and (g := _groups(_sequence_specs(), t.name))}
+        """Per table: (group column, step predicates) of the sequences not grouped by the
+        principal, whose matching rows go to the shard of their group's value."""
+        self.reads |= frozenset(self._groups)
 
     def enrich_batch(self, items: list[Rows]) -> list[Rows | Observed]:
         out: list[Rows | Observed] = []
         side: dict[str, list[tuple[str, str, dict]]] = {}
+        grouped: dict[str, list[tuple[str, str, str, str, dict]]] = {}
         for bundle in items:
             table = self._by_stream.get(bundle.stream)
             parsed = bundle.parsed
@@ -132,6 +148,12 @@ class Enricher:
                 if self._side and table.name == CLOUDTRAIL:
                     side.setdefault(_shard(row, self._cfg.shards), []).append(
                         (rid, bundle.partition, row))
+                for column, preds in self._groups.get(table.name, ()):
+                    value = row.get(column)
+                    if value is not None and value != "" and any(p(row) for p in preds):
+                        grouped.setdefault(_group_shard(column, value, self._cfg.shards),
+                                           []).append((table.name, column, rid,
+                                                       bundle.partition, row))
             if cols:
                 bundle = Rows(bundle.stream, bundle.partition, tuple(rows), bundle.record_ids)
             if fast:
@@ -142,7 +164,8 @@ class Enricher:
             if findings:
                 out.append(Rows(self.findings_stream, bundle.partition + FAST,
                                 tuple(r for r, _ in findings), tuple(i for _, i in findings)))
-        out.extend(Observed(shard, tuple(rows)) for shard, rows in side.items())
+        for shard in side.keys() | grouped.keys():
+            out.append(Observed(shard, tuple(side.get(shard, ())), tuple(grouped.get(shard, ()))))
         return out
 
     def _flag(self, table: str, row: dict, rid: str, findings: list[tuple[bytes, str]],
@@ -210,6 +233,21 @@ def _subset(bundle: Rows, idx: list[int], partition: str) -> Rows:
 def _shard(row: dict, shards: int) -> str:
     who = row.get("UserIdentityArn") or row.get("UserIdentityAccessKeyId") or ""
     return str(zlib.crc32(str(who).encode()) % shards)
+
+
+def _group_shard(column: str, value: Any, shards: int) -> str:
+    return str(zlib.crc32(f"{column}={value}".encode()) % shards)
+
+
+def _groups(specs: tuple, table: str) -> tuple[tuple[str, tuple], ...]:
+    """(column, step predicates) per group column of the sequences of ``table`` that are
+    not grouped by the principal on CloudTrail (those follow the principal shards)."""
+    by: dict[str, list] = {}
+    for spec in specs:
+        if spec.table in (table, "*") and not (table == CLOUDTRAIL
+                                               and spec.principal == PRINCIPAL):
+            by.setdefault(spec.principal, []).extend(spec.step_preds)
+    return tuple((c, tuple(p)) for c, p in by.items())
 
 
 @functools.lru_cache(maxsize=1)
@@ -288,10 +326,17 @@ def score_shard(enricher: Enricher, cfg: EnrichConfig, state: ShardState | None,
                     CLOUDTRAIL, row, rid, "anomalous", list(score.reasons),
                     score=round(score.value, 3), detector="anomaly"))
         if state.detector is not None:
-            for m in state.detector.observe(CLOUDTRAIL, row):
+            for m in state.detector.observe(CLOUDTRAIL, row, group=PRINCIPAL):
                 metrics.RECORDS_FLAGGED.labels(CLOUDTRAIL, "sequence").inc()
                 found.setdefault(partition, []).append(enricher.finding(
                     CLOUDTRAIL, row, rid, m.priority, [m.reason], sequence=m.sequence_id,
+                    detector="sequence"))
+    if state.detector is not None:
+        for table, column, rid, partition, row in obs.grouped:
+            for m in state.detector.observe(table, row, group=column):
+                metrics.RECORDS_FLAGGED.labels(table, "sequence").inc()
+                found.setdefault(partition, []).append(enricher.finding(
+                    table, row, rid, m.priority, [m.reason], sequence=m.sequence_id,
                     detector="sequence"))
     return state, [Rows(enricher.findings_stream, partition + FAST,
                         tuple(r for r, _ in rows), tuple(i for _, i in rows))

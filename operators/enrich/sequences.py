@@ -240,33 +240,37 @@ class SequenceDetector:
         self.evicted = 0
         """Principals dropped (with their partial matches) to stay within max_principals."""
         self._state: OrderedDict[str, dict[str, list[Any]]] = OrderedDict()
-        self._index: dict[str, tuple[dict[str, tuple[_Candidate, ...]],
-                                     tuple[_Candidate, ...]]] = {}
+        self._index: dict[tuple[str, str | None], tuple[dict[str, tuple[_Candidate, ...]],
+                                                        tuple[_Candidate, ...]]] = {}
 
     def __len__(self) -> int:
         """Principals with partial matches."""
         return len(self._state)
 
-    def _build(self, table: str) -> tuple[dict[str, tuple[_Candidate, ...]],
-                                          tuple[_Candidate, ...]]:
+    def _build(self, table: str, group: str | None = None
+               ) -> tuple[dict[str, tuple[_Candidate, ...]], tuple[_Candidate, ...]]:
         mine = [((si, j, pred, spec.principal, spec.id), pin)
                 for si, spec in enumerate(self.specs) if spec.table in (table, "*")
+                and (group is None or spec.principal == group)
                 for j, (pred, pin) in enumerate(zip(spec.step_preds, spec.step_pins))]
         generic = tuple(c for c, pin in mine if pin is None)
         names = {n for _, pin in mine if pin for n in pin}
         by_event = {n: tuple(c for c, pin in mine if pin is None or n in pin) for n in names}
-        self._index[table] = (by_event, generic)
+        self._index[(table, group)] = (by_event, generic)
         return by_event, generic
 
     def observe(self, table: str, row: Mapping[str, Any],
-                ts: float | None = None) -> list[SequenceMatch]:
+                ts: float | None = None, *, group: str | None = None) -> list[SequenceMatch]:
         """Feed one row; returns the sequences it completes (usually none).
 
         :arg ts: The row's event time in epoch seconds; by default its TimeGenerated. A row
             without a usable time cannot be placed in a window and is ignored.
+        :arg group: Only the sequences grouped by this column (their ``principal``); by
+            default every sequence of the table. A flow that shards rows by a column's
+            value feeds each shard the rows of the sequences grouped by that column.
         """
-        index = self._index.get(table)
-        by_event, candidates = index if index is not None else self._build(table)
+        index = self._index.get((table, group))
+        by_event, candidates = index if index is not None else self._build(table, group)
         if by_event:
             name = row.get("EventName")
             if name.__class__ is str:

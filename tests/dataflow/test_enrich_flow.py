@@ -282,3 +282,70 @@ poll_secs = 0.2
     run("control", "baselines-control", [attack], fresh)
     assert [r["EventName"] for r in admin.records(TRAIL)] == ["StopLogging"]
     assert _anomaly_findings(admin) == []
+
+
+def _alb_line(ts: datetime, alb: str, status: int, path: str) -> bytes:
+    from devstack.formatsamples import ALB_LINES
+
+    line = ALB_LINES[0].replace(b"2026-11-01T22:23:00.186641Z",
+                                ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode(), 1)
+    line = line.replace(b"app/my-loadbalancer/50dc6c495c0c9188", alb.encode(), 1)
+    line = line.replace(b" 200 200 34 366 ", f" {status} {status} 34 366 ".encode(), 1)
+    return line.replace(b"http://www.example.com:80/ ", f"http://www.example.com:80/{path} "
+                        .encode(), 1)
+
+
+def test_a_5xx_burst_of_one_load_balancer_is_counted_across_workers(
+        clean: LocalStack, tmp_path: Path) -> None:
+    """alb_5xx_burst (a sequence grouped by the Alb column): 60 5xx answers of one load
+    balancer within a minute, in two objects that two workers read, make one finding; 40 of
+    another make none. Only a count kept per load balancer, whichever worker read the rows,
+    gets there."""
+    import gzip
+    import zlib
+
+    bucket = "e2e-alb-burst"
+    s3 = clean.s3()
+    s3.create_bucket(Bucket=bucket)
+    t0 = datetime(2026, 11, 28, 10, 0, tzinfo=timezone.utc)
+    web, api = "app/web/1111111111111111", "app/api/2222222222222222"
+
+    def obj(alb: str, start: int, fives: int, oks: int) -> bytes:
+        lines = [_alb_line(t0 + timedelta(seconds=(start + i) * 0.4), alb,
+                           502 if i < fives else 200, f"p{i}") for i in range(fives + oks)]
+        return gzip.compress(b"\n".join(lines) + b"\n")
+
+    # Keys that the two source partitions split between them (crc32(key) % 2).
+    keys = [f"alb/{n}.log.gz" for n in range(40)]
+    even = [k for k in keys if zlib.crc32(k.encode()) % 2 == 0]
+    odd = [k for k in keys if zlib.crc32(k.encode()) % 2 == 1]
+    s3.put_object(Bucket=bucket, Key=even[0], Body=obj(web, 0, 30, 10))
+    s3.put_object(Bucket=bucket, Key=odd[0], Body=obj(web, 40, 30, 10))
+    s3.put_object(Bucket=bucket, Key=even[1], Body=obj(api, 0, 40, 5))
+    cfg = tmp_path / "flow.toml"
+    cfg.write_text(f"""
+{SENTINEL}[batch]
+max_age_secs = 0.5
+[runtime]
+mode = "catch_up"
+[enrich]
+enabled = true
+sequences = true
+[[sources]]
+name = "alb"
+bucket = "{bucket}"
+prefix = "alb/"
+format = "alb"
+partitions = 2
+""")
+    subprocess.run([sys.executable, "-m", "bytewax.run", "dataflow.flow:flow", "-w", "2"],
+                   env=flow_env(clean, cfg, tmp_path / "errors"), cwd=ROOT, check=True,
+                   capture_output=True, timeout=120)
+    admin = clean.admin()
+    assert len(admin.records("Custom-AWSALBAccessLogs_CL")) == 125
+    bursts = [f for f in admin.records(FINDINGS) if f["SequenceId"] == "alb_5xx_burst"]
+    assert len(bursts) == 1, bursts
+    (burst,) = bursts
+    assert burst["SourceTable"] == "AWSALBAccessLogs_CL" and burst["Priority"] == "high"
+    assert burst["Detector"] == "sequence"
+    assert burst["Reasons"] and web in burst["Reasons"][0] and "50 requests" in burst["Reasons"][0]

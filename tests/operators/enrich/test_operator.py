@@ -168,3 +168,43 @@ def test_rows_handed_on_by_the_mapper_enrich_as_decoded_rows_do(tmp_path: Path) 
     assert sum(len(r[2]) for r in got if len(r) == 4 and r[1].endswith(FAST)) > 0  # flagged
     out = Enricher(cfg, tables).enrich_batch([handed])
     assert all(x.parsed is None for x in out if isinstance(x, Rows))  # not carried further
+
+
+def test_rows_of_a_grouped_sequence_go_to_the_shard_of_their_group() -> None:
+    """alb_5xx_burst counts per load balancer: only the 5xx rows reach the side branch, in
+    the shard of their Alb, and a count half way survives a snapshot."""
+    import copy
+
+    cfg = EnrichConfig(enabled=True, sequences=True)
+    enricher = Enricher(cfg, load_tables())
+
+    def alb_rows(lb: str, statuses: list[int], first: int) -> Rows:
+        rows = tuple(orjson.dumps({"TimeGenerated": f"2026-11-28T10:00:{(first + i) / 2:06.3f}Z",
+                                   "Alb": lb, "ElbStatusCode": s, "TargetStatusCode": s,
+                                   "RequestMethod": "GET", "RequestUrl": "/"})
+                     for i, s in enumerate(statuses))
+        return Rows("Custom-AWSALBAccessLogs_CL", "alb:0/1", rows,
+                    tuple(f"0123456789abcdef-{first + i}" for i in range(len(rows))))
+
+    out = enricher.enrich_batch([alb_rows("app/web/1", [502, 200] * 15, 0),
+                                 alb_rows("app/api/2", [503] * 5, 30)])
+    obs = [x for x in out if isinstance(x, Observed)]
+    assert all(o.rows == () for o in obs)
+    grouped = {o.shard: [(t, c, r["Alb"], r["ElbStatusCode"]) for t, c, _, _, r in o.grouped]
+               for o in obs}
+    web = [g for g in grouped.values() if g[0][2] == "app/web/1"]
+    assert web == [[("AWSALBAccessLogs_CL", "Alb", "app/web/1", 502)] * 15]
+    assert sum(len(g) for g in grouped.values()) == 20  # the 200s stay out
+    (web_obs,) = [o for o in obs if o.grouped[0][4]["Alb"] == "app/web/1"]
+    state, found = score_shard(enricher, cfg, None, web_obs)
+    assert found == []  # 15 of 50
+    state = pickle.loads(pickle.dumps(copy.deepcopy(state)))  # as bytewax stores it
+    more = enricher.enrich_batch([alb_rows("app/web/1", [502] * 35, 30)])
+    (obs2,) = [x for x in more if isinstance(x, Observed)]
+    assert obs2.shard == web_obs.shard
+    state, found = score_shard(enricher, cfg, state, obs2)
+    (findings,) = found
+    docs = [orjson.loads(r) for r in findings.rows]
+    assert [(d["SequenceId"], d["SourceTable"], d["SourceRecordId"]) for d in docs] == [
+        ("alb_5xx_burst", "AWSALBAccessLogs_CL", "0123456789abcdef-64")]
+    assert findings.partition == "alb:0/1" + FAST

@@ -78,7 +78,8 @@ def specs() -> tuple[SequenceSpec, ...]:
 
 def test_shipped_sequences(specs: tuple[SequenceSpec, ...]) -> None:
     assert {s.id for s in specs} == {"privilege_escalation", "recon_then_success",
-                                     "logging_tamper_after_login"}
+                                     "logging_tamper_after_login", "console_login_failure_burst",
+                                     "alb_5xx_burst", "elb_5xx_burst", "cloudfront_5xx_burst"}
     assert event_time("2026-11-28T14:30:00Z") == T0.timestamp()
     assert event_time("2026-11-28T14:30:00.250Z") == T0.timestamp() + 0.25
     assert event_time("yesterday") is None and event_time(None) is None
@@ -267,7 +268,8 @@ reason = "fast escalation by {principal}"
 steps = [ { match = { EventName = "CreateUser" } }, { match = { EventName = "CreateAccessKey" } } ]
 ''')
     specs = load_sequences([ok])
-    assert [s.id for s in specs] == ["privilege_escalation", "logging_tamper_after_login"]
+    assert [s.id for s in specs][:2] == ["privilege_escalation", "logging_tamper_after_login"]
+    assert "recon_then_success" not in {s.id for s in specs}
     assert [m.reason for m in feed(SequenceDetector(specs), [create_user(0), create_key(0.5)])] \
         == [f"fast escalation by {EVE}"]
     bad = tmp_path / "bad.toml"
@@ -413,3 +415,45 @@ steps = [
               "steps[4]: min_distinct must be a table of one column",
               "steps[5]: min_distinct EventName = '2' must be a whole number"]:
         assert f"{where}: {e}" in text, e
+
+
+ALB = "AWSALBAccessLogs_CL"
+
+
+def alb(m: float, lb: str, status: int = 502) -> dict[str, Any]:
+    return {"TimeGenerated": at(m), "Alb": lb, "ElbStatusCode": status, "TargetStatusCode": status,
+            "RequestMethod": "GET", "RequestUrl": "https://shop.example.com/cart"}
+
+
+def test_a_burst_is_a_one_step_sequence_counted_per_group(specs: tuple[SequenceSpec, ...]) -> None:
+    det = SequenceDetector(specs)
+    web, api = "app/web/1", "app/api/2"
+    got = []
+    for i in range(49):  # 49 5xx of web and 49 of api, 1 s apart, and 200s in between
+        got += det.observe(ALB, alb(i / 60, web), group="Alb")
+        got += det.observe(ALB, alb(i / 60, api), group="Alb")
+        got += det.observe(ALB, alb(i / 60, web, 200), group="Alb")
+    assert got == []
+    (m,) = det.observe(ALB, alb(49 / 60, web), group="Alb")  # web's 50th within the minute
+    assert (m.sequence_id, m.principal, m.priority) == ("alb_5xx_burst", web, "high")
+    assert m.reason.startswith(f"load balancer {web} answered 50 requests with 5xx within a "
+                               "minute (the last: 502/502 to GET https://shop.example.com/cart)")
+    assert len(m.record_times) == 50
+    # It counts from zero again: one finding per 50, not one per row after the 50th.
+    assert [x for i in range(50, 60) for x in det.observe(ALB, alb(i / 60, web), group="Alb")] == []
+    # Spread over more than the window, 50 5xx are no burst.
+    slow = SequenceDetector(specs)
+    assert [x for i in range(60) for x in slow.observe(ALB, alb(i * 1.5 / 60, web), group="Alb")
+            ] == []
+    # The group filter: CloudTrail rows fed for the principal leave the per-IP count alone.
+    fails = [ev("ConsoleLogin", i * 0.2, who=f"arn:aws:iam::111122223333:user/u{i}",
+                SourceIpAddress="203.0.113.9", UserIdentityUserName=f"u{i}",
+                ResponseElements='{"ConsoleLogin":"Failure"}') for i in range(10)]
+    by_principal = SequenceDetector(specs)
+    assert [x for r in fails for x in by_principal.observe(CT, r, group="UserIdentityArn")] == []
+    by_ip = SequenceDetector(specs)
+    got = [x for r in fails for x in by_ip.observe(CT, r, group="SourceIpAddress")]
+    assert [(x.sequence_id, x.principal) for x in got] == [
+        ("console_login_failure_burst", "203.0.113.9")]
+    assert got[0].reason.startswith("10 failed console logins from 203.0.113.9 within 5 "
+                                    "minutes (the last for u9)")
