@@ -37,7 +37,8 @@ N <= 1000: only the last N events counted are kept). Only a first-step event cre
 partial matches expire with their window, a principal's state goes once it holds nothing,
 and at most ``max_principals`` principals are kept (least recently seen evicted first).
 Events are expected in roughly time order: an event older than a partial match's last event
-does not extend it.
+does not extend it, except in a first step's count, where a late event is counted in its
+place (a burst's rows come from several objects, read in any order).
 :meth:`SequenceDetector.snapshot` gives plain JSON-able state and
 :meth:`SequenceDetector.restore` rebuilds it, so a detector can live in a bytewax stateful
 operator (keyed by principal, or one per worker).
@@ -45,6 +46,7 @@ operator (keyed by principal, or one per worker).
 
 from __future__ import annotations
 
+import bisect
 import logging
 import sys
 from collections import OrderedDict
@@ -347,13 +349,25 @@ class SequenceDetector:
             else:
                 dist = spec.distinct[j] if spec.distinct else None
                 if j == 0:  # a sliding count: the last `need` times within one window
-                    if times and times[-1] > ts:  # out of order: only what came before it
-                        keep = [i for i, t in enumerate(times) if t <= ts]
-                        times = tuple(times[i] for i in keep)
-                        vals = tuple(vals[i] for i in keep) if vals else ()
-                    times = (*times, ts)[-need:]
+                    v = _value(row, dist[0]) if dist is not None else None
+                    if times and times[-1] > ts:
+                        # Out of order (a group's rows read from several objects by several
+                        # workers): counted in its place, within the window of the newest.
+                        i = bisect.bisect_right(times, ts)
+                        times = (*times[:i], ts, *times[i:])
+                        if dist is not None:
+                            vals = (*vals[:i], v, *vals[i:])
+                        k, newest = 0, times[-1]
+                        while newest - times[k] > window:
+                            k += 1
+                        times, vals = times[k:], vals[k:]
+                    else:
+                        times = (*times, ts)
+                        if dist is not None:
+                            vals = (*vals, v)
+                    times = times[-need:]
                     if dist is not None:
-                        vals = (*vals, _value(row, dist[0]))[-need:]
+                        vals = vals[-need:]
                     entries[0] = (done, None, times, vals)
                     if len(times) < need or (dist is not None and _distinct(vals) < dist[1]):
                         continue

@@ -327,9 +327,13 @@ def test_recon_needs_5_different_apis_among_the_10(specs: tuple[SequenceSpec, ..
     burst = [probe(i, 3 + i * 0.1) for i in range(10)]
     got = feed(SequenceDetector(specs), [*retries, *burst, ev("ListUsers", 5)])
     assert [m.record_times[0] for m in got] == [T0.timestamp() + 180]
-    # the burst, then retries of one API push the different ones out of the last 10
-    retries = [denied(2 + i * 0.1, "GetParameter") for i in range(6)]
-    assert feed(SequenceDetector(specs), [*burst[:9], *retries, ev("ListUsers", 4)]) == []
+    # retries of one API, then a few probes: 4 APIs among the last 10 are not enough, 5 are
+    retries = [denied(2 + i * 0.1, "GetParameter") for i in range(7)]
+    assert feed(SequenceDetector(specs), [*retries, *burst[:3], ev("ListUsers", 5)]) == []
+    assert len(feed(SequenceDetector(specs), [*retries, *burst[:4], ev("ListUsers", 5)])) == 1
+    # event time, not arrival: retries that happened before the burst do not push it out
+    early = [denied(2 + i * 0.1, "GetParameter") for i in range(6)]
+    assert len(feed(SequenceDetector(specs), [*burst[:9], *early, ev("ListUsers", 4)])) == 1
 
 
 def test_restore_mid_match_continues_with_the_values_seen(
@@ -457,3 +461,20 @@ def test_a_burst_is_a_one_step_sequence_counted_per_group(specs: tuple[SequenceS
         ("console_login_failure_burst", "203.0.113.9")]
     assert got[0].reason.startswith("10 failed console logins from 203.0.113.9 within 5 "
                                     "minutes (the last for u9)")
+
+
+def test_a_burst_counts_rows_that_arrive_out_of_order(specs: tuple[SequenceSpec, ...]) -> None:
+    """Two workers read one load balancer's two log files: the later half can reach the
+    count first. Each row counts in its place; rows older than the window of the newest
+    do not."""
+    lb = "app/web/1"
+    second = [alb(30 / 60 + i / 120, lb) for i in range(25)]  # 30 s .. 42 s
+    first = [alb(i / 120, lb) for i in range(25)]  # 0 s .. 12 s
+    det = SequenceDetector(specs)
+    got = [m for r in second + first for m in det.observe(ALB, r, group="Alb")]
+    assert [(m.sequence_id, m.principal, len(m.record_times)) for m in got] == [
+        ("alb_5xx_burst", lb, 50)]
+    assert list(got[0].record_times) == sorted(got[0].record_times)
+    late = SequenceDetector(specs)  # the late half is older than the newest by > 60 s
+    old = [alb(-2 + i / 120, lb) for i in range(25)]  # -120 s .. -108 s
+    assert [m for r in second + old for m in late.observe(ALB, r, group="Alb")] == []
