@@ -276,8 +276,9 @@ class EnrichConfig:
     itself (EnrichmentPriority_CF, ...; the DCR export adds them to the tables). Custom
     ``_CL`` tables always get the columns (without the suffix)."""
     anomaly_entities: list[str] = field(default_factory=lambda: ["principal", "account"])
-    """Entity kinds with their own baselines (principal, ip, account). Source IPs are left out
-    by default: one state per address makes the snapshots grow with every new address."""
+    """Entity kinds with their own baselines (principal, ip, account, key: long-term access
+    keys). Source IPs are left out by default: one state per address makes the snapshots grow
+    with every new address; keys mostly repeat their principal's baseline."""
 
 
 @dataclass(frozen=True)
@@ -557,9 +558,10 @@ def _check(cfg: Config, problems: list[str]) -> None:
                 re.compile(pattern)
             except re.error as ex:
                 problems.append(f"{where}.exclude: {pattern!r} is not a valid regex: {ex}")
-    bad = sorted(set(cfg.enrich.anomaly_entities) - {"principal", "ip", "account"})
+    bad = sorted(set(cfg.enrich.anomaly_entities) - {"principal", "ip", "account", "key"})
     if bad or not cfg.enrich.anomaly_entities:
-        problems.append(f"enrich.anomaly_entities: {bad or 'empty'}; use principal, ip, account")
+        problems.append(f"enrich.anomaly_entities: {bad or 'empty'}; use principal, ip, "
+                        "account, key")
     if cfg.enrich.fast_lane_secs <= 0 or cfg.enrich.shards < 1:
         problems.append("enrich: fast_lane_secs must be > 0 and shards >= 1")
     ops = cfg.ops

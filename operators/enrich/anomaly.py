@@ -15,7 +15,10 @@ so a replay scores the same):
   stripped, so upgrades are not news) and APIs it used, with counts;
 - a **source IP**: calls and failed-call share;
 - an **account and region**: calls, failed-call share, and the principals seen there (the
-  root user is news while it is rare).
+  root user is news while it is rare);
+- a long-term **access key** (``AKIA...``; off by default): what a principal has, per key, so
+  a user's second key used from somewhere new stands out even where the user has been.
+  Temporary keys (``ASIA...``) change with every session and are not entities.
 
 Each feature gives a score in [0, 1] with a reason a person can act on ("312 data reads
 (GetObject) in 5 min by arn:... vs baseline 4±2 (peak 20)"); an entity's score is their
@@ -77,7 +80,7 @@ __all__ = [
 ANOMALOUS = 0.8
 """A row (or entity) scoring at least this is anomalous enough to raise."""
 SNAPSHOT_VERSION = 1
-KINDS = ("principal", "ip", "account")
+KINDS = ("principal", "ip", "account", "key")
 
 _CRITICAL = frozenset(
     "cloudtrail:StopLogging cloudtrail:DeleteTrail cloudtrail:UpdateTrail "
@@ -334,7 +337,8 @@ _ip_cache: dict[str, tuple[str, bool]] = {}
 class _Event:
     """What the features need from one row, computed once for all its entities."""
 
-    __slots__ = ("ts", "decay", "principal", "ip", "is_ip", "ip_known", "net", "agent", "ua",
+    __slots__ = ("ts", "decay", "principal", "akey", "ip", "is_ip", "ip_known", "net", "agent",
+                 "ua",
                  "api", "name", "tier", "error", "data", "account", "root")
 
     def __init__(self, row: Mapping[str, Any], ts: float, cfg: AnomalyConfig) -> None:
@@ -344,6 +348,8 @@ class _Event:
         self.decay = views.get("decay") or views.setdefault(
             "decay", _decay(cfg.novelty_memory_events))
         self.principal = principal_of(row)
+        ak = g("UserIdentityAccessKeyId")
+        self.akey = ak if ak.__class__ is str and ak.startswith("AKIA") else ""
         ip = g("SourceIpAddress") or ""
         self.ip = ip
         self.net, self.is_ip = _ip_view(ip) if ip else ("", False)
@@ -381,6 +387,9 @@ def entity_keys(row: Mapping[str, Any], config: AnomalyConfig = DEFAULT_CONFIG) 
     if "account" in kinds:
         acct = row.get("RecipientAccountId") or row.get("UserIdentityAccountId") or "?"
         out.append(f"account:{acct}/{row.get('AWSRegion') or '?'}")
+    ak = row.get("UserIdentityAccessKeyId")
+    if "key" in kinds and isinstance(ak, str) and ak.startswith("AKIA"):
+        out.append("key:" + ak)
     return out
 
 
@@ -447,7 +456,8 @@ class EntityState:
         if kind not in KINDS or not label:
             msg = f"entity key {key!r} must be '<kind>:<id>' with kind one of {', '.join(KINDS)}"
             raise ValueError(msg)
-        self.key, self.kind, self.label = key, kind, label
+        self.key, self.kind = key, kind
+        self.label = f"access key {label}" if kind == "key" else label  # who, in reasons
         self.config = config or DEFAULT_CONFIG
         self.n = 0
         self.first_ts = self.last_ts = 0.0
@@ -501,7 +511,7 @@ class EntityState:
             self.last_ts = ts
         warm = self.n > cfg.warmup_events and ts - self.first_ts >= cfg.warmup_secs
         parts: list[tuple[float, str]] = []
-        if self.kind == "principal":
+        if self.kind == "principal" or self.kind == "key":
             self._principal(ev, warm, parts)
         elif self.kind == "account" and ev.principal:
             self._account(ev, warm, parts)
@@ -585,7 +595,7 @@ class EntityState:
                           f"{why}; {burst[1]}"))
         if burst is not None:
             parts.append(burst)
-        if ev.data and self.kind == "principal":
+        if ev.data and (self.kind == "principal" or self.kind == "key"):
             d = cur[2] + (prev[2] * keep if prev else 0.0)
             if d >= cfg.data_min_count:
                 s, sd = _spike(d, md, vd, max(base[_PD] * cfg.data_peak_frac, cfg.data_min_count),
@@ -821,6 +831,8 @@ class AnomalyScorer:
             keys.append("principal:" + ev.principal)
         if "account" in kinds:
             keys.append("account:" + ev.account)
+        if ev.akey and "key" in kinds:
+            keys.append("key:" + ev.akey)
         ents = self._entities
         best: tuple[float, list[tuple[float, str]], str] | None = None
         more: list[tuple[float, list[tuple[float, str]], str]] = []

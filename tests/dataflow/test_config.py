@@ -82,3 +82,10 @@ def test_file_errors_and_pickling(tmp_path: Path) -> None:
         load_config(bad, environ={})
     err = ConfigError(["a: b"])
     assert pickle.loads(pickle.dumps(err)).problems == ["a: b"]
+
+
+def test_anomaly_entity_kinds_are_checked() -> None:
+    ok = parse_config(MINIMAL | {"enrich": {"anomaly_entities": ["principal", "key"]}})
+    assert ok.enrich.anomaly_entities == ["principal", "key"]
+    (msg,) = problems(MINIMAL | {"enrich": {"anomaly_entities": ["principal", "user"]}})
+    assert msg == "enrich.anomaly_entities: ['user']; use principal, ip, account, key"

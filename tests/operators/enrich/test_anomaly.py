@@ -340,3 +340,42 @@ def test_config_is_checked() -> None:
     cfg = AnomalyConfig.from_mapping({"bucket_secs": 60, "entity_kinds": ["principal"],
                                       "data_apis": ["GetObject"]})
     assert cfg.entity_kinds == ("principal",) and cfg.data_apis == frozenset({"GetObject"})
+
+
+def test_a_long_term_access_key_is_an_entity_of_its_own() -> None:
+    """Alice works with key K1 from the office; K2 is her CI runner's. K2 used from the
+    office with the CLI is nothing new for Alice, but new for K2: only the key entity sees
+    it. Temporary keys (ASIA...) are no entities."""
+    k1, k2 = "AKIAEXAMPLEKEY000001", "AKIAEXAMPLEKEY000002"
+    ci_ip, ci_ua = "192.0.2.50", "Boto3/1.35.0 md/Botocore#1.35.0 ua/2.0 os/linux"
+    kinds = ("principal", "account", "key")
+
+    def history(scorer: AnomalyScorer) -> None:
+        rng = random.Random(4)
+        for d in range(14):
+            for h in range(8, 18):
+                for _ in range(12):
+                    ts = T0 + d * DAY + h * 3600 + rng.uniform(0, 3600)
+                    scorer.score(row(ts, rng.choice(READS)) | {"UserIdentityAccessKeyId": k1})
+                ts = T0 + d * DAY + h * 3600 + rng.uniform(0, 3600)
+                scorer.score(row(ts, "GetObject", "s3", ip=ci_ip, ua=ci_ua)
+                             | {"UserIdentityAccessKeyId": k2})
+
+    t = T0 + 14 * DAY + 10 * 3600
+    odd = row(t, "DescribeInstances") | {"UserIdentityAccessKeyId": k2}
+    without = AnomalyScorer(AnomalyConfig(entity_kinds=("principal", "account")))
+    history(without)
+    assert without.score(odd).reasons == ()
+    with_keys = AnomalyScorer(AnomalyConfig(entity_kinds=kinds))
+    history(with_keys)
+    assert with_keys.entity(f"key:{k1}") is not None and with_keys.entity(f"key:{k2}") is not None
+    got = with_keys.score(odd)
+    assert got.entity == f"key:{k2}" and got.value > 0
+    assert any(f"new source IP {OFFICE} for access key {k2}" in r for r in got.reasons)
+    assert any(f"user agent never seen for access key {k2}" in r for r in got.reasons)
+    assert entity_keys(odd, AnomalyConfig(entity_kinds=kinds))[-1] == f"key:{k2}"
+    temp = row(t + 60) | {"UserIdentityAccessKeyId": "ASIAEXAMPLETEMP00001"}
+    assert not [k for k in entity_keys(temp, AnomalyConfig(entity_kinds=kinds))
+                if k.startswith("key:")]
+    with_keys.score(temp)
+    assert with_keys.entity("key:ASIAEXAMPLETEMP00001") is None
