@@ -164,7 +164,7 @@ class Enricher:
             if findings:
                 out.append(Rows(self.findings_stream, bundle.partition + FAST,
                                 tuple(r for r, _ in findings), tuple(i for _, i in findings)))
-        for shard in side.keys() | grouped.keys():
+        for shard in dict.fromkeys([*side, *grouped]):  # in order of first row, as before
             out.append(Observed(shard, tuple(side.get(shard, ())), tuple(grouped.get(shard, ()))))
         return out
 
