@@ -337,8 +337,7 @@ _ip_cache: dict[str, tuple[str, bool]] = {}
 class _Event:
     """What the features need from one row, computed once for all its entities."""
 
-    __slots__ = ("ts", "decay", "principal", "akey", "ip", "is_ip", "ip_known", "net", "agent",
-                 "ua",
+    __slots__ = ("ts", "decay", "principal", "ip", "is_ip", "ip_known", "net", "agent", "ua",
                  "api", "name", "tier", "error", "data", "account", "root")
 
     def __init__(self, row: Mapping[str, Any], ts: float, cfg: AnomalyConfig) -> None:
@@ -348,8 +347,6 @@ class _Event:
         self.decay = views.get("decay") or views.setdefault(
             "decay", _decay(cfg.novelty_memory_events))
         self.principal = principal_of(row)
-        ak = g("UserIdentityAccessKeyId")
-        self.akey = ak if ak.__class__ is str and ak.startswith("AKIA") else ""
         ip = g("SourceIpAddress") or ""
         self.ip = ip
         self.net, self.is_ip = _ip_view(ip) if ip else ("", False)
@@ -831,8 +828,10 @@ class AnomalyScorer:
             keys.append("principal:" + ev.principal)
         if "account" in kinds:
             keys.append("account:" + ev.account)
-        if ev.akey and "key" in kinds:
-            keys.append("key:" + ev.akey)
+        if "key" in kinds:  # read only when asked for: off by default
+            ak = row.get("UserIdentityAccessKeyId")
+            if ak.__class__ is str and ak.startswith("AKIA"):
+                keys.append("key:" + ak)
         ents = self._entities
         best: tuple[float, list[tuple[float, str]], str] | None = None
         more: list[tuple[float, list[tuple[float, str]], str]] = []

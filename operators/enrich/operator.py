@@ -132,6 +132,7 @@ class Enricher:
             keep: list[int] = []
             fast: list[int] = []
             findings: list[tuple[bytes, str]] = []
+            groups = self._groups.get(table.name, ())
             for i, (raw, rid) in enumerate(zip(bundle.rows, bundle.record_ids, strict=True)):
                 if parsed is None:
                     row = orjson.loads(raw)
@@ -148,7 +149,7 @@ class Enricher:
                 if self._side and table.name == CLOUDTRAIL:
                     side.setdefault(_shard(row, self._cfg.shards), []).append(
                         (rid, bundle.partition, row))
-                for column, preds in self._groups.get(table.name, ()):
+                for column, preds in groups:
                     value = row.get(column)
                     if value is not None and value != "" and any(p(row) for p in preds):
                         grouped.setdefault(_group_shard(column, value, self._cfg.shards),

@@ -302,7 +302,8 @@ def test_a_5xx_burst_of_one_load_balancer_is_counted_across_workers(
     another make none. Only a count kept per load balancer, whichever worker read the rows,
     gets there."""
     import gzip
-    import zlib
+
+    from connectors.s3.discovery import shard_of
 
     bucket = "e2e-alb-burst"
     s3 = clean.s3()
@@ -315,10 +316,10 @@ def test_a_5xx_burst_of_one_load_balancer_is_counted_across_workers(
                            502 if i < fives else 200, f"p{i}") for i in range(fives + oks)]
         return gzip.compress(b"\n".join(lines) + b"\n")
 
-    # Keys that the two source partitions split between them (crc32(key) % 2).
+    # Keys that the two source partitions split between them.
     keys = [f"alb/{n}.log.gz" for n in range(40)]
-    even = [k for k in keys if zlib.crc32(k.encode()) % 2 == 0]
-    odd = [k for k in keys if zlib.crc32(k.encode()) % 2 == 1]
+    even = [k for k in keys if shard_of(k, 2) == 0]
+    odd = [k for k in keys if shard_of(k, 2) == 1]
     s3.put_object(Bucket=bucket, Key=even[0], Body=obj(web, 0, 30, 10))
     s3.put_object(Bucket=bucket, Key=odd[0], Body=obj(web, 40, 30, 10))
     s3.put_object(Bucket=bucket, Key=even[1], Body=obj(api, 0, 40, 5))
