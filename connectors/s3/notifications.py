@@ -61,16 +61,20 @@ def parse_notification(body: str) -> tuple[list[NotifiedObject], str | None]:
     """The created objects an SQS message body names, or why it names none.
 
     Understands S3 event notifications (``{"Records": [...]}``), the same wrapped in an
-    SNS notification, and EventBridge ``Object Created`` events.
+    SNS notification, and EventBridge ``Object Created`` events. Every field read is
+    checked for its type, not only its presence: a message is data from outside, and a
+    number where a key should be must make this message a dead letter, not stop the flow.
 
-    :returns: (objects, None), or ([], "test_event"), or ([], a reason it is not an S3
-        event notification).
+    :returns: (objects, None), or ([], "test_event"), or ([], a reason it is not a usable
+        S3 event notification).
     """
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as ex:
         return [], f"not JSON: {ex}"
     if isinstance(doc, dict) and doc.get("Type") == "Notification" and "Message" in doc:
+        if not isinstance(doc["Message"], str):
+            return [], "SNS notification whose Message is not a string"
         try:
             doc = orjson.loads(doc["Message"])
         except orjson.JSONDecodeError as ex:
@@ -79,27 +83,75 @@ def parse_notification(body: str) -> tuple[list[NotifiedObject], str | None]:
         return [], "not a JSON object"
     if doc.get("Event") == "s3:TestEvent":
         return [], "test_event"
-    if doc.get("detail-type") == "Object Created" and isinstance(doc.get("detail"), dict):
-        d = doc["detail"]
-        try:
-            return [NotifiedObject(d["bucket"]["name"], d["object"]["key"],
-                                   d["object"].get("etag", ""), int(d["object"].get("size", 0)))], None
-        except (KeyError, TypeError, ValueError) as ex:
-            return [], f"EventBridge event without {ex}"
-    records = doc.get("Records")
-    if not isinstance(records, list):
-        return [], "no Records: not an S3 event notification"
-    out: list[NotifiedObject] = []
-    for rec in records:
-        try:
-            if not str(rec["eventName"]).startswith("ObjectCreated:"):
+    try:
+        if doc.get("detail-type") == "Object Created" and "detail" in doc:
+            d = _field(doc, "detail", dict, "EventBridge event")
+            obj = _field(d, "object", dict, "EventBridge detail")
+            return [_notified(_field(_field(d, "bucket", dict, "EventBridge detail"), "name",
+                                     str, "detail.bucket"),
+                              _field(obj, "key", str, "detail.object"),
+                              obj.get("etag", ""), obj.get("size", 0), "detail.object")], None
+        records = doc.get("Records")
+        if not isinstance(records, list):
+            return [], "no Records: not an S3 event notification"
+        out: list[NotifiedObject] = []
+        for i, rec in enumerate(records):
+            where = f"Records[{i}]"
+            if not isinstance(rec, dict):
+                return [], f"{where} is not an object"
+            name = _field(rec, "eventName", str, where)
+            if not name.startswith("ObjectCreated:"):
                 continue  # ObjectRemoved, restore, replication...: nothing to read
-            s3 = rec["s3"]
-            out.append(NotifiedObject(s3["bucket"]["name"], unquote_plus(s3["object"]["key"]),
-                                      s3["object"].get("eTag", ""), int(s3["object"].get("size", 0))))
-        except (KeyError, TypeError, ValueError) as ex:
-            return [], f"S3 event record without {ex}"
-    return out, None
+            s3 = _field(rec, "s3", dict, where)
+            obj = _field(s3, "object", dict, f"{where}.s3")
+            out.append(_notified(
+                _field(_field(s3, "bucket", dict, f"{where}.s3"), "name", str, f"{where}.s3.bucket"),
+                unquote_plus(_field(obj, "key", str, f"{where}.s3.object")),
+                obj.get("eTag", ""), obj.get("size", 0), f"{where}.s3.object"))
+        return out, None
+    except _BadField as ex:
+        return [], str(ex)
+
+
+class _BadField(ValueError):
+    """A field of a notification is missing or of the wrong type."""
+
+
+def _field(doc: dict, name: str, kind: type, where: str) -> Any:
+    if name not in doc:
+        msg = f"{where} has no {name!r}"
+        raise _BadField(msg)
+    value = doc[name]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        msg = (f"{where}.{name} is {type(value).__name__} {_short(value)}, "
+               f"expected {kind.__name__}")
+        raise _BadField(msg)
+    if kind is str and (not value or len(value) > 8192):  # S3 names: 1..1024 bytes, encoded
+        msg = f"{where}.{name} is not a usable S3 name: {_short(value)}"
+        raise _BadField(msg)
+    return value
+
+
+def _notified(bucket: str, key: str, etag: Any, size: Any, where: str) -> NotifiedObject:
+    if not isinstance(etag, str):
+        msg = f"{where} etag is {type(etag).__name__} {_short(etag)}, expected str"
+        raise _BadField(msg)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        msg = f"{where} size is {type(size).__name__} {_short(size)}, expected a count of bytes"
+        raise _BadField(msg)
+    return NotifiedObject(bucket, key, etag.strip('"'), size)
+
+
+def _int(value: Any, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @dataclass
@@ -207,43 +259,57 @@ class SqsPartition(_S3Partition):
         now = self._mono()
         for m in messages:
             metrics.SQS_MESSAGES.labels(src.name, "received").inc()
-            attrs = m.get("Attributes", {})
-            msg = _Message(m["MessageId"], m["ReceiptHandle"],
-                           int(attrs.get("SentTimestamp", time.time() * 1000)) / 1000,
-                           now + src.visibility_timeout_secs)
-            objects, why = parse_notification(m["Body"])
-            if why == "test_event":
-                self._delete(msg, "test_event")
-                continue
-            if why is not None:
-                self._dead_letter_message(msg, m["Body"], why)
-                continue
-            wanted = [o for o in objects if self._wanted(o)]
-            if not wanted:
-                self._delete(msg, "ignored")
-                continue
-            receives = int(attrs.get("ApproximateReceiveCount", 1))
-            if receives > src.max_receive_count:
-                msg.objects = [_Object(o.key, o.etag, o.size) for o in wanted]
-                self._messages[msg.message_id] = msg
-                self._give_up(msg, receives)
-                continue
-            for o in wanted:
-                # A second notification of an object this partition already has (S3 and SQS
-                # deliver at least once): share it, so it is read once for both messages.
-                same = self._tracked.get(o.key)
-                if same is None or (o.etag and same.etag and o.etag != same.etag):
-                    same = self._tracked[o.key] = _Object(o.key, o.etag, o.size)
-                    self._todo.append(same)
-                    metrics.OBJECTS_LISTED.labels(src.name).inc()
-                else:
-                    metrics.SQS_MESSAGES.labels(src.name, "duplicate").inc()
-                same.users += 1
-                msg.objects.append(same)
-            self._messages[msg.message_id] = msg
+            try:
+                self._accept(m, now)
+            except Exception as ex:  # one message must never stop the partition
+                log.exception("source %s: cannot handle SQS message %s", src.name,
+                              m.get("MessageId"))
+                self._dead_letter_message(
+                    _Message(str(m.get("MessageId", "")), str(m.get("ReceiptHandle", "")),
+                             time.time(), now + src.visibility_timeout_secs),
+                    str(m.get("Body", "")), f"cannot handle it: {type(ex).__name__}: {ex}",
+                    code="sqs_message_error")
         self._fetch.want(o.key for o in self._todo)
         metrics.IN_FLIGHT_OBJECTS.labels(src.name, self._name).set(
             sum(len(m.objects) for m in self._messages.values()))
+
+    def _accept(self, m: dict, now: float) -> None:
+        """Take one received message: track its objects, or delete or dead-letter it."""
+        src = self._src
+        attrs = m.get("Attributes") or {}
+        msg = _Message(m["MessageId"], m["ReceiptHandle"],
+                       _int(attrs.get("SentTimestamp"), int(time.time() * 1000)) / 1000,
+                       now + src.visibility_timeout_secs)
+        objects, why = parse_notification(m["Body"])
+        if why == "test_event":
+            self._delete(msg, "test_event")
+            return
+        if why is not None:
+            self._dead_letter_message(msg, m["Body"], why)
+            return
+        wanted = [o for o in objects if self._wanted(o)]
+        if not wanted:
+            self._delete(msg, "ignored")
+            return
+        receives = _int(attrs.get("ApproximateReceiveCount"), 1)
+        if receives > src.max_receive_count:
+            msg.objects = [_Object(o.key, o.etag, o.size) for o in wanted]
+            self._messages[msg.message_id] = msg
+            self._give_up(msg, receives)
+            return
+        for o in wanted:
+            # A second notification of an object this partition already has (S3 and SQS
+            # deliver at least once): share it, so it is read once for both messages.
+            same = self._tracked.get(o.key)
+            if same is None or (o.etag and same.etag and o.etag != same.etag):
+                same = self._tracked[o.key] = _Object(o.key, o.etag, o.size)
+                self._todo.append(same)
+                metrics.OBJECTS_LISTED.labels(src.name).inc()
+            else:
+                metrics.SQS_MESSAGES.labels(src.name, "duplicate").inc()
+            same.users += 1
+            msg.objects.append(same)
+        self._messages[msg.message_id] = msg
 
     def _wanted(self, o: NotifiedObject) -> bool:
         src = self._src
@@ -261,19 +327,22 @@ class SqsPartition(_S3Partition):
                       "this object being delivered; look for earlier errors about this object, "
                       "then run `s3sentinel replay`")
             log.error("%s: %s", ref.uri, reason)
+            metrics.ERRORS.labels(src.name, "read", "max_receives").inc()
             self._errors.append(ErrorRecord(ref, 0, "read", reason, code="max_receives"))
             obj.object_id = ref.id
             obj.emitted = [[0, 1]]
             obj.done = True
 
-    def _dead_letter_message(self, msg: _Message, body: str, why: str) -> None:
-        """A message that names no object: kept in the dead-letter store, then deleted."""
+    def _dead_letter_message(self, msg: _Message, body: str, why: str,
+                             code: str = "not_s3_event") -> None:
+        """A message that names no usable object: kept in the dead-letter store, then deleted."""
         src = self._src
         ref = ObjectRef(src.name, self._name, src.bucket, f"sqs-message/{msg.message_id}", "", 0)
-        log.error("source %s: SQS message %s is not an S3 event notification (%s)",
+        log.error("source %s: SQS message %s is not a usable S3 event notification (%s)",
                   src.name, msg.message_id, why)
+        metrics.ERRORS.labels(src.name, "read", code).inc()
         self._errors.append(ErrorRecord(ref, 0, "read", f"SQS message body: {why}",
-                                        body.encode(), code="not_s3_event"))
+                                        body.encode(errors="replace"), code=code))
         msg.objects = [_Object(ref.key, "", 0, ref.id, [[0, 1]], True)]
         self._messages[msg.message_id] = msg
 

@@ -151,3 +151,89 @@ def test_duplicate_notifications_read_the_object_once(aws: Any, tmp_path: Any) -
     UploadJournal(tmp_path, 0).record([r.record_id for r in recs])
     pump(p, 2)
     assert depth(sqs, url) == 0
+
+
+def _s3_event(bucket: Any, key: Any, **obj: Any) -> dict:
+    return {"Records": [{"eventName": "ObjectCreated:Put", "s3": {
+        "bucket": {"name": bucket}, "object": {"key": key, "size": 1, **obj}}}]}
+
+
+def _bridge_event(bucket: Any, key: Any) -> dict:
+    return {"detail-type": "Object Created", "detail": {"bucket": {"name": bucket},
+                                                         "object": {"key": key, "size": 1}}}
+
+
+POISON_KEYS = [7, None, ["logs/x"], {"k": 1}, True, 1.5, ""]
+
+
+@pytest.mark.parametrize("key", POISON_KEYS, ids=repr)
+@pytest.mark.parametrize("bucket", [BUCKET, "someone-elses"])
+@pytest.mark.parametrize("form", ["s3", "sns", "eventbridge"])
+def test_a_key_that_is_not_a_string_is_a_reason_not_an_exception(form: str, bucket: str,
+                                                                   key: Any) -> None:
+    doc = _bridge_event(bucket, key) if form == "eventbridge" else _s3_event(bucket, key)
+    if form == "sns":
+        doc = {"Type": "Notification", "Message": json.dumps(doc)}
+    objs, why = parse_notification(json.dumps(doc))
+    assert objs == [] and why is not None and "key" in why, why
+
+
+@pytest.mark.parametrize("doc", [
+    {"Records": ["x"]},
+    {"Records": [{"eventName": 5}]},
+    {"Records": [{"eventName": "ObjectCreated:Put", "s3": []}]},
+    {"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": "b", "object": {"key": "k"}}}]},
+    _s3_event(BUCKET, "logs/k", size="big"),
+    _s3_event(BUCKET, "logs/k", size=-1),
+    _s3_event(BUCKET, "logs/k", eTag=["e"]),
+    {"Type": "Notification", "Message": {"Records": []}},
+    {"detail-type": "Object Created", "detail": "x"},
+], ids=repr)
+def test_every_field_read_is_checked_for_its_type(doc: dict) -> None:
+    objs, why = parse_notification(json.dumps(doc))
+    assert objs == [] and why is not None
+
+
+def test_a_poison_message_is_dead_lettered_deleted_and_counted_and_the_rest_is_read(
+        aws: Any, tmp_path: Any) -> None:
+    s3, sqs, url = aws
+    for key in (7, None, ["logs/x"]):  # before the ordinary object, in the same queue
+        sqs.send_message(QueueUrl=url, MessageBody=json.dumps(_s3_event(BUCKET, key)))
+    sqs.send_message(QueueUrl=url, MessageBody=json.dumps(
+        {"Type": "Notification", "Message": json.dumps(_bridge_event("other", 3))}))
+    s3.put_object(Bucket=BUCKET, Key="logs/good.ndjson", Body=b'{"a":1}\n{"a":2}\n')
+    before = metrics.ERRORS.labels("n", "read", "not_s3_event")._value.get()
+    p = part(aws, tmp_path)
+    out = pump(p)
+    errs = [x for x in out if isinstance(x, ErrorRecord)]
+    recs = [x for x in out if isinstance(x, RawRecord)]
+    assert [r.offset for r in recs] == [0, 1] and recs[0].obj.key == "logs/good.ndjson"
+    assert len(errs) == 4 and all(e.code == "not_s3_event" and "key" in e.reason for e in errs)
+    assert metrics.ERRORS.labels("n", "read", "not_s3_event")._value.get() - before == 4
+    # The poison messages are deleted once their dead-letter entries are journaled.
+    journal = UploadJournal(tmp_path, 0, name=DEAD_LETTERED)
+    journal.record_ranges({e.obj.id: [[0, 1]] for e in errs})
+    UploadJournal(tmp_path, 1).record([r.record_id for r in recs])
+    pump(p, 3)
+    assert depth(sqs, url) == 0 and p._messages == {}
+
+
+def test_an_unexpected_error_handling_one_message_dead_letters_only_that_message(
+        aws: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    s3, sqs, url = aws
+    sqs.send_message(QueueUrl=url, MessageBody=json.dumps(_s3_event(BUCKET, "logs/boom")))
+    s3.put_object(Bucket=BUCKET, Key="logs/fine.ndjson", Body=b'{"a":1}\n')
+    p = part(aws, tmp_path)
+    real = p._wanted
+
+    def wanted(o: Any) -> bool:
+        if o.key == "logs/boom":
+            msg = "a bug"
+            raise RuntimeError(msg)
+        return real(o)
+
+    monkeypatch.setattr(p, "_wanted", wanted)
+    out = pump(p)
+    (err,) = [x for x in out if isinstance(x, ErrorRecord)]
+    assert err.code == "sqs_message_error" and "RuntimeError: a bug" in err.reason
+    assert [r.obj.key for r in out if isinstance(r, RawRecord)] == ["logs/fine.ndjson"]
