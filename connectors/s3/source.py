@@ -236,14 +236,15 @@ class _S3Partition(StatefulSourcePartition[Item, dict]):
                                        max_bytes=src.max_object_bytes,
                                        max_ratio=src.max_compression_ratio,
                                        parser_for=self._parser)
-        except (FormatUnknown, ObjectReadError, ValueError) as ex:
+        except Exception as ex:  # whatever one object does, it fails that object only
             body.close()
             if getattr(ex, "transient", False) and self._attempts + 1 < READ_ATTEMPTS:
                 self._resume = PartitionState(self._after, key, body.etag, offset, self._modified)
                 self._backoff("read", ex)
                 return False
             ref = ObjectRef(src.name, self._name, src.bucket, key, body.etag, body.size)
-            self._fail_object(ref, offset, str(ex))
+            ours = isinstance(ex, (ObjectReadError, FormatUnknown, FramingError))
+            self._fail_object(ref, offset, str(ex) if ours else f"{type(ex).__name__}: {ex}")
             return False
         ref = ObjectRef(src.name, self._name, src.bucket, key, body.etag, body.size, fmt)
         self._reading = _Reading(ref, recs, offset, self._modified)
@@ -282,11 +283,13 @@ class _S3Partition(StatefulSourcePartition[Item, dict]):
                                               r.modified)
                 self._reading = None
                 self._backoff("read", ex)
-            elif err is not None or transient:
-                reason = err.reason if err is not None else f"{type(ex).__name__}: {ex}"
-                self._fail_object(r.ref, r.next_offset, reason)
             else:
-                raise
+                # Non-transient, or still failing after READ_ATTEMPTS: this object fails from
+                # here on, never the flow (a bug or a hostile object must not stop ingestion).
+                reason = err.reason if err is not None else f"{type(ex).__name__}: {ex}"
+                if err is None and not transient:
+                    log.exception("%s: unexpected error at record %d", r.ref.uri, r.next_offset)
+                self._fail_object(r.ref, r.next_offset, reason)
         metrics.RECORDS_READ.labels(self._src.name).inc(len(out))
         return out
 

@@ -289,3 +289,35 @@ def test_start_time_and_ignore_older_skip_old_objects(s3: Any) -> None:
     clock.now = datetime.now(timezone.utc) + timedelta(days=2)
     assert drain(build(s3, src(ignore_older_secs=86400), clock=clock)) == []
     assert len(drain(build(s3, src(ignore_older_secs=86400)))) == 1
+
+
+@pytest.mark.parametrize("when", ["open", "read"])
+def test_any_unexpected_error_of_one_object_fails_that_object_not_the_partition(
+        s3: Any, monkeypatch: pytest.MonkeyPatch, when: str) -> None:
+    put_lines(s3, "logs/0-poison.ndjson", [b'{"a":1}', b'{"a":2}'])
+    put_lines(s3, "logs/1-fine.ndjson", [b'{"b":1}'])
+    real = source_mod.object_records
+
+    def records(key: str, *args: Any, **kw: Any) -> Any:
+        if "poison" not in key:
+            return real(key, *args, **kw)
+        if when == "open":
+            msg = "maximum recursion depth exceeded"
+            raise RecursionError(msg)
+        fmt, recs = real(key, *args, **kw)
+
+        def broken() -> Any:
+            yield next(recs)
+            msg = "maximum recursion depth exceeded"
+            raise RecursionError(msg)
+
+        return fmt, broken()
+
+    monkeypatch.setattr(source_mod, "object_records", records)
+    out = drain(build(s3, src()))
+    (err,) = [x for x in out if isinstance(x, ErrorRecord)]
+    assert err.obj.key == "logs/0-poison.ndjson" and "RecursionError" in err.reason
+    assert err.offset == (0 if when == "open" else 1) and err.stage == "read"
+    assert [(r.obj.key, r.offset) for r in out if isinstance(r, RawRecord)] == (
+        [("logs/1-fine.ndjson", 0)] if when == "open"
+        else [("logs/0-poison.ndjson", 0), ("logs/1-fine.ndjson", 0)])
