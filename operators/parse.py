@@ -10,6 +10,7 @@ source and its object's format (``auto`` sources resolve the format per object).
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Mapping
 
 from dataflow import metrics
@@ -26,6 +27,21 @@ log = logging.getLogger(__name__)
 ERROR_SAMPLE_BYTES = 16 * 1024 * 1024
 """Most bytes of an offending record kept in its error record: in practice the whole record,
 so that `s3sentinel replay` can send it again once the cause is fixed."""
+
+TRACKED_OBJECTS = 4096
+"""Objects whose bad records are counted at once (least recently seen forgotten first)."""
+
+
+class _Bad:
+    """Bad records of one object so far, for the dead-letter bound."""
+
+    __slots__ = ("bytes", "codes", "count", "folded")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.bytes = 0
+        self.codes: dict[str, int] = {}
+        self.folded = False
 
 
 class _Route:
@@ -59,6 +75,7 @@ class RecordMapper:
         self._keep = keep_parsed
         self._routes: dict[tuple[str, str], _Route | ErrorRecord | str] = {}
         self._max_row = max_row_bytes - 2  # the row plus the array's brackets
+        self._bad: OrderedDict[str, _Bad] = OrderedDict()
         for src in sources:  # check every table a source names, before any data
             if src.format != "auto":
                 route = self._route(src.name, src.format)
@@ -97,7 +114,7 @@ class RecordMapper:
         res = self._map(rec)
         if type(res) is tuple:
             return Row(res[0], rec.record_id, res[1], rec.obj.partition)
-        return res  # type: ignore[return-value]
+        return self._bounded(rec, res)  # type: ignore[arg-type,return-value]
 
     def map_batch(self, records: list[RawRecord]) -> list[Rows | ErrorRecord]:
         """Map a batch of raw records; rows come out bundled per (stream, partition), in order."""
@@ -116,7 +133,9 @@ class RecordMapper:
                 if len(res) == 3:
                     group[2].append(res[2])
             else:
-                out.append(res)  # type: ignore[arg-type]
+                err = self._bounded(rec, res)  # type: ignore[arg-type]
+                if err is not None:
+                    out.append(err)
         for (stream, partition), (rows, ids, parsed) in groups.items():
             out.append(Rows(stream, partition, tuple(rows), tuple(ids),
                             tuple(parsed) if parsed else None))
@@ -147,6 +166,44 @@ class RecordMapper:
                       f"({self._max_row} bytes)")
             return self._error(rec, "map", reason, "row_too_large")
         return (route.stream, data, row) if route.keep else (route.stream, data)
+
+    def _bounded(self, rec: RawRecord, err: ErrorRecord) -> ErrorRecord | None:
+        """``err``, or what stands for it once its object has too many bad records.
+
+        An object of millions of bad lines (a few hundred bytes compressed) must not become
+        millions of dead-letter entries. Past the source's ``max_dead_letters_per_object``
+        (or ``max_dead_letter_bytes_per_object``) one ``read`` entry stands for the rest of
+        the object from this record on: the journals count that range as accounted for, and
+        ``s3sentinel replay`` reads it again from S3. Later bad records of the object are
+        only counted (``s3sentinel_component_errors_total``).
+        """
+        obj = rec.obj
+        bad = self._bad.get(obj.id)
+        if bad is None:
+            bad = self._bad[obj.id] = _Bad()
+            if len(self._bad) > TRACKED_OBJECTS:
+                self._bad.popitem(last=False)
+        else:
+            self._bad.move_to_end(obj.id)
+        if bad.folded:
+            return None
+        src = self._sources[obj.source]
+        if (bad.count < src.max_dead_letters_per_object
+                and bad.bytes + len(err.data) <= src.max_dead_letter_bytes_per_object):
+            bad.count += 1
+            bad.bytes += len(err.data)
+            bad.codes[err.code] = bad.codes.get(err.code, 0) + 1
+            return err
+        bad.folded = True
+        codes = ", ".join(f"{c} {n}" for c, n in sorted(bad.codes.items()))
+        reason = (f"this object has more bad records than the {bad.count} kept one by one "
+                  f"({bad.bytes} bytes; {codes}; this one: {err.code}: {err.reason}); the "
+                  f"records from offset "
+                  f"{rec.offset} to the end of the object are not kept one by one: fix the "
+                  "cause, then `s3sentinel replay` reads them again from S3")
+        log.error("%s: %s", obj.uri, reason)
+        metrics.ERRORS.labels(obj.source, "read", "too_many_bad_records").inc()
+        return ErrorRecord(obj, rec.offset, "read", reason, b"", (), "too_many_bad_records")
 
     @staticmethod
     def _error(rec: RawRecord, stage: str, reason: str, code: str) -> ErrorRecord:

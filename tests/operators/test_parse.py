@@ -148,3 +148,38 @@ def test_a_source_naming_an_undefined_table() -> None:
     assert "onto table 'Firewall_CL', which is not defined" in msg
     assert "AWSCloudTrail" in msg and "App_CL" in msg       # the tables that are defined
     assert "[[tables]]" in msg and "runtime.tables_dir" in msg
+
+
+def test_an_object_of_many_bad_records_becomes_a_bounded_number_of_dead_letters() -> None:
+    from connectors.deadletter import entry_ranges, error_entry
+    from connectors.sentinel.journal import REST
+
+    src = SourceConfig(name="app", bucket="b2", format="ndjson", table="App_CL",
+                       max_dead_letters_per_object=3)
+    mapper = RecordMapper([src], TABLES, max_row_bytes=1_000_000)
+    obj = ObjectRef("app", "app:0/1", "b2", "app/bomb.ndjson", "e", 618)
+    before = metrics.ERRORS.labels("app", "read", "too_many_bad_records")._value.get()
+    recs = [RawRecord(obj, i, b"not json") for i in range(6)]
+    recs.insert(3, app_rec(obj, 100))  # a good record among them still becomes a row
+    out = mapper.map_batch(recs)
+    errs = [x for x in out if isinstance(x, ErrorRecord)]
+    assert [(e.offset, e.stage) for e in errs] == [(0, "map"), (1, "map"), (2, "map"),
+                                                   (3, "read")]
+    assert errs[-1].code == "too_many_bad_records" and "offset 3" in errs[-1].reason
+    assert [r.record_ids for r in out if isinstance(r, Rows)] == [(f"{obj.id}-100",)]
+    # Later bad records of the object are counted, not kept; the summary accounts for them.
+    assert mapper.map_batch([RawRecord(obj, i, b"{") for i in range(6, 5000)]) == []
+    assert entry_ranges([error_entry(errs[-1])]) == {obj.id: [[3, REST]]}
+    assert metrics.ERRORS.labels("app", "read", "too_many_bad_records")._value.get() - before == 1
+    # Another object has its own count.
+    other = ObjectRef("app", "app:0/1", "b2", "app/ok.ndjson", "e", 9)
+    assert isinstance(mapper(RawRecord(other, 0, b"x")), ErrorRecord)
+
+
+def test_the_bound_counts_bytes_too() -> None:
+    src = SourceConfig(name="app", bucket="b2", format="ndjson", table="App_CL",
+                       max_dead_letter_bytes_per_object=1000)
+    mapper = RecordMapper([src], TABLES, max_row_bytes=1_000_000)
+    obj = ObjectRef("app", "app:0/1", "b2", "app/big.ndjson", "e", 618)
+    out = mapper.map_batch([RawRecord(obj, i, b"x" * 400) for i in range(5)])
+    assert [(e.offset, e.stage) for e in out] == [(0, "map"), (1, "map"), (2, "read")]
