@@ -183,6 +183,16 @@ class SourceConfig:
     max_compression_ratio: float = 1000.0
     """Objects that decompress to more than this many times their stored size (past 16 MiB)
     are reported as decompression bombs; 0 turns the check off."""
+    max_record_bytes: int = 1024 * 1024
+    """Largest record (one line, one JSON array element) accepted; a larger one can never be
+    sent (the Logs Ingestion API takes 1 MB per request) and goes to the dead-letter store
+    with its size, keeping its first bytes."""
+    max_dead_letters_per_object: int = 1000
+    """Bad records of one object kept one by one in the dead-letter store; past this (or
+    ``max_dead_letter_bytes_per_object``) the rest of the object becomes one entry naming
+    the offset it starts from, which ``s3sentinel replay`` reads again from S3."""
+    max_dead_letter_bytes_per_object: int = 64 * 1024 * 1024
+    """Bytes of bad records of one object kept in the dead-letter store (see above)."""
     fields: list[str] = field(default_factory=list)
     """Field names of ``delimited`` lines (and of ``csv`` objects without a header line)."""
     delimiter: str = ""
@@ -518,6 +528,11 @@ def _check(cfg: Config, problems: list[str]) -> None:
         if src.name in seen:
             problems.append(f"{where}.name: duplicate source name")
         seen.add(src.name)
+        if src.max_record_bytes < 1024 or src.max_dead_letters_per_object < 1 \
+                or src.max_dead_letter_bytes_per_object < 1:
+            problems.append(f"{where}: max_record_bytes must be >= 1024, "
+                            "max_dead_letters_per_object and max_dead_letter_bytes_per_object "
+                            ">= 1")
         if src.partitions < 1 or src.fetch_threads < 1 or src.poll_secs <= 0:
             problems.append(f"{where}: partitions and fetch_threads must be >= 1, poll_secs > 0")
         if src.table is None and src.format not in DEFAULT_TABLES and src.format != "auto":
