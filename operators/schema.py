@@ -20,6 +20,7 @@ compact; both are the same JSON value. AWS writes its logs compact.)
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -119,6 +120,21 @@ def _to_int(v: Any) -> int:
     if isinstance(v, str):
         return int(v.strip())
     raise ValueError
+
+
+def _to_int_cut(v: Any) -> int:
+    """``_to_int``, but a finite number with a fraction is cut toward zero (KQL ``toint()``)."""
+    if isinstance(v, float) and math.isfinite(v):
+        return int(v)
+    if isinstance(v, str):
+        try:
+            return _to_int(v)
+        except ValueError:
+            f = float(v)
+            if not math.isfinite(f):
+                raise
+            return int(f)
+    return _to_int(v)
 
 
 def _to_real(v: Any) -> float:
@@ -271,8 +287,10 @@ class Mapper:
         self._rest = [c.source[cut:] for c, cut in zip(cols, cuts)]
         self._rest_keys = [[f'"{p}"'.encode() for p in rest if not p.isdigit()]
                            for rest in self._rest]
-        self._coercers = [_COERCE[c.type] for c in cols]
-        self._generic = [(c.name, c.source, _COERCE[c.type], c.required) for c in cols]
+        self._coercers = [_to_int_cut if c.truncate else _COERCE[c.type] for c in cols]
+        self._generic = [(c.name, c.source, coerce, c.required)
+                         for c, coerce in zip(cols, self._coercers)]
+        self._cut = {c.name: ".".join(c.source) for c in cols if c.truncate}
         self._types = {c.name: c.type for c in cols}
         self._allowed = {c.name: frozenset(c.allowed) for c in cols if c.allowed}
         self._sources = {c.name: ".".join(c.source) for c in cols}
@@ -318,6 +336,8 @@ class Mapper:
                     fast = "False"  # checked in _coerce
                 lines += [f"        if {fast}: row[{col.name!r}] = v",
                           f"        elif (x := _c({i}, v)) is not None: row[{col.name!r}] = x"]
+                if col.truncate:
+                    lines.append(f"        if type(v) is not int: _exact({i}, v, x, row)")
             if col.required:
                 lines.append(f"    else: _missing({col.name!r})")
         if self._known_rest:
@@ -326,11 +346,12 @@ class Mapper:
                 lines += [f"    if (x := rec.{root.attrs[key]}) is not None:",
                           "        if r is None: r = {}",
                           f"        r[{key!r}] = x"]
-            lines.append(f"    if r is not None: row[{self._rest_column!r}] = r")
+            lines.append(f"    if r is not None: row.setdefault({self._rest_column!r}, {{}})"
+                         ".update(r)")
         lines.append("    return row")
         ns = {"_iso": _ISO_UTC.match, "_c": self._coerce_i, "_s": _to_string,
               "_lim": lambda i, x: _limit(x, self._truncated[i]), "_missing": self._missing,
-              "_deferred": self._deferred}
+              "_deferred": self._deferred, "_exact": self._exact}
         exec("\n".join(lines), ns)  # noqa: S102 (code generated from validated column names)
         return ns["_map"]
 
@@ -376,6 +397,15 @@ class Mapper:
             value = entry[1] = orjson.loads(text)
         return _walk(value, self._rest[i])
 
+    def _exact(self, i: int, v: Any, cut: Any, row: dict[str, Any]) -> None:
+        """Keep a value that a ``truncate`` column cut, as it came, in the ``*`` column."""
+        try:
+            whole = float(v) == cut
+        except (TypeError, ValueError):
+            whole = False
+        if not whole and self._rest_column is not None:
+            row.setdefault(self._rest_column, {})[self._cut[self._cols[i].name]] = v
+
     def _coerce_i(self, i: int, v: Any) -> Any:
         col = self._cols[i]
         out = self._coerce(col.name, self._coercers[i], v)
@@ -402,12 +432,14 @@ class Mapper:
             out = self._coerce(name, coerce, v)
             if out is not None:
                 row[name] = out
+                if name in self._cut and type(v) is not int:
+                    self._exact(self._index[name], v, out, row)
             elif required:
                 self._missing(name)
         if self._rest_column is not None:
             rest = {k: v for k, v in rec.items() if k not in self._used_top}
             if rest:
-                row[self._rest_column] = rest
+                row.setdefault(self._rest_column, {}).update(rest)
         row[self._id_column] = record_id
         return row
 

@@ -44,6 +44,11 @@ class Column:
     known: tuple[str, ...] = ()
     """For a ``*`` column: top-level fields expected there, read on the fast path (any other
     unmapped field sends the record down the generic path, which is slower)."""
+    truncate: bool = False
+    """For an ``int``/``long`` column: a number with a fraction (GuardDuty's severity 5.5) is
+    cut toward zero, as KQL's ``toint()`` in the service's own connector does, and the exact
+    value is kept in the table's ``*`` column under the field's source path; without it
+    such a record is an error record (``wrong_type``)."""
 
 
 @dataclass(frozen=True)
@@ -105,11 +110,18 @@ class TableDef:
             source = str(col.get("source") or cname)
             if source == "*" and ctype != "dynamic":
                 problems.append(f"{where}: source \"*\" (every unmapped field) needs type dynamic")
+            truncate = bool(col.get("truncate", False))
+            if truncate and ctype not in ("int", "long"):
+                problems.append(f"{where}: truncate applies to int and long columns")
+            if truncate and not any(str(c.get("source")) == "*" for c in data.get("columns") or ()
+                                    if isinstance(c, dict)):
+                problems.append(f"{where}: truncate keeps the exact value in the table's "
+                                "source = \"*\" column, and the table has none")
             columns.append(Column(cname, str(ctype), tuple(source.split(".")),
                                   bool(col.get("required", False)), str(col.get("description", "")),
                                   bool(col.get("json", False)),
                                   tuple(col["allowed"]) if col.get("allowed") else None,
-                                  tuple(col.get("known") or ())))
+                                  tuple(col.get("known") or ()), truncate))
         if not columns:
             problems.append("a table needs at least one column")
         elif "TimeGenerated" not in seen:
