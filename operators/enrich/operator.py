@@ -28,6 +28,7 @@ they declare, sharded by that column's value, so each group's count lives in one
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import zlib
 from dataclasses import dataclass
@@ -212,10 +213,13 @@ class Enricher:
                 rule_ids: list[str] | None = None, score: float | None = None,
                 intel: list[dict] | None = None, sequence: str = "",
                 detector: str) -> tuple[bytes, str]:
-        """A finding row (JSON) and its record id: ``<object id>.<detector>-<offset>``, so the
-        upload journal keeps findings from being sent twice after a restart, as it does rows."""
+        """A finding row (JSON) and its record id: ``<object id>.<detector>-<offset>``, with
+        the sequence's id for sequence findings (``.sequence.<id>``), so two sequences that
+        complete on one row are two findings. Deterministic, so the upload journal keeps
+        findings from being sent twice after a restart, as it does rows."""
         obj, _, offset = rid.rpartition("-")
-        fid = f"{obj}.{detector}-{offset}"
+        what = f"{detector}.{_id_part(sequence)}" if sequence else detector
+        fid = f"{obj}.{what}-{offset}"
         doc = {"TimeGenerated": row.get("TimeGenerated"), "SourceTable": table,
                "SourceRecordId": rid, "Priority": priority, "Reasons": reasons,
                "RuleIds": rule_ids or [], "AnomalyScore": score, "IntelMatches": intel or [],
@@ -224,6 +228,13 @@ class Enricher:
                "SourceIp": row.get("SourceIpAddress") or row.get("SrcAddr")
                or row.get("ClientIp"), "Detector": detector}
         return self._findings.map_dict(doc, fid), fid
+
+
+def _id_part(name: str) -> str:
+    """``name`` as it can stand in a record id (a short hash when it has other characters)."""
+    if name.replace("_", "").isalnum() and name.isascii() and len(name) <= 64:
+        return name
+    return "h" + hashlib.sha256(name.encode()).hexdigest()[:16]
 
 
 def _subset(bundle: Rows, idx: list[int], partition: str) -> Rows:

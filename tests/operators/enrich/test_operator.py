@@ -208,3 +208,19 @@ def test_rows_of_a_grouped_sequence_go_to_the_shard_of_their_group() -> None:
     assert [(d["SequenceId"], d["SourceTable"], d["SourceRecordId"]) for d in docs] == [
         ("alb_5xx_burst", "AWSALBAccessLogs_CL", "0123456789abcdef-64")]
     assert findings.partition == "alb:0/1" + FAST
+
+
+def test_two_sequences_completing_on_one_row_are_two_findings() -> None:
+    enricher = Enricher(EnrichConfig(enabled=True, sequences=True), load_tables())
+    row = {"TimeGenerated": "2026-11-01T10:00:00Z", "UserIdentityArn": "arn:aws:iam::1:user/a"}
+    rid = "0123456789abcdef-42"
+    ids = {enricher.finding("AWSCloudTrail", row, rid, "high", ["r"], sequence=seq,
+                            detector="sequence")[1]
+           for seq in ("privilege_escalation", "recon_then_success", "weird id/ü")}
+    assert len(ids) == 3
+    # Still <object>...-<offset>: the journal splits ids at the last "-".
+    assert all(i.startswith("0123456789abcdef.sequence.") and i.endswith("-42") for i in ids)
+    # Deterministic, so a replay gives the same ids and the journal skips them.
+    again = enricher.finding("AWSCloudTrail", row, rid, "high", ["r"],
+                             sequence="recon_then_success", detector="sequence")[1]
+    assert again in ids
