@@ -440,6 +440,18 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str], problems: list[
     return data
 
 
+_SECRET_KEY = re.compile(r"(?i)(token|secret|password|jwt_key|revoked|webhooks|url|key_file|"
+                         r"keyvault_keys)")
+
+
+def _shown(path: str, value: Any) -> str:
+    """``value`` for a problem message; for a key that may hold a secret only its type (a
+    numeric token set through the environment must not be echoed into the logs)."""
+    if _SECRET_KEY.search(path.rsplit(".", 1)[-1]):
+        return f"a {type(value).__name__} (value not shown)"
+    return repr(value)
+
+
 def _list_index(items: list[Any], part: str) -> int | None:
     if part.isdigit() and int(part) < len(items):
         return int(part)
@@ -487,7 +499,8 @@ def _build(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
-            problems.append(f"{where}: {value!r} is not one of {', '.join(map(repr, allowed))}")
+            problems.append(f"{where}: {_shown(path, value)} is not one of "
+                            f"{', '.join(map(repr, allowed))}")
         return value
     if origin in (types.UnionType, typing.Union):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -498,7 +511,7 @@ def _build(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
         return float(value)
     if tp in (str, int, float, bool):
         if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-            problems.append(f"{where}: expected {tp.__name__}, got {value!r}")
+            problems.append(f"{where}: expected {tp.__name__}, got {_shown(path, value)}")
         return value
     problems.append(f"{where}: unsupported type {tp}")
     return value

@@ -14,13 +14,22 @@ import time
 
 import orjson
 
-__all__ = ["JsonFormatter", "RedactingFilter", "configure", "redact"]
+__all__ = ["JsonFormatter", "RedactingFilter", "configure", "one_line", "redact"]
 
+# A key name that says its value is a secret, in any casing or separator style, as
+# ``key=value``, ``key: value``, ``"key": "value"`` (JSON) or ``'key': 'value'`` (a dict repr).
+_SECRET_NAME = (r"[\w-]*(?:secret|token|password|passwd|credential|api[_-]?key|private[_-]?key|"
+                r"signature|jwt[_-]?key)[\w-]*|authorization|x-identity-header|sig")
 _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"), r"\1[REDACTED]"),
-    (re.compile(r"(?i)\b(authorization|x-identity-header|client_secret|password|secret|token|"
-                r"sig|signature|x-amz-signature|x-amz-security-token|api[_-]?key)"
-                r"(\s*[=:]\s*\"?)[^\s\"&,;]+"), r"\1\2[REDACTED]"),
+    # A list value (``admin_tokens=['a', 'b']``) is masked whole.
+    (re.compile(rf"(?i)(?<![\w-])(['\"]?(?:{_SECRET_NAME})['\"]?\s*[=:]\s*)\[[^\]]*\]"),
+     r"\1[REDACTED]"),
+    (re.compile(rf"(?i)(?<![\w-])(['\"]?(?:{_SECRET_NAME})['\"]?\s*[=:]\s*)(['\"])"
+                r"(?:\\.|(?!\2).)*\2"), r"\1\2[REDACTED]\2"),
+    (re.compile(rf"(?i)(?<![\w-])(['\"]?(?:{_SECRET_NAME})['\"]?\s*[=:]\s*)"
+                r"(?!\[REDACTED|bearer\s)[^\s\"'&,;}\])]+"),
+     r"\1[REDACTED]"),
     (re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b"), "[AWS-KEY-ID]"),
     # AWS secret access keys: 40 characters of mixed-case base64 (not hex digests).
     (re.compile(r"(?<![A-Za-z0-9/+=])(?=.{0,39}[a-z])(?=.{0,39}[A-Z])(?=.{0,39}[0-9/+])"
@@ -31,19 +40,44 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b"), "[EMAIL]"),
 ]
 
+# s3:// URIs name the object an error is about: an operator must be able to read them, so
+# the patterns above that could match inside a key (40-character runs, name@host.tld) skip
+# them. An access key id in a key is still masked.
+_S3_URI = re.compile(r"s3://[^\s'\",]+")
+_IN_URI = [p for p in _PATTERNS if p[1] == "[AWS-KEY-ID]"]
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u2028\u2029\n]")
+
 
 def redact(text: str) -> str:
-    """``text`` with tokens, keys, signed-URL signatures, webhook URLs and e-mails masked."""
-    for pattern, repl in _PATTERNS:
+    """``text`` with tokens, keys, signed-URL signatures, webhook URLs and e-mails masked;
+    ``s3://`` URIs are kept readable."""
+    out: list[str] = []
+    pos = 0
+    for m in _S3_URI.finditer(text):
+        out.append(_redact(text[pos:m.start()], _PATTERNS))
+        out.append(_redact(m.group(), _IN_URI))
+        pos = m.end()
+    out.append(_redact(text[pos:], _PATTERNS))
+    return "".join(out)
+
+
+def _redact(text: str, patterns: list[tuple[re.Pattern[str], str]]) -> str:
+    for pattern, repl in patterns:
         text = pattern.sub(repl, text)
     return text
+
+
+def one_line(text: str) -> str:
+    """``text`` with line breaks and other control characters escaped, so that a value from
+    outside (an object key with a newline) cannot forge a log line of its own."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 class RedactingFilter(logging.Filter):
     """Rewrites each record's message (and exception text) through :func:`redact`."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = redact(record.getMessage())
+        record.msg = one_line(redact(record.getMessage()))
         record.args = None
         if record.exc_info:
             record.exc_text = redact(logging.Formatter().formatException(record.exc_info))

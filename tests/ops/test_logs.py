@@ -39,3 +39,59 @@ def test_json_lines_are_redacted(capsys) -> None:
     assert doc["level"] == "ERROR" and doc["logger"] == "s3sentinel-test-json"
     assert "bob@example.org" not in line and "hunter2" not in line
     assert "[EMAIL]" in doc["message"] and "ValueError" in doc["exception"]
+
+
+def test_secrets_in_json_and_dict_form_and_aws_key_names_are_masked() -> None:
+    cases = {
+        '{"token": "abc123secretvalue", "n": 1}': "abc123secretvalue",
+        "{'jwt_key': 'supersecretvalue', 'x': 2}": "supersecretvalue",
+        'creds {"aws_secret_access_key": "wJalrXUtnFEMIK7MDENG"}': "wJalrXUtnFEMIK7MDENG",
+        "aws_secret_access_key=wJalrXUtnFEMIK7MDENG": "wJalrXUtnFEMIK7MDENG",
+        "aws_session_token=FwoGZXIvYXdzEJrSESSION": "FwoGZXIvYXdzEJrSESSION",
+        "OpsConfig(admin_tokens=['first-admin-token-value', 'second'], port=9464)":
+            "first-admin-token-value",
+        'client_secret: "quoted value with spaces"': "quoted value with spaces",
+    }
+    for text, secret in cases.items():
+        out = redact(text)
+        assert secret not in out, (text, out)
+        assert "[REDACTED]" in out
+
+
+def test_s3_paths_stay_readable() -> None:
+    uri = ("s3://org-logs/app/AppServerCluster/2026/11/01/eventsPartOne0000abcd/"
+           "x.json.gz@0123abcd.json")
+    assert uri in redact(f"{uri} record 7: not valid JSON")
+    assert "[AWS-KEY-ID]" in redact("s3://b/AKIAIOSFODNN7EXAMPLE/x")
+
+
+def test_a_key_with_a_newline_cannot_forge_a_log_line(capsys) -> None:
+    handler = logging.StreamHandler()
+    handler.addFilter(RedactingFilter())
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger = logging.getLogger("s3sentinel-test-forge")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.error("%s: giving up", "s3://b/evil\nCRITICAL forged: all good\r")
+    finally:
+        logger.removeHandler(handler)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ERROR s3://b/evil\\nCRITICAL forged")
+
+
+def test_a_numeric_secret_from_the_environment_is_not_echoed_in_config_errors() -> None:
+    import pytest
+
+    from dataflow.config import ConfigError, parse_config
+
+    raw = {"sentinel": {"endpoint": "https://dce.example", "rule_id": "dcr-1"},
+           "sources": [{"name": "a", "bucket": "b", "format": "cloudtrail"}]}
+    env = {"S3SENTINEL__OPS__JWT_KEY": "31415926535897932384626433832795",
+           "S3SENTINEL__OPS__ADMIN_TOKENS": "[27182818284590452353602874713527]"}
+    with pytest.raises(ConfigError) as ex:
+        parse_config(raw, environ=env)
+    text = str(ex.value)
+    assert "ops.jwt_key" in text and "value not shown" in text
+    assert "31415926535897932384626433832795" not in text
+    assert "27182818284590452353602874713527" not in text
