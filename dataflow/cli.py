@@ -20,14 +20,36 @@ import os
 import sys
 from pathlib import Path
 
-from dataflow.config import ENV_CONFIG_PATH, ConfigError, load_config
+from dataflow.config import ENV_CONFIG_PATH, ConfigError, SourceConfig, load_config
+from operators.formats.registry import DEFAULT_TABLES
 
 __all__ = ["main"]
 
 
-def _config_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-c", "--config", type=Path, default=os.environ.get(ENV_CONFIG_PATH),
-                   help=f"config file (TOML); default ${ENV_CONFIG_PATH}")
+def _config_arg(p: argparse.ArgumentParser, *, default_env: bool = True) -> None:
+    """``-c CONFIG``, or the config file as the first positional argument."""
+    p.add_argument("-c", "--config", type=Path,
+                   default=os.environ.get(ENV_CONFIG_PATH) if default_env else None,
+                   help=f"config file (TOML); default ${ENV_CONFIG_PATH}" if default_env
+                   else "config file (TOML)")
+    p.add_argument("config_file", nargs="?", type=Path, metavar="CONFIG",
+                   help="the config file, as an alternative to -c")
+
+
+def _config_path(args: argparse.Namespace) -> None:
+    """Take a positional config path as ``args.config`` (``-c`` wins when both are given)."""
+    positional = getattr(args, "config_file", None)
+    if positional is not None and (args.config is None
+                                   or str(args.config) == os.environ.get(ENV_CONFIG_PATH)):
+        args.config = positional
+
+
+def _describe(src: SourceConfig) -> str:
+    """A source as ``validate-config`` prints it: where its records go."""
+    if src.format == "auto":
+        return (f"{src.name} (auto: format detected per object from the key layout or first "
+                f"bytes -> {src.table or 'that format`s standard table'})")
+    return f"{src.name} ({src.format} -> {src.table or DEFAULT_TABLES.get(src.format)})"
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -45,7 +67,7 @@ def _validate(args: argparse.Namespace) -> int:
     except (ConfigError, TableError, KeyError) as ex:
         print(str(ex).strip("'\""), file=sys.stderr)
         return 1
-    names = ", ".join(f"{s.name} ({s.format} -> {s.table})" for s in cfg.sources)
+    names = ", ".join(_describe(s) for s in cfg.sources)
     print(f"{args.config}: valid; sources: {names}")
     return 0
 
@@ -68,12 +90,28 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
         if not Path(recovery).exists():
             from bytewax.recovery import init_db_dir
 
-            Path(recovery).mkdir(parents=True)
-            init_db_dir(Path(recovery), args.recovery_partitions or rt.recovery_partitions)
+            from connectors.files import private_dir
+
+            init_db_dir(private_dir(recovery), args.recovery_partitions or rt.recovery_partitions)
+        _private_recovery(Path(recovery))
         snapshot = args.snapshot_secs or rt.snapshot_secs
         cmd += ["-r", str(recovery), "-s", str(snapshot), "-b", "0"]
     os.execv(sys.executable, cmd + extra)
     return 0  # not reached
+
+
+def _private_recovery(directory: Path) -> None:
+    """The recovery store holds record data (pending rows, enrichment state): its directory
+    ``0700`` and the SQLite files bytewax made in it ``0600``, whatever the umask (SQLite
+    gives a database's -wal/-shm/-journal files the database file's mode)."""
+    from connectors.files import FILE_MODE, private_dir
+
+    private_dir(directory)
+    for f in directory.iterdir():
+        st = f.lstat()
+        if f.is_file() and not f.is_symlink() and st.st_uid == os.getuid() \
+                and st.st_mode & 0o077:
+            f.chmod(FILE_MODE)
 
 
 def _preview(args: argparse.Namespace) -> int:
@@ -128,7 +166,7 @@ def _replay(args: argparse.Namespace) -> int:
         return 2
     summary = replay(cfg, since=since, stream=args.stream, dry_run=args.dry_run)
     print(summary)
-    return 1 if summary.failed else 0
+    return 0 if summary.ok else 1
 
 
 def _rotate_key(args: argparse.Namespace) -> int:
@@ -152,8 +190,13 @@ def _rotate_key(args: argparse.Namespace) -> int:
     rt = cfg.runtime
     store = DeadLetterStore(rt.errors_dir, rt.errors_s3_uri, functools.partial(s3_client, cfg.aws),
                             keyring)
-    files, entries = store.rotate()
-    print(f"rotate-key: {entries} entries in {files} files of {store.location} now under key "
+    report = store.rotate()
+    print(f"rotate-key: {store.location}: {report}")
+    if not report.ok:
+        print("rotate-key: some files were left as they are (see above): keep every key "
+              "until they are fixed or removed", file=sys.stderr)
+        return 1
+    print(f"rotate-key: {report.entries} entries in {report.files} files now under key "
           f"{keyring.current!r}; keys {', '.join(k for k in keyring.key_ids if k != keyring.current) or 'none'} "
           "may be retired")
     return 0
@@ -186,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     dcr = sub.add_parser("dcr", help="write the Data Collection Rule ARM template")
     dcr.add_argument("--tables", help="comma-separated tables (default: all defined)")
     dcr.add_argument("-o", "--output", help="file to write (default: stdout)")
-    dcr.add_argument("-c", "--config", type=Path, help="config with custom tables")
+    _config_arg(dcr, default_env=False)
     rep = sub.add_parser("replay", help="send dead-lettered records again")
     _config_arg(rep)
     rep.add_argument("--since", help="only entries newer than this (30m, 6h, 2d, or ISO-8601)")
@@ -195,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     rot = sub.add_parser("rotate-key", help="re-encrypt the dead-letter store under the current key")
     _config_arg(rot)
     args, extra = parser.parse_known_args(argv)
+    _config_path(args)
     if args.command == "validate-config":
         return _validate(args)
     if args.command == "preview":

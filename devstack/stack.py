@@ -100,22 +100,63 @@ class LocalStack:
         info_file = self.workdir / "sentinel.json"
         info_file.unlink(missing_ok=True)
         self.moto_port = self.moto_port or free_port()
-        log = (self.workdir / "servers.log").open("ab")
-        self._procs.append(subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.moto_port)],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **AWS_ENV}))
         rules = json.dumps({DEMO_RULE_ID: dict(self.streams)})
-        self._procs.append(subprocess.Popen(
-            [sys.executable, "-m", "devstack.sentinel", "--workdir", str(self.workdir),
-             "--rules-json", rules, *([] if self.store_records else ["--no-store-records"])],
-            stdout=log, stderr=subprocess.STDOUT))
+        self._spawn("moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                             str(self.moto_port)], env={**os.environ, **AWS_ENV})
+        self._spawn("sentinel-emulator", [
+            sys.executable, "-m", "devstack.sentinel", "--workdir", str(self.workdir),
+            "--rules-json", rules, *([] if self.store_records else ["--no-store-records"])])
         try:
-            self.info = wait_for_info_file(info_file, wait_secs=60)
-            self._wait_http(self.s3_endpoint, 60)
+            self.info = self._wait(lambda: wait_for_info_file(info_file, wait_secs=0), 60,
+                                   f"the Sentinel emulator did not write {info_file}")
+            self._wait(lambda: self._answers(self.s3_endpoint), 60,
+                       f"moto did not answer on {self.s3_endpoint}")
         except Exception:
             self.stop()
             raise
         return self
+
+    def _spawn(self, name: str, cmd: list[str], env: Mapping[str, str] | None = None) -> None:
+        log = (self.workdir / f"{name}.log").open("ab")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                env=dict(env) if env is not None else None)
+        proc.s3sentinel_name = name  # type: ignore[attr-defined]
+        self._procs.append(proc)
+
+    def _wait(self, ready: Any, secs: float, what: str) -> Any:
+        """``ready()``'s value once it stops raising; fails at once, naming the process and
+        its last lines, when one of the servers exits instead of starting."""
+        deadline = time.monotonic() + secs
+        while True:
+            for p in self._procs:
+                if p.poll() is not None:
+                    raise RuntimeError(self._died(p))
+            try:
+                return ready()
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{what} within {secs}s; see {self.workdir}/*.log") from None
+                time.sleep(0.05)
+
+    def _died(self, p: subprocess.Popen) -> str:
+        name = getattr(p, "s3sentinel_name", "a server")
+        log = self.workdir / f"{name}.log"
+        try:
+            tail = log.read_text(errors="replace").splitlines()[-15:]
+        except OSError:
+            tail = []
+        hint = ""
+        text = "\n".join(tail)
+        if "No module named" in text:
+            hint = ("\nA module is missing: the local stack needs the devstack extra. Run "
+                    "`./run.sh` (it installs it), or `pip install -e '.[devstack]'`.")
+        lines = "\n".join(f"  | {line}" for line in tail) or "  | (no output)"
+        return (f"local stack: {name} exited with status {p.returncode} while starting "
+                f"({' '.join(p.args[1:4])} ...); last lines of {log}:\n{lines}{hint}")
+
+    @staticmethod
+    def _answers(url: str) -> None:
+        urllib.request.urlopen(url, timeout=2).close()  # noqa: S310 (loopback only)
 
     def stop(self) -> None:
         for p in self._procs:
@@ -174,15 +215,3 @@ class LocalStack:
             "QueueConfigurations": [{"QueueArn": arn["Attributes"]["QueueArn"],
                                      "Events": ["s3:ObjectCreated:*"]}]})
         return url
-
-    @staticmethod
-    def _wait_http(url: str, secs: float) -> None:
-        deadline = time.monotonic() + secs
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=2).close()  # noqa: S310 (loopback only)
-                return
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{url} did not answer within {secs}s") from None
-                time.sleep(0.1)

@@ -96,3 +96,21 @@ def test_run_turns_recovery_on_in_continuous_mode(monkeypatch, tmp_path: Path) -
     assert list((tmp_path / "recovery").glob("part-*.sqlite3"))  # created on first start
     assert "-r" not in _captured_run(monkeypatch, tmp_path, "--no-recovery")
     assert "-r" not in _captured_run(monkeypatch, tmp_path, "--catch-up")
+
+
+def test_the_config_may_be_given_as_a_positional_path(capsys, monkeypatch) -> None:
+    monkeypatch.delenv("S3SENTINEL_CONFIG", raising=False)
+    demo = str(ROOT / "examples" / "demo.toml")
+    assert main(["validate-config", demo]) == 0
+    assert "valid" in capsys.readouterr().out
+    assert main(["replay", demo, "--dry-run", "--since", "not-a-time"]) == 2  # got the config
+    assert "no config file" not in capsys.readouterr().err
+    assert main(["dcr", demo, "--tables", "AWSCloudTrail"]) == 0
+    assert '"Custom-AWSCloudTrail"' in capsys.readouterr().out
+
+
+def test_validate_config_says_what_auto_means(capsys) -> None:
+    assert main(["validate-config", "-c", str(ROOT / "examples" / "demo.toml")]) == 0
+    out = capsys.readouterr().out
+    assert "-> None" not in out
+    assert "auto: format detected per object" in out
