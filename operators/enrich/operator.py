@@ -135,15 +135,23 @@ class Enricher:
             findings: list[tuple[bytes, str]] = []
             groups = self._groups.get(table.name, ())
             for i, (raw, rid) in enumerate(zip(bundle.rows, bundle.record_ids, strict=True)):
-                if parsed is None:
-                    row = orjson.loads(raw)
-                else:  # the mapper's dict: what orjson.loads(raw) gives, but for dynamic
-                    row = parsed[i]  # values, which may hold JSON text (msgspec.Raw) inside
-                    for c in dynamic:
-                        v = row.get(c)
-                        if v is not None and v.__class__ not in _PLAIN:
-                            row[c] = _decode(_encode(v))
-                urgent, values = self._flag(table.name, row, rid, findings, cols)
+                try:
+                    if parsed is None:
+                        row = orjson.loads(raw)
+                    else:  # the mapper's dict: what orjson.loads(raw) gives, but for dynamic
+                        row = parsed[i]  # values, which may hold JSON text (msgspec.Raw)
+                        for c in dynamic:
+                            v = row.get(c)
+                            if v is not None and v.__class__ not in _PLAIN:
+                                row[c] = _decode(_encode(v))
+                    urgent, values = self._flag(table.name, row, rid, findings, cols)
+                except Exception as ex:  # a bug must not stop the flow or lose the row
+                    log.exception("%s: cannot enrich row %s; it goes on as it is", table.name,
+                                  rid)
+                    metrics.ERRORS.labels(bundle.partition.partition(":")[0], "enrich",
+                                          type(ex).__name__).inc()
+                    keep.append(i)
+                    continue
                 if values:
                     rows[i] = splice(raw, values)  # type: ignore[index]
                 (fast if urgent else keep).append(i)

@@ -224,3 +224,25 @@ def test_two_sequences_completing_on_one_row_are_two_findings() -> None:
     again = enricher.finding("AWSCloudTrail", row, rid, "high", ["r"],
                              sequence="recon_then_success", detector="sequence")[1]
     assert again in ids
+
+
+def test_a_row_the_enricher_cannot_handle_goes_on_unenriched(monkeypatch) -> None:
+    from dataflow import metrics
+
+    enricher = Enricher(EnrichConfig(enabled=True), load_tables())
+    real = enricher._flag
+
+    def flag(table, row, rid, findings, cols):
+        if row.get("EventName") == "Poison":
+            msg = "a bug"
+            raise TypeError(msg)
+        return real(table, row, rid, findings, cols)
+
+    monkeypatch.setattr(enricher, "_flag", flag)
+    before = metrics.ERRORS.labels("trail", "enrich", "TypeError")._value.get()
+    out = enricher.enrich_batch([bundle(ct("GetObject"), ct("Poison"), ct("StopLogging"))])
+    rows = [r for b in out if isinstance(b, Rows) and b.stream == TRAIL for r in b.rows]
+    assert sorted(orjson.loads(r)["EventName"] for r in rows) == [
+        "GetObject", "Poison", "StopLogging"]
+    assert any(b.partition.endswith(FAST) for b in out if isinstance(b, Rows))  # still flagged
+    assert metrics.ERRORS.labels("trail", "enrich", "TypeError")._value.get() - before == 1
