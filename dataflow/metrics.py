@@ -189,3 +189,18 @@ def summary() -> str:
     return (f"s3sentinel: delivered {int(sum(delivered.values()))} records from {int(objects)} "
             f"objects to streams [{streams}]; failed: {int(errors)} records, "
             f"{int(failed_objects)} objects")
+
+
+JOURNAL_REJECTED_LINES = Counter(
+    "s3sentinel_journal_rejected_lines_total",
+    "Upload/dead-letter journal lines ignored because they fail authentication (a key is "
+    "configured), by journal and reason (bad_mac, unknown_key, unauthenticated, malformed); "
+    "their records count as not delivered and may be sent again.",
+    ["journal", "reason"],
+)
+DEADLETTER_REJECTED_LINES = Counter(
+    "s3sentinel_deadletter_rejected_lines_total",
+    "Dead-letter file lines refused when read (replay, rotate-key), by kind (plain, no_key, "
+    "undecryptable, duplicate, foreign, malformed).",
+    ["kind"],
+)

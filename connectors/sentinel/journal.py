@@ -16,17 +16,39 @@ count still sees all that was delivered. Compaction (at start, and every
 ``COMPACT_EVERY`` appends) rewrites the partition's own file as merged ranges and drops
 objects whose last delivery is older than the retention, measured from the newest
 entry (not the clock), so a long outage does not expire what a replay can reach.
+
+A line is ``{"t": <time>, "r": {"<object id>": [[start, end], ...]}}``. With a keyring
+(``runtime.encryption_*``) each line is authenticated, so that a line slipped into a
+journal cannot make the sink skip records::
+
+    {"t":1733400000.5,"r":{"9f..":[[0,120]]},"kid":"k2","mac":"<base64 HMAC-SHA256>"}
+
+The MAC covers the journal's name (``journal`` or ``deadletter``) and the line's ``t`` and
+``r`` as written, under a key derived from key ``kid`` for this purpose (see
+:meth:`ops.crypto.Keyring.mac`); old keys keep verifying while they are in the keyring,
+and compaction re-authenticates a partition's own lines under the current key. Lines
+that fail, or carry no MAC (written without a key, e.g. before encryption was turned
+on), are logged, counted in ``s3sentinel_journal_rejected_lines_total`` and ignored:
+their records count as not delivered, so a replay sends them again -- a duplicate,
+never a loss. Files are ``0600`` in a ``0700`` directory.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import bisect
+import logging
 import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import orjson
+
+from connectors.files import atomic_write, open_private, private_dir
+from dataflow import metrics
 
 __all__ = ["COMPACT_EVERY", "DEAD_LETTERED", "DELIVERED", "JournalView", "UploadJournal"]
 
@@ -40,6 +62,70 @@ DEAD_LETTERED = "deadletter"
 
 REST = 2**62
 """End of the range that stands for "this offset and everything after it"."""
+
+
+_MAC_PURPOSE = b"journal"
+
+log = logging.getLogger(__name__)
+
+
+def _mac_data(name: str, body: bytes) -> bytes:
+    return name.encode() + b"\x00" + body
+
+
+def _encode_line(name: str, t: float, ranges: dict, keyring: Any) -> bytes:
+    """One journal line (with its newline), authenticated when there is a keyring."""
+    body = orjson.dumps({"t": t, "r": ranges})
+    if keyring is None:
+        return body + b"\n"
+    kid, tag = keyring.mac(_mac_data(name, body), _MAC_PURPOSE)
+    return (body[:-1] + b',"kid":' + orjson.dumps(kid) + b',"mac":"' + base64.b64encode(tag)
+            + b'"}\n')
+
+
+def _decode_line(name: str, line: bytes, keyring: Any) -> tuple[dict | None, str | None]:
+    """(entry, None) for a line to use; (None, reason) for one to ignore, reason ``torn``
+    for a line a crash cut short (not an error), else why it was rejected."""
+    try:
+        entry = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None, "torn"
+    if (not isinstance(entry, dict) or not isinstance(entry.get("r"), dict)
+            or not isinstance(entry.get("t"), (int, float))
+            or not all(isinstance(rs, list) and all(
+                isinstance(r, list) and len(r) == 2 and type(r[0]) is int and type(r[1]) is int
+                for r in rs) for rs in entry["r"].values())):
+        return None, "malformed"
+    if keyring is None:
+        return entry, None
+    kid, mac = entry.get("kid"), entry.get("mac")
+    if kid is None and mac is None:
+        return None, "unauthenticated"
+    try:
+        tag = base64.b64decode(str(mac), validate=True)
+    except (binascii.Error, ValueError):
+        return None, "malformed"
+    body = orjson.dumps({"t": entry["t"], "r": entry["r"]})
+    try:
+        keyring.verify_mac(str(kid), _mac_data(name, body), tag, _MAC_PURPOSE)
+    except ValueError:  # ops.crypto.DecryptError
+        return None, "bad_mac" if kid in keyring.key_ids else "unknown_key"
+    return entry, None
+
+
+def _report_rejected(path: Path, name: str, rejected: dict[str, list[int]]) -> None:
+    """Log and count the lines of one file (or one read of it) that were rejected."""
+    if not rejected:
+        return
+    for reason, lines in rejected.items():
+        metrics.JOURNAL_REJECTED_LINES.labels(name, reason).inc(len(lines))
+    detail = "; ".join(f"{reason}: {len(lines)} (lines {', '.join(map(str, lines[:5]))}"
+                       f"{', ...' if len(lines) > 5 else ''})"
+                       for reason, lines in sorted(rejected.items()))
+    log.error("journal %s: lines rejected (%s): they do not authenticate with the configured "
+              "keys, so their records count as not delivered and a replay sends them again "
+              "(a duplicate, not a loss); a line nobody wrote here means someone else can "
+              "write to the journal directory", path, detail)
 
 
 def _split_id(record_id: str) -> tuple[str, int]:
@@ -77,12 +163,15 @@ class UploadJournal:
     :arg retention_secs: How long an object's ranges are kept after its last delivery.
     :arg name: ``journal`` (:data:`DELIVERED`) or ``deadletter`` (:data:`DEAD_LETTERED`):
         the files are ``<name>-w<worker>.jsonl``.
+    :arg keyring: Authenticates the lines written and checks those read (see the module
+        docstring); None writes and accepts lines without a MAC.
     """
 
     def __init__(self, directory: str | os.PathLike[str], worker: int | str,
-                 retention_secs: float = 7 * 24 * 3600, name: str = DELIVERED) -> None:
-        self._dir = Path(directory)
-        self._dir.mkdir(parents=True, exist_ok=True)
+                 retention_secs: float = 7 * 24 * 3600, name: str = DELIVERED,
+                 keyring: Any = None) -> None:
+        self._dir = private_dir(directory)
+        self._keyring = keyring
         self._name = name
         self._path = self._dir / f"{name}-w{worker}.jsonl"
         self._retention = retention_secs
@@ -93,16 +182,18 @@ class UploadJournal:
         for path in sorted(self._dir.glob(f"{name}-w*.jsonl")):
             self._load(path, own=path == self._path)
         self._compact()
-        self._file = self._path.open("ab")
+        self._file = open_private(self._path, "ab")
 
     def _load(self, path: Path, *, own: bool) -> None:
+        rejected: dict[str, list[int]] = {}
         with path.open("rb") as f:
-            for line in f:
-                try:
-                    entry = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    continue  # a line torn by a crash: its request was not journaled
-                self._add(entry["r"], entry["t"], own=own)
+            for n, line in enumerate(f, 1):
+                entry, why = _decode_line(self._name, line, self._keyring)
+                if entry is not None:
+                    self._add(entry["r"], entry["t"], own=own)
+                elif why != "torn":  # a line torn by a crash: its request was not journaled
+                    rejected.setdefault(why or "", []).append(n)
+        _report_rejected(path, self._name, rejected)
 
     def _add(self, ranges: dict[str, list[list[int]]], t: float, *, own: bool) -> None:
         for obj, rs in ranges.items():
@@ -132,7 +223,7 @@ class UploadJournal:
         if not ranges:
             return
         now = time.time()
-        self._file.write(orjson.dumps({"t": now, "r": ranges}) + b"\n")
+        self._file.write(_encode_line(self._name, now, ranges, self._keyring))
         self._file.flush()
         os.fsync(self._file.fileno())
         self._add(ranges, now, own=True)
@@ -140,7 +231,7 @@ class UploadJournal:
         if self._appends % COMPACT_EVERY == 0:
             self._file.close()
             self._compact()
-            self._file = self._path.open("ab")
+            self._file = open_private(self._path, "ab")
 
     def _compact(self) -> None:
         """Rewrite this partition's file as merged ranges, without expired objects."""
@@ -149,18 +240,9 @@ class UploadJournal:
             self._done.pop(obj, None)
             self._mine.pop(obj, None)
             self._seen.pop(obj, None)
-        tmp = self._path.with_suffix(".tmp")
-        with tmp.open("wb") as f:
-            for obj, rs in self._mine.items():
-                f.write(orjson.dumps({"t": self._seen.get(obj, newest), "r": {obj: rs}}) + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._path)
-        dir_fd = os.open(self._dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        atomic_write(self._path, b"".join(
+            _encode_line(self._name, self._seen.get(obj, newest), {obj: rs}, self._keyring)
+            for obj, rs in self._mine.items()))
 
     def close(self) -> None:
         self._file.close()
@@ -177,12 +259,17 @@ class JournalView:
     (delivered, or written to the dead-letter store) before it deletes the object's
     message. It tails the files other processes append to, and reads a file again from
     the start when compaction replaced it.
+
+    :arg keyring: Checks the lines' MACs, as :class:`UploadJournal` does; None accepts
+        every line.
     """
 
     def __init__(self, directory: str | os.PathLike[str],
-                 names: tuple[str, ...] = (DELIVERED, DEAD_LETTERED)) -> None:
+                 names: tuple[str, ...] = (DELIVERED, DEAD_LETTERED),
+                 keyring: Any = None) -> None:
         self._dir = Path(directory)
         self._names = names
+        self._keyring = keyring
         self._pos: dict[Path, tuple[int, int]] = {}  # path -> (inode, bytes read)
         self._done: dict[str, list[list[int]]] = {}
 
@@ -204,13 +291,16 @@ class JournalView:
                     f.seek(pos)
                     data = f.read()
                 end = data.rfind(b"\n") + 1  # a line still being written waits for next time
-                for line in data[:end].splitlines():
-                    try:
-                        entry = orjson.loads(line)
-                    except orjson.JSONDecodeError:
+                rejected: dict[str, list[int]] = {}
+                for n, line in enumerate(data[:end].splitlines(), 1):
+                    entry, why = _decode_line(name, line, self._keyring)
+                    if entry is None:
+                        if why != "torn":
+                            rejected.setdefault(why or "", []).append(n)
                         continue
                     for obj, rs in entry["r"].items():
                         self._done[obj] = _merge(self._done.get(obj, []) + rs)
+                _report_rejected(path, name, rejected)  # line numbers count from ``pos``
                 self._pos[path] = (st.st_ino, pos + end)
 
     def covered(self, object_id: str, count: int) -> bool:

@@ -213,6 +213,8 @@ class SentinelSink(DynamicSink[Batch]):
     :arg journal_retention_secs: How long delivered ranges are remembered.
     :arg dead_letters: Builds the dead-letter store for rows that cannot be delivered;
         None stops the flow on such rows instead.
+    :arg keyring: Authenticates the journal lines (see :mod:`connectors.sentinel.journal`);
+        by default the dead-letter store's keyring (the same ``runtime.encryption_*``).
     """
 
     def __init__(self, cfg: SentinelConfig,
@@ -220,7 +222,9 @@ class SentinelSink(DynamicSink[Batch]):
                  sleep: Sleep = time.sleep, monotonic: Callable[[], float] = time.monotonic,
                  journal_dir: str | None = None,
                  journal_retention_secs: float = 7 * 24 * 3600,
-                 dead_letters: Callable[[], DeadLetterStore] | None = None) -> None:
+                 dead_letters: Callable[[], DeadLetterStore] | None = None,
+                 keyring: Any = None) -> None:
+        self._keyring = keyring
         self._cfg = cfg
         self._factory = service_factory or IngestionService
         self._sleep = sleep
@@ -232,13 +236,15 @@ class SentinelSink(DynamicSink[Batch]):
     @override
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _SentinelPartition:
         journal = dead_journal = None
-        if self._journal_dir is not None:
-            journal = UploadJournal(self._journal_dir, worker_index, self._retention)
         store = self._dead_letters() if self._dead_letters is not None else None
+        keyring = self._keyring or (store.keyring if store is not None else None)
+        if self._journal_dir is not None:
+            journal = UploadJournal(self._journal_dir, worker_index, self._retention,
+                                    keyring=keyring)
         if store is not None and self._journal_dir is not None:
             # Its own file, apart from the dead-letter sink's file of the same worker.
             dead_journal = UploadJournal(self._journal_dir, f"s{worker_index}",
-                                         self._retention, name=DEAD_LETTERED)
+                                         self._retention, name=DEAD_LETTERED, keyring=keyring)
         name = f"undelivered-{socket.gethostname()}-{os.getpid()}-w{worker_index}"
         return _SentinelPartition(self._factory(self._cfg), self._cfg, self._sleep,
                                   self._monotonic, journal, store, dead_journal, name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import connectors.sentinel.journal as journal_mod
@@ -79,3 +80,116 @@ def test_view_tails_appends_and_rereads_compacted_files(tmp_path) -> None:
     view.refresh()
     assert view.covered("b", 1) and view.covered("a", 7)
     assert view.covered("zzz", 0) and not view.covered("zzz", 1)
+
+
+# -- authenticated lines (a key is configured) -------------------------------------------------
+
+def _ring(*ids: str, current: str | None = None):
+    from ops.crypto import Keyring
+
+    keys = {"k1": bytes(range(32)), "k2": bytes(range(1, 33))}
+    return Keyring({i: keys[i] for i in ids}, current or ids[-1])
+
+
+def _rejected(reason: str, journal: str = "journal") -> float:
+    from dataflow import metrics
+
+    return metrics.JOURNAL_REJECTED_LINES.labels(journal, reason)._value.get()
+
+
+class _Recorder:
+    """A service that accepts everything and remembers what it was sent."""
+
+    def __init__(self, _cfg: object) -> None:
+        self.sent: list[bytes] = []
+
+    def send(self, stream: str, body: bytes) -> None:
+        self.sent.append(body)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_line_slipped_into_the_journal_does_not_make_the_sink_skip_a_record(
+        tmp_path: Path, caplog) -> None:
+    import base64
+    import gzip
+
+    import orjson
+
+    from connectors.deadletter import DeadLetterStore
+    from connectors.sentinel.sink import SentinelSink
+    from dataflow.config import SentinelConfig
+    from dataflow.messages import Batch
+
+    ring = _ring("k1")
+    j = UploadJournal(tmp_path, 0, keyring=ring)
+    j.record(ids("mine", 0, 1))
+    j.close()
+    assert b'"kid":"k1","mac":"' in (tmp_path / "journal-w0.jsonl").read_bytes()
+    before = {r: _rejected(r) for r in ("unauthenticated", "bad_mac", "unknown_key")}
+    zeros = base64.b64encode(bytes(32)).decode()
+    now = time.time()
+    (tmp_path / "journal-w7.jsonl").write_text(
+        f'{{"t":{now},"r":{{"victim":[[0,100]]}}}}\n'  # no MAC: what the attack appended
+        f'{{"t":{now},"r":{{"victim2":[[0,5]]}},"kid":"k1","mac":"{zeros}"}}\n'
+        f'{{"t":{now},"r":{{"victim3":[[0,5]]}},"kid":"k9","mac":"{zeros}"}}\n')
+    caplog.set_level("ERROR")
+    again = UploadJournal(tmp_path, 0, keyring=ring)
+    assert again.delivered("mine-1")
+    assert not any(again.delivered(f"{v}-3") for v in ("victim", "victim2", "victim3"))
+    assert {r: _rejected(r) - before[r] for r in before} == {
+        "unauthenticated": 1, "bad_mac": 1, "unknown_key": 1}
+    assert "journal-w7.jsonl: lines rejected" in caplog.text and "lines 2" in caplog.text
+    assert UploadJournal(tmp_path, 1).delivered("victim-3")  # without a key: not checked
+
+    # The sink takes the keyring of the dead-letter store (the same runtime.encryption_*):
+    # the record the forged line names is sent.
+    cfg = SentinelConfig(endpoint="https://127.0.0.1:1", rule_id="dcr-0")
+    recorder: list[_Recorder] = []
+
+    def service(c: object) -> _Recorder:
+        recorder.append(_Recorder(c))
+        return recorder[0]
+
+    sink = SentinelSink(cfg, service, journal_dir=str(tmp_path),
+                        dead_letters=lambda: DeadLetterStore(tmp_path / "errors", keyring=ring))
+    part = sink.build("out", 0, 1)
+    part.write_batch([Batch("Custom-T_CL", (b'{"i":3}', b'{"i":0}'), ("victim-3", "mine-0"))])
+    part.close()
+    assert [orjson.loads(gzip.decompress(b)) for b in recorder[0].sent] == [[{"i": 3}]]
+
+
+def test_authenticated_lines_survive_key_rotation_and_old_plain_lines_are_refused(
+        tmp_path: Path) -> None:
+    UploadJournal(tmp_path, 9).record(ids("plain", 0))  # written before a key was configured
+    j = UploadJournal(tmp_path, 0, keyring=_ring("k1"))
+    j.record(ids("a", 0, 1))
+    j.close()
+    UploadJournal(tmp_path, 1, keyring=_ring("k1")).record(ids("b", 0))
+    before = _rejected("unauthenticated")
+    both = _ring("k1", "k2", current="k2")
+    j = UploadJournal(tmp_path, 0, keyring=both)  # compaction re-authenticates w0 under k2
+    assert j.delivered("a-1") and j.delivered("b-0")
+    assert not j.delivered("plain-0")  # refused: sent again, a duplicate rather than a loss
+    assert _rejected("unauthenticated") - before == 1
+    j.close()
+    assert b'"kid":"k2"' in (tmp_path / "journal-w0.jsonl").read_bytes()
+    only_k2 = UploadJournal(tmp_path, 0, keyring=_ring("k2"))
+    assert only_k2.delivered("a-1")  # rewritten under k2
+    assert not only_k2.delivered("b-0")  # w1 is still under the retired k1
+
+
+def test_the_view_checks_macs_too(tmp_path: Path) -> None:
+    from connectors.sentinel.journal import JournalView
+
+    ring = _ring("k1")
+    UploadJournal(tmp_path, 0, keyring=ring).record(ids("a", 0, 1, 2))
+    with (tmp_path / "journal-w5.jsonl").open("ab") as f:
+        f.write(b'{"t":%f,"r":{"b":[[0,9]]}}\n' % time.time())
+    view = JournalView(tmp_path, keyring=ring)
+    view.refresh()
+    assert view.covered("a", 3) and not view.covered("b", 1)
+    unchecked = JournalView(tmp_path)
+    unchecked.refresh()
+    assert unchecked.covered("b", 1)
