@@ -5,10 +5,20 @@ reason, and ``s3sentinel replay`` can send it again once the cause is fixed.
 
 Entries are JSON lines in files (a local directory) or objects (an ``s3://bucket/prefix/``).
 Each write is one new file, made atomically: written to a temporary name, fsynced,
-then renamed (a PUT is atomic by itself), so a crash never leaves half an entry. After
-the write the records are marked in the dead-letter journal (see
-:mod:`connectors.sentinel.journal`), which is how the SQS source knows that an
-object's records are all accounted for.
+then renamed (a PUT is atomic by itself), so a crash never leaves half an entry; local
+files are ``0600`` in a ``0700`` directory. After the write the records are marked in the
+dead-letter journal (see :mod:`connectors.sentinel.journal`), which is how the SQS
+source knows that an object's records are all accounted for.
+
+With a keyring, a file is sealed (:func:`ops.crypto.seal_lines`): every entry is
+encrypted, and its place, the file's entry count and the write's generation are
+authenticated with the file name, so a deleted, duplicated, reordered or foreign line is
+noticed. :meth:`DeadLetterStore.load` returns the entries that verified and every issue
+with its line number (a plain line under a key is refused); it never raises on content.
+Files written before sequence numbers (one envelope a line) are read as ``legacy``:
+each entry is still authenticated, but a deleted one cannot be noticed; ``rotate-key``,
+or any rewrite of the file by ``replay``, seals them. Plain files (written before
+encryption was turned on) are refused under a key until ``rotate-key`` encrypts them.
 
 An entry names the object, the offset, the stage and the reason. Records that failed
 before mapping carry their bytes (UTF-8 text, or base64) and header lines, to be mapped
@@ -20,10 +30,12 @@ from __future__ import annotations
 
 import base64
 import itertools
+import logging
 import os
 import socket
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +43,16 @@ import orjson
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from typing_extensions import override
 
+from connectors.files import atomic_write, fsync_dir, private_dir
 from connectors.sentinel.journal import DEAD_LETTERED, REST, UploadJournal
 from dataflow import metrics
 from dataflow.messages import ErrorRecord
+from ops.crypto import DecryptError, LineIssue, RotationReport, open_lines, reseal, seal_lines
 
-__all__ = ["DeadLetterSink", "DeadLetterStore", "error_entry", "read_entries"]
+__all__ = ["DeadLetterFileError", "DeadLetterSink", "DeadLetterStore", "EntryFile",
+           "error_entry", "read_entries"]
+
+log = logging.getLogger(__name__)
 
 _seq = itertools.count(1)
 
@@ -81,12 +98,39 @@ def _dumps(entries: Iterable[dict]) -> bytes:
     return b"".join(orjson.dumps(e) + b"\n" for e in entries)
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+class DeadLetterFileError(ValueError):
+    """A dead-letter file has lines that were refused, or lines missing (see
+    :meth:`DeadLetterStore.load`); ``issues`` lists them."""
+
+    def __init__(self, message: str, issues: tuple[LineIssue, ...] = ()) -> None:
+        self.issues = issues
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.args[0], self.issues))
+
+
+@dataclass
+class EntryFile:
+    """One dead-letter file as read: the entries that verified, and every issue."""
+
+    name: str
+    entries: list[dict] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)
+    """The line number of each entry."""
+    issues: list[LineIssue] = field(default_factory=list)
+    legacy: bool = False
+    """Sealed before sequence numbers: entries authenticated one by one only."""
+
+    @property
+    def intact(self) -> bool:
+        """Whether nothing is wrong beyond being a legacy file."""
+        return all(i.kind == "legacy" for i in self.issues)
+
+    @property
+    def refused(self) -> list[LineIssue]:
+        """Issues of lines whose entries were left out."""
+        return [i for i in self.issues if i.refused]
 
 
 class DeadLetterStore:
@@ -95,6 +139,8 @@ class DeadLetterStore:
     :arg directory: Local directory (used when ``s3_uri`` is None).
     :arg s3_uri: ``s3://bucket/prefix/`` to keep the entries in S3 instead.
     :arg s3_factory: Builds the S3 client (for ``s3_uri``).
+    :arg keyring: Seals the files written and verifies those read (see the module
+        docstring); None writes plain JSON lines.
     """
 
     def __init__(self, directory: str | os.PathLike[str], s3_uri: str | None = None,
@@ -114,6 +160,11 @@ class DeadLetterStore:
     def location(self) -> str:
         return self._s3_uri or str(self._dir)
 
+    @property
+    def keyring(self) -> Any:
+        """The keyring that seals the entries (None: plain JSON lines)."""
+        return self._keyring
+
     def write(self, entries: list[dict], name: str) -> str:
         """Write entries as one new file named ``<name>-<time>-<seq>.jsonl``; returns its name."""
         fname = f"{name}-{time.time_ns()}-{next(_seq):06d}.jsonl"
@@ -123,40 +174,72 @@ class DeadLetterStore:
     def _encode(self, name: str, entries: Iterable[dict]) -> bytes:
         if self._keyring is None:
             return _dumps(entries)
-        from ops.crypto import encrypt_line
+        # An entry moved to another file, or to another place, does not verify.
+        return seal_lines(self._keyring, (orjson.dumps(e) for e in entries), name.encode())
 
-        aad = name.encode()  # an entry moved to another file does not decrypt
-        return b"".join(encrypt_line(self._keyring, orjson.dumps(e), aad) + b"\n"
-                        for e in entries)
-
-    def _decode(self, name: str, data: bytes) -> list[dict]:
-        out = []
-        for line in data.splitlines():
-            if not line.strip():
+    def load(self, name: str) -> EntryFile:
+        """The entries of one file that verified, and every issue with its line number
+        (plain lines under a key, encrypted ones without, undecryptable, duplicated,
+        foreign, reordered or missing lines); never raises on the content."""
+        opened = open_lines(self._keyring, self._get(name), name.encode())
+        out = EntryFile(name, issues=list(opened.issues), legacy=opened.legacy)
+        for line in opened.lines:
+            try:
+                entry = orjson.loads(line.plaintext)
+            except orjson.JSONDecodeError:
+                entry = None
+            if not isinstance(entry, dict):
+                out.issues.append(LineIssue(line.number, "malformed", "not a JSON object"))
                 continue
-            doc = orjson.loads(line)
-            if isinstance(doc, dict) and "kid" in doc and "ct" in doc:
-                if self._keyring is None:
-                    msg = (f"{self.location}/{name}: entries are encrypted (key "
-                           f"{doc['kid']!r}); configure runtime.encryption_key_file or "
-                           "runtime.encryption_keyvault_keys to read them")
-                    raise PermissionError(msg)
-                from ops.crypto import decrypt_line
-
-                doc = orjson.loads(decrypt_line(self._keyring, line, name.encode()))
-            out.append(doc)
+            out.entries.append(entry)
+            out.lines.append(line.number)
+        out.issues.sort(key=lambda i: (i.line == 0, i.line))
         return out
 
-    def rotate(self) -> tuple[int, int]:
-        """Re-encrypt every file under the current key (atomically, file by file); returns
-        (files, entries). Old keys must stay in the keyring until this has finished."""
-        files = entries = 0
+    def read(self, name: str) -> list[dict]:
+        """The entries of one file; raises :class:`PermissionError` when it is encrypted and
+        no key is configured, :class:`DeadLetterFileError` when anything else is wrong
+        (a legacy file is read as it is)."""
+        got = self.load(name)
+        no_key = [i for i in got.issues if i.kind == "no_key"]
+        if no_key:
+            msg = (f"{self.location}/{name}: entries are encrypted ({no_key[0].detail}); "
+                   "configure runtime.encryption_key_file or runtime.encryption_keyvault_keys "
+                   "to read them")
+            raise PermissionError(msg)
+        if not got.intact:
+            bad = [i for i in got.issues if i.kind != "legacy"]
+            msg = (f"{self.location}/{name}: {len(bad)} problems: "
+                   + "; ".join(str(i) for i in bad))
+            raise DeadLetterFileError(msg, tuple(bad))
+        return got.entries
+
+    def rotate(self) -> RotationReport:
+        """Re-seal every file under the current key, atomically file by file: legacy files
+        get sequence numbers, plain files (written before encryption was turned on) are
+        encrypted and named in the log. A file with a wrong line is left as it is and
+        named in ``failures``. Old keys must stay in the keyring until no file fails."""
+        if self._keyring is None:
+            msg = "rotation needs a keyring (runtime.encryption_key_file or _keyvault_keys)"
+            raise ValueError(msg)
+        report = RotationReport()
         for name in self.names():
-            got = self.read(name)
-            self.replace(name, got)
-            files += 1
-            entries += len(got)
-        return files, entries
+            where = f"{self.location}/{name}"
+            try:
+                body, done = reseal(self._get(name), name.encode(), self._keyring,
+                                    encrypt_plaintext=True, where=where)
+            except DecryptError as ex:
+                report.files += 1
+                report.failures[name] = str(ex)
+                continue
+            if done.encrypted_plaintext:
+                log.warning("%s: %d plain entries (written without a key) encrypted; check "
+                            "that the file is one this connector wrote", where,
+                            done.encrypted_plaintext)
+            if body is not None:
+                self._put(name, body)
+            report.add(done)
+        return report
 
     def names(self) -> list[str]:
         """Every entry file, oldest first (names start with their writer and time)."""
@@ -171,13 +254,10 @@ class DeadLetterStore:
                        if o["Key"].endswith(".jsonl"))
         return sorted(out)
 
-    def read(self, name: str) -> list[dict]:
-        """The entries of one file."""
+    def _get(self, name: str) -> bytes:
         if self._s3 is None:
-            data = (self._dir / name).read_bytes()
-        else:
-            data = self._s3.get_object(Bucket=self._bucket, Key=self._prefix + name)["Body"].read()
-        return self._decode(name, data)
+            return (self._dir / name).read_bytes()
+        return self._s3.get_object(Bucket=self._bucket, Key=self._prefix + name)["Body"].read()
 
     def replace(self, name: str, entries: list[dict]) -> None:
         """Atomically rewrite a file with the entries that remain (remove it when none)."""
@@ -185,26 +265,19 @@ class DeadLetterStore:
             self._put(name, self._encode(name, entries))
         elif self._s3 is None:
             (self._dir / name).unlink(missing_ok=True)
-            _fsync_dir(self._dir)
+            fsync_dir(self._dir)
         else:
             self._s3.delete_object(Bucket=self._bucket, Key=self._prefix + name)
 
     def entries(self) -> list[dict]:
-        """Every entry in the store."""
+        """Every entry in the store (see :meth:`read`)."""
         return [e for n in self.names() for e in self.read(n)]
 
     def _put(self, name: str, body: bytes) -> None:
         if self._s3 is not None:
             self._s3.put_object(Bucket=self._bucket, Key=self._prefix + name, Body=body)
             return
-        self._dir.mkdir(parents=True, exist_ok=True)
-        tmp = self._dir / f".{name}.tmp"
-        with tmp.open("wb") as f:
-            f.write(body)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._dir / name)
-        _fsync_dir(self._dir)
+        atomic_write(private_dir(self._dir) / name, body)
 
 
 def read_entries(directory: str | os.PathLike[str], keyring: Any = None) -> list[dict]:
@@ -269,5 +342,6 @@ class DeadLetterSink(DynamicSink[ErrorRecord]):
         store = DeadLetterStore(self._dir, self._s3_uri, self._s3_factory, self._keyring)
         journal = None
         if self._journal_dir is not None:
-            journal = UploadJournal(self._journal_dir, worker_index, name=DEAD_LETTERED)
+            journal = UploadJournal(self._journal_dir, worker_index, name=DEAD_LETTERED,
+                                    keyring=self._keyring)
         return _DeadLetterPartition(store, journal, name)
