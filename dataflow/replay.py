@@ -14,6 +14,20 @@ upload journal all apply: a record the journal says was delivered is not sent ag
 which makes a second replay (or one interrupted by a crash) deliver nothing twice.
 Delivered entries are removed from their file (atomically); what fails again stays
 in the store, with the new reason (a row refused again is written anew by the sink).
+
+What replay trusts:
+
+- A file is read with :meth:`~connectors.deadletter.DeadLetterStore.load`: a line that
+  is refused (plain under a key, undecryptable, duplicated, from another write) is
+  skipped with its reason and counted, and the rest of the file is replayed. A file with
+  any problem (refused, missing or reordered lines) is then left exactly as it is, as
+  evidence and so that nothing is lost (e.g. lines under a key not configured now):
+  its delivered entries are in the journal and are not sent again. Legacy files
+  (sealed before sequence numbers) are replayed and noted.
+- ``read`` entries are read again only inside the bucket and prefix of the source they
+  name, with that source's client (its ``role_arn``/``external_id``), and not when the
+  key is one the source skips; others are refused with the reason and stay in the store.
+- Any of this makes the exit status 1 (:attr:`ReplaySummary.ok`).
 """
 
 from __future__ import annotations
@@ -29,14 +43,15 @@ from datetime import datetime
 from typing import Any
 
 from connectors.aws import s3_client
-from connectors.deadletter import DeadLetterStore, error_entry
+from connectors.deadletter import DeadLetterStore, EntryFile, error_entry
+from connectors.s3.discovery import skip_reason
 from connectors.s3.objects import open_body
 from connectors.s3.records import object_records
 from connectors.sentinel.journal import UploadJournal
 from connectors.sentinel.service import IngestionService
 from connectors.sentinel.sink import _SentinelPartition
 from dataflow import metrics
-from dataflow.config import Config
+from dataflow.config import Config, SourceConfig
 from dataflow.messages import Batch, ErrorRecord, ObjectRef, RawRecord, Rows
 from operators.formats.registry import text_format
 from operators.parse import RecordMapper
@@ -75,14 +90,32 @@ class ReplaySummary:
     """Records the upload journal had (sent by an earlier replay or before a crash)."""
     failed: int = 0
     """Records that failed again and stay in the store."""
+    rejected: int = 0
+    """Lines of dead-letter files refused (not authentic, not decryptable, duplicated...)."""
+    refused: int = 0
+    """Entries naming an object outside the bucket and prefix of their source (not read)."""
+    problems: list[str] = field(default_factory=list)
+    """What was wrong, one line each (file, line number, reason)."""
+    notes: list[str] = field(default_factory=list)
+    """What is worth knowing but not wrong (legacy files)."""
     dry_run: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """Whether everything selected was delivered (or already was) and nothing was wrong."""
+        return not (self.failed or self.rejected or self.refused or self.problems)
 
     def __str__(self) -> str:
         verb = "would send" if self.dry_run else "delivered"
         streams = ", ".join(f"{k}={v}" for k, v in sorted(self.delivered.items())) or "none"
-        return (f"replay: {self.entries} dead-letter entries selected; {verb} "
+        text = (f"replay: {self.entries} dead-letter entries selected; {verb} "
                 f"{sum(self.delivered.values())} records [{streams}]; already delivered "
                 f"{self.already_delivered}; still failing {self.failed}")
+        if self.rejected or self.refused:
+            text += (f"; rejected {self.rejected} lines (integrity); refused {self.refused} "
+                     "entries (outside their source)")
+        return "\n".join([text, *(f"  problem: {p}" for p in self.problems),
+                          *(f"  note: {n}" for n in self.notes)])
 
 
 @dataclass
@@ -91,22 +124,36 @@ class _Work:
 
     rows: list[tuple[str, str, bytes]] = field(default_factory=list)  # (stream, record id, row)
     remaining: list[dict] = field(default_factory=list)
+    refused: int = 0
+    """Entries of ``remaining`` that were refused (outside their source), not retried."""
+    why: list[str] = field(default_factory=list)
 
 
 def replay(cfg: Config, *, since: float | None = None, stream: str | None = None,
            dry_run: bool = False, s3_factory: Callable[[], Any] | None = None,
            service_factory: Callable[..., Any] | None = None,
            sleep: Callable[[float], None] = time.sleep) -> ReplaySummary:
-    """Replay the dead-letter store of ``cfg`` (see the module docstring)."""
-    s3_factory = s3_factory or functools.partial(s3_client, cfg.aws)
+    """Replay the dead-letter store of ``cfg`` (see the module docstring).
+
+    :arg s3_factory: One S3 client for everything (tests); by default the store uses the
+        default chain and each source its own client (:func:`connectors.aws.s3_client`
+        with the source's role).
+    """
     rt = cfg.runtime
     from ops.keys import keyring_for
 
-    store = DeadLetterStore(rt.errors_dir, rt.errors_s3_uri, s3_factory, keyring_for(cfg))
+    keyring = keyring_for(cfg)
+    store = DeadLetterStore(rt.errors_dir, rt.errors_s3_uri,
+                            s3_factory or functools.partial(s3_client, cfg.aws), keyring)
+    if s3_factory is not None:
+        client_for: Callable[[SourceConfig], Any] = lambda _src: s3_factory()  # noqa: E731
+    else:
+        client_for = functools.partial(_source_client, cfg)
     tables = tables_for(cfg)
     mapper = RecordMapper(cfg.sources, tables, cfg.batch.max_bytes)
-    rebuild = _Rebuilder(cfg, mapper, s3_factory)
-    journal = UploadJournal(rt.journal_dir, "replay", rt.journal_retention_secs)
+    rebuild = _Rebuilder(cfg, mapper, client_for)
+    journal = UploadJournal(rt.journal_dir, "replay", rt.journal_retention_secs,
+                            keyring=keyring)
     summary = ReplaySummary(dry_run=dry_run)
     part = None
     if not dry_run:
@@ -115,10 +162,11 @@ def replay(cfg: Config, *, since: float | None = None, stream: str | None = None
                                   store, None, name="replayed")
     try:
         for name in store.names():
-            entries = store.read(name)
+            got = store.load(name)
+            _check(store, got, summary)
             keep: list[dict] = []
             rows: list[tuple[str, str, bytes]] = []
-            for entry in entries:
+            for entry in got.entries:
                 if not _selected(entry, since, stream):
                     keep.append(entry)
                     continue
@@ -131,7 +179,9 @@ def replay(cfg: Config, *, since: float | None = None, stream: str | None = None
                         continue
                 summary.entries += 1
                 keep.extend(work.remaining)
-                summary.failed += len(work.remaining)
+                summary.failed += len(work.remaining) - work.refused
+                summary.refused += work.refused
+                summary.problems.extend(f"{store.location}/{name}: {why}" for why in work.why)
                 rows.extend(work.rows)
             fresh = [r for r in rows if not journal.delivered(r[1])]
             summary.already_delivered += len(rows) - len(fresh)
@@ -149,7 +199,9 @@ def replay(cfg: Config, *, since: float | None = None, stream: str | None = None
                 else:  # the sink wrote it to the store again, with the new reason
                     summary.failed += 1
                     metrics.REPLAYED_RECORDS.labels("failed").inc()
-            if len(keep) != len(entries) or rows:
+            # A file with a problem stays as it is: rewriting it would drop what could not
+            # be read now (and seal what was forged).
+            if got.intact and (len(keep) != len(got.entries) or rows):
                 store.replace(name, keep)
     finally:
         if part is not None:
@@ -157,6 +209,28 @@ def replay(cfg: Config, *, since: float | None = None, stream: str | None = None
         else:
             journal.close()
     return summary
+
+
+def _check(store: DeadLetterStore, got: EntryFile, summary: ReplaySummary) -> None:
+    """Count and describe what is wrong with one file before its entries are replayed."""
+    where = f"{store.location}/{got.name}"
+    for issue in got.issues:
+        if issue.kind == "legacy":
+            summary.notes.append(f"{where}: {issue}")
+            continue
+        summary.problems.append(f"{where}, {issue}")
+        if issue.refused:
+            summary.rejected += 1
+            metrics.DEADLETTER_REJECTED_LINES.labels(issue.kind).inc()
+        log.error("replay: %s, %s", where, issue)
+    if not got.intact:
+        summary.problems.append(f"{where}: left as it is (its problems above need a look); "
+                                "what it delivered now is in the journal and is not sent twice")
+
+
+def _source_client(cfg: Config, src: SourceConfig) -> Any:
+    """The S3 client the flow reads ``src`` with: its own role, when it has one."""
+    return s3_client(cfg.aws, src.role_arn, src.external_id)
 
 
 def _selected(entry: dict, since: float | None, stream: str | None) -> bool:
@@ -188,11 +262,12 @@ def _batches(rows: list[tuple[str, str, bytes]], max_bytes: int,
 class _Rebuilder:
     """Turns one dead-letter entry back into rows (or a new entry saying why not)."""
 
-    def __init__(self, cfg: Config, mapper: RecordMapper, s3_factory: Callable[[], Any]) -> None:
+    def __init__(self, cfg: Config, mapper: RecordMapper,
+                 client_for: Callable[[SourceConfig], Any]) -> None:
         self._cfg = cfg
         self._mapper = mapper
-        self._s3_factory = s3_factory
-        self._s3: Any = None
+        self._client_for = client_for
+        self._clients: dict[str, Any] = {}
 
     def __call__(self, entry: dict) -> _Work:
         stage = entry.get("stage")
@@ -202,10 +277,15 @@ class _Rebuilder:
             src = self._cfg.source(entry["source"])
         except KeyError as ex:
             return _Work(remaining=[{**entry, "reason": f"replay: {ex.args[0]}"}])
+        outside = _outside(src, entry.get("bucket"), entry.get("key"))
+        if outside:  # an entry must not make replay read (or name) what no source reads
+            why = f"replay refused: {outside}"
+            return _Work(remaining=[{**entry, "reason": why, "time": time.time()}], refused=1,
+                         why=[f"entry for s3://{entry.get('bucket')}/{entry.get('key')}: {why}"])
         ref = ObjectRef(src.name, "replay", entry["bucket"], entry["key"], entry["etag"], 0,
                         entry.get("format") or src.format)
         if stage == "read":
-            return self._reread(entry, ref)
+            return self._reread(entry, ref, src)
         data = entry["data"].encode() if "data" in entry else _b64(entry["data_b64"])
         header = tuple(h.encode() for h in entry.get("header", ()))
         return self._map([RawRecord(ref, entry["offset"], data, header)])
@@ -221,14 +301,14 @@ class _Rebuilder:
                 work.remaining.append(error_entry(item))
         return work
 
-    def _reread(self, entry: dict, ref: ObjectRef) -> _Work:
-        src = self._cfg.source(ref.source)
-        if self._s3 is None:
-            self._s3 = self._s3_factory()
+    def _reread(self, entry: dict, ref: ObjectRef, src: SourceConfig) -> _Work:
         offset = entry.get("offset") or 0
         fmt = src.format if src.format != "auto" else (entry.get("format") or "auto")
         try:
-            body = open_body(self._s3, ref.bucket, ref.key, etag=ref.etag or None)
+            s3 = self._clients.get(src.name)
+            if s3 is None:
+                s3 = self._clients[src.name] = self._client_for(src)
+            body = open_body(s3, ref.bucket, ref.key, etag=ref.etag or None)
             fmt, recs = object_records(
                 ref.key, body.chunks(), fmt, skip=offset, max_bytes=src.max_object_bytes,
                 max_ratio=src.max_compression_ratio,
@@ -240,6 +320,19 @@ class _Rebuilder:
             reason = getattr(ex, "reason", None) or f"{type(ex).__name__}: {ex}"
             return _Work(remaining=[{**entry, "reason": f"replay: {reason}", "time": time.time()}])
         return self._map(raw)
+
+
+def _outside(src: SourceConfig, bucket: Any, key: Any) -> str | None:
+    """Why ``s3://bucket/key`` is not an object that source ``src`` reads, or None."""
+    if not isinstance(bucket, str) or not isinstance(key, str):
+        return "the entry names no bucket and key"
+    if bucket != src.bucket or not key.startswith(src.prefix):
+        return (f"s3://{bucket}/{key} is outside source {src.name!r} "
+                f"(s3://{src.bucket}/{src.prefix})")
+    skip = skip_reason(src, key)
+    if skip is not None:
+        return f"source {src.name!r} does not read s3://{bucket}/{key} ({skip})"
+    return None
 
 
 def _b64(text: str) -> bytes:

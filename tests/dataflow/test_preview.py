@@ -93,3 +93,42 @@ match = { EventName = { equals = "DescribeInstances" } }
     assert enr[1]["priority"] == "high" and enr[1]["rule_ids"] == ["watch-describe"]
     assert enr[1]["reasons"] == ["DescribeInstances from 192.0.2.1"]
     assert enr[2]["priority"] == "critical"  # shipped rules apply too
+
+
+def test_an_object_of_a_cross_account_source_is_read_with_its_role(stack, monkeypatch) -> None:
+    """preview -c CONFIG s3://...: the object of a configured source is read with that
+    source's role (and external id), as the flow reads it."""
+    import botocore.client
+
+    from dataflow.config import parse_config
+
+    for key, value in stack.env().items():
+        monkeypatch.setenv(key, value)
+    s3 = stack.s3()
+    s3.create_bucket(Bucket="preview-xacct")
+    event = cloudtrail_event(random.Random(5), account="210987654321", region="eu-west-1",
+                             when=datetime(2026, 1, 1, tzinfo=timezone.utc))
+    s3.put_object(Bucket="preview-xacct", Key="logs/a.json.gz", Body=cloudtrail_object([event]))
+    role = "arn:aws:iam::210987654321:role/preview-reader"
+    cfg = parse_config({"sentinel": {"endpoint": "https://x", "rule_id": "r"},
+                        "aws": {"endpoint_url": stack.s3_endpoint},
+                        "sources": [{"name": "other", "bucket": "preview-xacct",
+                                     "prefix": "", "format": "cloudtrail"},
+                                    {"name": "x", "bucket": "preview-xacct", "prefix": "logs/",
+                                     "format": "cloudtrail", "role_arn": role,
+                                     "external_id": "preview-ext"}]})
+    calls: list[tuple[str, dict, str]] = []
+    real = botocore.client.BaseClient._make_api_call
+
+    def spy(self, name, params):
+        calls.append((name, params, getattr(self._request_signer._credentials, "method", "")))
+        return real(self, name, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", spy)
+    out, err = io.StringIO(), io.StringIO()
+    assert preview("s3://preview-xacct/logs/a.json.gz", cfg=cfg, out=out, err=err) == 0, \
+        err.getvalue()
+    assert orjson.loads(out.getvalue())["AwsEventId"] == event["eventID"]
+    assert [p for n, p, _ in calls if n == "AssumeRole"] == [
+        {"RoleArn": role, "RoleSessionName": "s3sentinel", "ExternalId": "preview-ext"}]
+    assert [m for n, _, m in calls if n == "GetObject"] == ["assume-role"]
