@@ -99,8 +99,9 @@ def _enrich(cfg: Config, enricher: Enricher, rows: op.Stream[Rows]) -> op.Stream
     good: op.Stream[Rows] = split.falses
     if cfg.enrich.anomaly or cfg.enrich.sequences:
         keyed = op.key_on("shard", split.trues, lambda o: o.shard)
-        scored = op.stateful_map("score", keyed, functools.partial(score_shard, enricher,
-                                                                   cfg.enrich))
+        # The shard state (principals, addresses, key ids) is encrypted in the snapshots.
+        scored = op.stateful_map("score", keyed, functools.partial(
+            score_shard, enricher, cfg.enrich, keyring=keyring_for(cfg)))
         found = op.flat_map("findings", op.key_rm("unshard", scored), lambda rows: rows)
         good = op.merge("with_findings", good, found)
     return good

@@ -18,6 +18,9 @@ shard of their principal, to a stateful step (:func:`score_shard`) holding one b
 :class:`~operators.enrich.anomaly.AnomalyScorer` and one
 :class:`~operators.enrich.sequences.SequenceDetector` per shard, both in the recovery
 snapshots; anomalous rows and completed sequences come out as findings, in the fast lane.
+That state names principals, source addresses and access key ids: with a keyring
+(``runtime.encryption_*``) a shard's snapshot is one AES-GCM envelope, opened again by
+:func:`score_shard` on restore; snapshots written without a key still restore.
 
 Sequences grouped by another column than the principal (``principal = "Alb"``: a burst of
 5xx answers from one load balancer; ``principal = "SourceIpAddress"``: failed console
@@ -30,6 +33,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import pickle
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +47,7 @@ from dataflow.messages import Rows
 from operators.enrich.columns import FINDINGS_TABLE, carries_columns, column_names, splice
 from operators.tabledef import TableDef
 
-__all__ = ["FAST", "Enricher", "Observed", "ShardState", "score_shard"]
+__all__ = ["FAST", "Enricher", "Observed", "SealedShard", "ShardState", "score_shard"]
 
 log = logging.getLogger(__name__)
 
@@ -281,13 +285,16 @@ def _sequence_specs() -> tuple:
 class ShardState:
     """Anomaly scorer and sequence detector of one shard; pickles as their snapshots.
 
-    bytewax snapshots ``stateful_map`` state with ``copy.deepcopy`` at every epoch;
-    :meth:`__deepcopy__` returns the frozen snapshot (plain data) instead of rebuilding
-    live objects that would only be pickled.
+    bytewax snapshots ``stateful_map`` state with ``copy.deepcopy`` at every epoch, then
+    pickles it into the recovery store; :meth:`__deepcopy__` returns the frozen snapshot
+    (plain data) instead of rebuilding live objects that would only be pickled, sealed
+    into one envelope when there is a ``keyring``.
     """
 
-    def __init__(self, cfg: EnrichConfig, snapshot: dict | None = None) -> None:
+    def __init__(self, cfg: EnrichConfig, snapshot: dict | None = None,
+                 keyring: Any = None) -> None:
         self.cfg = cfg
+        self.keyring = keyring
         self.scorer = self.detector = None
         snapshot = snapshot or {}
         if cfg.anomaly:
@@ -311,8 +318,16 @@ class ShardState:
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["cfg"], state)  # type: ignore[misc]
 
-    def __deepcopy__(self, memo: dict) -> _FrozenShard:
-        return _FrozenShard(self.__getstate__())
+    def __deepcopy__(self, memo: dict) -> _FrozenShard | SealedShard:
+        state = self.__getstate__()
+        if self.keyring is None:
+            return _FrozenShard(state)
+        plain = pickle.dumps({"scorer": state["scorer"], "detector": state["detector"]},
+                             protocol=pickle.HIGHEST_PROTOCOL)
+        return SealedShard(self.cfg, self.keyring.encrypt(plain, _SHARD_AAD).to_bytes())
+
+
+_SHARD_AAD = b"s3sentinel-shard-snapshot"
 
 
 class _FrozenShard:
@@ -325,17 +340,49 @@ class _FrozenShard:
         return (_thaw, (self.state,))
 
 
+class SealedShard:
+    """A shard's snapshot encrypted with the keyring (what the recovery store holds when
+    one is configured); :func:`score_shard` opens it on restore."""
+
+    def __init__(self, cfg: EnrichConfig, sealed: bytes) -> None:
+        self.cfg = cfg
+        self.sealed = sealed
+
+    def __reduce__(self) -> tuple:
+        return (SealedShard, (self.cfg, self.sealed))
+
+    def open(self, keyring: Any) -> ShardState:
+        """The live state, decrypted (with the config it was snapshotted with, as a plain
+        snapshot is); raises when no keyring is configured, or it lacks the key."""
+        if keyring is None:
+            msg = ("the recovery store holds encrypted enrichment state: configure the keyring "
+                   "it was written with (runtime.encryption_key_file or "
+                   "runtime.encryption_keyvault_keys), or start with a new recovery store")
+            raise RuntimeError(msg)
+        state = pickle.loads(keyring.decrypt(self.sealed, _SHARD_AAD))  # authenticated
+        return ShardState(self.cfg, state, keyring)
+
+
 def _thaw(state: dict) -> ShardState:
     return ShardState(state["cfg"], state)
 
 
-def score_shard(enricher: Enricher, cfg: EnrichConfig, state: ShardState | None,
-                obs: Observed) -> tuple[ShardState, list[Rows]]:
-    """The stateful side step: findings for anomalous rows and completed sequences."""
+def score_shard(enricher: Enricher, cfg: EnrichConfig,
+                state: ShardState | SealedShard | None, obs: Observed, *,
+                keyring: Any = None) -> tuple[ShardState, list[Rows]]:
+    """The stateful side step: findings for anomalous rows and completed sequences.
+
+    :arg keyring: Seals the shard's snapshots (and opens sealed ones on restore); None
+        keeps them plain.
+    """
     from operators.enrich.anomaly import ANOMALOUS
 
     if state is None:
-        state = ShardState(cfg)
+        state = ShardState(cfg, keyring=keyring)
+    elif isinstance(state, SealedShard):
+        state = state.open(keyring)
+    else:
+        state.keyring = keyring  # a plain snapshot is sealed from the next one on
     found: dict[str, list[tuple[bytes, str]]] = {}  # source partition -> findings
     for rid, partition, row in obs.rows:
         if state.scorer is not None:

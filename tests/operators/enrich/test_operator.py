@@ -246,3 +246,101 @@ def test_a_row_the_enricher_cannot_handle_goes_on_unenriched(monkeypatch) -> Non
         "GetObject", "Poison", "StopLogging"]
     assert any(b.partition.endswith(FAST) for b in out if isinstance(b, Rows))  # still flagged
     assert metrics.ERRORS.labels("trail", "enrich", "TypeError")._value.get() - before == 1
+
+
+# -- encryption of the shard state in the recovery store ---------------------------------------
+
+ALICE = "arn:aws:iam::111122223333:user/alice"
+SECRET_IP = "198.51.100.77"
+
+
+def _observed(enricher: Enricher, event: str, i: int = 0) -> Observed:
+    row = ct(event, ip=SECRET_IP, UserIdentityAccessKeyId="AKIAEXAMPLESECRET01",
+             RequestParameters='{"userName":"x"}')
+    rows = Rows(TRAIL, "trail:0/1", (row,), (f"abcdef0123456789-{i}",))
+    (obs,) = [x for x in enricher.enrich_batch([rows]) if isinstance(x, Observed)]
+    return obs
+
+
+def test_shard_snapshots_are_sealed_with_a_keyring_and_restore() -> None:
+    """What bytewax stores (deepcopy, then pickle) names no principal, address or key id
+    when a keyring is configured; it restores with the keyring, refuses without it, and a
+    snapshot written before encryption was turned on still restores (and is sealed from
+    then on)."""
+    import copy
+
+    import pytest
+
+    from ops.crypto import Keyring
+
+    ring = Keyring({"k1": bytes(range(32))}, "k1")
+    cfg = EnrichConfig(enabled=True, anomaly=True, sequences=True,
+                       anomaly_entities=["principal", "ip", "key", "account"])
+    enricher = Enricher(cfg, load_tables())
+    state, _ = score_shard(enricher, cfg, None, _observed(enricher, "CreateUser"), keyring=ring)
+    stored = pickle.dumps(copy.deepcopy(state))
+    for secret in (ALICE.encode(), SECRET_IP.encode(), b"AKIAEXAMPLESECRET01", b"alice"):
+        assert secret not in stored
+    plain = pickle.dumps(copy.deepcopy(
+        score_shard(enricher, cfg, None, _observed(enricher, "CreateUser"))[0]))
+    assert ALICE.encode() in plain and SECRET_IP.encode() in plain  # the control
+
+    restored, _ = score_shard(enricher, cfg, pickle.loads(stored),
+                              _observed(enricher, "ListUsers", 1), keyring=ring)
+    before = state.scorer.snapshot()["entities"]
+    after = restored.scorer.snapshot()["entities"]
+    assert [k for k, _ in after] == [k for k, _ in before]  # the same entities, one more event
+    assert [e["n"] for _, e in after] == [e["n"] + 1 for _, e in before]
+    with pytest.raises(RuntimeError, match="encrypted enrichment state: configure the keyring"):
+        score_shard(enricher, cfg, pickle.loads(stored), _observed(enricher, "ListUsers", 1))
+    # An old (plain) snapshot restores with the keyring configured; the next one is sealed.
+    old, _ = score_shard(enricher, cfg, pickle.loads(plain), _observed(enricher, "ListUsers", 1),
+                         keyring=ring)
+    assert old.scorer.snapshot()["entities"] == after
+    assert ALICE.encode() not in pickle.dumps(copy.deepcopy(old))
+
+
+def test_the_recovery_store_of_a_real_flow_holds_no_principal(tmp_path: Path) -> None:
+    """The same through bytewax itself: a flow's stateful step with recovery on, run, then
+    resumed; the SQLite files hold the ARN only when no keyring is configured."""
+    import functools
+    from datetime import timedelta
+
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.recovery import RecoveryConfig, init_db_dir
+    from bytewax.testing import TestingSource, run_main
+
+    from ops.crypto import Keyring
+
+    cfg = EnrichConfig(enabled=True, anomaly=True, anomaly_entities=["principal", "ip"])
+    enricher = Enricher(cfg, load_tables())
+    items = [_observed(enricher, "CreateUser", 0), _observed(enricher, "ListUsers", 1)]
+
+    def run(keyring: Keyring | None, n: int, recovery: Path, counts: list[int]) -> None:
+        def mapper(state, obs):
+            state, out = score_shard(enricher, cfg, state, obs, keyring=keyring)
+            counts.append(max(e["n"] for _, e in state.scorer.snapshot()["entities"]))
+            return state, out
+
+        flow = Dataflow("sealed")
+        s = op.key_on("shard", op.input("in", flow, TestingSource(items[:n])), lambda o: o.shard)
+        op.inspect("out", op.stateful_map("score", s, functools.partial(mapper)))
+        run_main(flow, epoch_interval=timedelta(0), recovery_config=RecoveryConfig(recovery))
+
+    def stored(recovery: Path) -> bytes:
+        return b"".join(p.read_bytes() for p in recovery.iterdir())
+
+    for keyring in (Keyring({"k1": bytes(32)}, "k1"), None):
+        recovery = tmp_path / f"recovery-{keyring is not None}"
+        recovery.mkdir()
+        init_db_dir(recovery, 1)
+        counts: list[int] = []
+        run(keyring, 1, recovery, counts)
+        run(keyring, 2, recovery, counts)  # resumes after the first item, from the snapshot
+        assert counts == [1, 2]  # the second run continued the first one's baseline
+        if keyring is None:
+            assert ALICE.encode() in stored(recovery)
+        else:
+            data = stored(recovery)
+            assert ALICE.encode() not in data and SECRET_IP.encode() not in data
