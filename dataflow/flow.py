@@ -55,9 +55,13 @@ def build_flow(cfg: Config, *, s3_factory: Callable[[], Any] | None = None,
     # Per-source clients (each source may assume its own role), unless a test injects one.
     client_for = functools.partial(_client_for, cfg.aws) if s3_factory is None else None
     s3_factory = s3_factory or functools.partial(s3_client, cfg.aws)
+    # Dead letters, pending batches and enrichment state in snapshots are encrypted at rest,
+    # and journal lines are authenticated, with this keyring (None: no key configured).
+    keyring = keyring_for(cfg)
     source = S3Source(cfg.sources, s3_factory, catch_up=cfg.runtime.mode == "catch_up",
                       sqs_factory=functools.partial(sqs_client, cfg.aws),
-                      journal_dir=cfg.runtime.journal_dir, client_for=client_for)
+                      journal_dir=cfg.runtime.journal_dir, client_for=client_for,
+                      keyring=keyring)
 
     flow = Dataflow("s3sentinel")
     items = op.input("s3", flow, source)
@@ -66,13 +70,12 @@ def build_flow(cfg: Config, *, s3_factory: Callable[[], Any] | None = None,
     rows = op.branch("map_ok", mapped, lambda x: isinstance(x, Rows))
     errors: op.Stream[ErrorRecord] = op.merge("errors", read.falses, rows.falses)
     rt = cfg.runtime
-    keyring = keyring_for(cfg)  # dead letters and pending batches in snapshots, encrypted at rest
     op.output("dead_letter", errors, DeadLetterSink(rt.errors_dir, rt.errors_s3_uri, s3_factory,
                                                     journal_dir=rt.journal_dir, keyring=keyring))
 
     good: op.Stream[Rows] = rows.trues
     if enricher is not None:
-        good = _enrich(cfg, enricher, good)
+        good = _enrich(cfg, enricher, good, keyring)
     lanes = op.branch("lane", good, lambda r: r.partition.endswith(FAST))
     batch = functools.partial(batch_rows, max_bytes=cfg.batch.max_bytes,
                               max_records=cfg.batch.max_records, keyring=keyring)
@@ -92,7 +95,8 @@ def build_flow(cfg: Config, *, s3_factory: Callable[[], Any] | None = None,
     return flow
 
 
-def _enrich(cfg: Config, enricher: Enricher, rows: op.Stream[Rows]) -> op.Stream[Rows]:
+def _enrich(cfg: Config, enricher: Enricher, rows: op.Stream[Rows],
+            keyring: Any) -> op.Stream[Rows]:
     """Rules and intel on every row; anomaly scores and sequences on a keyed side branch."""
     out = op.flat_map_batch("enrich", rows, enricher.enrich_batch)
     split = op.branch("observed", out, lambda x: isinstance(x, Observed))
@@ -101,7 +105,7 @@ def _enrich(cfg: Config, enricher: Enricher, rows: op.Stream[Rows]) -> op.Stream
         keyed = op.key_on("shard", split.trues, lambda o: o.shard)
         # The shard state (principals, addresses, key ids) is encrypted in the snapshots.
         scored = op.stateful_map("score", keyed, functools.partial(
-            score_shard, enricher, cfg.enrich, keyring=keyring_for(cfg)))
+            score_shard, enricher, cfg.enrich, keyring=keyring))
         found = op.flat_map("findings", op.key_rm("unshard", scored), lambda rows: rows)
         good = op.merge("with_findings", good, found)
     return good

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from connectors.sentinel.journal import JournalView
 from dataflow import metrics
@@ -46,8 +47,8 @@ class DeliveryTracker:
     """Objects finished by one partition, until the journals account for all their records."""
 
     def __init__(self, journal_dir: str, source: str, partition: str,
-                 clock: Callable[[], float] = time.time) -> None:
-        self._view = JournalView(journal_dir)
+                 clock: Callable[[], float] = time.time, keyring: Any = None) -> None:
+        self._view = JournalView(journal_dir, keyring=keyring)
         self._labels = (source, partition)
         self._clock = clock
         self._waiting: dict[str, tuple[list[list[int]], float]] = {}

@@ -181,10 +181,11 @@ class SqsPartition(_S3Partition):
     """One receiver of a source's notification queue; reads the objects it is told about."""
 
     def __init__(self, s3: Any, sqs: Any, src: SourceConfig, name: str, journal_dir: str, *,
-                 catch_up: bool, clock: Clock, monotonic: Any = time.monotonic) -> None:
+                 catch_up: bool, clock: Clock, monotonic: Any = time.monotonic,
+                 keyring: Any = None) -> None:
         super().__init__(s3, src, name, 0, 1, None, catch_up=catch_up, clock=clock)
         self._sqs = sqs
-        self._view = JournalView(journal_dir)
+        self._view = JournalView(journal_dir, keyring=keyring)
         self._mono = monotonic
         self._messages: dict[str, _Message] = {}
         self._todo: deque[_Object] = deque()

@@ -72,7 +72,7 @@ class _Reading:
 class _S3Partition(StatefulSourcePartition[Item, dict]):
     def __init__(self, s3: Any, src: SourceConfig, name: str, shard: int, shards: int,
                  resume_state: dict | None, *, catch_up: bool, clock: Clock,
-                 journal_dir: str | None = None) -> None:
+                 journal_dir: str | None = None, keyring: Any = None) -> None:
         self._src = src
         self._name = name
         self._catch_up = catch_up
@@ -92,7 +92,8 @@ class _S3Partition(StatefulSourcePartition[Item, dict]):
         self._errors: list[ErrorRecord] = []
         self._parsers: dict[str, TextFormat | None] = {}
         self._modified = state.modified  # LastModified of the object being opened or read
-        self._tracker = DeliveryTracker(journal_dir, src.name, name) if journal_dir else None
+        self._tracker = (DeliveryTracker(journal_dir, src.name, name, keyring=keyring)
+                         if journal_dir else None)
         self._emitted: list[list[int]] = []  # offsets emitted of the object being read
         self._recent: RecentKeys | None = None
         if src.lookback_secs > 0:
@@ -343,14 +344,18 @@ class S3Source(FixedPartitionedSource[Item, dict]):
         given, it is used instead of ``s3_factory``/``sqs_factory``.
     :arg journal_dir: The upload journal's directory (SQS sources delete a message once the
         journal has all its records).
+    :arg keyring: Checks the journal lines' MACs (a forged line must not make a message be
+        deleted, or an object count as delivered); None when no key is configured.
     """
 
     def __init__(self, sources: list[SourceConfig], s3_factory: Callable[[], Any], *,
                  catch_up: bool = False, clock: Clock = _utcnow,
                  sqs_factory: Callable[[], Any] | None = None,
                  journal_dir: str | None = None,
-                 client_for: Callable[[SourceConfig, str], Any] | None = None) -> None:
+                 client_for: Callable[[SourceConfig, str], Any] | None = None,
+                 keyring: Any = None) -> None:
         self._sources = {s.name: s for s in sources}
+        self._keyring = keyring
         self._client_for = client_for
         self._s3_factory = s3_factory
         self._sqs_factory = sqs_factory
@@ -389,7 +394,8 @@ class S3Source(FixedPartitionedSource[Item, dict]):
             assert self._journal_dir is not None
             sqs = self._client_for(src, "sqs") if self._client_for else self._sqs_factory()
             return SqsPartition(s3, sqs, src, for_part, self._journal_dir,
-                                catch_up=self._catch_up, clock=self._clock)
+                                catch_up=self._catch_up, clock=self._clock,
+                                keyring=self._keyring)
         return _S3Partition(s3, src, for_part, int(index), int(count),
                             resume_state, catch_up=self._catch_up, clock=self._clock,
-                            journal_dir=self._journal_dir)
+                            journal_dir=self._journal_dir, keyring=self._keyring)
