@@ -6,7 +6,8 @@ kept for ``ttl_secs``, and read again after that, so a rotated secret is picked 
 without a restart. While Key Vault fails, the last value is kept and a circuit breaker
 stops asking for ``open_secs`` after ``failures`` failures in a row, so a Key Vault
 outage neither floods it nor stops the connector; a secret never read at all raises
-:class:`SecretError`, which says what to check.
+:class:`SecretError`, which says what to check. Each secret has its own breaker (and its
+own lock): one misnamed or unreadable secret never stops the others from being read.
 """
 
 from __future__ import annotations
@@ -63,10 +64,12 @@ class SecretResolver:
     :arg vault_url: ``https://<vault>.vault.azure.net``.
     :arg credential: An Azure credential (default: DefaultAzureCredential).
     :arg client: A ``SecretClient``-like object (tests); built from the above when None.
+    :arg breaker_failures: Failures in a row that open a secret's circuit breaker.
+    :arg breaker_open_secs: How long an open breaker stops asking Key Vault for that secret.
     """
 
     def __init__(self, vault_url: str = "", credential: Any = None, *, ttl_secs: float = 300.0,
-                 client: Any = None, breaker: CircuitBreaker | None = None,
+                 client: Any = None, breaker_failures: int = 3, breaker_open_secs: float = 30.0,
                  clock: Callable[[], float] = time.monotonic, **client_kwargs: Any) -> None:
         self._url = vault_url
         self._credential = credential
@@ -74,11 +77,18 @@ class SecretResolver:
         self._client_kwargs = client_kwargs
         self._ttl = ttl_secs
         self._clock = clock
-        self._breaker = breaker or CircuitBreaker(clock=clock)
+        self._breaker_failures = breaker_failures
+        self._breaker_open_secs = breaker_open_secs
         self._cache: dict[str, tuple[str, float, str]] = {}  # name -> (value, fetched, version)
-        self._lock = threading.Lock()
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()  # guards the dicts and the client, never held for a call
 
     def _secret_client(self) -> Any:
+        with self._lock:
+            return self._build_client()
+
+    def _build_client(self) -> Any:
         if self._client is None:
             if not self._url:
                 msg = "a keyvault: reference needs ops.keyvault_url"
@@ -99,24 +109,37 @@ class SecretResolver:
             return value
         return self.get(value[len(PREFIX):])
 
-    def get(self, name: str) -> str:
-        """The secret ``name`` (cached for ttl_secs)."""
+    def breaker(self, name: str) -> CircuitBreaker:
+        """The circuit breaker of the secret ``name`` (one per secret)."""
         with self._lock:
+            if name not in self._breakers:
+                self._breakers[name] = CircuitBreaker(self._breaker_failures,
+                                                      self._breaker_open_secs, self._clock)
+                self._locks[name] = threading.Lock()
+            return self._breakers[name]
+
+    def get(self, name: str) -> str:
+        """The secret ``name`` (cached for ttl_secs).
+
+        :raises SecretError: It cannot be read and was never read before.
+        """
+        breaker = self.breaker(name)
+        with self._locks[name]:  # one fetch per secret at a time; other secrets go on
             cached = self._cache.get(name)
             now = self._clock()
             if cached is not None and now - cached[1] < self._ttl:
                 return cached[0]
-            if self._breaker.open:
+            if breaker.open:
                 if cached is not None:
                     return cached[0]
-                msg = (f"Key Vault secret {name!r}: Key Vault is failing (circuit open); "
-                       "check ops.keyvault_url, network access and the identity's 'get' "
-                       "permission on secrets")
+                msg = (f"Key Vault secret {name!r}: reading it keeps failing (circuit open); "
+                       "check that it exists in ops.keyvault_url, network access and the "
+                       "identity's 'get' permission on secrets")
                 raise SecretError(msg)
             try:
                 secret = self._secret_client().get_secret(name)
             except Exception as ex:
-                self._breaker.failure()
+                breaker.failure()
                 if cached is not None:
                     log.warning("Key Vault secret %r: %s; keeping the value read before",
                                 name, type(ex).__name__)
@@ -126,7 +149,7 @@ class SecretResolver:
                        "check that it exists in ops.keyvault_url and that the identity may "
                        "'get' secrets")
                 raise SecretError(msg) from ex
-            self._breaker.success()
+            breaker.success()
             version = getattr(getattr(secret, "properties", None), "version", "") or ""
             if cached is not None and cached[2] != version:
                 log.info("Key Vault secret %r rotated (new version %s)", name, version[:8])

@@ -1,5 +1,6 @@
 """Key Vault references through the real azure-keyvault-secrets client and
-ManagedIdentityCredential, against the emulator: read, cache, rotation, circuit breaker."""
+ManagedIdentityCredential, against the emulator: read, cache, rotation, a circuit breaker
+per secret."""
 
 from __future__ import annotations
 
@@ -68,14 +69,32 @@ def test_outage_keeps_the_last_value_and_opens_the_breaker() -> None:
             raise ConnectionError("vault unreachable")
 
     clock = Clock()
-    res = SecretResolver(client=Failing(), ttl_secs=10, clock=clock,
-                         breaker=CircuitBreaker(failures=2, open_secs=50, clock=clock))
+    res = SecretResolver(client=Failing(), ttl_secs=10, clock=clock, breaker_failures=2,
+                         breaker_open_secs=50)
     res._cache["t"] = ("kept", 0.0, "v1")
     for _ in range(5):
         clock.now += 11
         assert res.get("t") == "kept"
-    assert len(calls) == 2  # the breaker opened after two failures
+    assert calls == ["t", "t"]  # the breaker opened after two failures
+    for _ in range(2):  # another secret has its own breaker: tried until it opens too
+        with pytest.raises(SecretError, match="'never-read' cannot be read"):
+            res.get("never-read")
     with pytest.raises(SecretError, match="circuit open"):
         res.get("never-read")
+    assert calls == ["t", "t", "never-read", "never-read"]
     clock.now += 60  # half-open: one call goes through
-    assert res.get("t") == "kept" and len(calls) == 3
+    assert res.get("t") == "kept" and len(calls) == 5
+
+
+def test_one_unreadable_secret_does_not_stop_the_others(resolver,
+                                                        emulator: SentinelEmulator) -> None:
+    res, _ = resolver
+    emulator.set_secret("admin-token", "current")
+    for _ in range(4):  # a misnamed secret: its breaker opens
+        with pytest.raises(SecretError, match="misnamed-token"):
+            res.get("misnamed-token")
+    assert res.breaker("misnamed-token").open
+    # Read for the first time after that: Key Vault is asked, and answers.
+    assert res.resolve("keyvault:admin-token") == "current"
+    assert not res.breaker("admin-token").open
+    assert isinstance(res.breaker("admin-token"), CircuitBreaker)
