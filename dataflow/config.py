@@ -312,15 +312,36 @@ class OpsConfig:
     open_metrics: bool = True
     """Serve /metrics, /healthz and /readyz without a token (admin routes always need one)."""
     reader_tokens: list[str] = field(default_factory=list)
-    """Bearer tokens for read-only admin routes (each may be ``keyvault:<name>``)."""
+    """Bearer tokens for read-only admin routes (each may be ``keyvault:<name>``); a literal
+    token has at least 24 printable ASCII characters."""
     admin_tokens: list[str] = field(default_factory=list)
     """Bearer tokens for admin routes that change something (replay, pause, resume)."""
     jwt_key: str = ""
-    """HS256 key: signed JWTs with a ``role`` claim (reader/admin) are accepted too."""
+    """HS256 key (at least 32 bytes; may be ``keyvault:<name>``): signed JWTs with a ``role``
+    claim (reader/admin) and a numeric ``exp`` are accepted too."""
+    jwt_max_lifetime_secs: float = 0.0
+    """A JWT's ``exp - iat`` (``exp - now`` without ``iat``) may not exceed this; 0: no limit."""
     revoked: list[str] = field(default_factory=list)
-    """Revoked tokens, or JWT ``jti`` values."""
+    """Revoked JWT ``jti`` values, ``sha256:<hex>`` ids (of a JWT's ``header.payload``, or of a
+    static token), or full tokens (turned into their id when read). An entry may be
+    ``keyvault:<name>`` (a secret holding entries separated by white space), read again
+    every ``secret_ttl_secs``."""
+    revoked_file: str = ""
+    """A file of more revocation entries, one a line (``#`` comments), read again whenever it
+    changes; while it has never been readable, admin requests are refused with 503."""
     audit_log: str = ".s3sentinel/audit.jsonl"
-    """Every admin request (who, what, outcome) is appended here."""
+    """Every admin request (who, what, outcome) is appended here (0600, in a 0700 directory)."""
+    audit_denied_max_lines: int = 20
+    """Refused admin requests (401, 403, 503) audited per ``audit_denied_window_secs``; the rest
+    are counted in one summary line (and all in s3sentinel_ops_auth_failures_total)."""
+    audit_denied_window_secs: float = 10.0
+    max_body_bytes: int = 65536
+    """Largest request body the ops server reads (admin requests carry none); larger: 413."""
+    read_timeout_secs: float = 10.0
+    """A connection of the ops server that sends nothing for this long is closed (whole
+    seconds, at least 1)."""
+    max_connections: int = 200
+    """Open connections the ops server holds; more wait in the listen queue until one closes."""
     max_lag_secs: float = 900.0
     """/readyz fails when the oldest undelivered object is older than this."""
     stuck_secs: float = 600.0
@@ -343,6 +364,47 @@ class OpsConfig:
     webhooks: list[WebhookConfig] = field(default_factory=list)
     alert_for_secs: float = 120.0
     """A failing readiness check alerts after it has failed this long (and resolves likewise)."""
+
+    MIN_TOKEN_CHARS: typing.ClassVar[int] = 24
+    MIN_JWT_KEY_BYTES: typing.ClassVar[int] = 32
+    _SECRET_FIELDS: typing.ClassVar[tuple[str, ...]] = (
+        "reader_tokens", "admin_tokens", "jwt_key", "revoked", "webhooks")
+
+    def __repr__(self) -> str:
+        # Tokens, the JWT key, revocation entries and webhook URLs are secrets: a repr (in a
+        # log line, a traceback, a debugger) shows only how many there are.
+        parts = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in self._SECRET_FIELDS:
+                shown = (f"<{len(value)} redacted>" if isinstance(value, list)
+                         else "<redacted>" if value else "''")
+                parts.append(f"{f.name}={shown}")
+            else:
+                parts.append(f"{f.name}={value!r}")
+        return f"OpsConfig({', '.join(parts)})"
+
+    @staticmethod
+    def secret_weakness(value: str, *, key: bool = False) -> str:
+        """Why ``value`` is too weak for a bearer token (``key``: an HS256 key), or ''.
+
+        Checked at config validation for literal values and when a ``keyvault:`` reference
+        is resolved; the message never contains the value.
+        """
+        if key:
+            n = len(value.encode())
+            if n < OpsConfig.MIN_JWT_KEY_BYTES:
+                return (f"{n} bytes; an HS256 key needs at least {OpsConfig.MIN_JWT_KEY_BYTES} "
+                        "random bytes (e.g. python -c 'import secrets; "
+                        "print(secrets.token_urlsafe(48))')")
+            return ""
+        if not (value.isascii() and value.isprintable()) or " " in value:
+            return "not printable ASCII without spaces (it cannot be sent as a bearer token)"
+        if len(value) < OpsConfig.MIN_TOKEN_CHARS:
+            return (f"{len(value)} characters; a token needs at least "
+                    f"{OpsConfig.MIN_TOKEN_CHARS} random ones (e.g. python -c 'import secrets; "
+                    "print(secrets.token_urlsafe(32))')")
+        return ""
 
 
 @dataclass(frozen=True)
@@ -597,12 +659,43 @@ def _check(cfg: Config, problems: list[str]) -> None:
         problems.append("ops.port: 0..65535 (0 turns the ops server off)")
     if ops.keyvault_url and not ops.keyvault_url.startswith("https://"):
         problems.append("ops.keyvault_url: must be https://<vault>.vault.azure.net")
-    refs = [*ops.reader_tokens, *ops.admin_tokens, ops.jwt_key, *(w.url for w in ops.webhooks)]
+    refs = [*ops.reader_tokens, *ops.admin_tokens, ops.jwt_key, *ops.revoked,
+            *(w.url for w in ops.webhooks)]
     if any(r.startswith("keyvault:") for r in refs) and not ops.keyvault_url:
         problems.append("ops: keyvault: references need ops.keyvault_url")
+    _check_ops_server(ops, problems)
     uri = cfg.runtime.errors_s3_uri
     if uri is not None and not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$", uri):
         problems.append(f"runtime.errors_s3_uri: {uri!r} is not an s3://bucket/prefix/ URI")
     for table in cfg.tables:
         if not table.columns:
             problems.append(f"tables[{table.name}].columns: a table needs at least one column")
+
+
+def _check_ops_server(ops: OpsConfig, problems: list[str]) -> None:
+    """The ops server's limits and the strength of literal credentials (a ``keyvault:``
+    reference is checked when it is resolved)."""
+    for name in ("reader_tokens", "admin_tokens"):
+        for i, token in enumerate(getattr(ops, name)):
+            weak = "" if token.startswith("keyvault:") else OpsConfig.secret_weakness(token)
+            if weak:
+                problems.append(f"ops.{name}[{i}]: too weak: {weak}")
+    if ops.jwt_key and not ops.jwt_key.startswith("keyvault:"):
+        weak = OpsConfig.secret_weakness(ops.jwt_key, key=True)
+        if weak:
+            problems.append(f"ops.jwt_key: too weak: {weak}")
+    for i, entry in enumerate(ops.revoked):
+        if entry.lower().startswith("sha256:") and not re.match(r"^sha256:[0-9a-f]{64}$",
+                                                                 entry.lower()):
+            problems.append(f"ops.revoked[{i}]: a sha256: id is 'sha256:' and 64 hex digits")
+    if ops.jwt_max_lifetime_secs < 0:
+        problems.append("ops.jwt_max_lifetime_secs: must be >= 0 (0: no limit)")
+    if not 1024 <= ops.max_body_bytes <= 16 * 1024 * 1024:
+        problems.append("ops.max_body_bytes: 1024..16777216 (admin requests carry no body)")
+    if ops.read_timeout_secs < 1:
+        problems.append("ops.read_timeout_secs: must be >= 1")
+    if not 1 <= ops.max_connections <= 10_000:
+        problems.append("ops.max_connections: 1..10000")
+    if ops.audit_denied_max_lines < 0 or ops.audit_denied_window_secs <= 0:
+        problems.append("ops: audit_denied_max_lines must be >= 0 and audit_denied_window_secs "
+                        "> 0")

@@ -89,3 +89,55 @@ def test_anomaly_entity_kinds_are_checked() -> None:
     assert ok.enrich.anomaly_entities == ["principal", "key"]
     (msg,) = problems(MINIMAL | {"enrich": {"anomaly_entities": ["principal", "user"]}})
     assert msg == "enrich.anomaly_entities: ['user']; use principal, ip, account, key"
+
+
+STRONG = "t0k3n-" + "a1b2c3d4" * 3
+KEY = "k3y-" + "0123456789abcdef" * 2
+
+
+def with_ops(**ops: object) -> dict:
+    return {**MINIMAL, "ops": ops}
+
+
+def test_weak_literal_credentials_are_refused_without_echoing_them() -> None:
+    got = problems(with_ops(reader_tokens=[STRONG, "reader-1"], admin_tokens=["adm in" + "x" * 30],
+                            jwt_key="jwt-signing-key"))
+    assert any(p.startswith("ops.reader_tokens[1]: too weak: 8 characters") for p in got)
+    assert any(p.startswith("ops.admin_tokens[0]: too weak: not printable ASCII") for p in got)
+    assert any(p.startswith("ops.jwt_key: too weak: 15 bytes") for p in got)
+    assert len(got) == 3 and not any("reader-1" in p or "jwt-signing" in p for p in got)
+    # Strong literals pass; a keyvault: reference is checked when it is read.
+    cfg = parse_config(with_ops(reader_tokens=[STRONG], admin_tokens=["keyvault:admin"],
+                                jwt_key=KEY, keyvault_url="https://v.vault.azure.net"))
+    assert cfg.ops.reader_tokens == [STRONG] and cfg.ops.jwt_key == KEY
+
+
+@pytest.mark.parametrize(("ops", "text"), [
+    ({"max_body_bytes": 100}, "ops.max_body_bytes: 1024..16777216"),
+    ({"read_timeout_secs": 0.5}, "ops.read_timeout_secs: must be >= 1"),
+    ({"max_connections": 0}, "ops.max_connections: 1..10000"),
+    ({"jwt_max_lifetime_secs": -1}, "ops.jwt_max_lifetime_secs: must be >= 0"),
+    ({"audit_denied_window_secs": 0}, "audit_denied_window_secs"),
+    ({"revoked": ["sha256:abc"]}, "ops.revoked[0]: a sha256: id is"),
+    ({"revoked": ["keyvault:revoked"]}, "keyvault: references need ops.keyvault_url"),
+])
+def test_ops_server_limits_are_checked(ops: dict, text: str) -> None:
+    assert any(text in p for p in problems(with_ops(**ops)))
+
+
+def test_ops_server_limits_have_defaults() -> None:
+    ops = parse_config(MINIMAL).ops
+    assert (ops.max_body_bytes, ops.read_timeout_secs, ops.max_connections) == (65536, 10.0, 200)
+    assert (ops.jwt_max_lifetime_secs, ops.revoked_file) == (0.0, "")
+    assert (ops.audit_denied_max_lines, ops.audit_denied_window_secs) == (20, 10.0)
+
+
+def test_the_repr_of_the_ops_config_shows_no_secret() -> None:
+    cfg = parse_config(with_ops(reader_tokens=[STRONG], admin_tokens=[STRONG + "x"], jwt_key=KEY,
+                                revoked=["leaked-jti"],
+                                webhooks=[{"kind": "slack", "url": "https://hooks/T0/B0/s3cr3t"}]))
+    for text in (repr(cfg.ops), repr(cfg), str(cfg)):
+        assert STRONG not in text and KEY not in text and "leaked-jti" not in text
+        assert "s3cr3t" not in text
+        assert "reader_tokens=<1 redacted>" in text and "port=9464" in text
+    assert cfg.ops.reader_tokens == [STRONG]  # the values themselves are untouched
