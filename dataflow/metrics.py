@@ -34,6 +34,7 @@ __all__ = [
     "REQUEST_RETRIES",
     "REPLAYED_RECORDS",
     "SQS_MESSAGES",
+    "OPS_AUTH_FAILURES",
     "summary",
 ]
 
@@ -164,6 +165,14 @@ OLDEST_UNDELIVERED_SECONDS = Gauge(
     "s3sentinel_oldest_undelivered_seconds",
     "Age of the oldest object received whose records are not all accounted for yet.",
     ["source", "partition"],
+)
+
+OPS_AUTH_FAILURES = Counter(
+    "s3sentinel_ops_auth_failures",
+    "Ops server requests refused before reaching a protected route, by reason: missing, "
+    "malformed, invalid, expired, revoked, lifetime (401), forbidden (403), unavailable "
+    "(503: a credential could not be read).",
+    ["reason"],
 )
 
 

@@ -12,13 +12,14 @@ import logging
 import os
 import sys
 import threading
+import time
 from typing import Any
 
-from connectors.aws import s3_client
+from connectors.aws import s3_client, sqs_client
 from connectors.deadletter import DeadLetterStore
 from connectors.sentinel.service import IngestionService
-from dataflow.config import Config
-from ops.auth import Authorizer
+from dataflow.config import Config, OpsConfig, SourceConfig
+from ops.auth import Authorizer, Credentials, RevocationFile
 from ops.health import Readiness
 from ops.logs import configure
 from ops.secrets import SecretError, SecretResolver
@@ -29,6 +30,7 @@ __all__ = ["OpsRuntime", "process_index", "start"]
 log = logging.getLogger(__name__)
 
 ALERT_EVERY_SECS = 15.0
+LOG_EVERY_SECS = 60.0
 
 
 def process_index(argv: list[str] | None = None) -> int:
@@ -52,9 +54,11 @@ class OpsRuntime:
         if cfg.sentinel.ca_file:
             kwargs["connection_verify"] = cfg.sentinel.ca_file
         self.secrets = SecretResolver(ops.keyvault_url, ttl_secs=ops.secret_ttl_secs, **kwargs)
-        self.authorizer = Authorizer(self._tokens)
+        self._revoked_file = RevocationFile(ops.revoked_file) if ops.revoked_file else None
+        self._logged: dict[str, float] = {}
+        self.authorizer = Authorizer(self.credentials, max_lifetime_secs=ops.jwt_max_lifetime_secs)
         tables = _streams(cfg)
-        self.readiness = Readiness(cfg, functools.partial(s3_client, cfg.aws),
+        self.readiness = Readiness(cfg, functools.partial(_client_for, cfg),
                                    functools.partial(IngestionService, cfg.sentinel), tables)
         self.server: OpsServer | None = None
         if ops.port or port is not None:
@@ -93,20 +97,57 @@ class OpsRuntime:
         t.start()
         self._threads.append(t)
 
-    def _resolve_all(self, values: list[str]) -> list[str]:
-        out = []
-        for v in values:
+    def credentials(self) -> Credentials:
+        """The admin API's credentials as of now: ``keyvault:`` references resolved (through
+        the resolver's TTL cache), weak resolved values refused, the revocation file read
+        again if it changed. What cannot be read is named in ``unavailable``."""
+        ops = self.cfg.ops
+        unavailable: list[str] = []
+        readers = self._resolve(ops.reader_tokens, "ops.reader_tokens", unavailable)
+        admins = self._resolve(ops.admin_tokens, "ops.admin_tokens", unavailable)
+        key = self._resolve([ops.jwt_key] if ops.jwt_key else [], "ops.jwt_key", unavailable,
+                            key=True)
+        known = len(unavailable)
+        revoked = [entry for value in self._resolve(ops.revoked, "ops.revoked", unavailable,
+                                                    check=False)
+                   for entry in value.split()]
+        revocations_known = len(unavailable) == known
+        if self._revoked_file is not None:
             try:
-                out.append(self.secrets.resolve(v))
+                revoked.extend(self._revoked_file.entries())
+            except OSError as ex:
+                self._log_error("ops.revoked_file", "ops: %s; admin requests are refused (503) "
+                                "until it can be read", ex)
+                unavailable.append("ops.revoked_file")
+                revocations_known = False
+        return Credentials(tuple(readers), tuple(admins), key[0] if key else "", tuple(revoked),
+                           tuple(unavailable), revocations_known)
+
+    def _resolve(self, values: list[str], where: str, unavailable: list[str], *,
+                 key: bool = False, check: bool = True) -> list[str]:
+        out = []
+        for i, v in enumerate(values):
+            try:
+                value = self.secrets.resolve(v)
             except SecretError as ex:
-                log.error("ops: %s", ex)
+                self._log_error(f"{where}[{i}]", "ops: %s[%d]: %s", where, i, ex)
+                unavailable.append(f"{where}[{i}]")
+                continue
+            weak = OpsConfig.secret_weakness(value, key=key) if check else ""
+            if weak:
+                self._log_error(f"{where}[{i}]", "ops: %s[%d] (%s) is refused: too weak: %s",
+                                where, i, v if v.startswith("keyvault:") else "literal", weak)
+                unavailable.append(f"{where}[{i}]")
+                continue
+            out.append(value)
         return out
 
-    def _tokens(self) -> tuple[list[str], list[str], str, list[str]]:
-        ops = self.cfg.ops
-        jwt = self._resolve_all([ops.jwt_key])[0] if ops.jwt_key else ""
-        return (self._resolve_all(ops.reader_tokens), self._resolve_all(ops.admin_tokens), jwt,
-                list(ops.revoked))
+    def _log_error(self, key: str, fmt: str, *args: Any) -> None:
+        # Credentials are read per request: say what is wrong once a minute, not per request.
+        now = time.monotonic()
+        if now - self._logged.get(key, -LOG_EVERY_SECS) >= LOG_EVERY_SECS:
+            self._logged[key] = now
+            log.error(fmt, *args)
 
     def _dead_letters(self) -> DeadLetterStore:
         rt = self.cfg.runtime
@@ -145,6 +186,12 @@ class OpsRuntime:
                     notifier.notify(alert)
             except Exception:
                 log.exception("ops: alert loop failed; trying again in %.0fs", ALERT_EVERY_SECS)
+
+
+def _client_for(cfg: Config, src: SourceConfig, service: str) -> Any:
+    """The client a source reads with (its role, if any), as the flow builds it."""
+    make = s3_client if service == "s3" else sqs_client
+    return make(cfg.aws, src.role_arn, src.external_id)
 
 
 def _streams(cfg: Config) -> list[str]:

@@ -1,12 +1,15 @@
 """The ops runtime in-process against the local stack: a sustained Sentinel failure posts
 exactly one alert to a real local webhook receiver, and one when it resolves; health
-rows carry what the metrics counted."""
+rows carry what the metrics counted. Then, offline, how it feeds the ops server's
+credentials (Key Vault references, weak values, revocation lists) and readiness."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
+import types
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -15,7 +18,10 @@ import pytest
 import ops.runtime as runtime_mod
 from dataflow.config import parse_config
 from devstack.stack import LocalStack
+from ops.auth import sign_jwt
+from ops.secrets import SecretResolver
 from tests.conftest import TRAIL_BUCKET
+from tests.ops.test_server import ADMIN, JWT_KEY, http
 
 
 @pytest.fixture
@@ -94,3 +100,142 @@ def test_health_rows_count_the_interval(clean: LocalStack, tmp_path: Path, monke
     reporter.send(reporter.rows(now=1120.0))
     (sent,) = clean.admin().records("Custom-S3SentinelHealth_CL")
     assert sent["Source"] == "trail" and sent["RecordsRead"] == 0 and sent["Status"] == "Success"
+
+
+# ----------------------------------------------------- credentials and readiness wiring
+
+
+class FakeVault:
+    """A ``SecretClient``-like Key Vault: ``values`` by name; a name set to an exception
+    raises it (Key Vault down, no such secret)."""
+
+    def __init__(self, values: dict[str, object]) -> None:
+        self.values = values
+        self.version = 0
+
+    def get_secret(self, name: str):
+        value = self.values[name]
+        if isinstance(value, Exception):
+            raise value
+        self.version += 1
+        return types.SimpleNamespace(value=value,
+                                     properties=types.SimpleNamespace(version=str(self.version)))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _offline_cfg(tmp_path: Path, **ops):
+    return parse_config({
+        "sentinel": {"endpoint": "https://dce.example", "rule_id": "dcr-1"},
+        "sources": [{"name": "trail", "bucket": "trail-bucket", "format": "cloudtrail"}],
+        "ops": {"port": 0, "audit_log": str(tmp_path / "audit.jsonl"),
+                "keyvault_url": "https://vault.example", **ops},
+    })
+
+
+@contextlib.contextmanager
+def _runtime(cfg, vault: FakeVault | None = None, clock: Clock | None = None):
+    """The real OpsRuntime and its server; Key Vault replaced by ``vault`` (no network)."""
+    rt = runtime_mod.OpsRuntime(cfg, port=0)
+    rt.secrets = SecretResolver(client=vault or FakeVault({}), ttl_secs=60,
+                                clock=clock or Clock())
+    rt.start()
+    try:
+        yield rt, rt.server.url
+    finally:
+        rt.stop()
+
+
+def _audit(cfg) -> list[dict]:
+    return [json.loads(line) for line in Path(cfg.ops.audit_log).read_text().splitlines()]
+
+
+def test_key_vault_down_while_the_jwt_key_is_read_is_a_503_and_audited(tmp_path: Path) -> None:
+    cfg = _offline_cfg(tmp_path, jwt_key="keyvault:jwt-key", admin_tokens=[ADMIN])
+    vault = FakeVault({"jwt-key": ConnectionError("vault unreachable")})
+    with _runtime(cfg, vault) as (_, url):
+        jwt = sign_jwt({"sub": "alice", "role": "admin", "exp": time.time() + 60}, JWT_KEY)
+        assert http(url + "/admin/status", token=jwt)[0] == 503
+        assert http(url + "/admin/status", token=ADMIN)[0] == 200  # static tokens still work
+        vault.values["jwt-key"] = JWT_KEY  # back (the breaker is half-open after 30 s)
+    statuses = [(a["status"], a.get("reason")) for a in _audit(cfg)]
+    assert statuses == [(503, "unavailable"), (200, None)]
+
+
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
+def test_a_weak_secret_from_key_vault_is_refused(tmp_path: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    cfg = _offline_cfg(tmp_path, reader_tokens=["keyvault:reader"], jwt_key="keyvault:jwt-key")
+    vault = FakeVault({"reader": "short-token", "jwt-key": "short-key"})
+    with _runtime(cfg, vault) as (_, url):
+        assert http(url + "/admin/status", token="short-token")[0] == 503
+        weak_jwt = sign_jwt({"role": "admin", "exp": time.time() + 60}, "short-key")
+        assert http(url + "/admin/status", token=weak_jwt)[0] == 503
+    text = caplog.text
+    assert "ops.reader_tokens[0] (keyvault:reader) is refused: too weak: 11 characters" in text
+    assert "ops.jwt_key[0] (keyvault:jwt-key) is refused: too weak: 9 bytes" in text
+    assert "short-token" not in text and "short-key" not in text
+
+
+def test_the_revocation_file_is_read_again_when_it_changes(tmp_path: Path) -> None:
+    revoked = tmp_path / "revoked.txt"
+    cfg = _offline_cfg(tmp_path, jwt_key=JWT_KEY, revoked_file=str(revoked))
+    jwt = sign_jwt({"sub": "alice", "role": "admin", "exp": time.time() + 600, "jti": "j-1"},
+                   JWT_KEY)
+    with _runtime(cfg) as (_, url):
+        assert http(url + "/admin/status", token=jwt)[0] == 503  # never read: refuse all
+        revoked.write_text("# revoked tokens\n")
+        assert http(url + "/admin/status", token=jwt)[0] == 200
+        revoked.write_text("# revoked tokens\nj-1  # leaked in a ticket\n")
+        assert http(url + "/admin/status", token=jwt)[0] == 401
+        revoked.write_text(f"{jwt}\n")  # the full token, as old configs listed it
+        assert http(url + "/admin/status", token=jwt + "==")[0] == 401
+        revoked.write_text("")
+        assert http(url + "/admin/status", token=jwt)[0] == 200
+        revoked.unlink()  # gone after it was read: the last entries are kept
+        assert http(url + "/admin/status", token=jwt)[0] == 200
+
+
+def test_revocations_from_key_vault_follow_the_secret_ttl(tmp_path: Path) -> None:
+    cfg = _offline_cfg(tmp_path, jwt_key=JWT_KEY, revoked=["keyvault:revoked", "j-0"])
+    vault = FakeVault({"revoked": ""})
+    clock = Clock()
+    jwt = sign_jwt({"sub": "alice", "role": "admin", "exp": time.time() + 600, "jti": "j-1"},
+                   JWT_KEY)
+    with _runtime(cfg, vault, clock) as (_, url):
+        assert http(url + "/admin/status", token=jwt)[0] == 200
+        vault.values["revoked"] = "j-9\nj-1"
+        assert http(url + "/admin/status", token=jwt)[0] == 200  # cached for the TTL
+        clock.now += 61
+        assert http(url + "/admin/status", token=jwt)[0] == 401  # no restart needed
+
+
+def test_readiness_checks_a_bucket_with_its_sources_role(tmp_path: Path, monkeypatch) -> None:
+    role = "arn:aws:iam::123456789012:role/trail-reader"
+    cfg = parse_config({
+        "sentinel": {"endpoint": "https://dce.example", "rule_id": "dcr-1"},
+        "sources": [{"name": "trail", "bucket": "cross-bucket", "format": "cloudtrail",
+                     "role_arn": role, "external_id": "ext-9"}],
+        "ops": {"port": 0, "check_cache_secs": 0}})
+    made: list[tuple[str, str]] = []
+
+    class S3:
+        def head_bucket(self, Bucket: str) -> None:  # noqa: N803
+            pass
+
+    def s3_client(aws, role_arn: str = "", external_id: str = "") -> S3:
+        made.append((role_arn, external_id))
+        return S3()
+
+    monkeypatch.setattr(runtime_mod, "s3_client", s3_client)
+    monkeypatch.setattr(runtime_mod, "IngestionService", lambda cfg: None)
+    rt = runtime_mod.OpsRuntime(cfg, port=None)
+    assert rt.readiness.run()["s3"].ok
+    rt.readiness.run()
+    assert made == [(role, "ext-9")]  # the source's role, built once
