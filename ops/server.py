@@ -202,8 +202,15 @@ class OpsServer:
             return _json(200, {"partitions": status.partitions(),
                                "paused": status.paused_sources()})
         if (method, path) == ("GET", "/admin/deadletters"):
+            # load(), not read(): one tampered or undecryptable file must show its issues,
+            # not turn the whole listing into a 500.
             store = self._dead_letters()
-            files = [{"name": n, "entries": len(store.read(n))} for n in store.names()]
+            files = []
+            for n in store.names():
+                f = store.load(n)
+                files.append({"name": n, "entries": len(f.entries), "intact": f.intact,
+                              "issues": [{"line": i.line, "kind": i.kind, "detail": i.detail}
+                                         for i in f.issues]})
             return _json(200, {"location": store.location, "files": files,
                                "entries": sum(f["entries"] for f in files)})
         if (method, path) == ("POST", "/admin/replay"):

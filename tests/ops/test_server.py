@@ -232,6 +232,7 @@ def serving(cfg: Config, credentials: Callable[[], Credentials] | None = None, *
             service_factory: Callable[[], Any] = FakeService,
             authorizer: Authorizer | None = None,
             replay: Callable[[bool], str] = lambda dry_run: "replayed",
+            dead_letters: Callable[[], Any] = lambda: None,
             clock: Callable[[], float] = time.monotonic) -> Iterator[OpsServer]:
     """A real OpsServer on a free port of 127.0.0.1, stopped at the end."""
     s3 = FakeS3()
@@ -239,7 +240,7 @@ def serving(cfg: Config, credentials: Callable[[], Credentials] | None = None, *
                                                                         JWT_KEY)))
     readiness = Readiness(cfg, client_for or (lambda src, service: s3), service_factory,
                           ["Custom-AWSCloudTrail"])
-    server = OpsServer(cfg, 0, auth, readiness, replay, lambda: None, clock=clock).start()
+    server = OpsServer(cfg, 0, auth, readiness, replay, dead_letters, clock=clock).start()
     try:
         yield server
     finally:
@@ -388,3 +389,24 @@ def test_readyz_checks_each_bucket_with_the_client_of_its_source(tmp_path: Path)
     assert status == 200, body
     assert sorted(asked) == [("other", role, "ext-1"), ("trail", "", "")]
     assert home.heads == ["home-bucket"] and assumed.heads == ["cross-bucket"]
+
+
+def test_a_tampered_dead_letter_file_shows_its_issues_in_the_listing(tmp_path: Path) -> None:
+    import os
+
+    from connectors.deadletter import DeadLetterStore
+    from ops.crypto import Keyring
+
+    store = DeadLetterStore(tmp_path / "errors", keyring=Keyring({"k1": os.urandom(32)}, "k1"))
+    x = store.write([{"stage": "parse", "reason": "a"}, {"stage": "parse", "reason": "b"}], "x")
+    y = store.write([{"stage": "parse", "reason": "c"}], "y")
+    with (tmp_path / "errors" / x).open("ab") as f:  # a forged plain line
+        f.write(b'{"stage": "deliver", "stream": "Custom-X", "row": "{}"}\n')
+    cfg = ops_config(tmp_path)
+    with serving(cfg, dead_letters=lambda: store) as server:
+        status, body = http(server.url + "/admin/deadletters", token=READER)
+    assert status == 200, body
+    files = {f["name"]: f for f in json.loads(body)["files"]}
+    assert files[y]["intact"] and files[y]["entries"] == 1
+    assert not files[x]["intact"] and files[x]["entries"] == 2
+    assert [i["kind"] for i in files[x]["issues"]] == ["plain"]
