@@ -8,9 +8,9 @@ from typing import Any
 import boto3
 from botocore.config import Config as BotoConfig
 
-from dataflow.config import AwsConfig
+from dataflow.config import AwsConfig, SourceConfig
 
-__all__ = ["s3_client", "sqs_client"]
+__all__ = ["client_for", "s3_client", "sqs_client"]
 
 
 def _session(aws: AwsConfig, role_arn: str = "", external_id: str = "") -> Any:
@@ -70,3 +70,11 @@ def sqs_client(aws: AwsConfig, role_arn: str = "", external_id: str = "") -> Any
         endpoint_url=aws.endpoint_url,
         config=BotoConfig(retries={"mode": "standard", "max_attempts": 3}, tcp_keepalive=True),
     )
+
+
+def client_for(aws: AwsConfig, src: SourceConfig, service: str) -> Any:
+    """The ``s3`` or ``sqs`` client a source reads with: through its ``role_arn`` (and
+    ``external_id``) when it has one. Every S3 access for a source (the flow, readiness,
+    replay, preview) goes through this, so a cross-account source works everywhere."""
+    make = s3_client if service == "s3" else sqs_client
+    return make(aws, src.role_arn, src.external_id)

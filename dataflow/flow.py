@@ -21,12 +21,12 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
-from connectors.aws import s3_client, sqs_client
+from connectors.aws import client_for, s3_client, sqs_client
 from connectors.deadletter import DeadLetterSink, DeadLetterStore
 from connectors.s3.source import S3Source
 from connectors.sentinel.sink import SentinelSink
 from dataflow import metrics
-from dataflow.config import AwsConfig, Config, SourceConfig, load_config
+from dataflow.config import Config, load_config
 from dataflow.messages import ErrorRecord, RawRecord, Rows
 from operators.batch import batch_rows
 from operators.enrich.operator import FAST, Enricher, Observed, score_shard
@@ -53,14 +53,14 @@ def build_flow(cfg: Config, *, s3_factory: Callable[[], Any] | None = None,
     mapper = RecordMapper(cfg.sources, tables, cfg.batch.max_bytes,
                           keep_parsed=enricher.reads if enricher else frozenset())
     # Per-source clients (each source may assume its own role), unless a test injects one.
-    client_for = functools.partial(_client_for, cfg.aws) if s3_factory is None else None
+    per_source = functools.partial(client_for, cfg.aws) if s3_factory is None else None
     s3_factory = s3_factory or functools.partial(s3_client, cfg.aws)
     # Dead letters, pending batches and enrichment state in snapshots are encrypted at rest,
     # and journal lines are authenticated, with this keyring (None: no key configured).
     keyring = keyring_for(cfg)
     source = S3Source(cfg.sources, s3_factory, catch_up=cfg.runtime.mode == "catch_up",
                       sqs_factory=functools.partial(sqs_client, cfg.aws),
-                      journal_dir=cfg.runtime.journal_dir, client_for=client_for,
+                      journal_dir=cfg.runtime.journal_dir, client_for=per_source,
                       keyring=keyring)
 
     flow = Dataflow("s3sentinel")
@@ -109,11 +109,6 @@ def _enrich(cfg: Config, enricher: Enricher, rows: op.Stream[Rows],
         found = op.flat_map("findings", op.key_rm("unshard", scored), lambda rows: rows)
         good = op.merge("with_findings", good, found)
     return good
-
-
-def _client_for(aws: AwsConfig, src: SourceConfig, service: str) -> Any:
-    make = s3_client if service == "s3" else sqs_client
-    return make(aws, src.role_arn, src.external_id)
 
 
 def _tune_gc() -> None:

@@ -38,14 +38,14 @@ def _s3_chunks(uri: str, cfg: Config | None) -> tuple[str, str, Iterator[bytes]]
     """Open an object with the client the flow would read it with: that of the configured
     source whose bucket and (longest) prefix hold it (its role, e.g. in another account),
     else the default credential chain."""
-    from connectors.aws import s3_client
+    from connectors.aws import client_for, s3_client
     from dataflow.config import AwsConfig
 
     bucket, _, key = uri[len("s3://"):].partition("/")
     src = max((s for s in cfg.sources if s.bucket == bucket and key.startswith(s.prefix)),
               key=lambda s: len(s.prefix), default=None) if cfg else None
     if src is not None:
-        s3 = s3_client(cfg.aws, src.role_arn, src.external_id)  # type: ignore[union-attr]
+        s3 = client_for(cfg.aws, src, "s3")  # type: ignore[union-attr]
     else:
         s3 = s3_client(cfg.aws if cfg else AwsConfig())
     body = s3.get_object(Bucket=bucket, Key=key)

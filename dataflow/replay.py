@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from connectors.aws import s3_client
+from connectors.aws import client_for, s3_client
 from connectors.deadletter import DeadLetterStore, EntryFile, error_entry
 from connectors.s3.discovery import skip_reason
 from connectors.s3.objects import open_body
@@ -230,7 +230,7 @@ def _check(store: DeadLetterStore, got: EntryFile, summary: ReplaySummary) -> No
 
 def _source_client(cfg: Config, src: SourceConfig) -> Any:
     """The S3 client the flow reads ``src`` with: its own role, when it has one."""
-    return s3_client(cfg.aws, src.role_arn, src.external_id)
+    return client_for(cfg.aws, src, "s3")
 
 
 def _selected(entry: dict, since: float | None, stream: str | None) -> bool:

@@ -15,10 +15,10 @@ import threading
 import time
 from typing import Any
 
-from connectors.aws import s3_client, sqs_client
+from connectors.aws import client_for, s3_client
 from connectors.deadletter import DeadLetterStore
 from connectors.sentinel.service import IngestionService
-from dataflow.config import Config, OpsConfig, SourceConfig
+from dataflow.config import Config, OpsConfig
 from ops.auth import Authorizer, Credentials, RevocationFile
 from ops.health import Readiness
 from ops.logs import configure
@@ -58,7 +58,7 @@ class OpsRuntime:
         self._logged: dict[str, float] = {}
         self.authorizer = Authorizer(self.credentials, max_lifetime_secs=ops.jwt_max_lifetime_secs)
         tables = _streams(cfg)
-        self.readiness = Readiness(cfg, functools.partial(_client_for, cfg),
+        self.readiness = Readiness(cfg, functools.partial(client_for, cfg.aws),
                                    functools.partial(IngestionService, cfg.sentinel), tables)
         self.server: OpsServer | None = None
         if ops.port or port is not None:
@@ -186,12 +186,6 @@ class OpsRuntime:
                     notifier.notify(alert)
             except Exception:
                 log.exception("ops: alert loop failed; trying again in %.0fs", ALERT_EVERY_SECS)
-
-
-def _client_for(cfg: Config, src: SourceConfig, service: str) -> Any:
-    """The client a source reads with (its role, if any), as the flow builds it."""
-    make = s3_client if service == "s3" else sqs_client
-    return make(cfg.aws, src.role_arn, src.external_id)
 
 
 def _streams(cfg: Config) -> list[str]:

@@ -233,7 +233,9 @@ def test_readiness_checks_a_bucket_with_its_sources_role(tmp_path: Path, monkeyp
         made.append((role_arn, external_id))
         return S3()
 
-    monkeypatch.setattr(runtime_mod, "s3_client", s3_client)
+    import connectors.aws as aws_mod
+
+    monkeypatch.setattr(aws_mod, "s3_client", s3_client)  # what client_for builds with
     monkeypatch.setattr(runtime_mod, "IngestionService", lambda cfg: None)
     rt = runtime_mod.OpsRuntime(cfg, port=None)
     assert rt.readiness.run()["s3"].ok
