@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from connectors.s3.errors import ObjectReadError
-from connectors.s3.framing import FramingError
+from connectors.s3.framing import FramingError, UnreadableRecord
 from connectors.s3.objects import CHUNK_BYTES
 from connectors.s3.records import FormatUnknown, object_records
 from dataflow.config import Config, SourceConfig
@@ -91,7 +91,12 @@ def preview(target: str, *, fmt: str = "auto", table: str | None = None,
         by_stream = {t.stream: t.name for t in tables.values()}
     ok = bad = 0
     try:
-        for offset, data, header in records:
+        for rec in records:
+            if isinstance(rec, UnreadableRecord):  # too large or too deep to hand on
+                bad += 1
+                print(f"{target}: record {rec.offset}: parse: {rec.reason}", file=err)
+                continue
+            offset, data, header = rec
             res: Any = mapper(RawRecord(ref, offset, data, header))
             if isinstance(res, ErrorRecord):
                 bad += 1

@@ -46,7 +46,7 @@ from connectors.aws import client_for, s3_client
 from connectors.deadletter import DeadLetterStore, EntryFile, error_entry
 from connectors.s3.discovery import skip_reason
 from connectors.s3.objects import open_body
-from connectors.s3.records import object_records
+from connectors.s3.records import UnreadableRecord, object_records
 from connectors.sentinel.journal import UploadJournal
 from connectors.sentinel.service import IngestionService
 from connectors.sentinel.sink import _SentinelPartition
@@ -311,15 +311,24 @@ class _Rebuilder:
             body = open_body(s3, ref.bucket, ref.key, etag=ref.etag or None)
             fmt, recs = object_records(
                 ref.key, body.chunks(), fmt, skip=offset, max_bytes=src.max_object_bytes,
-                max_ratio=src.max_compression_ratio,
+                max_ratio=src.max_compression_ratio, max_record_bytes=src.max_record_bytes,
                 parser_for=lambda f: text_format(f, fields=src.fields, delimiter=src.delimiter))
             ref = ObjectRef(ref.source, ref.partition, ref.bucket, ref.key, ref.etag,
                             body.size, fmt)
-            raw = [RawRecord(ref, off, data, header) for off, data, header in recs]
+            raw: list[RawRecord] = []
+            unreadable: list[dict] = []
+            for rec in recs:
+                if isinstance(rec, UnreadableRecord):  # still too large or too deep
+                    unreadable.append(error_entry(ErrorRecord(
+                        ref, rec.offset, "parse", rec.reason, rec.sample, (), rec.code)))
+                else:
+                    raw.append(RawRecord(ref, *rec))
         except Exception as ex:  # still unreadable: the entry stays, with today's reason
             reason = getattr(ex, "reason", None) or f"{type(ex).__name__}: {ex}"
             return _Work(remaining=[{**entry, "reason": f"replay: {reason}", "time": time.time()}])
-        return self._map(raw)
+        work = self._map(raw)
+        work.remaining.extend(unreadable)
+        return work
 
 
 def _outside(src: SourceConfig, bucket: Any, key: Any) -> str | None:

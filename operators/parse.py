@@ -157,6 +157,10 @@ class RecordMapper:
             return self._error(rec, "parse", ex.reason, ex.code)
         except MappingError as ex:
             return self._error(rec, "map", ex.reason, ex.code)
+        except RecursionError:  # msgspec's and the parsers' answer to deeply nested input
+            reason = ("record nested deeper than the JSON decoder's limit (about 1000 levels); "
+                      "it cannot be decoded")
+            return self._error(rec, "parse", reason, "too_deep")
         except Exception as ex:  # a bug must not stop the flow or lose the record
             log.exception("%s record %d: unexpected error while mapping", obj.uri, rec.offset)
             return self._error(rec, "map", f"unexpected error: {type(ex).__name__}: {ex}",

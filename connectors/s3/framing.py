@@ -3,220 +3,537 @@
 Framers are fed chunks of any size and return the records completed so far, so an
 object of any size is split while it streams, holding at most one chunk plus one
 partial record in memory. They do not parse records; they only find where each
-one ends.
+one ends, in time linear in the stream's length whatever the records hold.
 
 - :class:`LineFramer`: one record per line (NDJSON and the line-oriented text formats).
 - :class:`JsonArrayFramer`: the elements of a JSON array, either the whole document
   (``[{...}, ...]``) or the array under a top-level key (CloudTrail's ``{"Records": [...]}``).
+
+Two kinds of failure. A record that can be delimited but not handed on (longer than
+``max_record_bytes``, or a JSON element nested deeper than the decoder's limit) comes out
+in its place as an :class:`UnreadableRecord`, holding at most its first ``SAMPLE_BYTES``,
+and the records after it follow. A stream whose shape is broken raises
+:class:`FramingError`: the records from its ``offset`` on cannot be found. Framers raise
+nothing else.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Protocol
 
 import msgspec
 
 __all__ = [
+    "DEFAULT_MAX_RECORD_BYTES",
+    "SAMPLE_BYTES",
+    "Framed",
     "Framer",
     "FramingError",
     "JsonArrayFramer",
     "LineFramer",
+    "UnreadableRecord",
     "framer_for",
 ]
+
+DEFAULT_MAX_RECORD_BYTES = 1024 * 1024
+"""Default size bound of one record (as ``SourceConfig.max_record_bytes``): a row must fit in
+one 1 MB Logs Ingestion request, so a larger record cannot be delivered."""
+
+SAMPLE_BYTES = 64 * 1024
+"""Most bytes of an :class:`UnreadableRecord` kept as its sample (its head)."""
 
 _decode_raw = msgspec.json.Decoder(msgspec.Raw).decode
 _decode_raw_list = msgspec.json.Decoder(list[msgspec.Raw]).decode
 _TAIL_BYTES = 32 * 1024
+_EAGER_BYTES = 4096  # an incomplete element up to this size is tried again at every chunk
 _BOM = b"\xef\xbb\xbf"
+_WS = re.compile(rb"[ \t\r\n]*")
+# Outside strings: runs of non-structural bytes and whole strings, in C; stops at a bracket,
+# at the quote of a string not closed in the buffer, or at the end.
+_OUTSIDE = re.compile(rb'(?:[^"\[\]{}]++|"(?:[^"\\]++|\\.)*+")*+', re.S)
+_IN_STRING = re.compile(rb'(?:[^"\\]++|\\.)*+', re.S)
+_TRAILING = re.compile(r"JSON is malformed: trailing characters \(byte (\d+)\)")
+_LEAD = re.compile(rb'\{"(?:[^"\\\s]|\\.){1,64}"')
+_MALFORMED = re.compile(r"JSON is malformed: .* \(byte (\d+)\)")
+
+
+def _trailing_shift() -> int | None:
+    """How msgspec's "trailing characters (byte N)" relates to the trailing byte's index
+    (N - index; None if its message has another form: element ends are then scanned)."""
+    try:
+        _decode_raw(b'{"a":{}} \n,')
+    except msgspec.DecodeError as ex:
+        m = _TRAILING.fullmatch(str(ex))
+        if m is not None:
+            return int(m[1]) - 10
+    return None
+
+
+_SHIFT = _trailing_shift()
 
 
 class FramingError(ValueError):
-    """The stream does not have the expected shape; records after ``offset`` are unreadable."""
+    """The stream does not have the expected shape; records from ``offset`` on are unreadable.
 
-    def __init__(self, reason: str, offset: int) -> None:
+    :arg records: Records found before the error by the call that raised it (so not
+        returned by it); they precede ``offset`` and are to be handed on before the error.
+    """
+
+    def __init__(self, reason: str, offset: int, records: list[Framed] | None = None) -> None:
         self.reason = reason
         self.offset = offset
+        self.records: list[Framed] = records or []
         super().__init__(f"record {offset}: {reason}")
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.reason, self.offset))
 
 
+@dataclass(frozen=True, slots=True)
+class UnreadableRecord:
+    """A record found in the stream but not handed on; the records after it follow.
+
+    :arg offset: Its offset, counted like any record's.
+    :arg reason: Why, for the error record.
+    :arg code: ``record_too_large`` or ``too_deep``.
+    :arg sample: Its first bytes (at most :data:`SAMPLE_BYTES`).
+    :arg size: Its length in bytes.
+    """
+
+    offset: int
+    reason: str
+    code: str
+    sample: bytes
+    size: int
+
+
+Framed = bytes | UnreadableRecord
+
+
 class Framer(Protocol):
     """Splits a byte stream into records."""
 
-    def feed(self, chunk: bytes) -> list[bytes]:
-        """Add bytes; return the records completed by them."""
+    def feed(self, chunk: bytes) -> list[Framed]:
+        """Add bytes; return the records completed by them, in order.
+
+        :raises FramingError: The stream cannot be split from the returned offset on.
+        """
         ...
 
-    def finish(self) -> list[bytes]:
+    def finish(self) -> list[Framed]:
         """End of stream: return the last records, or raise FramingError if incomplete."""
         ...
 
     @property
     def emitted(self) -> int:
-        """Records returned so far (the offset of the next record)."""
+        """Records returned so far, unreadable ones included (the offset of the next one)."""
         ...
+
+
+class _Head:
+    """The size and first bytes of a record being passed over."""
+
+    __slots__ = ("head", "size")
+
+    def __init__(self) -> None:
+        self.head = b""
+        self.size = 0
+
+    def add(self, data: bytes | memoryview) -> None:
+        if len(self.head) < SAMPLE_BYTES:
+            self.head += bytes(data[:SAMPLE_BYTES - len(self.head)])
+        self.size += len(data)
+
+
+def _too_large(offset: int, rec: _Head, limit: int) -> UnreadableRecord:
+    reason = (f"record of {rec.size} bytes is larger than max_record_bytes ({limit}); "
+              f"skipped (its first {len(rec.head)} bytes are kept)")
+    return UnreadableRecord(offset, reason, "record_too_large", rec.head, rec.size)
 
 
 class LineFramer:
     """One record per line; blank lines are skipped but still counted as offsets.
 
-    Offsets are line numbers from 0, so an error names the line a user can open.
+    Offsets are line numbers from 0, so an error names the line a user can open. A line
+    longer than ``max_record_bytes`` is passed over (only its head is held) and comes out
+    as an :class:`UnreadableRecord`.
     """
 
-    def __init__(self, max_record_bytes: int = 16 * 1024 * 1024) -> None:
-        self._rest = b""
+    def __init__(self, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
+        self._rest: list[bytes] = []  # the unfinished last line, in pieces
+        self._rest_len = 0
         self._line = 0
         self._max = max_record_bytes
         self._bom_checked = False
+        self._skip: _Head | None = None  # the over-long line being passed over
 
     @property
     def emitted(self) -> int:
         return self._line
 
-    def feed(self, chunk: bytes) -> list[bytes]:
-        buf = self._rest + chunk if self._rest else chunk
-        if self._line == 0 and not self._bom_checked:
+    def feed(self, chunk: bytes) -> list[Framed]:
+        if not self._bom_checked:
+            buf = b"".join([*self._rest, chunk])
+            self._rest, self._rest_len = [], 0
             if len(buf) < 3 and _BOM.startswith(buf):  # a BOM split across chunks
-                self._rest = buf
+                self._rest, self._rest_len = [buf], len(buf)
                 return []
             self._bom_checked = True
-            if buf.startswith(_BOM):
-                buf = buf[3:]
+            chunk = buf[3:] if buf.startswith(_BOM) else buf
+        out: list[Framed] = []
+        if self._skip is not None:
+            nl = chunk.find(b"\n")
+            if nl < 0:
+                self._skip.add(chunk)
+                return out
+            self._skip.add(memoryview(chunk)[:nl])
+            out.append(_too_large(self._line, self._skip, self._max))
+            self._line += 1
+            self._skip = None
+            chunk = chunk[nl + 1:]
+        if b"\n" not in chunk:  # a long line grows without being copied again
+            self._rest.append(chunk)
+            self._rest_len += len(chunk)
+            if self._rest_len > self._max:
+                self._skip = _Head()
+                self._skip.add(b"".join(self._rest))
+                self._rest, self._rest_len = [], 0
+            return out
+        buf = b"".join([*self._rest, chunk]) if self._rest else chunk
         lines = buf.split(b"\n")
-        self._rest = lines.pop()
-        if len(self._rest) > self._max:
-            msg = f"line longer than {self._max} bytes"
-            raise FramingError(msg, self._line + len(lines))
-        return self._take(lines)
+        rest = lines.pop()
+        self._rest, self._rest_len = [rest], len(rest)
+        out += self._take(lines, len(buf) > self._max)
+        if self._rest_len > self._max:
+            self._skip = _Head()
+            self._skip.add(rest)
+            self._rest, self._rest_len = [], 0
+        return out
 
-    def finish(self) -> list[bytes]:
-        rest, self._rest = self._rest, b""
-        return self._take([rest]) if rest.strip() else []
+    def finish(self) -> list[Framed]:
+        if self._skip is not None:
+            rec, self._skip = _too_large(self._line, self._skip, self._max), None
+            self._line += 1
+            return [rec]
+        rest = b"".join(self._rest)
+        self._rest, self._rest_len = [], 0
+        return self._take([rest], False) if rest.strip() else []
 
-    def _take(self, lines: list[bytes]) -> list[bytes]:
+    def _take(self, lines: list[bytes], check: bool) -> list[Framed]:
         # Blank lines keep their line number but produce no record; the source
         # pairs each returned record with `start + index`, so blanks are kept as b"".
+        out: list[Framed] = [line.rstrip(b"\r") for line in lines]
+        if check:  # only a buffer longer than the limit can hold a line longer than it
+            for i, line in enumerate(lines):
+                if len(line) > self._max:
+                    rec = _Head()
+                    rec.add(line)
+                    out[i] = _too_large(self._line + i, rec, self._max)
         self._line += len(lines)
-        return [line.rstrip(b"\r") for line in lines]
+        return out
+
+
+class _Scan(_Head):
+    """Walks one JSON element to its end across chunks: bracket by bracket, not byte by
+    byte, with no recursion and holding only its head. Brackets are counted, not matched:
+    the element is validated (or dropped) once its end is known."""
+
+    __slots__ = ("depth", "esc", "in_str")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.depth = 0
+        self.in_str = False
+        self.esc = False
+
+    def run(self, buf: bytes, pos: int) -> int:
+        """The index just after the element's end in ``buf``, or -1 when ``buf`` ends first."""
+        start, n, depth = pos, len(buf), self.depth
+        while pos < n:
+            if self.in_str:
+                if self.esc:
+                    self.esc, pos = False, pos + 1
+                    continue
+                pos = _IN_STRING.match(buf, pos).end()  # type: ignore[union-attr]
+                if pos < n:
+                    self.in_str = buf[pos] != 0x22  # '"' closes; else a '\' is the last byte
+                    self.esc = self.in_str
+                    pos += 1
+                continue
+            pos = _OUTSIDE.match(buf, pos).end()  # type: ignore[union-attr]
+            if pos >= n:
+                break
+            c = buf[pos]
+            pos += 1
+            if c == 0x22:
+                self.in_str = True
+            elif c in (0x7B, 0x5B):
+                depth += 1
+            else:
+                depth -= 1
+                if depth <= 0:
+                    self.add(memoryview(buf)[start:pos])
+                    return pos
+        self.depth = depth
+        self.add(memoryview(buf)[start:])
+        return -1
 
 
 class JsonArrayFramer:
-    """The elements of a JSON array of objects, found without decoding them.
+    """The elements of a JSON array of objects, found in linear time.
 
-    A candidate end of element is a ``}`` followed by ``,{`` or ``]``. A candidate
-    is real when the bytes from the element's start to it are one complete JSON
-    value, which msgspec checks in C without building objects. A false candidate
-    (a ``},{`` inside a nested list) fails fast at the truncation point, so the
-    cost stays linear in the object's size.
+    Most chunks are split by one C call: the bytes up to a candidate end near the chunk's
+    end (a ``}`` followed by ``,{`` or ``]``, or better ``},`` and the opening the first
+    record had, as records of one producer start alike) are decoded as a list of raw
+    values, which checks every element without building objects. Otherwise each element
+    is decoded on its own from its start, and msgspec's "trailing characters" position
+    gives its end. An element still incomplete is held and tried again once the bytes
+    held have doubled (or, once, when a chunk shows that opening), so a long record costs
+    O(its size). An element longer than ``max_record_bytes`` or nested too deep for the
+    decoder is walked to its end by a bracket scanner, holding only its head, and comes
+    out as an :class:`UnreadableRecord`. An element is handed on once the ``,`` or ``]``
+    after it is read.
 
     :arg key: Top-level key holding the array (``"Records"``), or None when the
         document itself is the array.
+    :arg max_record_bytes: Size bound of one element.
     """
 
     _candidate = re.compile(rb"\}\s*(?:,\s*(?=\{)|\])")
 
-    def __init__(self, key: str | None = None, max_record_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, key: str | None = None,
+                 max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
         if key is None:
             self._head = re.compile(rb"\s*\[\s*")
         else:
             self._head = re.compile(rb'\s*\{\s*"' + re.escape(key.encode()) + rb'"\s*:\s*\[\s*')
         self._key = key
-        self._buf = b""
+        self._parts: list[bytes] = []  # bytes not framed yet
+        self._size = 0
         self._started = False
         self._done = False
         self._tail = b""
         self._count = 0
         self._max = max_record_bytes
+        self._first = True   # nothing read in the array yet: "]" may close it
+        self._after = False  # an element was read last: "," or "]" comes next
+        self._tried = 0      # bytes held when the element at their start was found incomplete
+        self._next = b""     # "}," + the first record's opening up to its first key: most
+        self._hint = False   # records start alike, so this marks likely ends (a hint only)
+        self._by_hint = False
+        self._scan: _Scan | None = None  # an element being passed over
+        self._scan_code = ""
 
     @property
     def emitted(self) -> int:
         return self._count
 
-    def feed(self, chunk: bytes) -> list[bytes]:
+    def feed(self, chunk: bytes) -> list[Framed]:
         if self._done:
             self._tail += chunk
             if len(self._tail) > 4096:
                 msg = "unexpected data after the end of the array"
                 raise FramingError(msg, self._count)
             return []
-        buf = self._buf + chunk if self._buf else chunk
-        if not self._started:
-            if len(buf) < 3 and _BOM.startswith(buf):  # a BOM split across chunks
-                self._buf = buf
-                return []
-            if buf.startswith(_BOM):
-                buf = buf[3:]
-            m = self._head.match(buf)
-            if m is None:
-                stripped = buf.lstrip()
-                if len(buf) >= 256 or (stripped and not stripped.startswith((b"[", b"{"))):
-                    raise FramingError(self._shape_error(), 0)
-                self._buf = buf  # not enough bytes yet to decide
-                return []
-            self._started = True
-            buf = buf[m.end():]
-        if self._count == 0 and buf.lstrip().startswith(b"]"):  # an empty array
-            self._done, self._tail, self._buf = True, buf.lstrip()[1:], b""
+        self._parts.append(chunk)
+        self._size += len(chunk)
+        self._by_hint = False
+        if not self._started and not self._start():
             return []
-        out, start = self._split(buf)
-        self._buf = buf[start:]
-        self._count += len(out)
-        if len(self._buf) > self._max:
-            msg = f"a record is longer than {self._max} bytes (or the JSON is malformed)"
-            raise FramingError(msg, self._count)
-        return out
+        if self._tried > _EAGER_BYTES and self._scan is None:
+            # A long element is held: try it again when the hint shows a likely end (once),
+            # else once the bytes held have doubled, so that retries cost O(its size); and
+            # past max_record_bytes, to pass it over.
+            self._by_hint = self._hint and self._next in chunk
+            grown = self._size > self._max or (not self._hint and self._size >= 2 * self._tried)
+            if not (grown or self._by_hint):
+                return []
+        return self._run(final=False)
 
-    def _split(self, buf: bytes) -> tuple[list[bytes], int]:
-        """The complete elements at the start of ``buf``, and where the rest begins.
-
-        Usually one C call validates every complete element of the chunk at once: the
-        prefix up to the last real boundary is decoded as a list of raw values. When the
-        last few candidates are all false, elements are checked one at a time.
-        """
-        # Look for the last boundary near the end first; most chunks hold many records.
-        tail = list(self._candidate.finditer(buf, max(0, len(buf) - _TAIL_BYTES)))
-        for m in reversed(tail[-3:]):
-            end = m.start() + 1
-            try:
-                elems = _decode_raw_list(b"[" + buf[:end] + b"]")
-            except msgspec.DecodeError:
-                continue
-            return [bytes(e) for e in elems], self._advance(buf, m)
-        out: list[bytes] = []
-        start = len(buf) - len(buf.lstrip())  # whitespace after "[" may arrive in a later chunk
-        for m in self._candidate.finditer(buf, start):
-            end = m.start() + 1
-            try:
-                _decode_raw(memoryview(buf)[start:end])
-            except msgspec.DecodeError:
-                continue  # a "}," inside a nested value; keep looking
-            out.append(buf[start:end])
-            start = self._advance(buf, m)
-            if self._done:
-                break
-        return out, start
-
-    def _advance(self, buf: bytes, m: re.Match[bytes]) -> int:
-        """Past boundary ``m``: the next element's start, or the end of ``buf`` after ``]``."""
-        if m.group().endswith(b"]"):
-            self._done = True
-            self._tail = buf[m.end():]
-            return len(buf)
-        return m.end()
-
-    def finish(self) -> list[bytes]:
+    def finish(self) -> list[Framed]:
         if not self._started:
             raise FramingError(self._shape_error(), 0)
+        out = self._run(final=True) if not self._done else []
         if not self._done:
             msg = "the JSON array is truncated or malformed: no closing ']'"
-            raise FramingError(msg, self._count)
+            raise FramingError(msg, self._count, out)
         if self._tail.strip() not in (b"", b"}") if self._key else self._tail.strip() != b"":
             msg = f"unexpected data after the array: {self._tail[:40]!r}"
-            raise FramingError(msg, self._count)
-        return []
+            raise FramingError(msg, self._count, out)
+        return out
+
+    def _start(self) -> bool:
+        """Past the document's head (BOM, ``{"Records":[``); False while it is incomplete."""
+        buf = b"".join(self._parts)
+        self._parts, self._size = [buf], len(buf)
+        if len(buf) < 3 and _BOM.startswith(buf):  # a BOM split across chunks
+            return False
+        if buf.startswith(_BOM):
+            buf = buf[3:]
+        m = self._head.match(buf)
+        if m is None:
+            stripped = buf.lstrip()
+            if len(buf) >= 256 or (stripped and not stripped.startswith((b"[", b"{"))):
+                raise FramingError(self._shape_error(), 0)
+            return False  # not enough bytes yet to decide
+        self._started = True
+        self._parts, self._size = [buf[m.end():]], len(buf) - m.end()
+        return True
+
+    def _run(self, *, final: bool) -> list[Framed]:
+        buf = b"".join(self._parts)
+        self._parts, self._size = [], 0
+        out: list[Framed] = []
+        try:
+            rest = self._frame(buf, out, final)
+        except FramingError as ex:
+            ex.records = out
+            raise
+        except Exception as ex:  # a bug here must fail this object only
+            msg = f"unexpected error while splitting records: {type(ex).__name__}: {ex}"
+            raise FramingError(msg, self._count, out) from ex
+        if rest:
+            self._parts, self._size = [rest], len(rest)
+        return out
+
+    def _frame(self, buf: bytes, out: list[Framed], final: bool) -> bytes:
+        """Frame ``buf`` into ``out``; return the bytes to hold for later."""
+        n, pos, batches = len(buf), 0, 1
+        if self._scan is not None:
+            pos = self._scan.run(buf, 0)
+            if pos < 0:
+                return b""
+            self._passed(out)
+        while True:
+            pos = _WS.match(buf, pos).end()  # type: ignore[union-attr]
+            if pos >= n:
+                return b""
+            c = buf[pos]
+            if self._after or (self._first and c == 0x5D):
+                if c == 0x2C and not self._first:  # ","
+                    self._after, pos = False, pos + 1
+                    continue
+                if c == 0x5D:  # "]"
+                    self._done, self._tail = True, buf[pos + 1:]
+                    return b""
+                msg = f"expected ',' or ']' after a record, found {buf[pos:pos + 20]!r}"
+                raise FramingError(msg, self._count)
+            if c != 0x7B:
+                msg = f"expected a JSON object as record, found {buf[pos:pos + 20]!r}"
+                raise FramingError(msg, self._count)
+            self._first = False
+            if batches and not self._tried:
+                batches -= 1
+                end = self._batch(buf, pos, out)
+                if end >= 0:
+                    pos = end
+                    continue
+            end = self._one(buf, pos, out, final)
+            if end < 0:
+                return b"" if self._scan is not None else buf[pos:]
+            pos = end
+
+    def _batch(self, buf: bytes, pos: int, out: list[Framed]) -> int:
+        """Every element up to a real candidate end near the end of ``buf``, in one C call."""
+        ends = [m.start() + 1 for m in
+                self._candidate.finditer(buf, max(pos, len(buf) - _TAIL_BYTES))][-3:]
+        likely = buf.rfind(self._next, pos) + 1 if self._next else 0
+        if likely > pos and likely not in ends:
+            ends.append(likely)
+        for end in reversed(ends):
+            if end - pos > self._max:
+                return -1  # a long element among them may be too long: one at a time
+            try:
+                elems = _decode_raw_list(b"".join((b"[", memoryview(buf)[pos:end], b"]")))
+            except (msgspec.DecodeError, RecursionError):
+                continue  # a "}," inside a nested value, or nested too deep; keep looking
+            out += [bytes(e) for e in elems]
+            self._count += len(elems)
+            self._after = True
+            return end
+        return -1
+
+    def _one(self, buf: bytes, pos: int, out: list[Framed], final: bool) -> int:
+        """The element starting at ``pos``: its end, or -1 (held for more bytes, or passed over)."""
+        n = len(buf)
+        end = -1
+        if not self._next and (lead := _LEAD.match(buf, pos)) is not None:
+            self._next = b"}," + lead[0]
+        try:
+            _decode_raw(memoryview(buf)[pos:])  # complete, but is it followed by "," or "]"?
+        except msgspec.DecodeError as ex:
+            end = self._end_from(buf, pos, str(ex))
+        except RecursionError:
+            return self._pass_over(buf, pos, "too_deep", out)
+        if end == -2:  # msgspec did not say where it ends: scan for it
+            scan = _Scan()
+            end = scan.run(buf, pos)
+            if 0 <= end and end - pos <= self._max:
+                try:
+                    _decode_raw(memoryview(buf)[pos:end])
+                except msgspec.DecodeError as ex:
+                    raise FramingError(f"a record is not valid JSON: {ex}", self._count) from None
+                except RecursionError:
+                    return self._pass_over(buf, pos, "too_deep", out)
+        if end < 0:
+            if n - pos > self._max:
+                return self._pass_over(buf, pos, "record_too_large", out)
+            if self._by_hint:  # a likely end that was not one: not heard again for this element
+                self._hint = False
+            elif not self._tried:
+                self._hint = True
+            self._tried = 0 if final else n - pos
+            return -1
+        self._tried, self._by_hint = 0, False
+        if end - pos > self._max:
+            return self._pass_over(buf, pos, "record_too_large", out)
+        out.append(buf[pos:end])
+        self._count += 1
+        self._after = True
+        return end
+
+    def _end_from(self, buf: bytes, pos: int, msg: str) -> int:
+        """The element's end from a decode error: -1 truncated, -2 unknown; raises if malformed."""
+        m = _TRAILING.fullmatch(msg)
+        if m is None:
+            if msg.startswith("Input data was truncated"):
+                return -1
+            bad = _MALFORMED.fullmatch(msg)
+            if bad is not None and int(bad[1]) + 1 >= len(buf) - pos:
+                return -1  # malformed where the bytes end (in a number, say): may go on
+            if msg.startswith("JSON is malformed"):
+                raise FramingError(f"a record is not valid JSON: {msg}", self._count)
+            return -2
+        if _SHIFT is None:
+            return -2
+        end = t = pos + int(m[1]) - _SHIFT
+        while end > pos and buf[end - 1] in b" \t\r\n":
+            end -= 1
+        if not (pos < end < t + 1 <= len(buf) and buf[end - 1] == 0x7D and buf[t] not in b" \t\r\n"):
+            return -2
+        return end
+
+    def _pass_over(self, buf: bytes, pos: int, code: str, out: list[Framed]) -> int:
+        """Walk the element at ``pos`` to its end without holding it; -1 if it goes on."""
+        self._scan, self._scan_code, self._tried = _Scan(), code, 0
+        end = self._scan.run(buf, pos)
+        if end >= 0:
+            self._passed(out)
+        return end
+
+    def _passed(self, out: list[Framed]) -> None:
+        scan, self._scan = self._scan, None
+        assert scan is not None
+        if self._scan_code == "too_deep" and scan.size <= self._max:
+            reason = ("record nested deeper than the JSON decoder's limit (about 1000 levels); "
+                      "skipped")
+            out.append(UnreadableRecord(self._count, reason, "too_deep", scan.head, scan.size))
+        else:
+            out.append(_too_large(self._count, scan, self._max))
+        self._count += 1
+        self._after = True
 
     def _shape_error(self) -> str:
         if self._key is None:
@@ -224,13 +541,13 @@ class JsonArrayFramer:
         return f'expected a JSON object whose first key is "{self._key}" holding an array'
 
 
-def framer_for(fmt: str) -> Framer:
+def framer_for(fmt: str, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Framer:
     """The framer for a configured source format."""
     if fmt == "cloudtrail":
-        return JsonArrayFramer("Records")
+        return JsonArrayFramer("Records", max_record_bytes)
     if fmt == "json_array":
-        return JsonArrayFramer(None)
+        return JsonArrayFramer(None, max_record_bytes)
     if fmt == "ndjson":
-        return LineFramer()
+        return LineFramer(max_record_bytes)
     msg = f"no framer for format {fmt!r}"
     raise ValueError(msg)

@@ -38,7 +38,7 @@ from connectors.s3.source import Clock, Item, _S3Partition
 from connectors.sentinel.journal import JournalView
 from dataflow import metrics
 from dataflow.config import SourceConfig
-from dataflow.messages import ErrorRecord, ObjectRef, RawRecord
+from dataflow.messages import ErrorRecord, ObjectRef
 from ops import status
 
 __all__ = ["NotifiedObject", "parse_notification"]
@@ -200,7 +200,9 @@ class SqsPartition(_S3Partition):
         out = super().next_batch()
         obj: _Object | None = None
         for item in out:
-            if isinstance(item, RawRecord):
+            # Records and the records dead-lettered in their place (too large, too deep):
+            # the message waits until the journals account for every one of them.
+            if item.offset is not None:
                 if obj is None or obj.key != item.obj.key:
                     obj = self._tracked.get(item.obj.key)
                 if obj is not None:

@@ -2,6 +2,13 @@
 
 Shared by the source and by ``s3sentinel preview``, so a preview reads a file exactly
 as the connector would read it from S3.
+
+What reading one object may raise is the project's own: :class:`FormatUnknown`,
+:class:`~connectors.s3.errors.ObjectReadError` (corrupt, truncated or oversized compressed
+data) and :class:`~connectors.s3.framing.FramingError` (the records from its offset on
+cannot be found); an unexpected error of a framer becomes a FramingError. Exceptions
+raised by the stored chunks' own iterator (network errors) pass unchanged, for the caller
+to classify as transient or not.
 """
 
 from __future__ import annotations
@@ -9,39 +16,60 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 
-from connectors.s3.framing import Framer, JsonArrayFramer, LineFramer
+from connectors.s3.framing import (
+    DEFAULT_MAX_RECORD_BYTES,
+    Framed,
+    Framer,
+    FramingError,
+    JsonArrayFramer,
+    LineFramer,
+    UnreadableRecord,
+)
 from connectors.s3.objects import decompress
 from operators.formats import TextFormat
 from operators.formats.registry import detect, framing_of
 
-__all__ = ["FormatUnknown", "Record", "object_records"]
+__all__ = ["FormatUnknown", "Record", "UnreadableRecord", "object_records"]
 
 Record = tuple[int, bytes, tuple[bytes, ...]]
 """(offset, record bytes, header lines of the object seen before it)."""
+
+Item = Record | UnreadableRecord
+"""What :func:`object_records` yields: a record, or one found but not readable (too large,
+too deeply nested), to be reported under its offset while the object goes on."""
 
 
 class FormatUnknown(ValueError):
     """``format = "auto"`` and neither the key nor the first bytes say what the object is."""
 
 
-def _framer(fmt: str) -> Framer:
+def _framer(fmt: str, max_record_bytes: int) -> Framer:
     kind = framing_of(fmt)
     if kind == "records":
-        return JsonArrayFramer("Records")
+        return JsonArrayFramer("Records", max_record_bytes)
     if kind == "array":
-        return JsonArrayFramer(None)
-    return LineFramer()
+        return JsonArrayFramer(None, max_record_bytes)
+    return LineFramer(max_record_bytes)
 
 
 def object_records(key: str, stored: Iterable[bytes], fmt: str, *, max_bytes: int,
                    max_ratio: float = 0.0,
-                   parser_for: Callable[[str], TextFormat | None], skip: int = 0
-                   ) -> tuple[str, Iterator[Record]]:
+                   parser_for: Callable[[str], TextFormat | None], skip: int = 0,
+                   max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+                   ) -> tuple[str, Iterator[Item]]:
     """The object's format, and an iterator of its records from offset ``skip`` on.
+
+    The iterator yields :data:`Record` tuples and, in the place of a record longer than
+    ``max_record_bytes`` or nested too deep to decode, an :class:`UnreadableRecord`
+    (offsets below ``skip`` are not yielded, whichever they are). It raises
+    :class:`~connectors.s3.framing.FramingError` (after yielding the records before its
+    ``offset``) or :class:`~connectors.s3.errors.ObjectReadError`; exceptions of
+    ``stored`` itself pass unchanged.
 
     :arg stored: The object's bytes as stored (compressed or not), in chunks.
     :arg fmt: The configured format, or ``auto`` to detect it.
     :arg parser_for: The text parser of a format (None for JSON formats).
+    :arg max_record_bytes: Size bound of one record (decompressed).
     :raises FormatUnknown: When ``auto`` cannot tell.
     :raises ObjectReadError: When the first chunk cannot be decompressed.
     """
@@ -57,19 +85,23 @@ def object_records(key: str, stored: Iterable[bytes], fmt: str, *, max_bytes: in
                    "set the source's format")
             raise FormatUnknown(msg)
         fmt = found
-    return fmt, _records(chunks, fmt, parser_for(fmt), skip)
+    return fmt, _records(chunks, fmt, parser_for(fmt), skip, max_record_bytes)
 
 
 def _records(chunks: Iterator[bytes], fmt: str, parser: TextFormat | None,
-             skip: int) -> Iterator[Record]:
-    framer = _framer(fmt)
+             skip: int, max_record_bytes: int) -> Iterator[Item]:
+    framer = _framer(fmt, max_record_bytes)
     header: tuple[bytes, ...] = ()
     header_lines = getattr(parser, "header_lines", 0) if parser is not None else 0
     base = 0
 
-    def emit(recs: list[bytes], base: int) -> Iterator[Record]:
+    def emit(recs: list[Framed], base: int) -> Iterator[Item]:
         nonlocal header
         for i, rec in enumerate(recs, base):
+            if isinstance(rec, UnreadableRecord):
+                if i >= skip:
+                    yield rec
+                continue
             if not rec or rec.isspace():
                 continue
             if parser is not None and (i < header_lines or parser.is_header(rec)):
@@ -78,8 +110,22 @@ def _records(chunks: Iterator[bytes], fmt: str, parser: TextFormat | None,
             if i >= skip:
                 yield i, rec, header
 
-    for chunk in chunks:
-        recs = framer.feed(chunk)
-        yield from emit(recs, base)
-        base += len(recs)
-    yield from emit(framer.finish(), base)
+    def framed(step: Callable[..., list[Framed]], *args: bytes) -> list[Framed]:
+        try:
+            return step(*args)
+        except FramingError:
+            raise
+        except Exception as ex:  # a framer's bug must fail this object, never the flow
+            msg = f"unexpected error while splitting records: {type(ex).__name__}: {ex}"
+            raise FramingError(msg, framer.emitted) from ex
+
+    try:
+        for chunk in chunks:
+            recs = framed(framer.feed, chunk)
+            yield from emit(recs, base)
+            base += len(recs)
+        yield from emit(framed(framer.finish), base)
+    except FramingError as ex:
+        yield from emit(ex.records, base)  # the records the failing call found before it
+        ex.records = []
+        raise

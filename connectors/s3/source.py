@@ -29,7 +29,7 @@ from typing_extensions import override
 from connectors.s3.delivery import DeliveryTracker, add_offset
 from connectors.s3.discovery import ListedObject, Lister, RecentKeys
 from connectors.s3.errors import ObjectReadError, is_transient
-from connectors.s3.framing import FramingError
+from connectors.s3.framing import FramingError, UnreadableRecord
 from connectors.s3.objects import Prefetcher
 from connectors.s3.records import FormatUnknown, Record, object_records
 from connectors.s3.state import PartitionState
@@ -235,6 +235,7 @@ class _S3Partition(StatefulSourcePartition[Item, dict]):
         try:
             fmt, recs = object_records(key, body.chunks(), src.format, skip=offset,
                                        max_bytes=src.max_object_bytes,
+                                       max_record_bytes=src.max_record_bytes,
                                        max_ratio=src.max_compression_ratio,
                                        parser_for=self._parser)
         except Exception as ex:  # whatever one object does, it fails that object only
@@ -264,8 +265,13 @@ class _S3Partition(StatefulSourcePartition[Item, dict]):
         out: list[Item] = []
         track = self._tracker is not None
         try:
-            for offset, data, header in r.records:
-                out.append(RawRecord(r.ref, offset, data, header))
+            for rec in r.records:
+                if rec.__class__ is UnreadableRecord:  # too large or too deep: that record only
+                    offset = rec.offset
+                    out.append(self._unreadable(r.ref, rec))
+                else:
+                    offset, data, header = rec
+                    out.append(RawRecord(r.ref, offset, data, header))
                 r.next_offset = offset + 1
                 if track:
                     add_offset(self._emitted, offset)
@@ -293,6 +299,13 @@ class _S3Partition(StatefulSourcePartition[Item, dict]):
                 self._fail_object(r.ref, r.next_offset, reason)
         metrics.RECORDS_READ.labels(self._src.name).inc(len(out))
         return out
+
+    def _unreadable(self, ref: ObjectRef, rec: UnreadableRecord) -> ErrorRecord:
+        """The error record of one record the framer could delimit but not hand on; the
+        object goes on with the next record."""
+        log.error("%s record %d: %s", ref.uri, rec.offset, rec.reason)
+        metrics.ERRORS.labels(self._src.name, "parse", rec.code).inc()
+        return ErrorRecord(ref, rec.offset, "parse", rec.reason, rec.sample, (), rec.code)
 
     def _finish(self, ref: ObjectRef, outcome: str) -> None:
         metrics.OBJECTS.labels(self._src.name, outcome).inc()

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import gzip
+from typing import Any
+
+import msgspec
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectors.s3.framing import FramingError, JsonArrayFramer, LineFramer, framer_for
+from connectors.s3 import framing
+from connectors.s3.framing import (
+    FramingError,
+    JsonArrayFramer,
+    LineFramer,
+    UnreadableRecord,
+    framer_for,
+)
+from connectors.s3.records import object_records
 
 TRICKY = [
     {"eventVersion": "1.08", "a": [{"x": 1}, {"y": "},{\"z"}], "n": {"k": [1, 2, {"q": []}]}},
@@ -97,3 +109,145 @@ def test_arbitrary_bytes_only_raise_framing_errors(data: bytes) -> None:
             frame(framer, data, 7)
         except FramingError:
             pass
+
+
+# --------------------------------------------------------------------------- issue 11
+
+DEEP = b"[" * 1000 + b"]" * 1000  # what a 128-byte gzip object can hold
+
+
+def ct_event(i: int, params: bytes = b'{"bucketName":"b"}') -> bytes:
+    return (b'{"eventVersion":"1.08","eventTime":"2024-01-02T03:04:05Z","eventName":"GetObject",'
+            b'"eventSource":"s3.amazonaws.com","eventID":"e%d","requestParameters":' % i
+            + params + b"}")
+
+
+def read(key: str, blob: bytes, fmt: str, chunk: int = 1 << 30, **kw: Any) -> list[Any]:
+    _, it = object_records(key, [blob[i:i + chunk] for i in range(0, len(blob), chunk)], fmt,
+                           max_bytes=1 << 30, parser_for=lambda f: None, **kw)
+    return list(it)
+
+
+@pytest.mark.parametrize("chunk", [7, 4096, 1 << 30])
+@pytest.mark.parametrize("fmt,key,doc", [
+    ("cloudtrail", "AWSLogs/1/CloudTrail/us-east-1/x.json.gz",
+     b'{"Records":[%s,%s,%s]}' % (ct_event(0), ct_event(1, DEEP), ct_event(2))),
+    ("json_array", "x.json.gz", b"[%s,%s,%s]" % (ct_event(0), ct_event(1, DEEP), ct_event(2))),
+    ("auto", "dump/x.gz", b"[%s,%s,%s]" % (ct_event(0), ct_event(1, DEEP), ct_event(2))),
+])
+def test_deeply_nested_record_is_reported_and_the_object_goes_on(chunk: int, fmt: str,
+                                                                 key: str, doc: bytes) -> None:
+    blob = gzip.compress(doc, 9)
+    assert len(blob) < 200
+    out = read(key, blob, fmt, chunk)
+    assert [o[:2] for o in (out[0], out[2])] == [(0, ct_event(0)), (2, ct_event(2))]
+    bad = out[1]
+    assert isinstance(bad, UnreadableRecord)
+    assert (bad.offset, bad.code, bad.sample) == (1, "too_deep", ct_event(1, DEEP))
+    assert "nested deeper" in bad.reason
+
+
+def test_deeply_nested_ndjson_line_is_a_too_deep_parse_error() -> None:
+    from dataflow.config import SourceConfig
+    from dataflow.messages import ErrorRecord, ObjectRef, RawRecord
+    from operators.parse import RecordMapper
+    from operators.schema import load_tables
+
+    src = SourceConfig(name="trail", bucket="b", format="ndjson", table="AWSCloudTrail")
+    recs = read("x.ndjson", ct_event(0) + b"\n" + ct_event(1, DEEP) + b"\n", "ndjson")
+    assert [r[0] for r in recs] == [0, 1]  # lines are framed whatever they hold
+    mapper = RecordMapper([src], load_tables(), 1_000_000)
+    ref = ObjectRef("trail", "trail:0/1", "b", "x.ndjson", "e", 1)
+    err = mapper(RawRecord(ref, 1, recs[1][1]))
+    assert isinstance(err, ErrorRecord)
+    assert (err.stage, err.code, err.data) == ("parse", "too_deep", recs[1][1])
+    assert not isinstance(mapper(RawRecord(ref, 0, recs[0][1])), ErrorRecord)
+
+
+@pytest.mark.parametrize("first_key", [b"eventVersion", None])
+def test_a_long_record_costs_linear_work(monkeypatch: pytest.MonkeyPatch,
+                                          first_key: bytes | None) -> None:
+    # One record holding a long nested list of objects (each "},{" a false end): the old
+    # framer decoded it again from its start at every candidate, in every chunk.
+    items = b",".join(b'{"instanceId":"i-%05d","state":{"name":"running"}}' % i
+                      for i in range(6000))
+    recs = [ct_event(i, b'{"items":[%s]}' % items) for i in range(3)]
+    if first_key is None:  # records that do not start alike: no hint for where they end
+        recs = [b'{"k%d":1,' % i + r[1:] for i, r in enumerate(recs)]
+    doc = b'{"Records":[' + b",".join(recs) + b"]}"
+    budget = 6 * len(doc)
+    decoded = 0
+
+    def counting(decode: Any) -> Any:
+        def wrapper(data: Any) -> Any:
+            nonlocal decoded
+            decoded += len(data)
+            assert decoded <= budget, "framing work grows faster than the data"
+            return decode(data)
+        return wrapper
+
+    monkeypatch.setattr(framing, "_decode_raw", counting(framing._decode_raw))
+    monkeypatch.setattr(framing, "_decode_raw_list", counting(framing._decode_raw_list))
+    out = frame(JsonArrayFramer("Records", max_record_bytes=1 << 30), doc, 16 * 1024)
+    assert out == recs
+
+
+def test_records_before_a_framing_error_come_out_first() -> None:
+    long = b'{"b":"' + b"x" * 50_000 + b'"}'
+    doc = b'[{"a":1},' + long + b",{\"c\" 3}]"
+    out: list[Any] = []
+    with pytest.raises(FramingError, match="not valid JSON") as ei:
+        _, it = object_records("x.json", [doc[:20], doc[20:]], "json_array", max_bytes=1 << 30,
+                               parser_for=lambda f: None)
+        out.extend(it)
+    assert [r[:2] for r in out] == [(0, b'{"a":1}'), (1, long)]
+    assert ei.value.offset == 2
+
+
+def test_an_unexpected_framer_error_fails_the_object_not_the_flow(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self: Any, *args: Any) -> None:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(LineFramer, "_take", broken)
+    with pytest.raises(FramingError, match="RecursionError") as ei:
+        read("x.ndjson", b'{"a":1}\n{"b":2}\n', "ndjson")
+    assert ei.value.offset == 0
+
+
+def test_records_over_the_limit_are_reported_in_their_place() -> None:
+    big = ct_event(1, b'"' + b"y" * 5000 + b'"')
+    doc = b'{"Records":[%s,%s,%s]}' % (ct_event(0), big, ct_event(2))
+    out = read("AWSLogs/1/CloudTrail/r/x.json", doc, "cloudtrail", 1000, max_record_bytes=2000)
+    assert [type(o) for o in out] == [tuple, UnreadableRecord, tuple]
+    assert (out[1].offset, out[1].code, out[1].size) == (1, "record_too_large", len(big))
+    assert out[1].sample == big
+    # With a restart past it (skip), it is not reported again.
+    out = read("AWSLogs/1/CloudTrail/r/x.json", doc, "cloudtrail", 1000,
+               max_record_bytes=2000, skip=2)
+    assert [o[:2] for o in out] == [(2, ct_event(2))]
+
+
+def test_msgspec_reports_trailing_characters_as_the_framer_reads_them() -> None:
+    # The per-element path reads where an element ends from this message; were it to
+    # change, elements would be found by the (slower) bracket scanner instead.
+    assert framing._SHIFT == 1
+    with pytest.raises(msgspec.DecodeError, match=r"trailing characters \(byte 11\)"):
+        msgspec.json.decode(b'{"a":{}} \n,{')
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1 << 30])
+def test_without_msgspec_positions_elements_are_scanned(monkeypatch: pytest.MonkeyPatch,
+                                                         chunk: int) -> None:
+    recs = [*TRICKY, {"deep": [{"x": "},{"}] * 3}] * 3
+    doc = orjson.dumps({"Records": recs}, option=orjson.OPT_INDENT_2)
+    def no_batch(data: Any) -> None:
+        raise msgspec.DecodeError("JSON is malformed")
+
+    monkeypatch.setattr(framing, "_SHIFT", None)
+    monkeypatch.setattr(framing, "_decode_raw_list", no_batch)  # one element at a time
+    out = frame(JsonArrayFramer("Records"), doc, chunk)
+    assert [orjson.loads(r) for r in out] == recs
+    with pytest.raises(FramingError, match="not valid JSON") as ei:
+        frame(JsonArrayFramer(None), b'[{"a":1},{"b" 2},{"c":3}]', chunk)
+    assert ei.value.offset == 1

@@ -10,7 +10,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors.s3.framing import FramingError, JsonArrayFramer, LineFramer, framer_for
+from connectors.s3.framing import (
+    FramingError,
+    JsonArrayFramer,
+    LineFramer,
+    UnreadableRecord,
+    framer_for,
+)
 
 BOM = b"\xef\xbb\xbf"
 WHOLE = 1 << 30
@@ -124,7 +130,7 @@ def test_emitted_counts_as_records_come_out() -> None:
 @pytest.mark.parametrize("doc,key,offset", [
     (b'{"Records":[{"a":1},{"b":2},{"c":', "Records", 2),      # cut inside a record
     (b'{"Records":[{"a":1},{"b":2}', "Records", 1),           # cut after a record
-    (b'{"Records":[{"a":1},', "Records", 0),               # "," waits for the next "{"
+    (b'{"Records":[{"a":1},', "Records", 1),               # the "," ends record 0
     (b'{"Records":[', "Records", 0),
     (b'[{"a":"},{"},{"b":"]', None, 1),                        # cut inside a string
     (b'[{"a":[{"b":1},{"c":2}', None, 0),                      # cut inside a nested list
@@ -172,12 +178,12 @@ def test_wrong_shape_is_reported_early_for_long_streams() -> None:
 ])
 def test_trailing_garbage(chunk: int, doc: bytes, key: str | None) -> None:
     f = JsonArrayFramer(key)
-    out: list[bytes] = []
+    out: list[Any] = []
     with pytest.raises(FramingError, match="after") as ei:
         for i in range(0, len(doc), chunk):
             out += f.feed(doc[i:i + chunk])
         f.finish()
-    assert out == [b'{"a":1}', b'{"b":2}']
+    assert out + ei.value.records == [b'{"a":1}', b'{"b":2}']
     assert ei.value.offset == 2
 
 
@@ -196,13 +202,19 @@ def test_non_object_elements_are_malformed() -> None:
     assert ei.value.offset == 0
 
 
-def test_record_longer_than_the_limit() -> None:
+def test_record_longer_than_the_limit_is_passed_over() -> None:
     f = JsonArrayFramer(None, max_record_bytes=100)
     assert f.feed(b'[{"a":1},{"b":"') == [b'{"a":1}']
     assert f.feed(b"x" * 50) == []
-    with pytest.raises(FramingError, match="longer than 100 bytes") as ei:
-        f.feed(b"x" * 60)
-    assert ei.value.offset == 1
+    assert f.feed(b"x" * 60) == []
+    assert f._parts == []  # nothing of it is held any more
+    [bad] = f.feed(b"x" * 10_000 + b'"},{"c":3}')
+    assert f.feed(b"]") == [b'{"c":3}'] and f.finish() == []
+    assert isinstance(bad, UnreadableRecord)
+    assert (bad.offset, bad.code, bad.size) == (1, "record_too_large", 10_118)
+    assert bad.sample == b'{"b":"' + b"x" * 10_110 + b'"}'
+    assert "max_record_bytes (100)" in bad.reason
+    assert f.emitted == 3
 
 
 def test_first_record_has_no_leading_whitespace_on_the_slow_path() -> None:
@@ -319,9 +331,20 @@ def test_lines_emitted_and_final_whitespace() -> None:
     assert frame(LineFramer(), b"", WHOLE) == []
 
 
-def test_line_too_long_names_its_line() -> None:
+def test_line_too_long_is_passed_over_under_its_number() -> None:
     f = LineFramer(max_record_bytes=10)
     assert f.feed(b"ok\n\nfine\n") == [b"ok", b"", b"fine"]
-    with pytest.raises(FramingError, match="longer than 10 bytes") as ei:
-        f.feed(b"x" * 11)
-    assert ei.value.offset == 3
+    assert f.feed(b"x" * 11) == []
+    assert f._rest == []  # nothing of it is held
+    out = f.feed(b"y" * 5 + b"\nnext\n" + b"z" * 12 + b"\nlast")
+    assert [type(r) for r in out] == [UnreadableRecord, bytes, UnreadableRecord]
+    assert (out[0].offset, out[0].size, out[0].sample, out[0].code) == (
+        3, 16, b"x" * 11 + b"y" * 5, "record_too_large")
+    assert out[1] == b"next"
+    assert (out[2].offset, out[2].size) == (5, 12)  # a long line inside one chunk too
+    assert f.finish() == [b"last"]
+    assert f.emitted == 7
+    f = LineFramer(max_record_bytes=10)
+    assert f.feed(b"a\n" + b"x" * 20) == [b"a"]
+    last = f.finish()
+    assert len(last) == 1 and isinstance(last[0], UnreadableRecord) and last[0].offset == 1

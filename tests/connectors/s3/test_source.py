@@ -321,3 +321,14 @@ def test_any_unexpected_error_of_one_object_fails_that_object_not_the_partition(
     assert [(r.obj.key, r.offset) for r in out if isinstance(r, RawRecord)] == (
         [("logs/1-fine.ndjson", 0)] if when == "open"
         else [("logs/0-poison.ndjson", 0), ("logs/1-fine.ndjson", 0)])
+
+
+def test_a_record_over_max_record_bytes_is_an_error_in_its_place_and_the_object_goes_on(
+        s3: Any) -> None:
+    put_lines(s3, "logs/big.ndjson", [b'{"a":1}', b'{"b":"' + b"x" * 5000 + b'"}', b'{"c":3}'])
+    out = drain(build(s3, src(max_record_bytes=2048)))
+    assert [(type(x).__name__, x.offset) for x in out] == [
+        ("RawRecord", 0), ("ErrorRecord", 1), ("RawRecord", 2)]
+    err = out[1]
+    assert err.stage == "parse" and err.code == "record_too_large"
+    assert "max_record_bytes (2048)" in err.reason and err.data.startswith(b'{"b":"xxx')
