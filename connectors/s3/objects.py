@@ -39,7 +39,9 @@ RATIO_GRACE_BYTES = 16 * 1024 * 1024
 
 _GZIP = b"\x1f\x8b"
 _ZSTD = b"\x28\xb5\x2f\xfd"
-_ZSTD_PIECE = 4096  # compressed bytes per zstd step: ~4 MB of output at most for a 1000:1 bomb
+_ZSTD_BLOCK = 128 * 1024  # the most one zstd block decompresses to (the format's limit)
+_ZSTD_STEP_BLOCKS = OUT_BYTES // _ZSTD_BLOCK - 1  # blocks ended per step: with the part of
+# one more block that a step may also hold, a step yields at most OUT_BYTES
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,9 @@ def decompress(chunks: Iterable[bytes], *, max_bytes: int,
                max_ratio: float = 0.0) -> Iterator[bytes]:
     """Decompressed chunks of a gzip, zstd or plain stream.
 
-    Concatenated gzip members are read in turn (as ``gunzip`` does).
+    Concatenated gzip members and zstd frames are read in turn (as ``gunzip`` and ``zstd -d``
+    do). Their output comes in chunks of at most OUT_BYTES whatever the compression ratio, so
+    a bomb is stopped by ``max_bytes`` before it fills memory.
 
     :arg max_bytes: Stop with ObjectReadError beyond this many decompressed bytes
         (a guard against runaway objects).
@@ -157,17 +161,18 @@ def decompress(chunks: Iterable[bytes], *, max_bytes: int,
                 msg = "truncated gzip data: the stream ended inside a gzip member"
                 raise ObjectReadError(msg, transient=False)
             pending = nxt
-    elif first.startswith(_ZSTD):
-        # Fed in small pieces to limit what one step inflates (zstandard's decompressobj
-        # has no output cap, so a bomb of extreme ratio can still inflate one piece whole);
-        # frames are read in turn (concatenated frames are valid zstd); a stream that ends
-        # inside a frame is truncated, not silently short.
+    elif first.startswith(_ZSTD) or _skippable(first):  # pzstd starts with a skippable frame
+        # zstandard's decompressobj has no output cap, and a few bytes of one block can
+        # stand for 128 KiB, so the input is cut where blocks end (read from the frame and
+        # block headers): each step completes at most _ZSTD_STEP_BLOCKS blocks. Frames are
+        # read in turn (concatenated frames are valid zstd); a stream that ends inside a
+        # frame is truncated, not silently short.
         z = zstandard.ZstdDecompressor().decompressobj()
+        cutter = _ZstdCutter()
         in_frame = False
         try:
             for chunk in _chain(first, it):
-                for i in range(0, len(chunk), _ZSTD_PIECE):
-                    piece = chunk[i:i + _ZSTD_PIECE]
+                for piece in cutter.cut(chunk):
                     while piece:
                         in_frame = True
                         out = z.decompress(piece)
@@ -205,6 +210,94 @@ class _Counted:
 def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
     yield first
     yield from rest
+
+
+def _skippable(head: bytes) -> bool:
+    """Whether ``head`` starts with the magic number of a zstd skippable frame."""
+    return head[1:4] == b"\x2a\x4d\x18" and head[0] & 0xF0 == 0x50
+
+
+class _ZstdCutter:
+    """Cuts a zstd stream into pieces that each complete at most _ZSTD_STEP_BLOCKS blocks.
+
+    It reads only what delimits blocks (RFC 8878: frame and skippable-frame headers, block
+    headers, checksums) and never fails: on bytes it cannot follow it stops cutting, and
+    the decompressor reports the corruption.
+    """
+
+    _NEED = {"magic": 4, "skip_size": 4, "fhd": 1, "block": 3}
+
+    def __init__(self) -> None:
+        self._state = "magic"  # a header being read (see _NEED), or "skip"
+        self._head = b""       # its bytes so far
+        self._skip = 0         # bytes left to pass over ("skip")
+        self._next = "magic"   # the state after them ("checksum": 4 more bytes, then magic)
+        self._ends = False     # whether they end a block
+        self._checksum = False
+        self._lost = False     # not followed: pass the rest through in one piece
+
+    def cut(self, data: bytes) -> Iterator[bytes]:
+        """``data`` in pieces; concatenated, the pieces are ``data``."""
+        start = i = done = 0
+        n = len(data)
+        while i < n and not self._lost:
+            if self._state == "skip":
+                step = min(self._skip, n - i)
+                i += step
+                self._skip -= step
+            else:
+                need = self._NEED[self._state]
+                take = min(need - len(self._head), n - i)
+                self._head += data[i:i + take]
+                i += take
+                if len(self._head) < need:
+                    continue
+                head, self._head = self._head, b""
+                self._read(head)
+            if self._state == "skip" and self._skip == 0:
+                done += self._skipped()
+                if done >= _ZSTD_STEP_BLOCKS:
+                    yield data[start:i]
+                    start, done = i, 0
+        if start < n:
+            yield data[start:]
+
+    def _skipped(self) -> int:
+        ends, self._ends = self._ends, False
+        if self._next == "checksum":
+            self._state, self._skip, self._next = "skip", 4, "magic"
+        else:
+            self._state = self._next
+        return int(ends)
+
+    def _read(self, head: bytes) -> None:
+        if self._state == "magic":
+            if head == _ZSTD:
+                self._state = "fhd"
+            elif _skippable(head):
+                self._state = "skip_size"
+            else:
+                self._lost = True
+        elif self._state == "skip_size":
+            self._skip_to(int.from_bytes(head, "little"), "magic")
+        elif self._state == "fhd":  # the rest of the frame header: window, dictionary, size
+            fhd = head[0]
+            single = fhd >> 5 & 1
+            self._checksum = bool(fhd & 4)
+            self._skip_to((1 - single) + (0, 1, 2, 4)[fhd & 3] + (single, 2, 4, 8)[fhd >> 6],
+                          "block")
+        else:
+            h = int.from_bytes(head, "little")
+            kind = h >> 1 & 3
+            if kind == 3:  # reserved: corrupt
+                self._lost = True
+                return
+            after = "block" if not h & 1 else "checksum" if self._checksum else "magic"
+            self._skip_to(1 if kind == 1 else h >> 3, after)  # an RLE block holds one byte
+            self._ends = True
+
+    def _skip_to(self, size: int, after: str) -> None:
+        self._state, self._skip, self._next = "skip", size, after
 
 
 class Prefetcher:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+import struct
 import tracemalloc
 import zlib
 from collections.abc import Iterable, Iterator
@@ -17,7 +18,7 @@ from botocore.exceptions import ClientError
 from moto.server import ThreadedMotoServer
 
 from connectors.s3.errors import ObjectReadError, is_transient
-from connectors.s3.objects import CHUNK_BYTES, Prefetcher, decompress, open_body
+from connectors.s3.objects import CHUNK_BYTES, OUT_BYTES, Prefetcher, decompress, open_body
 
 BUCKET = "unit-objects"
 MB = 1024 * 1024
@@ -179,13 +180,38 @@ def test_gzip_bomb_stops_at_the_limit_with_bounded_memory(gzip_bomb: bytes, size
     assert peak < 8 * MB, f"peak {peak / MB:.1f} MB while inflating a 50 MB bomb"
 
 
-@pytest.mark.xfail(strict=True, reason="KNOWN LIMIT objects.py decompress: zstd output is not bounded per "
-                   "step (z.decompress(chunk) has no max size), so a few KB of zstd inflate to "
-                   "50 MB in memory before the max_bytes guard sees them")
 def test_zstd_bomb_stops_at_the_limit_with_bounded_memory(zstd_bomb: bytes) -> None:
     got, peak, err = drain([zstd_bomb], MB)
     assert err is not None and got <= MB
     assert peak < 8 * MB, f"peak {peak / MB:.1f} MB while inflating a 50 MB bomb"
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"write_checksum": True}, {"write_content_size": False},
+                                    {"level": 19, "write_dict_id": True}])
+def test_zstd_output_comes_in_bounded_steps(kwargs: dict[str, Any]) -> None:
+    # Runs of zeros are RLE blocks (4 bytes for 128 KiB) and their ratio is extreme; the
+    # frame header flags move where the blocks start.
+    data = b"\x00" * (20 * MB) + DATA + b"\x00" * (5 * MB)
+    blob = zstandard.ZstdCompressor(**kwargs).compress(data)
+    assert len(blob) < 200_000
+    sizes = [len(out) for out in decompress([blob], max_bytes=1 << 40)]
+    assert b"".join(decompress(chunked(blob, 1000), max_bytes=1 << 40)) == data
+    assert sum(sizes) == len(data) and max(sizes) <= OUT_BYTES
+
+
+def test_zstd_skippable_frames_and_streamed_frames() -> None:
+    co = zstandard.ZstdCompressor(write_checksum=True).compressobj()
+    streamed = co.compress(DATA) + co.flush()  # no content size in its header
+    skippable = struct.pack("<II", 0x184D2A53, 5) + b"hello"
+    blob = skippable + streamed + skippable + zstd(b"tail\n")
+    for size in (1, 5, 7, 1000, 1 << 30):
+        assert inflate(chunked(blob, size)) == DATA + b"tail\n"
+
+
+@pytest.mark.parametrize("cut", [5, 6, 8, 12, 20])
+def test_zstd_truncated_in_a_header_is_an_error(cut: int) -> None:
+    err = failure([zstd(DATA)[:cut]])
+    assert "truncated" in err.reason and err.transient is False
 
 
 def test_compression_ratio_guard(gzip_bomb: bytes) -> None:
