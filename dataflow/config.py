@@ -587,6 +587,9 @@ def _check(cfg: Config, problems: list[str]) -> None:
     """Checks across fields, after types are right."""
     if not cfg.sentinel.endpoint.startswith("https://"):
         problems.append("sentinel.endpoint: must be an https:// URL (bearer tokens need TLS)")
+    if cfg.sentinel.ca_file and not Path(cfg.sentinel.ca_file).is_file():
+        problems.append(f"sentinel.ca_file: {cfg.sentinel.ca_file!r} is not a readable file (a "
+                        "PEM bundle of the CAs that sign the endpoint's certificate)")
     if not (1 <= cfg.batch.max_bytes <= 1_048_576):
         problems.append("batch.max_bytes: must be between 1 and 1048576 (the service's limit)")
     if cfg.batch.max_records < 1 or cfg.batch.max_age_secs <= 0:

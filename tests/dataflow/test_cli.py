@@ -114,3 +114,21 @@ def test_validate_config_says_what_auto_means(capsys) -> None:
     out = capsys.readouterr().out
     assert "-> None" not in out
     assert "auto: format detected per object" in out
+
+
+def test_validate_config_reports_a_missing_ca_file(tmp_path: Path, capsys) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"""
+[sentinel]
+endpoint = "https://dce.example"
+rule_id = "dcr-1"
+ca_file = "{tmp_path / 'nope.pem'}"
+[[sources]]
+name = "trail"
+bucket = "b"
+format = "cloudtrail"
+""")
+    assert main(["validate-config", str(cfg)]) == 1
+    assert "sentinel.ca_file" in capsys.readouterr().err
+    (tmp_path / "nope.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    assert main(["validate-config", str(cfg)]) == 0
