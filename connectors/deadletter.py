@@ -10,7 +10,7 @@ files are ``0600`` in a ``0700`` directory. After the write the records are mark
 dead-letter journal (see :mod:`connectors.sentinel.journal`), which is how the SQS
 source knows that an object's records are all accounted for.
 
-With a keyring, a file is sealed (:func:`ops.crypto.seal_lines`): every entry is
+With a keyring, a file is sealed (:func:`connectors.ops.crypto.seal_lines`): every entry is
 encrypted, and its place, the file's entry count and the write's generation are
 authenticated with the file name, so a deleted, duplicated, reordered or foreign line is
 noticed. :meth:`DeadLetterStore.load` returns the entries that verified and every issue
@@ -43,11 +43,11 @@ import orjson
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from typing_extensions import override
 
-from connectors.files import atomic_write, fsync_dir, private_dir
+from dataflow.core.files import atomic_write, fsync_dir, private_dir
 from connectors.sentinel.journal import DEAD_LETTERED, REST, UploadJournal
-from dataflow import metrics
-from dataflow.messages import ErrorRecord
-from ops.crypto import DecryptError, LineIssue, RotationReport, open_lines, reseal, seal_lines
+from dataflow.core import metrics
+from dataflow.core.messages import ErrorRecord
+from connectors.ops.crypto import DecryptError, LineIssue, RotationReport, open_lines, reseal, seal_lines
 
 __all__ = ["DeadLetterFileError", "DeadLetterSink", "DeadLetterStore", "EntryFile",
            "error_entry", "read_entries"]

@@ -90,7 +90,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
         if not Path(recovery).exists():
             from bytewax.recovery import init_db_dir
 
-            from connectors.files import private_dir
+            from dataflow.core.files import private_dir
 
             init_db_dir(private_dir(recovery), args.recovery_partitions or rt.recovery_partitions)
         _private_recovery(Path(recovery))
@@ -104,7 +104,7 @@ def _private_recovery(directory: Path) -> None:
     """The recovery store holds record data (pending rows, enrichment state): its directory
     ``0700`` and the SQLite files bytewax made in it ``0600``, whatever the umask (SQLite
     gives a database's -wal/-shm/-journal files the database file's mode)."""
-    from connectors.files import FILE_MODE, private_dir
+    from dataflow.core.files import FILE_MODE, private_dir
 
     private_dir(directory)
     for f in directory.iterdir():
@@ -171,7 +171,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 def _rotate_key(args: argparse.Namespace) -> int:
     from connectors.deadletter import DeadLetterStore
-    from ops.keys import keyring_for
+    from connectors.ops.keys import keyring_for
 
     try:
         cfg = load_config(args.config)

@@ -25,14 +25,14 @@ from connectors.aws import client_for, s3_client, sqs_client
 from connectors.deadletter import DeadLetterSink, DeadLetterStore
 from connectors.s3.source import S3Source
 from connectors.sentinel.sink import SentinelSink
-from dataflow import metrics
+from dataflow.core import metrics
 from dataflow.config import Config, load_config
-from dataflow.messages import ErrorRecord, RawRecord, Rows
+from dataflow.core.messages import ErrorRecord, RawRecord, Rows
 from operators.batch import batch_rows
 from operators.enrich.operator import FAST, Enricher, Observed, score_shard
 from operators.parse import RecordMapper
 from operators.schema import tables_for
-from ops.keys import keyring_for
+from connectors.ops.keys import keyring_for
 
 __all__ = ["build_flow"]
 
@@ -140,7 +140,7 @@ def __getattr__(name: str) -> Any:
                   file=sys.stderr, flush=True)
         flow = build_flow(cfg)
         _tune_gc()
-        from ops import runtime
+        from dataflow import runtime
 
         runtime.start(cfg)
         globals()["flow"] = flow

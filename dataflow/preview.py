@@ -20,7 +20,7 @@ from connectors.s3.framing import FramingError, UnreadableRecord
 from connectors.s3.objects import CHUNK_BYTES
 from connectors.s3.records import FormatUnknown, object_records
 from dataflow.config import Config, SourceConfig
-from dataflow.messages import ErrorRecord, ObjectRef, RawRecord
+from dataflow.core.messages import ErrorRecord, ObjectRef, RawRecord
 from operators.formats.registry import text_format
 from operators.parse import RecordMapper
 from operators.schema import load_tables, tables_for

@@ -50,9 +50,9 @@ from connectors.s3.records import UnreadableRecord, object_records
 from connectors.sentinel.journal import UploadJournal
 from connectors.sentinel.service import IngestionService
 from connectors.sentinel.sink import _SentinelPartition
-from dataflow import metrics
+from dataflow.core import metrics
 from dataflow.config import Config, SourceConfig
-from dataflow.messages import Batch, ErrorRecord, ObjectRef, RawRecord, Rows
+from dataflow.core.messages import Batch, ErrorRecord, ObjectRef, RawRecord, Rows
 from operators.formats.registry import text_format
 from operators.parse import RecordMapper
 from operators.schema import tables_for
@@ -140,7 +140,7 @@ def replay(cfg: Config, *, since: float | None = None, stream: str | None = None
         with the source's role).
     """
     rt = cfg.runtime
-    from ops.keys import keyring_for
+    from connectors.ops.keys import keyring_for
 
     keyring = keyring_for(cfg)
     store = DeadLetterStore(rt.errors_dir, rt.errors_s3_uri,

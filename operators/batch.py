@@ -22,7 +22,7 @@ from bytewax.dataflow import operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 from typing_extensions import override
 
-from dataflow.messages import Batch, Row, Rows
+from dataflow.core.messages import Batch, Row, Rows
 
 __all__ = ["BatchLogic", "batch_rows"]
 
@@ -41,7 +41,7 @@ class BatchLogic(StatefulBatchLogic[Row | Rows, Batch, dict]):
     :arg max_age: Longest a row waits before its batch is sent.
     :arg clock: Current time.
     :arg resume_state: A snapshot of this logic, or None.
-    :arg keyring: Encrypts the pending rows in snapshots (see :mod:`ops.crypto`).
+    :arg keyring: Encrypts the pending rows in snapshots (see :mod:`connectors.ops.crypto`).
     """
 
     def __init__(self, *, max_bytes: int, max_records: int, max_age: timedelta,

@@ -13,9 +13,9 @@ import logging
 from collections import OrderedDict
 from collections.abc import Mapping
 
-from dataflow import metrics
+from dataflow.core import metrics
 from dataflow.config import SourceConfig
-from dataflow.messages import ErrorRecord, RawRecord, Row, Rows
+from dataflow.core.messages import ErrorRecord, RawRecord, Row, Rows
 from operators.formats import ParseError, TextFormat
 from operators.formats.registry import DEFAULT_TABLES, text_format
 from operators.schema import Mapper, MappingError, TableDef
@@ -64,7 +64,7 @@ class RecordMapper:
     :arg tables: Table definitions by name (see :func:`operators.schema.load_tables`).
     :arg max_row_bytes: Largest encoded row accepted (one row must fit in one request).
     :arg keep_parsed: Tables whose rows the next step reads: their bundles carry the row
-        dicts too (:attr:`~dataflow.messages.Rows.parsed`).
+        dicts too (:attr:`~dataflow.core.messages.Rows.parsed`).
     :raises KeyError: A source names a table that is not defined.
     """
 

@@ -29,7 +29,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from dataflow import metrics
+from dataflow.core import metrics
 from operators.tabledef import (
     COLUMN_TYPES,
     Column,

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from connectors.sentinel.journal import JournalView
-from dataflow import metrics
+from dataflow.core import metrics
 
 __all__ = ["CHECK_EVERY_SECS", "DeliveryTracker", "add_offset"]
 

@@ -36,10 +36,10 @@ from connectors.s3.delivery import add_offset
 from connectors.s3.discovery import skip_reason
 from connectors.s3.source import Clock, Item, _S3Partition
 from connectors.sentinel.journal import JournalView
-from dataflow import metrics
+from dataflow.core import metrics
 from dataflow.config import SourceConfig
-from dataflow.messages import ErrorRecord, ObjectRef
-from ops import status
+from dataflow.core.messages import ErrorRecord, ObjectRef
+from dataflow.core import status
 
 __all__ = ["NotifiedObject", "parse_notification"]
 

@@ -3,14 +3,14 @@
 Each configured source is split into ``partitions`` partitions named
 ``<source>:<index>/<count>``; a key belongs to one partition by a stable hash. A
 partition lists its keys in lexical order, reads each object as a stream, and emits
-one :class:`~dataflow.messages.RawRecord` per record. Its resume state is the last
+one :class:`~dataflow.core.messages.RawRecord` per record. Its resume state is the last
 finished key plus the object in progress and the offset of the next record, so a
 restart neither starts that object over nor skips any of it.
 
 Failures that may pass (throttling, 5xx, network) are retried with back-off through
 ``next_awake``, never by sleeping. An object that cannot be read (corrupt, truncated,
 deleted, or still failing after ``READ_ATTEMPTS`` tries) becomes an
-:class:`~dataflow.messages.ErrorRecord` and the partition moves on.
+:class:`~dataflow.core.messages.ErrorRecord` and the partition moves on.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from connectors.s3.framing import FramingError, UnreadableRecord
 from connectors.s3.objects import Prefetcher
 from connectors.s3.records import FormatUnknown, Record, object_records
 from connectors.s3.state import PartitionState
-from dataflow import metrics
+from dataflow.core import metrics
 from dataflow.config import SourceConfig
-from ops import status
-from dataflow.messages import ErrorRecord, ObjectRef, RawRecord
+from dataflow.core import status
+from dataflow.core.messages import ErrorRecord, ObjectRef, RawRecord
 from operators.formats import TextFormat
 from operators.formats.registry import text_format
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from isal import igzip
 
-from dataflow.messages import Batch
+from dataflow.core.messages import Batch
 
 __all__ = ["MAX_WIRE_BYTES", "encode"]
 

@@ -25,7 +25,7 @@ journal cannot make the sink skip records::
 
 The MAC covers the journal's name (``journal`` or ``deadletter``) and the line's ``t`` and
 ``r`` as written, under a key derived from key ``kid`` for this purpose (see
-:meth:`ops.crypto.Keyring.mac`); old keys keep verifying while they are in the keyring,
+:meth:`connectors.ops.crypto.Keyring.mac`); old keys keep verifying while they are in the keyring,
 and compaction re-authenticates a partition's own lines under the current key. Lines
 that fail, or carry no MAC (written without a key, e.g. before encryption was turned
 on), are logged, counted in ``s3sentinel_journal_rejected_lines_total`` and ignored:
@@ -47,8 +47,8 @@ from typing import Any
 
 import orjson
 
-from connectors.files import atomic_write, open_private, private_dir
-from dataflow import metrics
+from dataflow.core.files import atomic_write, open_private, private_dir
+from dataflow.core import metrics
 
 __all__ = ["COMPACT_EVERY", "DEAD_LETTERED", "DELIVERED", "JournalView", "UploadJournal"]
 
@@ -108,7 +108,7 @@ def _decode_line(name: str, line: bytes, keyring: Any) -> tuple[dict | None, str
     body = orjson.dumps({"t": entry["t"], "r": entry["r"]})
     try:
         keyring.verify_mac(str(kid), _mac_data(name, body), tag, _MAC_PURPOSE)
-    except ValueError:  # ops.crypto.DecryptError
+    except ValueError:  # connectors.ops.crypto.DecryptError
         return None, "bad_mac" if kid in keyring.key_ids else "unknown_key"
     return entry, None
 

@@ -35,9 +35,9 @@ from connectors.sentinel.encoder import MAX_WIRE_BYTES, encode
 from connectors.sentinel.errors import DeliveryError, DeliveryFailed
 from connectors.sentinel.journal import DEAD_LETTERED, UploadJournal
 from connectors.sentinel.service import IngestionService
-from dataflow import metrics
+from dataflow.core import metrics
 from dataflow.config import SentinelConfig
-from dataflow.messages import Batch
+from dataflow.core.messages import Batch
 
 __all__ = ["SentinelSink"]
 
@@ -203,7 +203,7 @@ class _SentinelPartition(StatelessSinkPartition[Batch]):
 
 
 class SentinelSink(DynamicSink[Batch]):
-    """Delivers :class:`~dataflow.messages.Batch` items to one data collection rule.
+    """Delivers :class:`~dataflow.core.messages.Batch` items to one data collection rule.
 
     :arg cfg: Endpoint, rule and retry settings.
     :arg service_factory: Builds the service client (one per worker); defaults to

@@ -41,9 +41,9 @@ from typing import Any
 import msgspec
 import orjson
 
-from dataflow import metrics
+from dataflow.core import metrics
 from dataflow.config import EnrichConfig
-from dataflow.messages import Rows
+from dataflow.core.messages import Rows
 from operators.enrich.columns import FINDINGS_TABLE, carries_columns, column_names, splice
 from operators.tabledef import TableDef
 

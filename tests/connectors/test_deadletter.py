@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from connectors.deadletter import DeadLetterFileError, DeadLetterStore, read_entries
-from ops.crypto import Keyring, add_key_to_file, encrypt_line, generate_key_file
+from connectors.ops.crypto import Keyring, add_key_to_file, encrypt_line, generate_key_file
 
 ENTRY = {"stage": "deliver", "stream": "Custom-T_CL", "record_id": "abc-1", "offset": 1,
          "row": '{"UserName":"alice","SourceIp":"203.0.113.9"}', "reason": "HTTP 400"}

@@ -125,7 +125,7 @@ def test_an_encrypted_entry_is_replayed_after_key_rotation(clean: LocalStack,
     import json
 
     from connectors.deadletter import DeadLetterStore
-    from ops.crypto import Keyring, add_key_to_file, generate_key_file
+    from connectors.ops.crypto import Keyring, add_key_to_file, generate_key_file
 
     keys = generate_key_file(tmp_path / "keys.json", "k1")
     errors = tmp_path / "errors"
@@ -169,7 +169,7 @@ def test_tampered_encrypted_files_are_reported_line_by_line_and_the_rest_replaye
     import json
 
     from connectors.deadletter import DeadLetterStore
-    from ops.crypto import Keyring, generate_key_file
+    from connectors.ops.crypto import Keyring, generate_key_file
 
     keys = generate_key_file(tmp_path / "keys.json", "k1")
     errors = tmp_path / "errors"

@@ -9,7 +9,7 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 
-from dataflow.messages import Batch, Row, Rows
+from dataflow.core.messages import Batch, Row, Rows
 from operators.batch import BatchLogic, batch_rows
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -130,7 +130,7 @@ def test_in_a_dataflow_every_row_is_batched_once(max_bytes: int) -> None:
 def test_pending_rows_are_encrypted_in_snapshots_with_a_keyring() -> None:
     import pickle
 
-    from ops.crypto import Keyring
+    from connectors.ops.crypto import Keyring
 
     ring = Keyring({"k1": bytes(range(32))}, "k1")
     clock = Clock()

@@ -12,7 +12,7 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dataflow.messages import Batch, Row, Rows
+from dataflow.core.messages import Batch, Row, Rows
 from operators.batch import BatchLogic, batch_rows
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from dataflow import metrics
+from dataflow.core import metrics
 from dataflow.config import SourceConfig, TableColumnConfig, TableConfig
-from dataflow.messages import ErrorRecord, ObjectRef, RawRecord, Row, Rows
+from dataflow.core.messages import ErrorRecord, ObjectRef, RawRecord, Row, Rows
 from operators.parse import ERROR_SAMPLE_BYTES, RecordMapper
 from operators.schema import load_tables
 

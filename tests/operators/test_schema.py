@@ -146,7 +146,7 @@ def test_custom_tables_end_in_cl() -> None:
 
 
 def test_long_strings_are_cut_to_64_kb_with_a_marker_and_counted() -> None:
-    from dataflow import metrics
+    from dataflow.core import metrics
     from operators.schema import MAX_FIELD_BYTES
 
     counter = metrics.FIELDS_TRUNCATED.labels("T_CL", "Name")

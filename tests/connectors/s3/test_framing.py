@@ -149,7 +149,7 @@ def test_deeply_nested_record_is_reported_and_the_object_goes_on(chunk: int, fmt
 
 def test_deeply_nested_ndjson_line_is_a_too_deep_parse_error() -> None:
     from dataflow.config import SourceConfig
-    from dataflow.messages import ErrorRecord, ObjectRef, RawRecord
+    from dataflow.core.messages import ErrorRecord, ObjectRef, RawRecord
     from operators.parse import RecordMapper
     from operators.schema import load_tables
 

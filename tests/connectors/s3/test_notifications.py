@@ -12,9 +12,9 @@ import pytest
 from connectors.s3.notifications import parse_notification
 from connectors.s3.source import S3Source
 from connectors.sentinel.journal import DEAD_LETTERED, UploadJournal
-from dataflow import metrics
+from dataflow.core import metrics
 from dataflow.config import SourceConfig
-from dataflow.messages import ErrorRecord, RawRecord
+from dataflow.core.messages import ErrorRecord, RawRecord
 
 BUCKET = "notified"
 

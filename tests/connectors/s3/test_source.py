@@ -18,7 +18,7 @@ import connectors.s3.source as source_mod
 from connectors.s3.discovery import shard_of
 from connectors.s3.source import S3Source
 from dataflow.config import SourceConfig
-from dataflow.messages import ErrorRecord, RawRecord
+from dataflow.core.messages import ErrorRecord, RawRecord
 
 BUCKET = "unit-source"
 

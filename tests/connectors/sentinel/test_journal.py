@@ -85,14 +85,14 @@ def test_view_tails_appends_and_rereads_compacted_files(tmp_path) -> None:
 # -- authenticated lines (a key is configured) -------------------------------------------------
 
 def _ring(*ids: str, current: str | None = None):
-    from ops.crypto import Keyring
+    from connectors.ops.crypto import Keyring
 
     keys = {"k1": bytes(range(32)), "k2": bytes(range(1, 33))}
     return Keyring({i: keys[i] for i in ids}, current or ids[-1])
 
 
 def _rejected(reason: str, journal: str = "journal") -> float:
-    from dataflow import metrics
+    from dataflow.core import metrics
 
     return metrics.JOURNAL_REJECTED_LINES.labels(journal, reason)._value.get()
 
@@ -120,7 +120,7 @@ def test_a_line_slipped_into_the_journal_does_not_make_the_sink_skip_a_record(
     from connectors.deadletter import DeadLetterStore
     from connectors.sentinel.sink import SentinelSink
     from dataflow.config import SentinelConfig
-    from dataflow.messages import Batch
+    from dataflow.core.messages import Batch
 
     ring = _ring("k1")
     j = UploadJournal(tmp_path, 0, keyring=ring)

@@ -12,9 +12,9 @@ import pytest
 from connectors.sentinel.errors import DeliveryError, DeliveryFailed
 from connectors.sentinel.service import IngestionService
 from connectors.sentinel.sink import SentinelSink
-from dataflow import metrics
+from dataflow.core import metrics
 from dataflow.config import SentinelConfig
-from dataflow.messages import Batch
+from dataflow.core.messages import Batch
 from devstack.sentinel import SentinelEmulator
 
 RULE = "dcr-00000000000000000000000000000009"

@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 
 from dataflow.config import EnrichConfig
-from dataflow.messages import Rows
+from dataflow.core.messages import Rows
 from operators.enrich.operator import FAST, Enricher, Observed, score_shard
 from operators.schema import load_tables
 
@@ -131,7 +131,7 @@ def test_rows_handed_on_by_the_mapper_enrich_as_decoded_rows_do(tmp_path: Path) 
     from datetime import datetime, timezone
 
     from dataflow.config import SourceConfig
-    from dataflow.messages import ObjectRef, RawRecord
+    from dataflow.core.messages import ObjectRef, RawRecord
     from devstack.samples import cloudtrail_event
     from operators.enrich.columns import with_enrichment_columns
     from operators.parse import RecordMapper
@@ -227,7 +227,7 @@ def test_two_sequences_completing_on_one_row_are_two_findings() -> None:
 
 
 def test_a_row_the_enricher_cannot_handle_goes_on_unenriched(monkeypatch) -> None:
-    from dataflow import metrics
+    from dataflow.core import metrics
 
     enricher = Enricher(EnrichConfig(enabled=True), load_tables())
     real = enricher._flag
@@ -271,7 +271,7 @@ def test_shard_snapshots_are_sealed_with_a_keyring_and_restore() -> None:
 
     import pytest
 
-    from ops.crypto import Keyring
+    from connectors.ops.crypto import Keyring
 
     ring = Keyring({"k1": bytes(range(32))}, "k1")
     cfg = EnrichConfig(enabled=True, anomaly=True, sequences=True,
@@ -311,7 +311,7 @@ def test_the_recovery_store_of_a_real_flow_holds_no_principal(tmp_path: Path) ->
     from bytewax.recovery import RecoveryConfig, init_db_dir
     from bytewax.testing import TestingSource, run_main
 
-    from ops.crypto import Keyring
+    from connectors.ops.crypto import Keyring
 
     cfg = EnrichConfig(enabled=True, anomaly=True, anomaly_entities=["principal", "ip"])
     enricher = Enricher(cfg, load_tables())

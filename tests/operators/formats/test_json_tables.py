@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from dataflow.config import SourceConfig
 from dataflow.dcr import dcr_template
-from dataflow.messages import ErrorRecord, ObjectRef, RawRecord, Row
+from dataflow.core.messages import ErrorRecord, ObjectRef, RawRecord, Row
 from operators.parse import RecordMapper
 from operators.formats import JSON_FORMATS
 from operators.formats.registry import DEFAULT_TABLES, detect, framing_of, text_format

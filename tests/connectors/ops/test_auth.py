@@ -13,9 +13,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from ops.auth import Authorizer, Credentials, canonical_jwt, revocation_id, sign_jwt
-from ops.secrets import SecretError
-from tests.ops.test_server import (
+from connectors.ops.auth import Authorizer, Credentials, canonical_jwt, revocation_id, sign_jwt
+from connectors.ops.secrets import SecretError
+from tests.connectors.ops.test_server import (
     ADMIN,
     JWT_KEY,
     READER,

@@ -1,5 +1,5 @@
 """deploy/: the Prometheus rules and the Grafana dashboard refer only to metrics that
-dataflow.metrics registers, under the names Prometheus exposes them by, and every rule
+dataflow.core.metrics registers, under the names Prometheus exposes them by, and every rule
 carries what an on-call person needs (for, severity, summary, description, runbook).
 
 promtool is not on PyPI (nor in the package lists here), so the rules are checked
@@ -18,7 +18,7 @@ import pytest
 import yaml  # pinned in the test extras
 from prometheus_client import REGISTRY
 
-import dataflow.metrics  # noqa: F401 (registers the metrics on the default registry)
+import dataflow.core.metrics  # noqa: F401 (registers the metrics on the default registry)
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "s3sentinel-rules.yml"
@@ -142,14 +142,14 @@ def test_rules_cover_the_conditions() -> None:
 def test_new_metrics_are_registered() -> None:
     """The four metrics deploy/ needs that dataflow/metrics.py gained with it."""
     missing = sorted(set(NEW_METRICS) - exposed_names())
-    assert not missing, (f"dataflow.metrics does not register {', '.join(missing)} yet; the "
+    assert not missing, (f"dataflow.core.metrics does not register {', '.join(missing)} yet; the "
                          "rules and the dashboard refer to them: add them to dataflow/metrics.py")
 
 
 def test_every_referenced_metric_exists() -> None:
     exposed = exposed_names()
     missing = {m: sorted(w) for m, w in all_refs().items() if m not in exposed}
-    assert not missing, "metrics referenced in deploy/ but not registered by dataflow.metrics: " \
+    assert not missing, "metrics referenced in deploy/ but not registered by dataflow.core.metrics: " \
         + "; ".join(f"{m} (in {', '.join(w)})" for m, w in sorted(missing.items()))
 
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from devstack.sentinel import SentinelEmulator
-from ops.secrets import CircuitBreaker, SecretError, SecretResolver
+from connectors.ops.secrets import CircuitBreaker, SecretError, SecretResolver
 
 
 class Clock:

@@ -1,4 +1,4 @@
-"""ops.webhooks against a real HTTP receiver on 127.0.0.1: payload shapes, retries and
+"""connectors.ops.webhooks against a real HTTP receiver on 127.0.0.1: payload shapes, retries and
 back-off, de-duplication, rate limiting, flapping, and URLs kept out of logs."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from ops.webhooks import (Alert, AlertState, WebhookNotifier, WebhookTarget, redact_url,
+from connectors.ops.webhooks import (Alert, AlertState, WebhookNotifier, WebhookTarget, redact_url,
                           slack_payload, teams_payload)
 
 
@@ -180,7 +180,7 @@ def test_400_is_not_retried(receiver: Receiver, caplog: pytest.LogCaptureFixture
     receiver.script["/hook"] = [(400, {})]
     sleeps = Sleeps()
     n = notifier([WebhookTarget("slack", receiver.url("/hook"))], sleeps=sleeps)
-    with caplog.at_level(logging.ERROR, logger="ops.webhooks"):
+    with caplog.at_level(logging.ERROR, logger="connectors.ops.webhooks"):
         assert n.notify(LAG).outcomes == ("failed",)
     assert len(receiver.requests) == 1 and sleeps == []
     assert n.dropped["failed"] == 1
@@ -285,7 +285,7 @@ def test_rate_limit_per_target(receiver: Receiver, caplog: pytest.LogCaptureFixt
     clock = Clock()
     n = notifier([WebhookTarget("slack", receiver.url("/a")),
                   WebhookTarget("slack", receiver.url("/b"))], clock=clock, rate_per_minute=10)
-    with caplog.at_level(logging.WARNING, logger="ops.webhooks"):
+    with caplog.at_level(logging.WARNING, logger="connectors.ops.webhooks"):
         results = [n.notify(Alert(f"a{i}", "info", "x")) for i in range(15)]
     assert [r.outcomes[0] for r in results] == ["sent"] * 10 + ["rate_limited"] * 5
     assert n.dropped["rate_limited"] == 10  # five for each target
@@ -305,7 +305,7 @@ def test_urls_stay_out_of_logs_and_reprs(receiver: Receiver,
     assert redact_url(url) == f"http://127.0.0.1:{port}/…"
     assert "SECRET" not in repr(target) and "SECRET" not in repr(
         notifier([target]).targets)
-    with caplog.at_level(logging.DEBUG, logger="ops.webhooks"):
+    with caplog.at_level(logging.DEBUG, logger="connectors.ops.webhooks"):
         n = notifier([target])
         n.notify(LAG)
         n.notify(LAG)

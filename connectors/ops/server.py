@@ -47,12 +47,12 @@ import waitress
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from waitress import wasyncore
 
-from connectors.files import append_durable, private_dir
-from dataflow import metrics
+from dataflow.core.files import append_durable, private_dir
+from dataflow.core import metrics
 from dataflow.config import Config
-from ops import status
-from ops.auth import Authorizer, Denial, Principal
-from ops.health import Readiness
+from dataflow.core import status
+from connectors.ops.auth import Authorizer, Denial, Principal
+from connectors.ops.health import Readiness
 
 __all__ = ["OpsServer"]
 

@@ -59,7 +59,7 @@ from typing import Any, NamedTuple
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from connectors.files import atomic_write, fsync_dir, open_private
+from dataflow.core.files import atomic_write, fsync_dir, open_private
 
 __all__ = [
     "VERSION",

@@ -14,7 +14,7 @@ Revocation entries (``ops.revoked``, ``ops.revoked_file``) are a JWT's ``jti``, 
 :func:`revocation_id`: ``sha256:<hex>`` of a JWT's ``header.payload`` (or of a static
 token). A full token listed as such is turned into its revocation id when the list is
 read, and a presented token is looked up by its own id, never by its raw string, so no
-re-spelling escapes. ``python -c "from ops.auth import revocation_id;
+re-spelling escapes. ``python -c "from connectors.ops.auth import revocation_id;
 print(revocation_id('<token>'))"`` prints the id to list. Comparisons of static tokens
 are constant-time.
 """

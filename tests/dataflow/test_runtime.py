@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-import ops.runtime as runtime_mod
+import dataflow.runtime as runtime_mod
 from dataflow.config import parse_config
 from devstack.stack import LocalStack
-from ops.auth import sign_jwt
-from ops.secrets import SecretResolver
+from connectors.ops.auth import sign_jwt
+from connectors.ops.secrets import SecretResolver
 from tests.conftest import TRAIL_BUCKET
-from tests.ops.test_server import ADMIN, JWT_KEY, http
+from tests.connectors.ops.test_server import ADMIN, JWT_KEY, http
 
 
 @pytest.fixture
@@ -82,8 +82,8 @@ def test_a_sustained_failure_alerts_once_and_resolves_once(
 
 
 def test_health_rows_count_the_interval(clean: LocalStack, tmp_path: Path, monkeypatch) -> None:
-    from dataflow import metrics
-    from ops.healthtable import HealthReporter
+    from dataflow.core import metrics
+    from connectors.ops.healthtable import HealthReporter
 
     for key, value in clean.env().items():
         monkeypatch.setenv(key, value)

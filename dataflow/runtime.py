@@ -19,11 +19,11 @@ from connectors.aws import client_for, s3_client
 from connectors.deadletter import DeadLetterStore
 from connectors.sentinel.service import IngestionService
 from dataflow.config import Config, OpsConfig
-from ops.auth import Authorizer, Credentials, RevocationFile
-from ops.health import Readiness
-from ops.logs import configure
-from ops.secrets import SecretError, SecretResolver
-from ops.server import OpsServer
+from connectors.ops.auth import Authorizer, Credentials, RevocationFile
+from connectors.ops.health import Readiness
+from connectors.ops.logs import configure
+from connectors.ops.secrets import SecretError, SecretResolver
+from connectors.ops.server import OpsServer
 
 __all__ = ["OpsRuntime", "process_index", "start"]
 
@@ -81,7 +81,7 @@ class OpsRuntime:
         if self.cfg.ops.webhooks:
             self._spawn(self._alert_loop, "s3sentinel-alerts")
         if self.cfg.ops.health_table:
-            from ops.healthtable import HealthReporter
+            from connectors.ops.healthtable import HealthReporter
 
             reporter = HealthReporter(self.cfg, self.readiness)
             self._spawn(lambda: reporter.run(self._stop), "s3sentinel-health")
@@ -151,7 +151,7 @@ class OpsRuntime:
 
     def _dead_letters(self) -> DeadLetterStore:
         rt = self.cfg.runtime
-        from ops.keys import keyring_for
+        from connectors.ops.keys import keyring_for
 
         return DeadLetterStore(rt.errors_dir, rt.errors_s3_uri,
                                functools.partial(s3_client, self.cfg.aws),
@@ -163,7 +163,7 @@ class OpsRuntime:
         return str(replay(self.cfg, dry_run=dry_run))
 
     def _alert_loop(self) -> None:
-        from ops.webhooks import AlertState, WebhookNotifier, WebhookTarget
+        from connectors.ops.webhooks import AlertState, WebhookNotifier, WebhookTarget
 
         ops = self.cfg.ops
         state = AlertState(ops.alert_for_secs)

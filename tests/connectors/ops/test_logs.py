@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from ops.logs import JsonFormatter, RedactingFilter, redact
+from connectors.ops.logs import JsonFormatter, RedactingFilter, redact
 
 
 def test_redaction_masks_secrets_but_keeps_what_an_operator_needs() -> None:

@@ -27,9 +27,9 @@ from typing import Any
 from isal import igzip
 
 from connectors.sentinel.service import IngestionService
-from dataflow import metrics
+from dataflow.core import metrics
 from dataflow.config import Config
-from ops.health import Readiness
+from connectors.ops.health import Readiness
 
 __all__ = ["HealthReporter"]
 

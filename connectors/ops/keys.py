@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from dataflow.config import Config
-from ops.crypto import Keyring
+from connectors.ops.crypto import Keyring
 
 __all__ = ["keyring_for"]
 
@@ -18,14 +18,14 @@ __all__ = ["keyring_for"]
 def keyring_for(cfg: Config, secrets: Any = None) -> Keyring | None:
     """The configured keyring, or None (entries stay plain JSON).
 
-    :arg secrets: A :class:`~ops.secrets.SecretResolver` (built from ``ops`` when None).
+    :arg secrets: A :class:`~connectors.ops.secrets.SecretResolver` (built from ``ops`` when None).
     """
     rt = cfg.runtime
     if rt.encryption_key_file:
         return Keyring.from_file(rt.encryption_key_file)
     if rt.encryption_keyvault_keys:
         if secrets is None:
-            from ops.secrets import SecretResolver
+            from connectors.ops.secrets import SecretResolver
 
             kwargs: dict[str, Any] = {
                 "verify_challenge_resource": cfg.ops.keyvault_verify_challenge_resource}

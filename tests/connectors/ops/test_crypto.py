@@ -1,4 +1,4 @@
-"""ops.crypto: AES-256-GCM envelopes, keyrings from files and secret stores, and key
+"""connectors.ops.crypto: AES-256-GCM envelopes, keyrings from files and secret stores, and key
 rotation over a dead-letter directory, including rotations cut short by a crash."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from ops import crypto
-from ops.crypto import (DecryptError, Envelope, Keyring, KeyringError, add_key_to_file,
+from connectors.ops import crypto
+from connectors.ops.crypto import (DecryptError, Envelope, Keyring, KeyringError, add_key_to_file,
                         decrypt_file, generate_key_file, rotate_directory, rotate_file,
                         write_encrypted_file)
 

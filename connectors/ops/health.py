@@ -22,9 +22,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from dataflow import metrics
+from dataflow.core import metrics
 from dataflow.config import Config, SourceConfig
-from ops import status
+from dataflow.core import status
 
 __all__ = ["Check", "Readiness"]
 

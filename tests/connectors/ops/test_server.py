@@ -28,9 +28,9 @@ import pytest
 from dataflow.config import Config, SourceConfig, parse_config
 from devstack.faultproxy import FaultProxy
 from devstack.stack import LocalStack, free_port
-from ops.auth import Authorizer, Credentials, sign_jwt
-from ops.health import Readiness
-from ops.server import OpsServer
+from connectors.ops.auth import Authorizer, Credentials, sign_jwt
+from connectors.ops.health import Readiness
+from connectors.ops.server import OpsServer
 from tests.conftest import ROOT, Seeded, flow_env, write_config
 
 TRAIL = "Custom-AWSCloudTrail"
@@ -395,7 +395,7 @@ def test_a_tampered_dead_letter_file_shows_its_issues_in_the_listing(tmp_path: P
     import os
 
     from connectors.deadletter import DeadLetterStore
-    from ops.crypto import Keyring
+    from connectors.ops.crypto import Keyring
 
     store = DeadLetterStore(tmp_path / "errors", keyring=Keyring({"k1": os.urandom(32)}, "k1"))
     x = store.write([{"stage": "parse", "reason": "a"}, {"stage": "parse", "reason": "b"}], "x")
