@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Any
 
 import boto3
 from botocore.config import Config as BotoConfig
 
-from dataflow.config import AwsConfig, SourceConfig
+from connectors.s3.config import SourceConfig
 
-__all__ = ["client_for", "s3_client", "sqs_client"]
+__all__ = ["AwsConfig", "client_for", "s3_client", "sqs_client"]
+
+
+@dataclass(frozen=True)
+class AwsConfig:
+    """How to reach S3 (and SQS)."""
+
+    region: str = "us-east-1"
+    """Default AWS region for clients."""
+    endpoint_url: str | None = None
+    """Custom S3/SQS endpoint (a local stack, or a VPC endpoint); None uses AWS's."""
+    max_pool_connections: int = 16
+    """HTTP connections per S3 client; at least fetch_threads."""
 
 
 def _session(aws: AwsConfig, role_arn: str = "", external_id: str = "") -> Any:

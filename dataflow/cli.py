@@ -53,8 +53,9 @@ def _describe(src: SourceConfig) -> str:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from dataflow.tables import tables_for
     from operators.parse import RecordMapper
-    from operators.schema import TableError, tables_for
+    from operators.schema import TableError
 
     try:
         cfg = load_config(args.config)
@@ -137,7 +138,8 @@ def _dcr(args: argparse.Namespace) -> int:
     import json
 
     from dataflow.dcr import dcr_template
-    from operators.schema import load_tables, tables_for
+    from dataflow.tables import tables_for
+    from operators.schema import load_tables
 
     cfg = load_config(args.config) if args.config is not None else None
     tables = tables_for(cfg) if cfg else load_tables()
@@ -171,7 +173,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 def _rotate_key(args: argparse.Namespace) -> int:
     from connectors.deadletter import DeadLetterStore
-    from connectors.ops.keys import keyring_for
+    from dataflow.keys import keyring_for
 
     try:
         cfg = load_config(args.config)

@@ -31,8 +31,8 @@ from dataflow.core.messages import ErrorRecord, RawRecord, Rows
 from operators.batch import batch_rows
 from operators.enrich.operator import FAST, Enricher, Observed, score_shard
 from operators.parse import RecordMapper
-from operators.schema import tables_for
-from connectors.ops.keys import keyring_for
+from dataflow.tables import tables_for
+from dataflow.keys import keyring_for
 
 __all__ = ["build_flow"]
 

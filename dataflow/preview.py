@@ -23,7 +23,8 @@ from dataflow.config import Config, SourceConfig
 from dataflow.core.messages import ErrorRecord, ObjectRef, RawRecord
 from operators.formats.registry import text_format
 from operators.parse import RecordMapper
-from operators.schema import load_tables, tables_for
+from dataflow.tables import tables_for
+from operators.schema import load_tables
 
 __all__ = ["preview"]
 

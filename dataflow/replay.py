@@ -55,7 +55,7 @@ from dataflow.config import Config, SourceConfig
 from dataflow.core.messages import Batch, ErrorRecord, ObjectRef, RawRecord, Rows
 from operators.formats.registry import text_format
 from operators.parse import RecordMapper
-from operators.schema import tables_for
+from dataflow.tables import tables_for
 
 __all__ = ["ReplaySummary", "parse_since", "replay"]
 
@@ -140,7 +140,7 @@ def replay(cfg: Config, *, since: float | None = None, stream: str | None = None
         with the source's role).
     """
     rt = cfg.runtime
-    from connectors.ops.keys import keyring_for
+    from dataflow.keys import keyring_for
 
     keyring = keyring_for(cfg)
     store = DeadLetterStore(rt.errors_dir, rt.errors_s3_uri,

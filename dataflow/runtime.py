@@ -58,13 +58,14 @@ class OpsRuntime:
         self._logged: dict[str, float] = {}
         self.authorizer = Authorizer(self.credentials, max_lifetime_secs=ops.jwt_max_lifetime_secs)
         tables = _streams(cfg)
-        self.readiness = Readiness(cfg, functools.partial(client_for, cfg.aws),
+        self.readiness = Readiness(cfg.ops, cfg.sources, functools.partial(client_for, cfg.aws),
                                    functools.partial(IngestionService, cfg.sentinel), tables)
         self.server: OpsServer | None = None
         if ops.port or port is not None:
             where = ops.port + process_index() if port is None else port
             try:
-                self.server = OpsServer(cfg, where, self.authorizer, self.readiness,
+                self.server = OpsServer(cfg.ops, [s.name for s in cfg.sources], where,
+                                        self.authorizer, self.readiness,
                                         self._replay, self._dead_letters)
             except OSError as ex:
                 # Loud, but not fatal: delivering the data matters more than serving metrics.
@@ -81,7 +82,7 @@ class OpsRuntime:
         if self.cfg.ops.webhooks:
             self._spawn(self._alert_loop, "s3sentinel-alerts")
         if self.cfg.ops.health_table:
-            from connectors.ops.healthtable import HealthReporter
+            from dataflow.healthtable import HealthReporter
 
             reporter = HealthReporter(self.cfg, self.readiness)
             self._spawn(lambda: reporter.run(self._stop), "s3sentinel-health")
@@ -151,7 +152,7 @@ class OpsRuntime:
 
     def _dead_letters(self) -> DeadLetterStore:
         rt = self.cfg.runtime
-        from connectors.ops.keys import keyring_for
+        from dataflow.keys import keyring_for
 
         return DeadLetterStore(rt.errors_dir, rt.errors_s3_uri,
                                functools.partial(s3_client, self.cfg.aws),
@@ -190,7 +191,7 @@ class OpsRuntime:
 
 def _streams(cfg: Config) -> list[str]:
     from operators.parse import RecordMapper
-    from operators.schema import tables_for
+    from dataflow.tables import tables_for
 
     tables = tables_for(cfg)
     mapper = RecordMapper(cfg.sources, tables, cfg.batch.max_bytes)

@@ -12,6 +12,7 @@ rest), the pending rows are stored in the recovery store as one AES-GCM envelope
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -24,7 +25,28 @@ from typing_extensions import override
 
 from dataflow.core.messages import Batch, Row, Rows
 
-__all__ = ["BatchLogic", "batch_rows"]
+__all__ = ["BatchConfig", "BatchLogic", "batch_rows"]
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """How records are grouped into requests."""
+
+    max_bytes: int = 1_000_000
+    """Largest request body, as uncompressed JSON (the service limit is 1 MiB)."""
+    max_records: int = 20_000
+    """Most records in one request."""
+    max_age_secs: float = 5.0
+    """Oldest a record may wait in a batch before the batch is sent."""
+
+    def validate(self, problems: list[str], where: str = "batch") -> None:
+        """Append what is wrong with this section to ``problems``."""
+        if not (1 <= self.max_bytes <= 1_048_576):
+            problems.append(f"{where}.max_bytes: must be between 1 and 1048576 (the service's "
+                            "limit)")
+        if self.max_records < 1 or self.max_age_secs <= 0:
+            problems.append(f"{where}: max_records must be >= 1 and max_age_secs > 0")
+
 
 Clock = Callable[[], datetime]
 

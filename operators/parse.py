@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 
 from dataflow.core import metrics
-from dataflow.config import SourceConfig
+from connectors.s3.config import SourceConfig
 from dataflow.core.messages import ErrorRecord, RawRecord, Row, Rows
 from operators.formats import ParseError, TextFormat
 from operators.formats.registry import DEFAULT_TABLES, text_format

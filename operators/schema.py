@@ -36,7 +36,6 @@ from operators.tabledef import (
     TableDef,
     TableError,
     load_tables,
-    tables_for,
 )
 
 __all__ = [
@@ -47,7 +46,6 @@ __all__ = [
     "TableDef",
     "TableError",
     "load_tables",
-    "tables_for",
 ]
 
 MAX_FIELD_BYTES = 65_536

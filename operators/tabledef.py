@@ -14,11 +14,41 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from dataflow.config import Config, TableConfig
 
-__all__ = ["COLUMN_TYPES", "Column", "TableDef", "TableError", "load_tables", "tables_for"]
+__all__ = ["COLUMN_TYPES", "Column", "TableColumnConfig", "TableConfig", "TableDef", "TableError",
+           "load_tables"]
+
+
+@dataclass(frozen=True)
+class TableColumnConfig:
+    """A column of a custom table."""
+
+    name: str
+    type: Literal["string", "int", "long", "real", "bool", "datetime", "dynamic"]
+    source: str | None = None
+    """Dotted path of the value in the source record; defaults to the column name."""
+    required: bool = False
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    """A custom ``_CL`` table declared in config (shipped tables live in operators/tables/)."""
+
+    name: str
+    """Table name; custom tables end in ``_CL``."""
+    columns: list[TableColumnConfig]
+    stream: str | None = None
+    """DCR input stream; defaults to ``Custom-<name>``."""
+    description: str = ""
+
+    def validate(self, problems: list[str]) -> None:
+        """Append what is wrong with this table to ``problems``."""
+        if not self.columns:
+            problems.append(f"tables[{self.name}].columns: a table needs at least one column")
+
 
 COLUMN_TYPES = ("string", "int", "long", "real", "bool", "datetime", "dynamic")
 _COLUMN_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,44}$")
@@ -163,11 +193,3 @@ def load_tables(extra_dir: str | Path | None = None,
                              "required": c.required} for c in cfg.columns]}
         tables[cfg.name] = TableDef.from_mapping(data, f"config tables[{cfg.name}]")
     return tables
-
-
-def tables_for(cfg: Config) -> dict[str, TableDef]:
-    """The tables ``cfg`` sends to: :func:`load_tables` with its tables directory and
-    declared tables, plus the enrichment columns its ``[enrich]`` section adds."""
-    from operators.enrich.columns import with_enrichment_columns
-
-    return with_enrichment_columns(load_tables(cfg.runtime.tables_dir, cfg.tables), cfg.enrich)

@@ -17,13 +17,14 @@ from __future__ import annotations
 import gzip
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 from dataflow.core import metrics
-from dataflow.config import Config, SourceConfig
+from connectors.ops.config import OpsConfig
+from connectors.s3.config import SourceConfig
 from dataflow.core import status
 
 __all__ = ["Check", "Readiness"]
@@ -46,10 +47,12 @@ class Readiness:
         called once, and again only after the check failed with an unexpected error.
     """
 
-    def __init__(self, cfg: Config, client_for: Callable[[SourceConfig, str], Any],
+    def __init__(self, ops: OpsConfig, sources: Sequence[SourceConfig],
+                 client_for: Callable[[SourceConfig, str], Any],
                  service_factory: Callable[[], Any], streams: list[str],
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self._cfg = cfg
+        self._ops = ops
+        self._sources = tuple(sources)
         self._client_for = client_for
         self._service_factory = service_factory
         self._streams = streams
@@ -71,7 +74,7 @@ class Readiness:
     def _cached(self, name: str, fn: Callable[[], Check]) -> Check:
         with self._lock:
             hit = self._cache.get(name)
-            if hit is not None and self._clock() - hit[0] < self._cfg.ops.check_cache_secs:
+            if hit is not None and self._clock() - hit[0] < self._ops.check_cache_secs:
                 return hit[1]
             running = self._in_flight.get(name)
             if running is None:
@@ -97,7 +100,7 @@ class Readiness:
         # One HeadBucket per bucket and identity: the same bucket read through two roles is
         # checked through both.
         seen: dict[tuple[str, str, str], SourceConfig] = {}
-        for src in self._cfg.sources:
+        for src in self._sources:
             seen.setdefault((src.bucket, src.role_arn, src.external_id), src)
         for (bucket, role, _), src in sorted(seen.items(), key=lambda kv: kv[0]):
             try:
@@ -138,7 +141,7 @@ class Readiness:
             for s in metric.samples:
                 if s.value > worst:
                     worst, source = s.value, s.labels.get("source", "")
-        limit = self._cfg.ops.max_lag_secs
+        limit = self._ops.max_lag_secs
         if worst > limit:
             return Check(False, f"source {source}: oldest undelivered object is {worst:.0f}s old "
                                 f"(limit {limit:.0f}s)")
@@ -146,7 +149,7 @@ class Readiness:
 
     def _partitions(self) -> Check:
         now = time.time()
-        limit = self._cfg.ops.stuck_secs
+        limit = self._ops.stuck_secs
         stuck = [f"{name} (no progress for {now - p['last_progress']:.0f}s at "
                  f"{p.get('object') or 'listing'})"
                  for name, p in status.partitions().items()

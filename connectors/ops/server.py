@@ -49,7 +49,7 @@ from waitress import wasyncore
 
 from dataflow.core.files import append_durable, private_dir
 from dataflow.core import metrics
-from dataflow.config import Config
+from connectors.ops.config import OpsConfig
 from dataflow.core import status
 from connectors.ops.auth import Authorizer, Denial, Principal
 from connectors.ops.health import Readiness
@@ -73,11 +73,12 @@ class OpsServer:
     :raises OSError: The port cannot be bound.
     """
 
-    def __init__(self, cfg: Config, port: int, authorizer: Authorizer, readiness: Readiness,
-                 replay: Callable[[bool], str], dead_letters: Callable[[], Any], *,
+    def __init__(self, ops: OpsConfig, sources: Iterable[str], port: int, authorizer: Authorizer,
+                 readiness: Readiness, replay: Callable[[bool], str],
+                 dead_letters: Callable[[], Any], *,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        ops = cfg.ops
-        self._cfg = cfg
+        self._ops = ops
+        self._source_names = frozenset(sources)
         self._auth = authorizer
         self._ready = readiness
         self._replay = replay
@@ -144,7 +145,7 @@ class OpsServer:
     def _serve(self, method: str, path: str, query: dict[str, str], header: str | None,
                remote: str) -> tuple[int, bytes, str]:
         admin = path.startswith("/admin/")
-        if not admin and (self._cfg.ops.open_metrics or path not in _OPEN_ROUTES):
+        if not admin and (self._ops.open_metrics or path not in _OPEN_ROUTES):
             return self._route(method, path, query)
         verdict = self._authenticate(header)
         if isinstance(verdict, Denial):
@@ -225,7 +226,7 @@ class OpsServer:
         if method == "POST" and len(parts) == 4 and parts[:2] == ["admin", "sources"] \
                 and parts[3] in ("pause", "resume"):
             name = parts[2]
-            if name not in {s.name for s in self._cfg.sources}:
+            if name not in self._source_names:
                 return _json(404, {"error": f"no source {name!r}"})
             (status.pause if parts[3] == "pause" else status.resume)(name)
             return _json(200, {"source": name, "paused": status.is_paused(name)})

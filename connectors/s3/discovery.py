@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from dataflow.config import SourceConfig
+from connectors.s3.config import SourceConfig
 
 __all__ = ["ListedObject", "Lister", "RecentKeys", "shard_of", "skip_reason"]
 

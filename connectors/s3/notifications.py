@@ -37,7 +37,7 @@ from connectors.s3.discovery import skip_reason
 from connectors.s3.source import Clock, Item, _S3Partition
 from connectors.sentinel.journal import JournalView
 from dataflow.core import metrics
-from dataflow.config import SourceConfig
+from connectors.s3.config import SourceConfig
 from dataflow.core.messages import ErrorRecord, ObjectRef
 from dataflow.core import status
 

@@ -34,7 +34,7 @@ from connectors.s3.objects import Prefetcher
 from connectors.s3.records import FormatUnknown, Record, object_records
 from connectors.s3.state import PartitionState
 from dataflow.core import metrics
-from dataflow.config import SourceConfig
+from connectors.s3.config import SourceConfig
 from dataflow.core import status
 from dataflow.core.messages import ErrorRecord, ObjectRef, RawRecord
 from operators.formats import TextFormat

@@ -20,7 +20,7 @@ from azure.core.exceptions import (
 from azure.monitor.ingestion import LogsIngestionClient
 
 from connectors.sentinel.errors import DeliveryError
-from dataflow.config import SentinelConfig
+from connectors.sentinel.config import SentinelConfig
 
 __all__ = ["IngestionService", "make_credential"]
 

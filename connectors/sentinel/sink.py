@@ -36,7 +36,7 @@ from connectors.sentinel.errors import DeliveryError, DeliveryFailed
 from connectors.sentinel.journal import DEAD_LETTERED, UploadJournal
 from connectors.sentinel.service import IngestionService
 from dataflow.core import metrics
-from dataflow.config import SentinelConfig
+from connectors.sentinel.config import SentinelConfig
 from dataflow.core.messages import Batch
 
 __all__ = ["SentinelSink"]

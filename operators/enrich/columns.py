@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from dataflow.config import EnrichConfig
+from operators.enrich.config import EnrichConfig
 from operators.tabledef import Column, TableDef, TableError
 
 __all__ = ["COLUMNS", "FINDINGS_TABLE", "carries_columns", "column_names", "splice",

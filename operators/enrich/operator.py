@@ -42,7 +42,7 @@ import msgspec
 import orjson
 
 from dataflow.core import metrics
-from dataflow.config import EnrichConfig
+from operators.enrich.config import EnrichConfig
 from dataflow.core.messages import Rows
 from operators.enrich.columns import FINDINGS_TABLE, carries_columns, column_names, splice
 from operators.tabledef import TableDef

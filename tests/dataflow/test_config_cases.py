@@ -284,9 +284,9 @@ def test_cross_field_checks_all_reported_together() -> None:
     problems = problems_of(raw)
     assert problems == [
         "sentinel.endpoint: must be an https:// URL (bearer tokens need TLS)",
+        "sentinel.gzip_level: must be 0..9",
         "batch.max_bytes: must be between 1 and 1048576 (the service's limit)",
         "batch: max_records must be >= 1 and max_age_secs > 0",
-        "sentinel.gzip_level: must be 0..9",
         "sources: at least one [[sources]] entry is needed",
         "tables[Empty_CL].columns: a table needs at least one column",
     ]

@@ -93,7 +93,7 @@ def test_enrichment_columns_reach_the_tables_the_dcr_declares(tmp_path: Path) ->
     does)."""
     from dataflow.config import load_config
     from dataflow.dcr import dcr_template
-    from operators.schema import tables_for
+    from dataflow.tables import tables_for
 
     rules = tmp_path / "app-rules.toml"
     rules.write_text('[[rules]]\nid = "app-denied"\ntable = "AppEvents_CL"\npriority = "high"\n'

@@ -83,7 +83,7 @@ def test_a_sustained_failure_alerts_once_and_resolves_once(
 
 def test_health_rows_count_the_interval(clean: LocalStack, tmp_path: Path, monkeypatch) -> None:
     from dataflow.core import metrics
-    from connectors.ops.healthtable import HealthReporter
+    from dataflow.healthtable import HealthReporter
 
     for key, value in clean.env().items():
         monkeypatch.setenv(key, value)

@@ -238,9 +238,11 @@ def serving(cfg: Config, credentials: Callable[[], Credentials] | None = None, *
     s3 = FakeS3()
     auth = authorizer or Authorizer(credentials or (lambda: Credentials((READER,), (ADMIN,),
                                                                         JWT_KEY)))
-    readiness = Readiness(cfg, client_for or (lambda src, service: s3), service_factory,
+    readiness = Readiness(cfg.ops, cfg.sources, client_for or (lambda src, service: s3),
+                          service_factory,
                           ["Custom-AWSCloudTrail"])
-    server = OpsServer(cfg, 0, auth, readiness, replay, dead_letters, clock=clock).start()
+    server = OpsServer(cfg.ops, [s.name for s in cfg.sources], 0, auth, readiness, replay,
+                       dead_letters, clock=clock).start()
     try:
         yield server
     finally:

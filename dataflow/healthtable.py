@@ -26,10 +26,13 @@ from typing import Any
 
 from isal import igzip
 
-from connectors.sentinel.service import IngestionService
-from dataflow.core import metrics
-from dataflow.config import Config
 from connectors.ops.health import Readiness
+from connectors.sentinel.service import IngestionService
+from dataflow.config import Config
+from dataflow.core import metrics
+from dataflow.tables import tables_for
+from operators.parse import RecordMapper
+from operators.schema import Mapper
 
 __all__ = ["HealthReporter"]
 
@@ -52,9 +55,6 @@ class HealthReporter:
 
     def __init__(self, cfg: Config, readiness: Readiness | None = None,
                  service: Any = None) -> None:
-        from operators.parse import RecordMapper
-        from operators.schema import Mapper, tables_for
-
         self._cfg = cfg
         self._readiness = readiness
         self._service = service
