@@ -66,10 +66,20 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.detection import _figures  # noqa: E402 - the same figures as detection.py
-from bench.workload import SCENARIOS, Workload, generate  # noqa: E402
-from operators.enrich.anomaly import (  # noqa: E402
-    ANOMALOUS, DEFAULT_CONFIG, AnomalyScorer, agent_family, entity_keys, event_time,
-    principal_of)
+from bench.workload import (  # noqa: E402 (after the sys.path line above)
+    SCENARIOS,
+    Workload,
+    generate,
+)
+from operators.enrich.anomaly import (  # noqa: E402 (after the sys.path line above)
+    ANOMALOUS,
+    DEFAULT_CONFIG,
+    AnomalyScorer,
+    agent_family,
+    entity_keys,
+    event_time,
+    principal_of,
+)
 
 __all__ = ["FEATURES", "MODEL_FEATURES", "RIVER_VERSION", "extract_features", "main",
            "run_ours", "run_river"]
@@ -171,7 +181,7 @@ def extract_features(wl: Workload, use: tuple[str, ...] = MODEL_FEATURES) -> Fea
         cur[3] += n_api == 0
         p.n += 1
         keep = 1.0 - min(1.0, (ts - b * BUCKET) / BUCKET) if p.prev else 0.0
-        win = [c + (q * keep if p.prev else 0.0) for c, q in zip(cur, p.prev or cur)]
+        win = [c + (q * keep if p.prev else 0.0) for c, q in zip(cur, p.prev or cur, strict=False)]
         hour = 2 * math.pi * (ts % 86_400) / 86_400
         x = {"rate": _ratio(win[0], p.mc), "data_rate": _ratio(win[2], p.md),
              "errors": win[1] / win[0], "failed": float(failed), "new_ip": 1 / (1 + n_ip),
@@ -200,7 +210,7 @@ def _sweep(scores: list[float], eligible: list[bool], labels: list[str | None],
            max_fp: int) -> tuple[float, float]:
     """(lowest threshold with at most ``max_fp`` false positives, threshold of best F1)."""
     pos = sum(1 for lb in labels if lb is not None)
-    order = sorted((s, lb is not None) for s, ok, lb in zip(scores, eligible, labels) if ok)
+    order = sorted((s, lb is not None) for s, ok, lb in zip(scores, eligible, labels, strict=False) if ok)
     tp = fp = 0
     at_fp, best, best_t = math.inf, -1.0, math.inf
     i = len(order)
@@ -219,7 +229,7 @@ def _sweep(scores: list[float], eligible: list[bool], labels: list[str | None],
 
 
 def _at(wl: Workload, scores: list[float], eligible: list[bool], t: float) -> dict[str, Any]:
-    flags = [ok and s >= t for s, ok in zip(scores, eligible)]
+    flags = [ok and s >= t for s, ok in zip(scores, eligible, strict=False)]
     r = _figures(wl, [flags])
     r["threshold"] = t if math.isfinite(t) else None  # None: nothing flagged
     r["instances_detected"] = sum(d["detected"] for d in r["scenarios"].values())
@@ -267,7 +277,7 @@ def run_river(wl: Workload, feats: Features, feat_cpu: float, max_fp: int, *,
     gc.collect()
     gc.freeze()
     c0 = time.process_time()
-    for x, k in zip(xs, keys):
+    for x, k in zip(xs, keys, strict=False):
         m = models.get(k)
         if m is None:
             m = models[k] = HalfSpaceTrees(trees, height, window, seed=42)
@@ -282,8 +292,8 @@ def run_river(wl: Workload, feats: Features, feat_cpu: float, max_fp: int, *,
                                     "models": len(models), "features": list(use)}}
     r["at_target_fp"] = _at(wl, scores, warm, at_target)
     r["at_our_fp"] = _at(wl, scores, warm, at_fp)
-    r["at_our_fp"]["reasons"] = _examples(wl, [ok and s >= at_fp for s, ok in zip(scores, warm)],
-                                          why)
+    flagged = [ok and s >= at_fp for s, ok in zip(scores, warm, strict=False)]
+    r["at_our_fp"]["reasons"] = _examples(wl, flagged, why)
     r["best_f1"] = _at(wl, scores, warm, best_t)
     r["events_per_cpu_sec"] = len(xs) / (cpu + feat_cpu)
     r["model_events_per_cpu_sec"] = len(xs) / cpu

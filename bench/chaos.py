@@ -25,9 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from devstack.chaos import run_chaos  # noqa: E402
-from devstack.stack import LocalStack  # noqa: E402
-from operators.schema import load_tables  # noqa: E402
+from devstack.chaos import run_chaos  # noqa: E402 (after the sys.path line above)
+from devstack.stack import LocalStack  # noqa: E402 (after the sys.path line above)
+from operators.schema import load_tables  # noqa: E402 (after the sys.path line above)
 
 SCENARIOS = {
     "list": {"mode": "list"},

@@ -36,9 +36,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.workload import SCENARIOS, Workload, generate  # noqa: E402
-from dataflow.config import EnrichConfig  # noqa: E402
-from operators.enrich.anomaly import ANOMALOUS, AnomalyConfig, AnomalyScorer  # noqa: E402
+from bench.workload import (  # noqa: E402 (after the sys.path line above)
+    SCENARIOS,
+    Workload,
+    generate,
+)
+from dataflow.config import EnrichConfig  # noqa: E402 (after the sys.path line above)
+from operators.enrich.anomaly import (  # noqa: E402 (after the sys.path line above)
+    ANOMALOUS,
+    AnomalyConfig,
+    AnomalyScorer,
+)
 
 __all__ = ["TARGET_FP_PER_MILLION", "TARGET_PRECISION", "evaluate", "load_detectors", "main"]
 
@@ -62,7 +70,7 @@ def load_detectors() -> tuple[Any, Any, list[str]]:
         from operators.enrich.sequences import SequenceDetector, load_sequences
 
         detector = SequenceDetector(load_sequences())
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 (reported, never raised)
         notes.append(f"sequences not loaded ({type(exc).__name__}: {exc}); running without "
                      "sequences")
     if rules is None and detector is None:

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -33,8 +33,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from connectors.s3 import framing  # noqa: E402
-from devstack.samples import cloudtrail_event  # noqa: E402
+from connectors.s3 import framing  # noqa: E402 (after the sys.path line above)
+from devstack.samples import cloudtrail_event  # noqa: E402 (after the sys.path line above)
 
 CHUNK = 1024 * 1024
 SIZES = {"1KB": 1024, "64KB": 64 * 1024, "1MB": 1024 * 1024, "16MB": 16 * 1024 * 1024}
@@ -67,7 +67,7 @@ def document(records: list[dict[str, Any]]) -> bytes:
 
 def typical_document(n: int) -> bytes:
     rng = random.Random(7)
-    t0 = datetime(2024, 5, 1, tzinfo=timezone.utc)
+    t0 = datetime(2024, 5, 1, tzinfo=UTC)
     return document([cloudtrail_event(rng, account="123456789012", region="us-east-1",
                                       when=t0 + timedelta(seconds=i)) for i in range(n)])
 

@@ -33,10 +33,10 @@ from isal import igzip, isal_zlib
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from devstack.demo import flow_env  # noqa: E402
-from devstack.samples import seed_cloudtrail  # noqa: E402
-from devstack.stack import LocalStack, free_port  # noqa: E402
-from operators.schema import Mapper, load_tables  # noqa: E402
+from devstack.demo import flow_env  # noqa: E402 (after the sys.path line above)
+from devstack.samples import seed_cloudtrail  # noqa: E402 (after the sys.path line above)
+from devstack.stack import LocalStack, free_port  # noqa: E402 (after the sys.path line above)
+from operators.schema import Mapper, load_tables  # noqa: E402 (after the sys.path line above)
 
 BUCKET = "bench-trail"
 STREAM = "Custom-AWSCloudTrail"

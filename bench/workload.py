@@ -105,8 +105,11 @@ _ERRORS = (("AccessDenied", 0.55), ("Client.UnauthorizedOperation", 0.1),
            ("NoSuchEntityException", 0.15), ("ThrottlingException", 0.12),
            ("ValidationException", 0.08))
 
-_NAMES = ("alice bob carol dave erin frank grace heidi ivan judy mallory niaj olivia peggy rupert "
-          "sybil trent victor walter xena yusuf zoe amir bea chen dmitri eva femi").split()
+_NAMES = [
+    "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory",
+    "niaj", "olivia", "peggy", "rupert", "sybil", "trent", "victor", "walter", "xena", "yusuf",
+    "zoe", "amir", "bea", "chen", "dmitri", "eva", "femi"
+]
 _OS = ("Darwin/23.4.0", "Linux/6.5.0-28-generic", "Windows/10", "Darwin/22.6.0")
 _BROWSERS = (
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) "

@@ -43,11 +43,18 @@ import orjson
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from typing_extensions import override
 
-from dataflow.core.files import atomic_write, fsync_dir, private_dir
+from connectors.ops.crypto import (
+    DecryptError,
+    LineIssue,
+    RotationReport,
+    open_lines,
+    reseal,
+    seal_lines,
+)
 from connectors.sentinel.journal import DEAD_LETTERED, REST, UploadJournal
 from dataflow.core import metrics
+from dataflow.core.files import atomic_write, fsync_dir, private_dir
 from dataflow.core.messages import ErrorRecord
-from connectors.ops.crypto import DecryptError, LineIssue, RotationReport, open_lines, reseal, seal_lines
 
 __all__ = ["DeadLetterFileError", "DeadLetterSink", "DeadLetterStore", "EntryFile",
            "error_entry", "read_entries"]

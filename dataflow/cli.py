@@ -198,9 +198,9 @@ def _rotate_key(args: argparse.Namespace) -> int:
         print("rotate-key: some files were left as they are (see above): keep every key "
               "until they are fixed or removed", file=sys.stderr)
         return 1
+    old = ", ".join(k for k in keyring.key_ids if k != keyring.current) or "none"
     print(f"rotate-key: {report.entries} entries in {report.files} files now under key "
-          f"{keyring.current!r}; keys {', '.join(k for k in keyring.key_ids if k != keyring.current) or 'none'} "
-          "may be retired")
+          f"{keyring.current!r}; keys {old} may be retired")
     return 0
 
 

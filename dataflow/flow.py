@@ -25,14 +25,14 @@ from connectors.aws import client_for, s3_client, sqs_client
 from connectors.deadletter import DeadLetterSink, DeadLetterStore
 from connectors.s3.source import S3Source
 from connectors.sentinel.sink import SentinelSink
-from dataflow.core import metrics
 from dataflow.config import Config, load_config
+from dataflow.core import metrics
 from dataflow.core.messages import ErrorRecord, RawRecord, Rows
+from dataflow.keys import keyring_for
+from dataflow.tables import tables_for
 from operators.batch import batch_rows
 from operators.enrich.operator import FAST, Enricher, Observed, score_shard
 from operators.parse import RecordMapper
-from dataflow.tables import tables_for
-from dataflow.keys import keyring_for
 
 __all__ = ["build_flow"]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from dataflow.config import Config
 from connectors.ops.crypto import Keyring
+from dataflow.config import Config
 
 __all__ = ["keyring_for"]
 

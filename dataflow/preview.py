@@ -21,9 +21,9 @@ from connectors.s3.objects import CHUNK_BYTES
 from connectors.s3.records import FormatUnknown, object_records
 from dataflow.config import Config, SourceConfig
 from dataflow.core.messages import ErrorRecord, ObjectRef, RawRecord
+from dataflow.tables import tables_for
 from operators.formats.registry import text_format
 from operators.parse import RecordMapper
-from dataflow.tables import tables_for
 from operators.schema import load_tables
 
 __all__ = ["preview"]
@@ -45,8 +45,8 @@ def _s3_chunks(uri: str, cfg: Config | None) -> tuple[str, str, Iterator[bytes]]
     bucket, _, key = uri[len("s3://"):].partition("/")
     src = max((s for s in cfg.sources if s.bucket == bucket and key.startswith(s.prefix)),
               key=lambda s: len(s.prefix), default=None) if cfg else None
-    if src is not None:
-        s3 = client_for(cfg.aws, src, "s3")  # type: ignore[union-attr]
+    if src is not None and cfg is not None:  # the source's own client (its role)
+        s3 = client_for(cfg.aws, src, "s3")
     else:
         s3 = s3_client(cfg.aws if cfg else AwsConfig())
     body = s3.get_object(Bucket=bucket, Key=key)

@@ -50,12 +50,12 @@ from connectors.s3.records import UnreadableRecord, object_records
 from connectors.sentinel.journal import UploadJournal
 from connectors.sentinel.service import IngestionService
 from connectors.sentinel.sink import _SentinelPartition
-from dataflow.core import metrics
 from dataflow.config import Config, SourceConfig
+from dataflow.core import metrics
 from dataflow.core.messages import Batch, ErrorRecord, ObjectRef, RawRecord, Rows
+from dataflow.tables import tables_for
 from operators.formats.registry import text_format
 from operators.parse import RecordMapper
-from dataflow.tables import tables_for
 
 __all__ = ["ReplaySummary", "parse_since", "replay"]
 
@@ -146,7 +146,7 @@ def replay(cfg: Config, *, since: float | None = None, stream: str | None = None
     store = DeadLetterStore(rt.errors_dir, rt.errors_s3_uri,
                             s3_factory or functools.partial(s3_client, cfg.aws), keyring)
     if s3_factory is not None:
-        client_for: Callable[[SourceConfig], Any] = lambda _src: s3_factory()  # noqa: E731
+        client_for: Callable[[SourceConfig], Any] = lambda _src: s3_factory()  # noqa: E731 (a small test in a table of them)
     else:
         client_for = functools.partial(_source_client, cfg)
     tables = tables_for(cfg)

@@ -17,13 +17,13 @@ from typing import Any
 
 from connectors.aws import client_for, s3_client
 from connectors.deadletter import DeadLetterStore
-from connectors.sentinel.service import IngestionService
-from dataflow.config import Config, OpsConfig
 from connectors.ops.auth import Authorizer, Credentials, RevocationFile
 from connectors.ops.health import Readiness
 from connectors.ops.logs import configure
 from connectors.ops.secrets import SecretError, SecretResolver
 from connectors.ops.server import OpsServer
+from connectors.sentinel.service import IngestionService
+from dataflow.config import Config, OpsConfig
 
 __all__ = ["OpsRuntime", "process_index", "start"]
 
@@ -190,8 +190,8 @@ class OpsRuntime:
 
 
 def _streams(cfg: Config) -> list[str]:
-    from operators.parse import RecordMapper
     from dataflow.tables import tables_for
+    from operators.parse import RecordMapper
 
     tables = tables_for(cfg)
     mapper = RecordMapper(cfg.sources, tables, cfg.batch.max_bytes)

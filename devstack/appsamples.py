@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import random
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -48,11 +49,9 @@ def seed_app_logs(s3: Any, bucket: str, *, objects: int = 4, lines: int = 250, b
                   seed: int = 11, start: datetime | None = None) -> AppSeed:
     """Write ``objects`` NDJSON objects (half gzipped, half plain) under ``app/``."""
     rng = random.Random(seed)
-    start = start or datetime(2026, 11, 1, tzinfo=timezone.utc)
-    try:
+    start = start or datetime(2026, 11, 1, tzinfo=UTC)
+    with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
         s3.create_bucket(Bucket=bucket)
-    except s3.exceptions.BucketAlreadyOwnedByYou:
-        pass
     keys, good, bad = [], 0, 0
     for i in range(objects):
         out = []

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -203,7 +203,7 @@ def run_chaos(stack: LocalStack, workdir: Path, *, mode: str = "list", workers: 
 
     # Half the objects before the start; the rest land while the flow runs and is killed.
     first = objects // 2
-    start = datetime(2026, 11, 1, tzinfo=timezone.utc) + timedelta(days=seed % 20)
+    start = datetime(2026, 11, 1, tzinfo=UTC) + timedelta(days=seed % 20)
     manifests = [seed_cloudtrail(s3, bucket, objects=first, records_per_object=records_per_object,
                                  seed=seed, start=start, digests=False)]
     landing_done = threading.Event()

@@ -19,11 +19,11 @@ from pathlib import Path
 
 from connectors.deadletter import read_entries
 from dataflow.config import load_config
+from dataflow.tables import tables_for
 from devstack.appsamples import seed_app_logs
 from devstack.formatsamples import seed_mixed
 from devstack.samples import seed_cloudtrail
 from devstack.stack import LocalStack
-from operators.schema import tables_for
 
 __all__ = ["flow_env", "main"]
 

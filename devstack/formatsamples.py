@@ -6,6 +6,7 @@ the end-to-end test of format detection and mapping, and by the demo.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 from dataclasses import dataclass, field
 from typing import Any
@@ -135,10 +136,8 @@ def _gz(lines: list[bytes]) -> bytes:
 
 def seed_mixed(s3: Any, bucket: str) -> MixedSeed:
     """Write one object per format (AWS key layouts), bad lines, and a corrupt object."""
-    try:
+    with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
         s3.create_bucket(Bucket=bucket)
-    except s3.exceptions.BucketAlreadyOwnedByYou:
-        pass
     seed = MixedSeed(bucket)
     base = f"AWSLogs/{ACCT}"
     day = "2026/11/01"

@@ -15,11 +15,12 @@ import json
 import random
 import string
 import uuid
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Sequence
+from typing import Any
 
 try:  # ~10x faster than zlib; the output is still one standard gzip member.
     from isal import igzip as _gzip_impl
@@ -42,7 +43,7 @@ __all__ = [
     "seed_cloudtrail",
 ]
 
-DEFAULT_START = datetime(2024, 6, 3, 8, 0, tzinfo=timezone.utc)
+DEFAULT_START = datetime(2024, 6, 3, 8, 0, tzinfo=UTC)
 """Start of the seeded timeline when none is given (fixed, so seeding is reproducible)."""
 DELIVERY_INTERVAL = timedelta(minutes=5)
 """CloudTrail delivers a log file per account and region about every five minutes."""
@@ -89,7 +90,7 @@ _BROWSERS = (
 
 def _utc(dt: datetime) -> datetime:
     """``dt`` in UTC; a naive datetime is taken to be UTC already."""
-    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
 def _ts(dt: datetime) -> str:

@@ -27,8 +27,9 @@ import time
 import urllib.parse
 import urllib.request
 import weakref
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from devstack.sentinel_handler import EmulatorServer, SentinelRequestHandler
 from devstack.sentinel_state import IDENTITY_PATH, EmulatorState, FaultScript, RequestLog
@@ -83,7 +84,7 @@ class SentinelEmulator:
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> "SentinelEmulator":
+    def start(self) -> SentinelEmulator:
         """Bind, start serving in a daemon thread and return ``self``."""
         if self._server is not None:
             raise RuntimeError("SentinelEmulator is already running")
@@ -116,7 +117,7 @@ class SentinelEmulator:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def __enter__(self) -> "SentinelEmulator":
+    def __enter__(self) -> SentinelEmulator:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -236,7 +237,7 @@ class EmulatorAdmin:
         self._timeout = timeout
 
     @classmethod
-    def from_info_file(cls, path: Path, *, wait_secs: float = 30.0) -> "EmulatorAdmin":
+    def from_info_file(cls, path: Path, *, wait_secs: float = 30.0) -> EmulatorAdmin:
         """Wait for a CLI-written ``sentinel.json`` and connect to that emulator."""
         info = wait_for_info_file(path, wait_secs=wait_secs)
         return cls(info["endpoint"], info["ca_file"])
@@ -292,7 +293,8 @@ def wait_for_info_file(path: Path, *, wait_secs: float = 30.0) -> dict[str, Any]
             return json.loads(Path(path).read_text())
         except FileNotFoundError:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"sentinel emulator did not write {path} within {wait_secs}s")
+                raise TimeoutError(
+                    f"sentinel emulator did not write {path} within {wait_secs}s") from None
             time.sleep(0.05)
 
 

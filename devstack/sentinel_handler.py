@@ -7,6 +7,7 @@ Ingestion), ``GET /msi/token`` (App Service managed identity 2019-08-01),
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import ssl
@@ -14,26 +15,26 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
 
 from devstack.sentinel_state import (  # noqa: F401 (re-exported)
-    MAX_BODY_BYTES,
     _DISCARD_CAP,
-    IDENTITY_PATH,
-    MONITOR_RESOURCE,
-    VAULT_RESOURCE,
-    CLIENT_ID,
-    _VAULT_CHALLENGE,
     _MONITOR_CHALLENGE,
     _STATUS_CODES,
-    RequestLog,
+    _VAULT_CHALLENGE,
+    CLIENT_ID,
+    IDENTITY_PATH,
+    MAX_BODY_BYTES,
+    MONITOR_RESOURCE,
+    VAULT_RESOURCE,
     EmulatorState,
+    RequestLog,
 )
-
 
 try:  # isal inflates several times faster than zlib; same API
     from isal import isal_zlib as _zlib
@@ -83,10 +84,8 @@ class EmulatorServer(ThreadingHTTPServer):
         with self._conns_lock:
             conns = list(self._conns)
         for conn in conns:
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         _log.debug("sentinel emulator: error serving %s", client_address, exc_info=True)
@@ -243,19 +242,19 @@ class SentinelRequestHandler(BaseHTTPRequestHandler):
                 self._error(404, "NotFound", f"no route for {method} {url.path}")
         except _Drop:
             self.close_connection = True
-        except (ConnectionError, ssl.SSLError, TimeoutError, socket.timeout):
+        except (ConnectionError, ssl.SSLError, TimeoutError):
             self.close_connection = True
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib naming
         self._route("GET")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
         self._route("POST")
 
-    def do_PUT(self) -> None:  # noqa: N802
+    def do_PUT(self) -> None:  # noqa: N802 (http.server's name)
         self._route("PUT")
 
-    def do_DELETE(self) -> None:  # noqa: N802
+    def do_DELETE(self) -> None:  # noqa: N802 (http.server's name)
         self._route("DELETE")
 
     # -- Logs Ingestion ----------------------------------------------------------------------
@@ -412,7 +411,7 @@ class SentinelRequestHandler(BaseHTTPRequestHandler):
             return self._error(404, "SecretNotFound",
                                f"A secret with (name/id) {what} was not found in this key vault.")
         ver, value, created = found
-        host = self.headers.get("Host") or "%s:%d" % self.server.server_address[:2]
+        host = self.headers.get("Host") or "{}:{}".format(*self.server.server_address[:2])
         self._json(200, {
             "value": value, "id": f"https://{host}/secrets/{name}/{ver}",
             "attributes": {"enabled": True, "created": created, "updated": created,

@@ -7,9 +7,9 @@ import secrets as _secrets
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
-
+from typing import Any
 
 __all__ = [
     "CLIENT_ID", "EmulatorState", "FaultScript", "IDENTITY_PATH", "MAX_BODY_BYTES",

@@ -10,9 +10,9 @@ import datetime as dt
 import ipaddress
 import os
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -73,7 +73,7 @@ def make_ca_and_server_cert(
         raise ValueError("make_ca_and_server_cert needs at least one host for the certificate")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     not_before, not_after = now - dt.timedelta(minutes=5), now + _VALIDITY
 
     ca_key = ec.generate_private_key(ec.SECP256R1())

@@ -12,9 +12,9 @@ rest), the pending rows are stored in the recovery store as one AES-GCM envelope
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import bytewax.operators as op
@@ -52,7 +52,7 @@ Clock = Callable[[], datetime]
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class BatchLogic(StatefulBatchLogic[Row | Rows, Batch, dict]):
@@ -93,7 +93,7 @@ class BatchLogic(StatefulBatchLogic[Row | Rows, Batch, dict]):
         out: list[Batch] = []
         for item in values:
             if type(item) is Rows:
-                pairs: Iterable[tuple[bytes, str]] = zip(item.rows, item.record_ids)
+                pairs: Iterable[tuple[bytes, str]] = zip(item.rows, item.record_ids, strict=False)
             else:
                 pairs = ((item.data, item.record_id),)
             for data, record_id in pairs:

@@ -13,8 +13,8 @@ import logging
 from collections import OrderedDict
 from collections.abc import Mapping
 
-from dataflow.core import metrics
 from connectors.s3.config import SourceConfig
+from dataflow.core import metrics
 from dataflow.core.messages import ErrorRecord, RawRecord, Row, Rows
 from operators.formats import ParseError, TextFormat
 from operators.formats.registry import DEFAULT_TABLES, text_format

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -160,12 +160,12 @@ def _to_datetime(v: Any) -> str:
         dt = datetime.fromisoformat(v.strip().replace(" ", "T", 1))
     elif isinstance(v, (int, float)) and not isinstance(v, bool):
         secs = v / 1000 if v > 1e11 else v  # epoch milliseconds or seconds
-        dt = datetime.fromtimestamp(secs, timezone.utc)
+        dt = datetime.fromtimestamp(secs, UTC)
     else:
         raise ValueError
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _to_dynamic(v: Any) -> Any:
@@ -264,13 +264,13 @@ class Mapper:
         leaves = {c.source for c in cols}
         cuts = [_split_path(c.source, leaves) for c in cols]
         root = _Node()
-        for col, cut in zip(cols, cuts):
+        for col, cut in zip(cols, cuts, strict=False):
             node = root
             for part in col.source[:cut]:
                 node = node.children.setdefault(part, _Node())
             raw = cut < len(col.source) or col.json or col.type == "dynamic" or node.children
             node.leaf = msgspec.Raw if raw or node.leaf is msgspec.Raw else _SCALAR
-        for col, cut in zip(cols, cuts):  # a node that is also a parent must be raw
+        for col, cut in zip(cols, cuts, strict=False):  # a node that is also a parent must be raw
             node = root
             for part in col.source[:cut]:
                 node = node.children[part]
@@ -282,12 +282,12 @@ class Mapper:
         # generic path (which collects it); on the fast path there is then nothing to collect.
         self._decoder = msgspec.json.Decoder(
             root.struct(f"{table.name}Record", forbid_unknown=self._rest_column is not None))
-        self._rest = [c.source[cut:] for c, cut in zip(cols, cuts)]
+        self._rest = [c.source[cut:] for c, cut in zip(cols, cuts, strict=False)]
         self._rest_keys = [[f'"{p}"'.encode() for p in rest if not p.isdigit()]
                            for rest in self._rest]
         self._coercers = [_to_int_cut if c.truncate else _COERCE[c.type] for c in cols]
         self._generic = [(c.name, c.source, coerce, c.required)
-                         for c, coerce in zip(cols, self._coercers)]
+                         for c, coerce in zip(cols, self._coercers, strict=False)]
         self._cut = {c.name: ".".join(c.source) for c in cols if c.truncate}
         self._types = {c.name: c.type for c in cols}
         self._allowed = {c.name: frozenset(c.allowed) for c in cols if c.allowed}
@@ -303,7 +303,7 @@ class Mapper:
         """
         lines = ["def _map(rec, row, parsed):"]
         parents: dict[tuple[str, ...], str] = {(): "rec"}
-        for i, (col, cut) in enumerate(zip(self._cols, cuts)):
+        for i, (col, cut) in enumerate(zip(self._cols, cuts, strict=False)):
             head = col.source[:cut]
             node, var = root, "rec"
             for depth, part in enumerate(head):
@@ -368,7 +368,8 @@ class Mapper:
         except msgspec.ValidationError:
             return self.row_dict(self._loads(data), record_id)  # unusual shape: generic path
         except msgspec.DecodeError as ex:
-            raise MappingError(f"not valid JSON: {ex}", "invalid_json") from None
+            msg = f"not valid JSON: {ex}"
+            raise MappingError(msg, "invalid_json") from None
         row = self._map_struct(rec, {}, {})
         row[self._id_column] = record_id
         return row
@@ -419,7 +420,8 @@ class Mapper:
         """:meth:`map_dict`'s row before it is encoded (:meth:`encode`)."""
         if not isinstance(rec, dict):
             kind = type(rec).__name__
-            raise MappingError(f"expected a JSON object, got {kind}", "not_an_object")
+            msg = f"expected a JSON object, got {kind}"
+            raise MappingError(msg, "not_an_object")
         row: dict[str, Any] = {}
         for name, path, coerce, required in self._generic:
             v = _walk(rec, path)
@@ -467,4 +469,5 @@ class Mapper:
         try:
             return orjson.loads(data if isinstance(data, (bytes, str)) else bytes(data))
         except orjson.JSONDecodeError as ex:
-            raise MappingError(f"not valid JSON: {ex}", "invalid_json") from None
+            msg = f"not valid JSON: {ex}"
+            raise MappingError(msg, "invalid_json") from None

@@ -16,7 +16,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-
 __all__ = ["COLUMN_TYPES", "Column", "TableColumnConfig", "TableConfig", "TableDef", "TableError",
            "load_tables"]
 

@@ -22,10 +22,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from dataflow.core import metrics
 from connectors.ops.config import OpsConfig
 from connectors.s3.config import SourceConfig
-from dataflow.core import status
+from dataflow.core import metrics, status
 
 __all__ = ["Check", "Readiness"]
 

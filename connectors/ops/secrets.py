@@ -44,9 +44,8 @@ class CircuitBreaker:
     def open(self) -> bool:
         if self._opened_at is None:
             return False
-        if self._clock() - self._opened_at >= self._open_secs:
-            return False  # half-open: let one call through
-        return True
+        # Half-open once open_secs have passed: let one call through.
+        return self._clock() - self._opened_at < self._open_secs
 
     def success(self) -> None:
         self._failures = 0

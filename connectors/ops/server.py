@@ -47,12 +47,11 @@ import waitress
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from waitress import wasyncore
 
-from dataflow.core.files import append_durable, private_dir
-from dataflow.core import metrics
-from connectors.ops.config import OpsConfig
-from dataflow.core import status
 from connectors.ops.auth import Authorizer, Denial, Principal
+from connectors.ops.config import OpsConfig
 from connectors.ops.health import Readiness
+from dataflow.core import metrics, status
+from dataflow.core.files import append_durable, private_dir
 
 __all__ = ["OpsServer"]
 

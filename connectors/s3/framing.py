@@ -470,11 +470,12 @@ class JsonArrayFramer:
         if end == -2:  # msgspec did not say where it ends: scan for it
             scan = _Scan()
             end = scan.run(buf, pos)
-            if 0 <= end and end - pos <= self._max:
+            if end >= 0 and end - pos <= self._max:
                 try:
                     _decode_raw(memoryview(buf)[pos:end])
                 except msgspec.DecodeError as ex:
-                    raise FramingError(f"a record is not valid JSON: {ex}", self._count) from None
+                    msg = f"a record is not valid JSON: {ex}"
+                    raise FramingError(msg, self._count) from None
                 except RecursionError:
                     return self._pass_over(buf, pos, "too_deep", out)
         if end < 0:
@@ -504,7 +505,8 @@ class JsonArrayFramer:
             if bad is not None and int(bad[1]) + 1 >= len(buf) - pos:
                 return -1  # malformed where the bytes end (in a number, say): may go on
             if msg.startswith("JSON is malformed"):
-                raise FramingError(f"a record is not valid JSON: {msg}", self._count)
+                msg = f"a record is not valid JSON: {msg}"
+                raise FramingError(msg, self._count)
             return -2
         if _SHIFT is None:
             return -2

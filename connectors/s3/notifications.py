@@ -32,14 +32,13 @@ from urllib.parse import unquote_plus
 
 import orjson
 
+from connectors.s3.config import SourceConfig
 from connectors.s3.delivery import add_offset
 from connectors.s3.discovery import skip_reason
 from connectors.s3.source import Clock, Item, _S3Partition
 from connectors.sentinel.journal import JournalView
-from dataflow.core import metrics
-from connectors.s3.config import SourceConfig
+from dataflow.core import metrics, status
 from dataflow.core.messages import ErrorRecord, ObjectRef
-from dataflow.core import status
 
 __all__ = ["NotifiedObject", "parse_notification"]
 

@@ -20,12 +20,13 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from typing_extensions import override
 
+from connectors.s3.config import SourceConfig
 from connectors.s3.delivery import DeliveryTracker, add_offset
 from connectors.s3.discovery import ListedObject, Lister, RecentKeys
 from connectors.s3.errors import ObjectReadError, is_transient
@@ -33,9 +34,7 @@ from connectors.s3.framing import FramingError, UnreadableRecord
 from connectors.s3.objects import Prefetcher
 from connectors.s3.records import FormatUnknown, Record, object_records
 from connectors.s3.state import PartitionState
-from dataflow.core import metrics
-from connectors.s3.config import SourceConfig
-from dataflow.core import status
+from dataflow.core import metrics, status
 from dataflow.core.messages import ErrorRecord, ObjectRef, RawRecord
 from operators.formats import TextFormat
 from operators.formats.registry import text_format
@@ -55,7 +54,7 @@ Clock = Callable[[], datetime]
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class _Reading:

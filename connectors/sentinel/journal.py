@@ -47,8 +47,8 @@ from typing import Any
 
 import orjson
 
-from dataflow.core.files import atomic_write, open_private, private_dir
 from dataflow.core import metrics
+from dataflow.core.files import atomic_write, open_private, private_dir
 
 __all__ = ["COMPACT_EVERY", "DEAD_LETTERED", "DELIVERED", "JournalView", "UploadJournal"]
 

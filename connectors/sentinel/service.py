@@ -19,8 +19,8 @@ from azure.core.exceptions import (
 )
 from azure.monitor.ingestion import LogsIngestionClient
 
-from connectors.sentinel.errors import DeliveryError
 from connectors.sentinel.config import SentinelConfig
+from connectors.sentinel.errors import DeliveryError
 
 __all__ = ["IngestionService", "make_credential"]
 
@@ -59,7 +59,8 @@ class IngestionService:
         except HttpResponseError as ex:
             raise _classify(ex, rid) from ex
         except (ServiceRequestError, ServiceResponseError) as ex:
-            raise DeliveryError(f"no response: {ex}", status=None, code="connection",
+            msg = f"no response: {ex}"
+            raise DeliveryError(msg, status=None, code="connection",
                                 transient=True, request_id=rid) from ex
         return rid
 

@@ -23,20 +23,20 @@ import random
 import re
 import socket
 import time
-from datetime import datetime, timezone
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from typing_extensions import override
 
 from connectors.deadletter import DeadLetterStore, record_dead_letters
+from connectors.sentinel.config import SentinelConfig
 from connectors.sentinel.encoder import MAX_WIRE_BYTES, encode
 from connectors.sentinel.errors import DeliveryError, DeliveryFailed
 from connectors.sentinel.journal import DEAD_LETTERED, UploadJournal
 from connectors.sentinel.service import IngestionService
 from dataflow.core import metrics
-from connectors.sentinel.config import SentinelConfig
 from dataflow.core.messages import Batch
 
 __all__ = ["SentinelSink"]
@@ -76,7 +76,7 @@ def _event_delay(row: bytes) -> float | None:
     except ValueError:
         return None
     if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
+        t = t.replace(tzinfo=UTC)
     return max(0.0, time.time() - t.timestamp())
 
 

@@ -82,28 +82,32 @@ ANOMALOUS = 0.8
 SNAPSHOT_VERSION = 1
 KINDS = ("principal", "ip", "account", "key")
 
-_CRITICAL = frozenset(
-    "cloudtrail:StopLogging cloudtrail:DeleteTrail cloudtrail:UpdateTrail "
-    "cloudtrail:PutEventSelectors cloudtrail:DeleteEventDataStore "
-    "guardduty:DeleteDetector guardduty:UpdateDetector "
-    "guardduty:DisassociateFromMasterAccount guardduty:DisassociateFromAdministratorAccount "
-    "ec2:DeleteFlowLogs config:StopConfigurationRecorder config:DeleteConfigurationRecorder "
-    "config:DeleteDeliveryChannel kms:ScheduleKeyDeletion kms:DisableKey "
-    "organizations:LeaveOrganization iam:DeleteAccountPasswordPolicy "
-    "securityhub:DisableSecurityHub access-analyzer:DeleteAnalyzer".split())
-_SENSITIVE = frozenset(
-    "CreateUser CreateAccessKey CreateLoginProfile UpdateLoginProfile AttachUserPolicy "
-    "AttachRolePolicy AttachGroupPolicy PutUserPolicy PutRolePolicy PutGroupPolicy "
-    "AddUserToGroup UpdateAssumeRolePolicy CreatePolicyVersion SetDefaultPolicyVersion "
-    "GetSecretValue BatchGetSecretValue GetFederationToken GetPasswordData "
-    "AuthorizeSecurityGroupIngress CreateKeyPair ImportKeyPair ModifyInstanceAttribute "
-    "ModifySnapshotAttribute ModifyImageAttribute PutBucketPolicy PutBucketAcl "
-    "DeletePublicAccessBlock DeleteBucketPublicAccessBlock ConsoleLogin".split())
+_CRITICAL = frozenset([
+    "cloudtrail:StopLogging", "cloudtrail:DeleteTrail", "cloudtrail:UpdateTrail",
+    "cloudtrail:PutEventSelectors", "cloudtrail:DeleteEventDataStore", "guardduty:DeleteDetector",
+    "guardduty:UpdateDetector", "guardduty:DisassociateFromMasterAccount",
+    "guardduty:DisassociateFromAdministratorAccount", "ec2:DeleteFlowLogs",
+    "config:StopConfigurationRecorder", "config:DeleteConfigurationRecorder",
+    "config:DeleteDeliveryChannel", "kms:ScheduleKeyDeletion", "kms:DisableKey",
+    "organizations:LeaveOrganization", "iam:DeleteAccountPasswordPolicy",
+    "securityhub:DisableSecurityHub", "access-analyzer:DeleteAnalyzer"
+])
+_SENSITIVE = frozenset([
+    "CreateUser", "CreateAccessKey", "CreateLoginProfile", "UpdateLoginProfile",
+    "AttachUserPolicy", "AttachRolePolicy", "AttachGroupPolicy", "PutUserPolicy", "PutRolePolicy",
+    "PutGroupPolicy", "AddUserToGroup", "UpdateAssumeRolePolicy", "CreatePolicyVersion",
+    "SetDefaultPolicyVersion", "GetSecretValue", "BatchGetSecretValue", "GetFederationToken",
+    "GetPasswordData", "AuthorizeSecurityGroupIngress", "CreateKeyPair", "ImportKeyPair",
+    "ModifyInstanceAttribute", "ModifySnapshotAttribute", "ModifyImageAttribute",
+    "PutBucketPolicy", "PutBucketAcl", "DeletePublicAccessBlock", "DeleteBucketPublicAccessBlock",
+    "ConsoleLogin"
+])
 _SENSITIVE_SOURCES = frozenset(
-    "iam organizations kms cloudtrail guardduty config securityhub sso".split())
-_DATA = frozenset(
-    "GetObject SelectObjectContent RestoreObject GetSecretValue BatchGetSecretValue "
-    "GetParametersByPath Scan BatchGetItem ExportTableToPointInTime".split())
+    ["iam", "organizations", "kms", "cloudtrail", "guardduty", "config", "securityhub", "sso"])
+_DATA = frozenset([
+    "GetObject", "SelectObjectContent", "RestoreObject", "GetSecretValue", "BatchGetSecretValue",
+    "GetParametersByPath", "Scan", "BatchGetItem", "ExportTableToPointInTime"
+])
 _READ_PREFIXES = ("Get", "List", "Describe", "Head", "Lookup", "BatchGet", "Search", "Scan",
                   "Query", "Select")
 

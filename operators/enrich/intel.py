@@ -405,7 +405,7 @@ class IntelWatcher:
             return False
         try:
             new = self._fetch(version)
-        except Exception as ex:  # noqa: BLE001
+        except Exception as ex:  # noqa: BLE001 (reported, never raised)
             self.failures += 1
             self._version = version  # not tried again until it changes
             log.warning("threat-intel feed %s: the new version cannot be used, keeping %d "

@@ -42,9 +42,9 @@ import msgspec
 import orjson
 
 from dataflow.core import metrics
-from operators.enrich.config import EnrichConfig
 from dataflow.core.messages import Rows
 from operators.enrich.columns import FINDINGS_TABLE, carries_columns, column_names, splice
+from operators.enrich.config import EnrichConfig
 from operators.tabledef import TableDef
 
 __all__ = ["FAST", "Enricher", "Observed", "SealedShard", "ShardState", "score_shard"]

@@ -268,11 +268,11 @@ def _operator(op: str, arg: Any, where: str, problems: list[str]) -> _Test | Non
             problems.append(bad + "expected a string, number or bool")
             return None
         if isinstance(arg, bool):  # true/false are not 1/0
-            eq: _Test = lambda v, r: v is arg  # noqa: E731
+            eq: _Test = lambda v, r: v is arg  # noqa: E731 (a small test in a table of them)
         elif isinstance(arg, str):
-            eq = lambda v, r: v == arg  # noqa: E731
+            eq = lambda v, r: v == arg  # noqa: E731 (a small test in a table of them)
         else:
-            eq = lambda v, r: v == arg and v.__class__ is not bool  # noqa: E731
+            eq = lambda v, r: v == arg and v.__class__ is not bool  # noqa: E731 (a small test in a table of them)
         return eq if op == "equals" else (lambda v, r: not eq(v, r))
     if op in ("in", "not_in"):
         if not isinstance(arg, list) or not arg or not all(isinstance(a, _SCALAR) for a in arg):
@@ -430,10 +430,7 @@ def _and(parts: list[tuple[int, Pred]]) -> Pred:
     all_preds = tuple(preds)
 
     def every(row: Mapping[str, Any]) -> bool:
-        for p in all_preds:
-            if not p(row):
-                return False
-        return True
+        return all(p(row) for p in all_preds)
     return every
 
 
@@ -668,7 +665,7 @@ class RuleSet:
         return len(self.rules)
 
     def _build(self, table: str) -> tuple[dict[Any, tuple[_Compiled, ...]], tuple[_Compiled, ...]]:
-        mine = [(c, pin) for c, pin, r in zip(self._compiled, self._pins, self.rules)
+        mine = [(c, pin) for c, pin, r in zip(self._compiled, self._pins, self.rules, strict=False)
                 if r.table in (table, "*")]
         generic = tuple(c for c, pin in mine if pin is None)
         names = {n for _, pin in mine if pin for n in pin}

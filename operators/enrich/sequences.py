@@ -254,7 +254,7 @@ class SequenceDetector:
         mine = [((si, j, pred, spec.principal, spec.id), pin)
                 for si, spec in enumerate(self.specs) if spec.table in (table, "*")
                 and (group is None or spec.principal == group)
-                for j, (pred, pin) in enumerate(zip(spec.step_preds, spec.step_pins))]
+                for j, (pred, pin) in enumerate(zip(spec.step_preds, spec.step_pins, strict=False))]
         generic = tuple(c for c, pin in mine if pin is None)
         names = {n for _, pin in mine if pin for n in pin}
         by_event = {n: tuple(c for c, pin in mine if pin is None or n in pin) for n in names}

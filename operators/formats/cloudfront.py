@@ -156,7 +156,7 @@ class CloudFrontFormat:
                        f"got {len(values)}")
                 raise ParseError(msg, "field_count")
         rec: dict[str, Any] = {}
-        for (name, kind), value in zip(layout, values):
+        for (name, kind), value in zip(layout, values, strict=False):
             if value == "-" or not value:
                 continue
             if kind == _STR:

@@ -25,7 +25,7 @@ def _text(line: bytes) -> str:
 
 
 def _record(names: list[str], values: list[str]) -> dict[str, Any]:
-    return {k: v for k, v in zip(names, values) if v not in ("", "-")}
+    return {k: v for k, v in zip(names, values, strict=False) if v not in ("", "-")}
 
 
 class CsvFormat:
@@ -49,13 +49,15 @@ class CsvFormat:
         try:
             rows = list(csv.reader([_text(line)], delimiter=self._delimiter, strict=True))
         except csv.Error as ex:
-            raise ParseError(f"malformed CSV: {ex}", "malformed_csv") from None
+            msg = f"malformed CSV: {ex}"
+            raise ParseError(msg, "malformed_csv") from None
         return rows[0] if rows else []
 
     def parse(self, line: bytes, header: tuple[bytes, ...]) -> dict[str, Any]:
         names = self._fields or (self._split(header[0]) if header else [])
         if not names:
-            raise ParseError("no CSV header line before this record", "no_header")
+            msg = "no CSV header line before this record"
+            raise ParseError(msg, "no_header")
         values = self._split(line)
         if len(values) != len(names):
             msg = f"expected {len(names)} fields (from the header), got {len(values)}"

@@ -275,7 +275,7 @@ class _AccessLogFormat:
             raise ParseError(msg, "field_count")
         rec: dict[str, Any] = {}
         quoting = self._quoting
-        for i, ((name, kind), (value, quoted)) in enumerate(zip(self._fields, tokens), 1):
+        for i, ((name, kind), (value, quoted)) in enumerate(zip(self._fields, tokens, strict=False), 1):
             if quoted:
                 if kind not in _QUOTABLE:
                     written = f'"{value}"'[:40]

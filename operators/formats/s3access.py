@@ -33,7 +33,7 @@ Source: "Amazon S3 server access log format" in the Amazon S3 User Guide
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from operators.formats import ParseError
@@ -85,7 +85,7 @@ def _iso_utc(text: str) -> str:
     except ValueError:
         msg = f"request time [{text[:40]}] is not a valid date and time"
         raise ParseError(msg, "bad_time") from None
-    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class S3AccessFormat:
@@ -109,7 +109,7 @@ class S3AccessFormat:
                    f"got {len(tokens)}")
             raise ParseError(msg, "field_count")
         rec: dict[str, Any] = {}
-        for i, (name, tok) in enumerate(zip(FIELDS, tokens)):
+        for i, (name, tok) in enumerate(zip(FIELDS, tokens, strict=False)):
             bare, quoted, bracketed = tok.group("w"), tok.group("q"), tok.group("b")
             if i == _TIME:
                 if bracketed is None:

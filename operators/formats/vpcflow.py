@@ -122,7 +122,7 @@ class VpcFlowFormat:
             msg = f"expected {len(layout)} fields (from {source}), got {len(values)}"
             raise ParseError(msg, "field_count")
         rec: dict[str, Any] = {}
-        for (name, number), value in zip(layout, values):
+        for (name, number), value in zip(layout, values, strict=False):
             if value == "-":
                 continue
             if number:

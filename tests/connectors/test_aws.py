@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-
-
 from connectors.aws import s3_client
 from dataflow.config import AwsConfig
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+import dataflow
 from dataflow.config import (
     BatchConfig,
     Config,
@@ -17,8 +18,6 @@ from dataflow.config import (
     load_config,
     parse_config,
 )
-
-import dataflow
 
 DEMO = Path(dataflow.__file__).resolve().parents[1] / "examples" / "demo.toml"
 

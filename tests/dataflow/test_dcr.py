@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import orjson
 
@@ -36,7 +36,7 @@ def test_emitted_cloudtrail_columns_are_all_declared() -> None:
     m, rng, emitted = Mapper(table), random.Random(9), set()
     for _ in range(3000):
         ev = cloudtrail_event(rng, account="111122223333", region="us-east-1",
-                              when=datetime(2026, 1, 1, tzinfo=timezone.utc))
+                              when=datetime(2026, 1, 1, tzinfo=UTC))
         emitted |= orjson.loads(m.map_json(orjson.dumps(ev), "x-0")).keys()
     assert emitted <= declared
     assert "RecordId_CF" in emitted

@@ -8,7 +8,7 @@ import random
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from devstack.samples import cloudtrail_event, cloudtrail_key, cloudtrail_object
@@ -52,7 +52,7 @@ poll_secs = 0.2
     try:
         time.sleep(2.0)  # started and caught up on an empty bucket
         rng = random.Random(3)
-        when = datetime(2026, 11, 28, 10, 0, tzinfo=timezone.utc)
+        when = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
         events = [cloudtrail_event(rng, account="111122223333", region="us-east-1", when=when)
                   for _ in range(30)]
         for e in events:
@@ -135,7 +135,7 @@ columns = [
         for b in ("cols-trail", "cols-app"):
             s3.create_bucket(Bucket=b)
         rng = random.Random(5)
-        when = datetime(2026, 11, 28, 10, 0, tzinfo=timezone.utc)
+        when = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
         events = [cloudtrail_event(rng, account="111122223333", region="us-east-1", when=when)
                   for _ in range(40)]
         for e in events:
@@ -185,7 +185,7 @@ def _anomaly_findings(admin) -> list[dict]:  # noqa: ANN001 - the emulator's adm
     return [f for f in admin.records(FINDINGS) if f["Detector"] == "anomaly"]
 
 
-def _run_until(cmd: list[str], env: dict, log: Path, done) -> subprocess.Popen:  # noqa: ANN001
+def _run_until(cmd: list[str], env: dict, log: Path, done) -> subprocess.Popen:  # noqa: ANN001 (the emulator's admin client)
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log.open("a"),
                             stderr=subprocess.STDOUT)
     t0 = time.monotonic()
@@ -206,7 +206,7 @@ def test_anomaly_baselines_survive_a_kill(clean: LocalStack, tmp_path: Path) -> 
     s3 = clean.s3()
     admin = clean.admin()
     office, cli = "198.51.100.7", "aws-cli/2.15.30 Python/3.11.8 Linux/6.1 exe/x86_64"
-    start = datetime(2026, 11, 20, 9, 0, tzinfo=timezone.utc)
+    start = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
     history = [_trail(start + timedelta(hours=2 * i), ["DescribeInstances", "DescribeVpcs"][i % 2],
                       "ec2", office, cli) for i in range(60)]  # 5 days, 60 events
     attack = [_trail(start + timedelta(days=5, hours=1), "StopLogging", "cloudtrail",
@@ -308,7 +308,7 @@ def test_a_5xx_burst_of_one_load_balancer_is_counted_across_workers(
     bucket = "e2e-alb-burst"
     s3 = clean.s3()
     s3.create_bucket(Bucket=bucket)
-    t0 = datetime(2026, 11, 28, 10, 0, tzinfo=timezone.utc)
+    t0 = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
     web, api = "app/web/1111111111111111", "app/api/2222222222222222"
 
     def obj(alb: str, start: int, fives: int, oks: int) -> bytes:

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC
 from pathlib import Path
 
 import orjson
@@ -192,10 +193,10 @@ def test_digest_files_are_skipped(clean: LocalStack, seeded: Seeded, tmp_path: P
 
 def test_continuous_mode_delivers_objects_as_they_land(clean: LocalStack, tmp_path: Path) -> None:
     """The flow keeps polling: objects written while it runs arrive within seconds."""
-    from devstack.samples import cloudtrail_event, cloudtrail_key, cloudtrail_object
-
     import random
-    from datetime import datetime, timezone
+    from datetime import datetime
+
+    from devstack.samples import cloudtrail_event, cloudtrail_key, cloudtrail_object
 
     bucket = "e2e-live"
     s3 = clean.s3()
@@ -212,7 +213,7 @@ def test_continuous_mode_delivers_objects_as_they_land(clean: LocalStack, tmp_pa
     latencies = []
     try:
         for i in range(4):
-            when = datetime(2026, 11, 28, 10, i * 5, tzinfo=timezone.utc)
+            when = datetime(2026, 11, 28, 10, i * 5, tzinfo=UTC)
             events = [cloudtrail_event(rng, account="111122223333", region="us-east-1", when=when)
                       for _ in range(50)]
             key = cloudtrail_key("111122223333", "us-east-1", when, rng)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import random
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -23,7 +23,7 @@ def run(path: Path, **kw: object) -> tuple[int, list[dict], str]:
 def test_a_good_cloudtrail_file_previews_every_row(tmp_path: Path) -> None:
     rng = random.Random(2)
     events = [cloudtrail_event(rng, account="1", region="eu-west-1",
-                               when=datetime(2026, 1, 1, tzinfo=timezone.utc)) for _ in range(5)]
+                               when=datetime(2026, 1, 1, tzinfo=UTC)) for _ in range(5)]
     path = tmp_path / "ct.json.gz"
     path.write_bytes(cloudtrail_object(events))
     rc, rows, err = run(path)
@@ -37,9 +37,10 @@ def test_bad_records_are_named_and_the_status_says_so(tmp_path: Path) -> None:
     path.write_bytes(b'{"ts": "2026-01-01T00:00:00Z", "msg": "ok"}\n{"msg": "no time"}\nnot json\n')
     table = tmp_path / "tables"
     table.mkdir()
-    (table / "App_CL.toml").write_text('table = "App_CL"\ncolumns = [\n'
-                                       '{ name = "TimeGenerated", type = "datetime", source = "ts", required = true },\n'
-                                       '{ name = "Msg", type = "string", source = "msg" }]\n')
+    (table / "App_CL.toml").write_text(
+        'table = "App_CL"\ncolumns = [\n'
+        '{ name = "TimeGenerated", type = "datetime", source = "ts", required = true },\n'
+        '{ name = "Msg", type = "string", source = "msg" }]\n')
     from dataflow.config import parse_config
 
     cfg = parse_config({"sentinel": {"endpoint": "https://x", "rule_id": "r"},
@@ -77,7 +78,7 @@ reason = "{EventName} from {SourceIpAddress}"
 match = { EventName = { equals = "DescribeInstances" } }
 """)
     rng = random.Random(1)
-    when = datetime(2026, 11, 28, tzinfo=timezone.utc)
+    when = datetime(2026, 11, 28, tzinfo=UTC)
     events = [cloudtrail_event(rng, account="111122223333", region="us-east-1", when=when)
               for _ in range(3)]
     events[1] = {**events[1], "eventName": "DescribeInstances", "sourceIPAddress": "192.0.2.1"}
@@ -107,7 +108,7 @@ def test_an_object_of_a_cross_account_source_is_read_with_its_role(stack, monkey
     s3 = stack.s3()
     s3.create_bucket(Bucket="preview-xacct")
     event = cloudtrail_event(random.Random(5), account="210987654321", region="eu-west-1",
-                             when=datetime(2026, 1, 1, tzinfo=timezone.utc))
+                             when=datetime(2026, 1, 1, tzinfo=UTC))
     s3.put_object(Bucket="preview-xacct", Key="logs/a.json.gz", Body=cloudtrail_object([event]))
     role = "arn:aws:iam::210987654321:role/preview-reader"
     cfg = parse_config({"sentinel": {"endpoint": "https://x", "rule_id": "r"},

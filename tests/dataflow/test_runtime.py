@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 import dataflow.runtime as runtime_mod
-from dataflow.config import parse_config
-from devstack.stack import LocalStack
 from connectors.ops.auth import sign_jwt
 from connectors.ops.secrets import SecretResolver
+from dataflow.config import parse_config
+from devstack.stack import LocalStack
 from tests.conftest import TRAIL_BUCKET
 from tests.connectors.ops.test_server import ADMIN, JWT_KEY, http
 
@@ -226,7 +226,7 @@ def test_readiness_checks_a_bucket_with_its_sources_role(tmp_path: Path, monkeyp
     made: list[tuple[str, str]] = []
 
     class S3:
-        def head_bucket(self, Bucket: str) -> None:  # noqa: N803
+        def head_bucket(self, Bucket: str) -> None:  # noqa: N803 (boto3's name)
             pass
 
     def s3_client(aws, role_arn: str = "", external_id: str = "") -> S3:

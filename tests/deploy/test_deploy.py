@@ -14,7 +14,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml  # pinned in the test extras
 from prometheus_client import REGISTRY
 

@@ -8,9 +8,10 @@ import random
 import re
 import tomllib
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import boto3
 import pytest
@@ -27,7 +28,7 @@ from devstack.samples import (
 )
 
 TABLE_TOML = Path(__file__).resolve().parents[2] / "operators" / "tables" / "AWSCloudTrail.toml"
-WHEN = datetime(2024, 6, 3, 9, 17, 42, tzinfo=timezone.utc)
+WHEN = datetime(2024, 6, 3, 9, 17, 42, tzinfo=UTC)
 ACCOUNT, REGION = "111122223333", "eu-west-1"
 BUCKET = "samples-ct-logs"
 _MISSING = object()
@@ -205,7 +206,7 @@ def test_seed_cloudtrail_matches_bucket(s3: Any) -> None:
         assert {r["recipientAccountId"] for r in records} == {match["acct"]}
         stamp = datetime.strptime(obj.key.rsplit("_", 2)[1], "%Y%m%dT%H%MZ")
         for r in records:  # events precede their delivery by at most one interval and a bit
-            age = stamp.replace(tzinfo=timezone.utc) - datetime.fromisoformat(r["eventTime"])
+            age = stamp.replace(tzinfo=UTC) - datetime.fromisoformat(r["eventTime"])
             assert timedelta(minutes=-1) <= age <= timedelta(minutes=8)
         seen_ids.update(obj.event_ids)
     assert manifest.event_ids == seen_ids and manifest.record_count == len(seen_ids)

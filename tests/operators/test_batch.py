@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import bytewax.operators as op
 import pytest
@@ -12,7 +12,7 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from dataflow.core.messages import Batch, Row, Rows
 from operators.batch import BatchLogic, batch_rows
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 class Clock:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pickle
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from dataflow.core.messages import Batch, Row, Rows
 from operators.batch import BatchLogic, batch_rows
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 AGE = timedelta(seconds=5)
 STREAM = "Custom-T_CL"
 
@@ -52,7 +52,7 @@ def ids(batches: list[Batch]) -> list[list[str]]:
 def check(batch: Batch) -> None:
     assert batch.body_bytes == len(batch.body())
     assert len(batch.rows) == len(batch.record_ids)
-    for r, rid in zip(batch.rows, batch.record_ids):  # ids stay paired with their rows
+    for r, rid in zip(batch.rows, batch.record_ids, strict=False):  # ids stay paired with their rows
         assert r.decode().strip('"').rstrip("x") == rid.removeprefix("id-")
 
 

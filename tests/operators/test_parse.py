@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from dataflow.core import metrics
 from dataflow.config import SourceConfig, TableColumnConfig, TableConfig
+from dataflow.core import metrics
 from dataflow.core.messages import ErrorRecord, ObjectRef, RawRecord, Row, Rows
 from operators.parse import ERROR_SAMPLE_BYTES, RecordMapper
 from operators.schema import load_tables
@@ -119,7 +119,7 @@ def test_map_batch_bundles_rows_per_partition_in_order(mapper: RecordMapper) -> 
     assert by_part["app:0/1"].stream == "Custom-App_CL"
     for b in bundles:
         assert len(b.rows) == len(b.record_ids)
-        for data, rid in zip(b.rows, b.record_ids):   # each id is paired with its own row
+        for data, rid in zip(b.rows, b.record_ids, strict=False):   # each id is paired with its own row
             id_col = "RecordId_CF" if b.stream == "Custom-AWSCloudTrail" else "RecordId"
             assert orjson.loads(data)[id_col] == rid
     # The same records one at a time give the same rows.

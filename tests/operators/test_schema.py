@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -118,7 +118,7 @@ def test_shipped_cloudtrail_table_maps_generated_events() -> None:
     seen: set[str] = set()
     for _ in range(2000):
         ev = cloudtrail_event(rng, account="111122223333", region="eu-west-1",
-                              when=datetime(2026, 1, 1, tzinfo=timezone.utc))
+                              when=datetime(2026, 1, 1, tzinfo=UTC))
         row = orjson.loads(m.map_json(orjson.dumps(ev), "x-1"))
         assert row == orjson.loads(m.map_dict(ev, "x-1"))
         assert row["TimeGenerated"] == ev["eventTime"] and row["EventName"] == ev["eventName"]

@@ -13,9 +13,18 @@ from pathlib import Path
 import pytest
 
 from connectors.ops import crypto
-from connectors.ops.crypto import (DecryptError, Envelope, Keyring, KeyringError, add_key_to_file,
-                        decrypt_file, generate_key_file, rotate_directory, rotate_file,
-                        write_encrypted_file)
+from connectors.ops.crypto import (
+    DecryptError,
+    Envelope,
+    Keyring,
+    KeyringError,
+    add_key_to_file,
+    decrypt_file,
+    generate_key_file,
+    rotate_directory,
+    rotate_file,
+    write_encrypted_file,
+)
 
 K1, K2 = os.urandom(32), os.urandom(32)
 

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from devstack.sentinel import SentinelEmulator
 from connectors.ops.secrets import CircuitBreaker, SecretError, SecretResolver
+from devstack.sentinel import SentinelEmulator
 
 
 class Clock:

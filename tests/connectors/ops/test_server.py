@@ -25,12 +25,12 @@ from typing import Any
 
 import pytest
 
-from dataflow.config import Config, SourceConfig, parse_config
-from devstack.faultproxy import FaultProxy
-from devstack.stack import LocalStack, free_port
 from connectors.ops.auth import Authorizer, Credentials, sign_jwt
 from connectors.ops.health import Readiness
 from connectors.ops.server import OpsServer
+from dataflow.config import Config, SourceConfig, parse_config
+from devstack.faultproxy import FaultProxy
+from devstack.stack import LocalStack, free_port
 from tests.conftest import ROOT, Seeded, flow_env, write_config
 
 TRAIL = "Custom-AWSCloudTrail"

@@ -12,8 +12,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from connectors.ops.webhooks import (Alert, AlertState, WebhookNotifier, WebhookTarget, redact_url,
-                          slack_payload, teams_payload)
+from connectors.ops.webhooks import (
+    Alert,
+    AlertState,
+    WebhookNotifier,
+    WebhookTarget,
+    redact_url,
+    slack_payload,
+    teams_payload,
+)
 
 
 @dataclass

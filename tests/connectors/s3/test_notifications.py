@@ -12,8 +12,8 @@ import pytest
 from connectors.s3.notifications import parse_notification
 from connectors.s3.source import S3Source
 from connectors.sentinel.journal import DEAD_LETTERED, UploadJournal
-from dataflow.core import metrics
 from dataflow.config import SourceConfig
+from dataflow.core import metrics
 from dataflow.core.messages import ErrorRecord, RawRecord
 
 BUCKET = "notified"

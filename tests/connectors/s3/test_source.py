@@ -6,8 +6,9 @@ again), as bytewax does across a restart.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -27,10 +28,8 @@ BUCKET = "unit-source"
 def s3(endpoint: str) -> Any:
     client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                           aws_access_key_id="testing", aws_secret_access_key="testing")
-    try:
+    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
         client.create_bucket(Bucket=BUCKET)
-    except client.exceptions.BucketAlreadyOwnedByYou:
-        pass
     for obj in client.list_objects_v2(Bucket=BUCKET).get("Contents", []):
         client.delete_object(Bucket=BUCKET, Key=obj["Key"])
     return client
@@ -38,7 +37,7 @@ def s3(endpoint: str) -> Any:
 
 class Clock:
     def __init__(self) -> None:
-        self.now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+        self.now = datetime(2026, 1, 1, tzinfo=UTC)
 
     def __call__(self) -> datetime:
         return self.now
@@ -286,7 +285,7 @@ def test_start_time_and_ignore_older_skip_old_objects(s3: Any) -> None:
     put_lines(s3, "logs/old.ndjson", [b"{}"])
     assert drain(build(s3, src(start_time="2999-01-01T00:00:00Z"))) == []
     clock = Clock()
-    clock.now = datetime.now(timezone.utc) + timedelta(days=2)
+    clock.now = datetime.now(UTC) + timedelta(days=2)
     assert drain(build(s3, src(ignore_older_secs=86400), clock=clock)) == []
     assert len(drain(build(s3, src(ignore_older_secs=86400)))) == 1
 

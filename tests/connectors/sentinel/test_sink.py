@@ -12,8 +12,8 @@ import pytest
 from connectors.sentinel.errors import DeliveryError, DeliveryFailed
 from connectors.sentinel.service import IngestionService
 from connectors.sentinel.sink import SentinelSink
-from dataflow.core import metrics
 from dataflow.config import SentinelConfig
+from dataflow.core import metrics
 from dataflow.core.messages import Batch
 from devstack.sentinel import SentinelEmulator
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from connectors.deadletter import DeadLetterSink, DeadLetterStore
+from connectors.ops.crypto import Keyring, add_key_to_file, generate_key_file, rotate_file
 from connectors.sentinel import journal as journal_mod
 from connectors.sentinel.journal import DEAD_LETTERED, UploadJournal
-from connectors.ops.crypto import Keyring, add_key_to_file, generate_key_file, rotate_file
 
 ENTRY = {"stage": "parse", "record_id": "abc-1", "offset": 1, "data": "x", "reason": "bad"}
 

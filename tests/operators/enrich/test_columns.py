@@ -8,7 +8,7 @@ import dataclasses
 import orjson
 import pytest
 
-from dataflow.config import EnrichConfig, TableConfig, TableColumnConfig
+from dataflow.config import EnrichConfig, TableColumnConfig, TableConfig
 from dataflow.dcr import dcr_template
 from operators.enrich.columns import splice, with_enrichment_columns
 from operators.tabledef import TableError, load_tables

@@ -4,6 +4,7 @@ finding; the rest keep their bundle; anomaly/sequence state survives pickling.""
 from __future__ import annotations
 
 import pickle
+from datetime import UTC
 from pathlib import Path
 
 import orjson
@@ -128,7 +129,7 @@ def test_rows_handed_on_by_the_mapper_enrich_as_decoded_rows_do(tmp_path: Path) 
     """The mapper hands the enrichment step its row dicts (no second decode); the results
     are the same as from the encoded rows, dynamic columns (kept as JSON text) included."""
     import random
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from dataflow.config import SourceConfig
     from dataflow.core.messages import ObjectRef, RawRecord
@@ -144,7 +145,7 @@ def test_rows_handed_on_by_the_mapper_enrich_as_decoded_rows_do(tmp_path: Path) 
     enricher = Enricher(cfg, tables)
     assert "AWSCloudTrail" in enricher.reads and "AWSVPCFlow" in enricher.reads
     rng = random.Random(11)
-    when = datetime(2026, 11, 28, 10, 0, tzinfo=timezone.utc)
+    when = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
     events = [cloudtrail_event(rng, account="111122223333", region="us-east-1", when=when)
               for _ in range(400)]
     obj = ObjectRef("trail", "trail:0/1", "b", "AWSLogs/x.json.gz", "e", 1, "cloudtrail")

@@ -3,7 +3,7 @@ snapshot/restore continuing a partial match."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from operators.enrich.sequences import (
 )
 
 CT = "AWSCloudTrail"
-T0 = datetime(2026, 11, 28, 14, 30, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 28, 14, 30, tzinfo=UTC)
 EVE = "arn:aws:iam::111122223333:user/eve"
 ADMIN = "arn:aws:iam::aws:policy/AdministratorAccess"
 

@@ -214,7 +214,7 @@ def test_any_string_values_round_trip(values: list[str | None]) -> None:
     header = (b"#Fields: date time " + " ".join(names).encode(),)
     cells = ["2019-12-04", "21:02:31"]
     expected: dict = {"date": "2019-12-04", "time": "21:02:31", "date-time": "2019-12-04T21:02:31Z"}
-    for name, value in zip(names, values):
+    for name, value in zip(names, values, strict=False):
         cells.append("-" if value is None else _encode(value))
         if value is not None and value != "-":
             expected[name] = value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import orjson
@@ -313,10 +314,8 @@ def test_pathological_quotes_stay_linear() -> None:
     for body in (b'" ' * 20_000, b'"' * 40_000, b'\\"' * 20_000):
         line = ALB_LINE.replace(b'"curl/7.46.0"', b'"' + body + b'"')
         t0 = time.perf_counter()
-        try:
+        with contextlib.suppress(ParseError):
             AlbFormat().parse(line, ())
-        except ParseError:
-            pass
         assert time.perf_counter() - t0 < 1.0
 
 

@@ -263,7 +263,7 @@ def test_any_custom_format_round_trips(names: list[str], data: st.DataObject) ->
     line = " ".join(values).encode()
     assert fmt.is_header(header)
     assert not fmt.is_header(line) or all(v in FIELDS for v in values)
-    expected = {n: int(v) if n in INT_FIELDS else v for n, v in zip(names, values) if v != "-"}
+    expected = {n: int(v) if n in INT_FIELDS else v for n, v in zip(names, values, strict=False) if v != "-"}
     assert fmt.parse(line, (header,)) == expected
 
 
