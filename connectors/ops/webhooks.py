@@ -38,6 +38,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from dataflow.core.backoff import delay_secs
+
 __all__ = [
     "Alert",
     "AlertState",
@@ -352,7 +354,9 @@ class WebhookNotifier:
                 log.error("alert %s: %s webhook %s failed after %d attempt(s): %s; %s",
                           alert.name, target.kind, target.redacted, attempt + 1, why, hint)
                 return False
-            wait = retry_after if retry_after is not None else self._backoff * 2 ** attempt
+            # No jitter: one process retries one alert; the planned wait is the wait.
+            wait = retry_after if retry_after is not None else delay_secs(
+                attempt + 1, self._backoff, self._max_backoff, uniform=_planned)
             wait = min(wait, self._max_backoff)
             log.warning("alert %s: %s webhook %s: %s; retrying in %.1fs", alert.name,
                         target.kind, target.redacted, why, wait)
@@ -453,3 +457,8 @@ class AlertState:
     def active(self) -> list[Alert]:
         """The alerts firing now, as last observed (pass them to ``notify`` for reminders)."""
         return [c.alert for c in self._conds.values() if c.firing and c.alert is not None]
+
+
+def _planned(low: float, high: float) -> float:
+    """The back-off's wait without jitter (see :func:`~dataflow.core.backoff.delay_secs`)."""
+    return high

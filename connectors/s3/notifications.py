@@ -31,13 +31,24 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 import orjson
+from bytewax.inputs import StatefulSourcePartition
+from typing_extensions import override
 
 from connectors.s3.config import SourceConfig
-from connectors.s3.delivery import add_offset
 from connectors.s3.discovery import skip_reason
-from connectors.s3.source import Clock, Item, _S3Partition
+from connectors.s3.objects import Prefetcher
+from connectors.s3.reader import (
+    BATCH_RECORDS,
+    Clock,
+    Finished,
+    Item,
+    ObjectReader,
+    Pending,
+    retry_later,
+)
 from connectors.sentinel.journal import JournalView
 from dataflow.core import metrics, status
+from dataflow.core.backoff import Backoff
 from dataflow.core.messages import ErrorRecord, ObjectRef
 
 __all__ = ["NotifiedObject", "parse_notification"]
@@ -176,16 +187,26 @@ class _Message:
     objects: list[_Object] = field(default_factory=list)
 
 
-class SqsPartition(_S3Partition):
-    """One receiver of a source's notification queue; reads the objects it is told about."""
+class SqsPartition(StatefulSourcePartition[Item, dict[str, Any]]):
+    """One receiver of a source's notification queue; reads the objects it is told about
+    through an :class:`~connectors.s3.reader.ObjectReader` (the one the listing uses)."""
 
     def __init__(self, s3: Any, sqs: Any, src: SourceConfig, name: str, journal_dir: str, *,
                  catch_up: bool, clock: Clock, monotonic: Any = time.monotonic,
                  keyring: Any = None) -> None:
-        super().__init__(s3, src, name, 0, 1, None, catch_up=catch_up, clock=clock)
+        self._src = src
+        self._name = name
+        self._catch_up = catch_up
+        self._clock = clock
         self._sqs = sqs
+        self._fetch = Prefetcher(s3, src.bucket, threads=src.fetch_threads,
+                                 prefetch_max_bytes=src.prefetch_max_bytes)
+        self._backoff = Backoff(base_secs=1.0, cap_secs=60.0)
+        self._reader = ObjectReader(src, name, self._fetch, self._backoff)
         self._view = JournalView(journal_dir, keyring=keyring)
         self._mono = monotonic
+        self._wake_at: datetime | None = None
+        self._errors: list[ErrorRecord] = []  # dead letters of messages that name no object
         self._messages: dict[str, _Message] = {}
         self._todo: deque[_Object] = deque()
         self._tracked: dict[str, _Object] = {}  # key -> object in flight
@@ -194,20 +215,36 @@ class SqsPartition(_S3Partition):
 
     # -- bytewax interface -------------------------------------------------------------
 
+    @override
     def next_batch(self) -> list[Item]:
         self._maintain()
-        out = super().next_batch()
-        obj: _Object | None = None
-        for item in out:
-            # Records and the records dead-lettered in their place (too large, too deep):
-            # the message waits until the journals account for every one of them.
-            if item.offset is not None:
-                if obj is None or obj.key != item.obj.key:
-                    obj = self._tracked.get(item.obj.key)
-                if obj is not None:
-                    add_offset(obj.emitted, item.offset)
+        if status.is_paused(self._src.name):
+            self._wake_at = self._clock() + timedelta(seconds=1)
+            self._report(False)
+            return []
+        now = self._clock()
+        if self._wake_at is not None:
+            if now < self._wake_at:
+                return []
+            self._wake_at = None
+        out: list[Item] = []
+        done: Finished | None = None
+        if self._reader.reading is None:
+            out, done = self._open_next(now)
+        if self._reader.reading is not None:
+            items, done = self._reader.read(BATCH_RECORDS, now)
+            out.extend(items)
+        if done is not None:
+            self._finished(done)
+        if self._errors:
+            out.extend(self._errors)
+            self._errors.clear()
+        if self._backoff.wake_at is not None:
+            self._wake_at, self._backoff.wake_at = self._backoff.wake_at, None
+        self._report(bool(out))
         return out
 
+    @override
     def next_awake(self) -> datetime | None:
         # Idle with messages in flight: wake for visibility extensions and deletions. (None
         # means "call again at once": never delay a busy partition.)
@@ -216,31 +253,37 @@ class SqsPartition(_S3Partition):
         return self._wake_at
 
     def _report(self, progressed: bool) -> None:
-        r = self._reading
+        r = self._reader.reading
         status.report(self._name, self._src.name, progressed=progressed,
                       busy=r is not None or bool(self._todo), object=r.ref.key if r else None,
                       offset=r.next_offset if r else None, queued=len(self._todo),
                       messages=len(self._messages), paused=status.is_paused(self._src.name),
-                      retries=self._attempts)
+                      retries=self._backoff.attempts)
 
-    def snapshot(self) -> dict:
+    @override
+    def snapshot(self) -> dict[str, Any]:
         # Messages not deleted come back after their visibility timeout: nothing to keep.
         return {"v": 1, "discovery": "sqs"}
 
+    @override
+    def close(self) -> None:
+        self._fetch.close()
+
     # -- receiving ----------------------------------------------------------------------
 
-    def _open_next(self) -> bool:
-        if self._resume is not None:  # a retry of the object in progress
-            return super()._open_next()
+    def _open_next(self, now: datetime) -> tuple[list[Item], Finished | None]:
+        retry = self._reader.retry
+        if retry is not None:  # a retry of the object in progress
+            return self._reader.open(retry, now)
         if not self._todo:
-            self._receive()
+            self._receive(now)
             if not self._todo:
-                return False
+                return [], None
         obj = self._todo[0]
         self._current = obj
-        return self._open(obj.key, None, 0, obj.size)
+        return self._reader.open(Pending(obj.key, None, 0, obj.size), now)
 
-    def _receive(self) -> None:
+    def _receive(self, now: datetime) -> None:
         src = self._src
         if len(self._messages) >= src.max_in_flight_messages:
             return
@@ -250,13 +293,13 @@ class SqsPartition(_S3Partition):
                 VisibilityTimeout=src.visibility_timeout_secs,
                 AttributeNames=["ApproximateReceiveCount", "SentTimestamp"])
         except Exception as ex:
-            self._backoff("receive", ex)
+            retry_later(src, self._name, self._backoff, "receive", ex, now)
             return
         messages = resp.get("Messages", [])
         if not messages:
             if self._catch_up and not self._messages and self._current is None:
                 raise StopIteration
-            self._wake_at = self._clock() + timedelta(seconds=src.queue_poll_secs)
+            self._wake_at = now + timedelta(seconds=src.queue_poll_secs)
             return
         now = self._mono()
         for m in messages:
@@ -350,26 +393,18 @@ class SqsPartition(_S3Partition):
 
     # -- completion ---------------------------------------------------------------------
 
-    def _finish(self, ref: ObjectRef, outcome: str) -> None:
-        metrics.OBJECTS.labels(self._src.name, outcome).inc()
-        metrics.OBJECT_BYTES.labels(self._src.name).inc(ref.size)
+    def _finished(self, done: Finished) -> None:
+        """The object in work is read to its end, or given up on: its message(s) may be
+        deleted once the journals account for every offset it emitted."""
         obj = self._current
-        if obj is not None and obj.key == ref.key:
-            obj.object_id = ref.id
+        if obj is not None and obj.key == done.ref.key:
+            obj.object_id = done.ref.id
+            obj.emitted = done.emitted
             obj.done = True
             if self._todo and self._todo[0] is obj:
                 self._todo.popleft()
             self._current = None
         self._fetch.want(o.key for o in self._todo)
-        self._reading = None
-        self._resume = None
-        self._attempts = 0
-
-    def _fail_object(self, ref: ObjectRef, offset: int | None, reason: str) -> None:
-        obj = self._current
-        if obj is not None and obj.key == ref.key:
-            add_offset(obj.emitted, offset or 0)  # the dead-letter journal marks it and the rest
-        super()._fail_object(ref, offset, reason)
 
     def _maintain(self) -> None:
         now = self._mono()

@@ -1,11 +1,15 @@
 """S3Source: log objects from S3 buckets as a bytewax input, resumable mid-object.
 
 Each configured source is split into ``partitions`` partitions named
-``<source>:<index>/<count>``; a key belongs to one partition by a stable hash. A
-partition lists its keys in lexical order, reads each object as a stream, and emits
-one :class:`~dataflow.core.messages.RawRecord` per record. Its resume state is the last
-finished key plus the object in progress and the offset of the next record, so a
-restart neither starts that object over nor skips any of it.
+``<source>:<index>/<count>``. A source found by listing (:class:`ListingPartition`) gives
+each partition the keys of one hash shard: every poll lists the prefix and reads, oldest
+first, the keys it has not read whose LastModified is within the look-back window (see
+:mod:`connectors.s3.discovery`). A source notified through SQS
+(:class:`~connectors.s3.notifications.SqsPartition`) reads the objects its messages name.
+Both read through one :class:`~connectors.s3.reader.ObjectReader` and emit one
+:class:`~dataflow.core.messages.RawRecord` per record. A listing partition's resume state is
+the keys read within the window plus the object in progress and the offset of its next
+record, so a restart neither starts that object over nor skips any of it.
 
 Failures that may pass (throttling, 5xx, network) are retried with back-off through
 ``next_awake``, never by sleeping. An object that cannot be read (corrupt, truncated,
@@ -15,11 +19,9 @@ deleted, or still failing after ``READ_ATTEMPTS`` tries) becomes an
 
 from __future__ import annotations
 
-import logging
-import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,50 +29,40 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from typing_extensions import override
 
 from connectors.s3.config import SourceConfig
-from connectors.s3.delivery import DeliveryTracker, add_offset
+from connectors.s3.delivery import DeliveryTracker
 from connectors.s3.discovery import ListedObject, Lister, RecentKeys
-from connectors.s3.errors import ObjectReadError, is_transient
-from connectors.s3.framing import FramingError, UnreadableRecord
+from connectors.s3.errors import is_transient
+from connectors.s3.notifications import SqsPartition
 from connectors.s3.objects import Prefetcher
-from connectors.s3.records import FormatUnknown, Record, object_records
+from connectors.s3.reader import (
+    BATCH_RECORDS,
+    READ_ATTEMPTS,
+    Clock,
+    Finished,
+    Item,
+    ObjectReader,
+    Pending,
+    retry_later,
+)
 from connectors.s3.state import PartitionState
 from dataflow.core import metrics, status
-from dataflow.core.messages import ErrorRecord, ObjectRef, RawRecord
-from operators.formats import TextFormat
-from operators.formats.registry import text_format
+from dataflow.core.backoff import Backoff
 
-__all__ = ["READ_ATTEMPTS", "S3Source"]
+__all__ = ["BATCH_RECORDS", "READ_ATTEMPTS", "ListingPartition", "S3Source"]
 
-log = logging.getLogger(__name__)
-
-READ_ATTEMPTS = 8
-"""Tries of one object before it is reported as failed and skipped."""
-
-BATCH_RECORDS = 2000
-"""Most records emitted by one ``next_batch`` call (keeps epochs and snapshots moving)."""
-
-Item = RawRecord | ErrorRecord
-Clock = Callable[[], datetime]
 
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class _Reading:
-    """The object a partition is reading: its ref and the iterator of its records."""
+class ListingPartition(StatefulSourcePartition[Item, dict[str, Any]]):
+    """One shard of a source found by listing: a :class:`Lister` says what to read, an
+    :class:`~connectors.s3.reader.ObjectReader` reads it, :class:`PartitionState` is what a
+    restart resumes from."""
 
-    def __init__(self, ref: ObjectRef, records: Iterator[Record], start: int,
-                 modified: float = 0.0) -> None:
-        self.ref = ref
-        self.records = records
-        self.next_offset = start
-        self.modified = modified
-
-
-class _S3Partition(StatefulSourcePartition[Item, dict]):
     def __init__(self, s3: Any, src: SourceConfig, name: str, shard: int, shards: int,
-                 resume_state: dict | None, *, catch_up: bool, clock: Clock,
+                 resume_state: dict[str, Any] | None, *, catch_up: bool, clock: Clock,
                  journal_dir: str | None = None, keyring: Any = None) -> None:
         self._src = src
         self._name = name
@@ -78,27 +70,25 @@ class _S3Partition(StatefulSourcePartition[Item, dict]):
         self._clock = clock
         state = PartitionState.from_snapshot(resume_state, src.start_after)
         self._after = state.after
-        self._resume = state if state.key is not None else None
         self._lister = Lister(s3, src, shard, shards)
         self._fetch = Prefetcher(s3, src.bucket, threads=src.fetch_threads,
                                  prefetch_max_bytes=src.prefetch_max_bytes)
-        self._queue: deque[ListedObject] = deque()
-        self._listed_to = self._after
-        self._listing_done = False
-        self._reading: _Reading | None = None
-        self._wake_at: datetime | None = None
-        self._attempts = 0
-        self._errors: list[ErrorRecord] = []
-        self._parsers: dict[str, TextFormat | None] = {}
-        self._modified = state.modified  # LastModified of the object being opened or read
+        self._backoff = Backoff(base_secs=1.0, cap_secs=60.0)
         self._tracker = (DeliveryTracker(journal_dir, src.name, name, keyring=keyring)
                          if journal_dir else None)
-        self._emitted: list[list[int]] = []  # offsets emitted of the object being read
+        self._reader = ObjectReader(src, name, self._fetch, self._backoff,
+                                    track=self._tracker is not None)
+        if state.key is not None:  # the object in work when the snapshot was taken
+            self._reader.retry = Pending(state.key, state.etag, state.offset, 0, state.modified)
+        self._queue: deque[ListedObject] = deque()
+        self._listed_to = self._after
+        self._wake_at: datetime | None = None
         self._recent: RecentKeys | None = None
         if src.lookback_secs > 0:
             not_before = 0.0
             if src.start_time:
-                not_before = datetime.fromisoformat(src.start_time.replace("Z", "+00:00")).timestamp()
+                start = datetime.fromisoformat(src.start_time.replace("Z", "+00:00"))
+                not_before = start.timestamp()
             if src.ignore_older_secs:
                 not_before = max(not_before, clock().timestamp() - src.ignore_older_secs)
             self._recent = RecentKeys(src.lookback_secs, not_before, state.recent)
@@ -113,27 +103,34 @@ class _S3Partition(StatefulSourcePartition[Item, dict]):
             return []
         if self._tracker is not None:
             self._tracker.check()
+        now = self._clock()
         if self._wake_at is not None:
-            if self._clock() < self._wake_at:
+            if now < self._wake_at:
                 return []
             self._wake_at = None
         out: list[Item] = []
-        if self._reading is not None or self._open_next():
-            out = self._read_some()
-        if self._errors:
-            out.extend(self._errors)
-            self._errors.clear()
+        if self._reader.reading is None:
+            out, done = self._open_next(now)
+        else:
+            done = None
+        if self._reader.reading is not None:
+            items, done = self._reader.read(BATCH_RECORDS, now)
+            out.extend(items)
+        if done is not None:
+            self._finished(done)
+        if self._backoff.wake_at is not None:
+            self._wake_at, self._backoff.wake_at = self._backoff.wake_at, None
         self._report(bool(out))
         return out
 
     def _report(self, progressed: bool) -> None:
-        r = self._reading
+        r = self._reader.reading
         status.report(self._name, self._src.name, progressed=progressed,
-                      busy=r is not None or bool(self._queue) or self._resume is not None,
+                      busy=self._reader.busy or bool(self._queue),
                       object=r.ref.key if r is not None else None,
                       offset=r.next_offset if r is not None else None,
                       queued=len(self._queue), paused=status.is_paused(self._src.name),
-                      retries=self._attempts)
+                      retries=self._backoff.attempts)
 
     @override
     def next_awake(self) -> datetime | None:
@@ -144,23 +141,20 @@ class _S3Partition(StatefulSourcePartition[Item, dict]):
         return self._wake_at
 
     @override
-    def snapshot(self) -> dict:
+    def snapshot(self) -> dict[str, Any]:
         recent = self._recent.snapshot(self._pending()) if self._recent is not None else None
-        if self._reading is not None:
-            r = self._reading
-            return PartitionState(self._after, r.ref.key, r.ref.etag, r.next_offset,
-                                  r.modified, recent).to_snapshot()
-        if self._resume is not None:
-            st = self._resume
-            return PartitionState(st.after, st.key, st.etag, st.offset, st.modified,
+        pos = self._reader.position()
+        if pos is not None:
+            return PartitionState(self._after, pos.key, pos.etag, pos.offset, pos.modified,
                                   recent).to_snapshot()
         return PartitionState(self._after, recent=recent).to_snapshot()
 
     def _pending(self) -> float:
         """Oldest LastModified among objects listed or in progress but not finished."""
         oldest = min((o.modified for o in self._queue), default=float("inf"))
-        if self._reading is not None or self._resume is not None:
-            oldest = min(oldest, self._modified)
+        pos = self._reader.position()
+        if pos is not None:
+            oldest = min(oldest, pos.modified)
         return oldest
 
     @override
@@ -169,25 +163,23 @@ class _S3Partition(StatefulSourcePartition[Item, dict]):
 
     # -- discovery -----------------------------------------------------------------------
 
-    def _open_next(self) -> bool:
-        """Open the next object; False when there is nothing to read right now."""
-        if self._resume is not None:
-            st = self._resume
-            assert st.key is not None
-            self._modified = st.modified
-            return self._open(st.key, st.etag, st.offset, size=0)
-        if not self._queue and not self._list():
-            return False
+    def _open_next(self, now: datetime) -> tuple[list[Item], Finished | None]:
+        """Open the object to retry, else the next listed one (listing when none is left)."""
+        retry = self._reader.retry
+        if retry is not None:
+            return self._reader.open(retry, now)
+        if not self._queue and not self._list(now):
+            return [], None
         nxt = self._queue[0]
-        self._modified = nxt.modified
-        return self._open(nxt.key, None, 0, size=nxt.size)
+        return self._reader.open(Pending(nxt.key, None, 0, nxt.size, nxt.modified), now)
 
-    def _list(self) -> bool:
+    def _list(self, now: datetime) -> bool:
         try:
             if self._recent is not None:
                 busy = {o.key for o in self._queue}
-                if self._resume is not None and self._resume.key is not None:
-                    busy.add(self._resume.key)
+                pos = self._reader.position()
+                if pos is not None:
+                    busy.add(pos.key)
                 listed = self._lister.list_recent(self._recent, busy, self._pending(), self._after)
             else:
                 listed = self._lister.list_after(self._listed_to)
@@ -197,13 +189,13 @@ class _S3Partition(StatefulSourcePartition[Item, dict]):
                        f"{self._src.prefix}: {ex}. Check the bucket name, the region and that "
                        "the connector's AWS role has s3:ListBucket on it.")
                 raise RuntimeError(msg) from ex
-            self._backoff("list", ex)
+            retry_later(self._src, self._name, self._backoff, "list", ex, now)
             return False
-        self._attempts = 0
+        self._backoff.reset()
         if not listed:
             if self._catch_up:
                 raise StopIteration
-            self._wake_at = self._clock() + timedelta(seconds=self._src.poll_secs)
+            self._wake_at = now + timedelta(seconds=self._src.poll_secs)
             return False
         self._queue.extend(listed)
         metrics.OBJECTS_LISTED.labels(self._src.name).inc(len(listed))
@@ -211,136 +203,20 @@ class _S3Partition(StatefulSourcePartition[Item, dict]):
         self._fetch.want(o.key for o in self._queue)
         return True
 
-    # -- reading ------------------------------------------------------------------------
-
-    def _open(self, key: str, etag: str | None, offset: int, size: int) -> bool:
-        try:
-            body = self._fetch.take(key, etag)
-        except ObjectReadError as ex:
-            if ex.transient and self._attempts + 1 < READ_ATTEMPTS:
-                self._backoff("get", ex)
-                return False
-            if ex.gone and etag is not None:
-                # The version being read was overwritten: read the new version from the start.
-                log.warning("s3://%s/%s changed while being read; reading the new version",
-                            self._src.bucket, key)
-                self._resume = PartitionState(self._after, key, None, 0, self._modified)
-                return False
-            self._fail_object(ObjectRef(self._src.name, self._name, self._src.bucket, key,
-                                        etag or "", size), offset, ex.reason)
-            return False
-        self._attempts = 0
-        src = self._src
-        try:
-            fmt, recs = object_records(key, body.chunks(), src.format, skip=offset,
-                                       max_bytes=src.max_object_bytes,
-                                       max_record_bytes=src.max_record_bytes,
-                                       max_ratio=src.max_compression_ratio,
-                                       parser_for=self._parser)
-        except Exception as ex:  # whatever one object does, it fails that object only
-            body.close()
-            if getattr(ex, "transient", False) and self._attempts + 1 < READ_ATTEMPTS:
-                self._resume = PartitionState(self._after, key, body.etag, offset, self._modified)
-                self._backoff("read", ex)
-                return False
-            ref = ObjectRef(src.name, self._name, src.bucket, key, body.etag, body.size)
-            ours = isinstance(ex, (ObjectReadError, FormatUnknown, FramingError))
-            self._fail_object(ref, offset, str(ex) if ours else f"{type(ex).__name__}: {ex}")
-            return False
-        ref = ObjectRef(src.name, self._name, src.bucket, key, body.etag, body.size, fmt)
-        self._reading = _Reading(ref, recs, offset, self._modified)
-        self._resume = None
-        return True
-
-    def _parser(self, fmt: str) -> TextFormat | None:
-        if fmt not in self._parsers:
-            self._parsers[fmt] = text_format(fmt, fields=self._src.fields,
-                                             delimiter=self._src.delimiter)
-        return self._parsers[fmt]
-
-    def _read_some(self) -> list[Item]:
-        r = self._reading
-        assert r is not None
-        out: list[Item] = []
-        track = self._tracker is not None
-        try:
-            for rec in r.records:
-                if rec.__class__ is UnreadableRecord:  # too large or too deep: that record only
-                    offset = rec.offset
-                    out.append(self._unreadable(r.ref, rec))
-                else:
-                    offset, data, header = rec
-                    out.append(RawRecord(r.ref, offset, data, header))
-                r.next_offset = offset + 1
-                if track:
-                    add_offset(self._emitted, offset)
-                if len(out) >= BATCH_RECORDS:
-                    break
-            else:
-                self._finish(r.ref, "completed")
-        except FramingError as ex:
-            self._fail_object(r.ref, ex.offset, ex.reason)
-        except Exception as ex:
-            err = ex if isinstance(ex, ObjectReadError) else None
-            transient = err.transient if err is not None else is_transient(ex)
-            if transient and self._attempts + 1 < READ_ATTEMPTS:
-                # Read it again from where it broke: same version, records from next_offset.
-                self._resume = PartitionState(self._after, r.ref.key, r.ref.etag, r.next_offset,
-                                              r.modified)
-                self._reading = None
-                self._backoff("read", ex)
-            else:
-                # Non-transient, or still failing after READ_ATTEMPTS: this object fails from
-                # here on, never the flow (a bug or a hostile object must not stop ingestion).
-                reason = err.reason if err is not None else f"{type(ex).__name__}: {ex}"
-                if err is None and not transient:
-                    log.exception("%s: unexpected error at record %d", r.ref.uri, r.next_offset)
-                self._fail_object(r.ref, r.next_offset, reason)
-        metrics.RECORDS_READ.labels(self._src.name).inc(len(out))
-        return out
-
-    def _unreadable(self, ref: ObjectRef, rec: UnreadableRecord) -> ErrorRecord:
-        """The error record of one record the framer could delimit but not hand on; the
-        object goes on with the next record."""
-        log.error("%s record %d: %s", ref.uri, rec.offset, rec.reason)
-        metrics.ERRORS.labels(self._src.name, "parse", rec.code).inc()
-        return ErrorRecord(ref, rec.offset, "parse", rec.reason, rec.sample, (), rec.code)
-
-    def _finish(self, ref: ObjectRef, outcome: str) -> None:
-        metrics.OBJECTS.labels(self._src.name, outcome).inc()
-        metrics.OBJECT_BYTES.labels(self._src.name).inc(ref.size)
+    def _finished(self, done: Finished) -> None:
+        """An object is read to its end, or given up on: the listing state moves past it."""
+        key = done.ref.key
         if self._tracker is not None:
-            self._tracker.add(ref.id, self._emitted, self._modified or time.time())
-        self._emitted = []
+            self._tracker.add(done.ref.id, done.emitted, done.modified or time.time())
         if self._recent is not None:
-            rest = min((o.modified for o in self._queue if o.key != ref.key), default=float("inf"))
-            self._recent.add(ref.key, self._modified, rest)
+            rest = min((o.modified for o in self._queue if o.key != key), default=float("inf"))
+            self._recent.add(key, done.modified, rest)
         else:  # with look-back, ``after`` stays a fixed floor (start_after, or a lexical past)
-            self._after = max(self._after, ref.key)
-        self._listed_to = max(self._listed_to, ref.key)
-        if self._queue and self._queue[0].key == ref.key:
+            self._after = max(self._after, key)
+        self._listed_to = max(self._listed_to, key)
+        if self._queue and self._queue[0].key == key:
             self._queue.popleft()
         self._fetch.want(o.key for o in self._queue)
-        self._reading = None
-        self._resume = None
-        self._attempts = 0
-
-    def _fail_object(self, ref: ObjectRef, offset: int | None, reason: str) -> None:
-        """Report an object that cannot be read (from ``offset`` on) and move past it."""
-        log.error("%s: giving up on this object at record %s: %s", ref.uri, offset, reason)
-        if self._tracker is not None:
-            add_offset(self._emitted, offset or 0)  # the dead-letter journal marks it and the rest
-        metrics.ERRORS.labels(self._src.name, "read", "object_unreadable").inc()
-        self._finish(ref, "failed")
-        self._errors.append(ErrorRecord(ref, offset, "read", reason, code="object_unreadable"))
-
-    def _backoff(self, operation: str, ex: BaseException) -> None:
-        self._attempts += 1
-        metrics.OBJECT_RETRIES.labels(self._src.name, operation).inc()
-        delay = min(60.0, 0.5 * 2 ** self._attempts) * random.uniform(0.5, 1.0)
-        log.warning("source %s partition %s: %s failed (attempt %d), retrying in %.1fs: %s",
-                    self._src.name, self._name, operation, self._attempts, delay, ex)
-        self._wake_at = self._clock() + timedelta(seconds=delay)
 
 
 class S3Source(FixedPartitionedSource[Item, dict]):
@@ -391,7 +267,8 @@ class S3Source(FixedPartitionedSource[Item, dict]):
                 for s in self._sources.values() for i in range(s.partitions)]
 
     @override
-    def build_part(self, step_id: str, for_part: str, resume_state: dict | None) -> _S3Partition:
+    def build_part(self, step_id: str, for_part: str,
+                   resume_state: dict[str, Any] | None) -> StatefulSourcePartition[Item, Any]:
         source, _, shard = for_part.rpartition(":")
         index, _, count = shard.partition("/")
         src = self._sources[source]
@@ -401,13 +278,11 @@ class S3Source(FixedPartitionedSource[Item, dict]):
             raise ValueError(msg)
         s3 = self._client_for(src, "s3") if self._client_for else self._s3_factory()
         if src.discovery == "sqs":
-            from connectors.s3.notifications import SqsPartition
-
             assert self._journal_dir is not None
             sqs = self._client_for(src, "sqs") if self._client_for else self._sqs_factory()
             return SqsPartition(s3, sqs, src, for_part, self._journal_dir,
                                 catch_up=self._catch_up, clock=self._clock,
                                 keyring=self._keyring)
-        return _S3Partition(s3, src, for_part, int(index), int(count),
+        return ListingPartition(s3, src, for_part, int(index), int(count),
                             resume_state, catch_up=self._catch_up, clock=self._clock,
                             journal_dir=self._journal_dir, keyring=self._keyring)

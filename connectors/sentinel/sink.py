@@ -37,6 +37,7 @@ from connectors.sentinel.errors import DeliveryError, DeliveryFailed
 from connectors.sentinel.journal import DEAD_LETTERED, UploadJournal
 from connectors.sentinel.service import IngestionService
 from dataflow.core import metrics
+from dataflow.core.backoff import delay_secs
 from dataflow.core.messages import Batch
 
 __all__ = ["SentinelSink"]
@@ -177,15 +178,14 @@ class _SentinelPartition(StatelessSinkPartition[Batch]):
             metrics.REQUEST_BYTES.labels(part.stream).inc(len(body))
             metrics.RECORDS_DELIVERED.labels(part.stream).inc(len(part.rows))
             metrics.BATCH_RECORDS.labels(part.stream).observe(len(part.rows))
-            delay = _event_delay(part.rows[0])
-            if delay is not None:
-                metrics.EVENT_DELAY_SECONDS.labels(part.stream).observe(delay)
+            event_delay = _event_delay(part.rows[0])
+            if event_delay is not None:
+                metrics.EVENT_DELAY_SECONDS.labels(part.stream).observe(event_delay)
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
             return retry_after + random.uniform(0, 0.25)
-        cap = min(self._cfg.retry_cap_secs, self._cfg.retry_base_secs * 2 ** (attempt - 1))
-        return random.uniform(0, cap)
+        return delay_secs(attempt, self._cfg.retry_base_secs, self._cfg.retry_cap_secs)
 
     def _fail(self, batch: Batch, ex: DeliveryError, why: str) -> None:
         """Dead-letter rows that cannot be delivered, or stop the flow when nothing could be."""

@@ -15,6 +15,7 @@ import boto3
 import pytest
 from botocore.exceptions import EndpointConnectionError
 
+import connectors.s3.reader as reader_mod
 import connectors.s3.source as source_mod
 from connectors.s3.discovery import shard_of
 from connectors.s3.source import S3Source
@@ -295,7 +296,7 @@ def test_any_unexpected_error_of_one_object_fails_that_object_not_the_partition(
         s3: Any, monkeypatch: pytest.MonkeyPatch, when: str) -> None:
     put_lines(s3, "logs/0-poison.ndjson", [b'{"a":1}', b'{"a":2}'])
     put_lines(s3, "logs/1-fine.ndjson", [b'{"b":1}'])
-    real = source_mod.object_records
+    real = reader_mod.object_records
 
     def records(key: str, *args: Any, **kw: Any) -> Any:
         if "poison" not in key:
@@ -312,7 +313,7 @@ def test_any_unexpected_error_of_one_object_fails_that_object_not_the_partition(
 
         return fmt, broken()
 
-    monkeypatch.setattr(source_mod, "object_records", records)
+    monkeypatch.setattr(reader_mod, "object_records", records)
     out = drain(build(s3, src()))
     (err,) = [x for x in out if isinstance(x, ErrorRecord)]
     assert err.obj.key == "logs/0-poison.ndjson" and "RecursionError" in err.reason
