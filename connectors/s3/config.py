@@ -35,7 +35,8 @@ class SourceConfig:
     partitions: int = 1
     """Keys are split by hash over this many partitions (spread across workers)."""
     start_after: str = ""
-    """Start listing after this key (skip older objects)."""
+    """Listing: keys at or before this one, by name, are never read (not a point in time:
+    see ``start_time``)."""
     lookback_secs: float = 900.0
     """Listing: objects whose LastModified is within this many seconds of the newest object
     read are still picked up when they arrive late or under a key that sorts earlier (see

@@ -112,7 +112,9 @@ class RecentKeys:
 
 
 class Lister:
-    """Lists one partition's keys of one source, in lexical order."""
+    """Lists one partition's keys of one source: those not read yet within the look-back
+    window, oldest LastModified first (:meth:`list_recent`), or, with ``lookback_secs = 0``,
+    those after a watermark key, in name order (:meth:`list_after`)."""
 
     def __init__(self, s3: Any, src: SourceConfig, shard: int, shards: int) -> None:
         self._s3 = s3
@@ -143,7 +145,7 @@ class Lister:
             kwargs.pop("StartAfter", None)
 
     def list_after(self, after: str, max_keys: int = 1000) -> list[ListedObject]:
-        """Up to ``max_keys`` of this partition's keys after ``after``, oldest name first.
+        """Up to ``max_keys`` of this partition's keys after ``after``, in name order.
 
         :raises botocore.exceptions.ClientError: As raised by ``ListObjectsV2``.
         """

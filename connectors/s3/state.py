@@ -10,16 +10,21 @@ __all__ = ["PartitionState"]
 
 @dataclass(frozen=True)
 class PartitionState:
-    """Where a partition resumes: after the last finished key, inside the object in progress.
+    """Where a partition resumes: what it has read, and the object in progress.
 
-    Keys of a partition are read in lexical order, so ``after`` is a watermark: every
-    key of the partition at or before it has been read to the end. ``key``/``etag``/
-    ``offset`` name the object being read and the offset of the next record to emit;
-    a restart reads that version of that object again from the start but emits only
-    records from ``offset`` on.
+    What has been read depends on how the partition lists (see
+    :mod:`connectors.s3.discovery`). With look-back listing (the default), ``recent`` holds
+    the keys read within the window of the newest LastModified read, and ``after`` is a
+    fixed floor (``start_after``, or the watermark of a partition that listed by key
+    before): keys at or before it are never read. With ``lookback_secs = 0`` keys are
+    listed by name, so ``after`` is a watermark: every key of the partition at or before
+    it has been read to the end. ``key``/``etag``/``offset`` name the object being read
+    and the offset of the next record to emit; a restart reads that version of that object
+    again from the start but emits only records from ``offset`` on.
     """
 
     after: str = ""
+    """Keys at or before this are not read (a watermark only with ``lookback_secs = 0``)."""
     key: str | None = None
     etag: str | None = None
     offset: int = 0

@@ -17,6 +17,8 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from bench.detection import evaluate
 from bench.workload import SCENARIOS, generate
 from operators.enrich.anomaly import (
+    _PC,
+    _PD,
     ANOMALOUS,
     AnomalyConfig,
     AnomalyScorer,
@@ -379,3 +381,29 @@ def test_a_long_term_access_key_is_an_entity_of_its_own() -> None:
                 if k.startswith("key:")]
     with_keys.score(temp)
     assert with_keys.entity("key:ASIAEXAMPLETEMP00001") is None
+
+
+@pytest.mark.parametrize("half_lives", [0.5, 1, 2, 3])
+def test_the_remembered_peak_halves_every_peak_halflife_of_event_time(half_lives: float) -> None:
+    # The default peak_halflife_secs: a week of event time.
+    gap = half_lives * 7 * DAY
+    st = EntityState("principal:" + ALICE)
+    for _ in range(100):  # one bucket of 100 calls, all of them data reads
+        st.update_and_score(row(T0, "GetObject", "s3"))
+    st.update_and_score(row(T0 + gap, "GetObject", "s3"))  # closes it: the peak is 100
+    assert st.snapshot()["base"][_PC] == st.snapshot()["base"][_PD] == 100
+    st.update_and_score(row(T0 + gap + 300, "GetObject", "s3"))  # closes the one `gap` later
+    base = st.snapshot()["base"]
+    assert base[_PC] == pytest.approx(100 * 0.5 ** half_lives, rel=1e-9)
+    assert base[_PD] == pytest.approx(100 * 0.5 ** half_lives, rel=1e-9)
+
+
+def test_a_novelty_counts_half_after_novelty_memory_events_events() -> None:
+    # The default novelty_memory_events: 1000 events. The first event brings a new network,
+    # IP, user agent and (read) API; the 1000 after it bring nothing new.
+    st = EntityState("principal:" + ALICE)
+    for i in range(1001):
+        st.update_and_score(row(T0 + i))
+    nov = st.snapshot()["nov"]
+    assert nov[1:5] == pytest.approx([0.5] * 4, rel=1e-9)
+    assert nov[5] == 0.0  # never a new write

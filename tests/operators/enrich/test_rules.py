@@ -353,6 +353,31 @@ def test_operators() -> None:
         assert not pred(m)(row), m
 
 
+@pytest.mark.parametrize("row,equal,not_equal", [
+    ({"U": "bob", "V": "alice"}, False, True),
+    ({"U": "bob", "V": "bob"}, True, False),
+    # A missing (or null) value fails equals_column but not not_equals_column: it differs
+    # from the other column's value ...
+    ({"V": "alice"}, False, True),
+    ({"U": None, "V": "alice"}, False, True),
+    # ... and a value differs from a missing (or null) other column ...
+    ({"U": "bob"}, False, True),
+    ({"U": "bob", "V": None}, False, True),
+    # ... but two missing (or null) values are not different: neither holds.
+    ({}, False, False),
+    ({"U": None, "V": None}, False, False),
+    ({"U": None}, False, False),
+])
+def test_column_comparisons_with_missing_values(row: dict[str, Any], equal: bool,
+                                                not_equal: bool) -> None:
+    assert pred({"U": {"equals_column": "V"}})(row) is equal
+    assert pred({"U": {"not_equals_column": "V"}})(row) is not_equal
+    # A json_path selecting nothing compares a missing value, the same way.
+    doc = {"J": '{"u": "bob"}', "V": row.get("V")}
+    nothing = pred({"J": {"json_path": "nope", "not_equals_column": "V"}})
+    assert nothing(doc) is (row.get("V") is not None)
+
+
 def test_pinned_rules_are_indexed_by_event_name(tmp_path: Path) -> None:
     f = tmp_path / "r.toml"
     f.write_text('''
