@@ -53,6 +53,7 @@ from connectors.ops.crypto import (
 )
 from connectors.sentinel.journal import DEAD_LETTERED, REST, UploadJournal
 from dataflow.core import metrics
+from dataflow.core.errors import TerminalError
 from dataflow.core.files import atomic_write, fsync_dir, private_dir
 from dataflow.core.messages import ErrorRecord
 
@@ -64,9 +65,9 @@ log = logging.getLogger(__name__)
 _seq = itertools.count(1)
 
 
-def error_entry(err: ErrorRecord) -> dict:
+def error_entry(err: ErrorRecord) -> dict[str, Any]:
     """The JSON-able entry for one error record."""
-    entry = {
+    entry: dict[str, Any] = {
         "source": err.obj.source, "bucket": err.obj.bucket, "key": err.obj.key,
         "etag": err.obj.etag, "format": err.obj.format, "offset": err.offset,
         "stage": err.stage, "code": err.code, "reason": err.reason, "time": time.time(),
@@ -82,7 +83,7 @@ def error_entry(err: ErrorRecord) -> dict:
     return entry
 
 
-def entry_ranges(entries: Iterable[dict]) -> dict[str, list[list[int]]]:
+def entry_ranges(entries: Iterable[dict[str, Any]]) -> dict[str, list[list[int]]]:
     """Offset ranges per object id that the entries account for.
 
     A read failure at offset k accounts for the rest of the object (k and after);
@@ -101,11 +102,11 @@ def entry_ranges(entries: Iterable[dict]) -> dict[str, list[list[int]]]:
     return out
 
 
-def _dumps(entries: Iterable[dict]) -> bytes:
+def _dumps(entries: Iterable[dict[str, Any]]) -> bytes:
     return b"".join(orjson.dumps(e) + b"\n" for e in entries)
 
 
-class DeadLetterFileError(ValueError):
+class DeadLetterFileError(TerminalError, ValueError):
     """A dead-letter file has lines that were refused, or lines missing (see
     :meth:`DeadLetterStore.load`); ``issues`` lists them."""
 
@@ -113,8 +114,6 @@ class DeadLetterFileError(ValueError):
         self.issues = issues
         super().__init__(message)
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.args[0], self.issues))
 
 
 @dataclass
@@ -122,7 +121,7 @@ class EntryFile:
     """One dead-letter file as read: the entries that verified, and every issue."""
 
     name: str
-    entries: list[dict] = field(default_factory=list)
+    entries: list[dict[str, Any]] = field(default_factory=list)
     lines: list[int] = field(default_factory=list)
     """The line number of each entry."""
     issues: list[LineIssue] = field(default_factory=list)
@@ -172,13 +171,13 @@ class DeadLetterStore:
         """The keyring that seals the entries (None: plain JSON lines)."""
         return self._keyring
 
-    def write(self, entries: list[dict], name: str) -> str:
+    def write(self, entries: list[dict[str, Any]], name: str) -> str:
         """Write entries as one new file named ``<name>-<time>-<seq>.jsonl``; returns its name."""
         fname = f"{name}-{time.time_ns()}-{next(_seq):06d}.jsonl"
         self._put(fname, self._encode(fname, entries))
         return fname
 
-    def _encode(self, name: str, entries: Iterable[dict]) -> bytes:
+    def _encode(self, name: str, entries: Iterable[dict[str, Any]]) -> bytes:
         if self._keyring is None:
             return _dumps(entries)
         # An entry moved to another file, or to another place, does not verify.
@@ -203,7 +202,7 @@ class DeadLetterStore:
         out.issues.sort(key=lambda i: (i.line == 0, i.line))
         return out
 
-    def read(self, name: str) -> list[dict]:
+    def read(self, name: str) -> list[dict[str, Any]]:
         """The entries of one file; raises :class:`PermissionError` when it is encrypted and
         no key is configured, :class:`DeadLetterFileError` when anything else is wrong
         (a legacy file is read as it is)."""
@@ -264,9 +263,10 @@ class DeadLetterStore:
     def _get(self, name: str) -> bytes:
         if self._s3 is None:
             return (self._dir / name).read_bytes()
-        return self._s3.get_object(Bucket=self._bucket, Key=self._prefix + name)["Body"].read()
+        body: bytes = self._s3.get_object(Bucket=self._bucket, Key=self._prefix + name)["Body"].read()
+        return body
 
-    def replace(self, name: str, entries: list[dict]) -> None:
+    def replace(self, name: str, entries: list[dict[str, Any]]) -> None:
         """Atomically rewrite a file with the entries that remain (remove it when none)."""
         if entries:
             self._put(name, self._encode(name, entries))
@@ -276,7 +276,7 @@ class DeadLetterStore:
         else:
             self._s3.delete_object(Bucket=self._bucket, Key=self._prefix + name)
 
-    def entries(self) -> list[dict]:
+    def entries(self) -> list[dict[str, Any]]:
         """Every entry in the store (see :meth:`read`)."""
         return [e for n in self.names() for e in self.read(n)]
 
@@ -287,13 +287,13 @@ class DeadLetterStore:
         atomic_write(private_dir(self._dir) / name, body)
 
 
-def read_entries(directory: str | os.PathLike[str], keyring: Any = None) -> list[dict]:
+def read_entries(directory: str | os.PathLike[str], keyring: Any = None) -> list[dict[str, Any]]:
     """Every entry in a local dead-letter directory (for tests, reports and replay)."""
     return DeadLetterStore(directory, keyring=keyring).entries()
 
 
 def record_dead_letters(store: DeadLetterStore, journal: UploadJournal | None,
-                        entries: list[dict], name: str) -> None:
+                        entries: list[dict[str, Any]], name: str) -> None:
     """Write entries, then mark their records as accounted for; count them."""
     if not entries:
         return
@@ -344,7 +344,8 @@ class DeadLetterSink(DynamicSink[ErrorRecord]):
         self._keyring = keyring
 
     @override
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> StatelessSinkPartition:
+    def build(self, step_id: str, worker_index: int,
+              worker_count: int) -> StatelessSinkPartition[ErrorRecord]:
         name = f"errors-{socket.gethostname()}-{os.getpid()}-w{worker_index}"
         store = DeadLetterStore(self._dir, self._s3_uri, self._s3_factory, self._keyring)
         journal = None

@@ -29,6 +29,7 @@ from connectors.aws import AwsConfig
 from connectors.ops.config import OpsConfig, WebhookConfig
 from connectors.s3.config import Format, SourceConfig
 from connectors.sentinel.config import SentinelConfig
+from dataflow.core.errors import TerminalError
 from operators.batch import BatchConfig
 from operators.enrich.config import EnrichConfig
 from operators.tabledef import TableColumnConfig, TableConfig
@@ -63,7 +64,7 @@ Mode = Literal["continuous", "catch_up"]
 
 
 
-class ConfigError(ValueError):
+class ConfigError(TerminalError, ValueError):
     """The configuration is invalid; ``problems`` lists every problem with its key path."""
 
     def __init__(self, problems: list[str], origin: str = "configuration") -> None:
@@ -73,8 +74,6 @@ class ConfigError(ValueError):
         msg = f"{origin} is invalid ({len(problems)} problem(s)):\n{lines}"
         super().__init__(msg)
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.problems, self.origin))
 
 
 @dataclass(frozen=True)
@@ -236,7 +235,7 @@ def _build(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
     """Convert ``value`` to type ``tp``, appending problems instead of raising."""
     origin = typing.get_origin(tp)
     where = path or "(top level)"
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             problems.append(f"{where}: expected a table, got {type(value).__name__}")
             return None

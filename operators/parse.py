@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 
 from connectors.s3.config import SourceConfig
-from dataflow.core import metrics
+from dataflow.core.failures import failed
 from dataflow.core.messages import ErrorRecord, RawRecord, Row, Rows
 from operators.formats import ParseError, TextFormat
 from operators.formats.registry import DEFAULT_TABLES, text_format
@@ -205,12 +205,10 @@ class RecordMapper:
                   f"records from offset "
                   f"{rec.offset} to the end of the object are not kept one by one: fix the "
                   "cause, then `s3sentinel replay` reads them again from S3")
-        log.error("%s: %s", obj.uri, reason)
-        metrics.ERRORS.labels(obj.source, "read", "too_many_bad_records").inc()
-        return ErrorRecord(obj, rec.offset, "read", reason, b"", (), "too_many_bad_records")
+        return failed(obj, rec.offset, "read", reason, "too_many_bad_records",
+                      level=logging.ERROR)
 
     @staticmethod
     def _error(rec: RawRecord, stage: str, reason: str, code: str) -> ErrorRecord:
-        metrics.ERRORS.labels(rec.obj.source, stage, code).inc()
-        return ErrorRecord(rec.obj, rec.offset, stage, reason, rec.data[:ERROR_SAMPLE_BYTES],
-                           rec.header, code)
+        return failed(rec.obj, rec.offset, stage, reason, code, rec.data[:ERROR_SAMPLE_BYTES],
+                      rec.header)

@@ -30,6 +30,7 @@ import msgspec
 import orjson
 
 from dataflow.core import metrics
+from dataflow.core.errors import TerminalError
 from operators.tabledef import (
     COLUMN_TYPES,
     Column,
@@ -57,7 +58,7 @@ _ISO_UTC = re.compile(r"^\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])"
                       r"T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,9})?Z$")
 
 
-class MappingError(ValueError):
+class MappingError(TerminalError, ValueError):
     """A record cannot be mapped onto its table; ``code`` is a short reason for metrics."""
 
     def __init__(self, reason: str, code: str) -> None:
@@ -65,8 +66,6 @@ class MappingError(ValueError):
         self.code = code
         super().__init__(reason)
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.reason, self.code))
 
 
 # --------------------------------------------------------------------------- coercion
@@ -185,6 +184,8 @@ _COERCE: dict[str, Callable[[Any], Any]] = {
 
 _SCALAR = str | int | float | bool | None
 _UNPARSED = object()
+_MapStruct = Callable[[Any, dict[str, Any], dict[int, Any]], dict[str, Any]]
+"""The generated reader of a decoded record: (record, row to fill, parsed values) -> the row."""
 
 
 class _Node:
@@ -280,7 +281,7 @@ class Mapper:
             root.children.setdefault(key, _Node()).leaf = msgspec.Raw
         # With a "*" column, a record with a top-level field no column reads takes the
         # generic path (which collects it); on the fast path there is then nothing to collect.
-        self._decoder = msgspec.json.Decoder(
+        self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(
             root.struct(f"{table.name}Record", forbid_unknown=self._rest_column is not None))
         self._rest = [c.source[cut:] for c, cut in zip(cols, cuts, strict=False)]
         self._rest_keys = [[f'"{p}"'.encode() for p in rest if not p.isdigit()]
@@ -295,7 +296,7 @@ class Mapper:
         self._encode = msgspec.json.Encoder().encode
         self._map_struct = self._compile(root, cuts)
 
-    def _compile(self, root: _Node, cuts: list[int]) -> Callable[[Any, dict], dict]:
+    def _compile(self, root: _Node, cuts: list[int]) -> _MapStruct:
         """Generate the function that reads every column from a decoded record.
 
         Parents are read once and checked for None (no exceptions for absent objects);
@@ -340,16 +341,17 @@ class Mapper:
                 lines.append(f"    else: _missing({col.name!r})")
         if self._known_rest:
             lines.append("    r = None")
-            for key in self._known_rest:
-                lines += [f"    if (x := rec.{root.attrs[key]}) is not None:",
+            for top in self._known_rest:
+                lines += [f"    if (x := rec.{root.attrs[top]}) is not None:",
                           "        if r is None: r = {}",
-                          f"        r[{key!r}] = x"]
+                          f"        r[{top!r}] = x"]
             lines.append(f"    if r is not None: row.setdefault({self._rest_column!r}, {{}})"
                          ".update(r)")
         lines.append("    return row")
-        ns = {"_iso": _ISO_UTC.match, "_c": self._coerce_i, "_s": _to_string,
-              "_lim": lambda i, x: _limit(x, self._truncated[i]), "_missing": self._missing,
-              "_deferred": self._deferred, "_exact": self._exact}
+        ns: dict[str, Any] = {
+            "_iso": _ISO_UTC.match, "_c": self._coerce_i, "_s": _to_string,
+            "_lim": lambda i, x: _limit(x, self._truncated[i]), "_missing": self._missing,
+            "_deferred": self._deferred, "_exact": self._exact}
         exec("\n".join(lines), ns)  # noqa: S102 (code generated from validated column names)
         return ns["_map"]
 

@@ -59,6 +59,7 @@ from typing import Any, NamedTuple
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from dataflow.core.errors import TerminalError
 from dataflow.core.files import atomic_write, fsync_dir, open_private
 
 __all__ = [
@@ -97,7 +98,7 @@ class KeyringError(ValueError):
     """A keyring or key file cannot be used as it is; the message says what to change."""
 
 
-class DecryptError(ValueError):
+class DecryptError(TerminalError, ValueError):
     """An envelope cannot be decrypted.
 
     :arg key_id: The key id named in the envelope (None when the envelope is unreadable).
@@ -107,8 +108,6 @@ class DecryptError(ValueError):
         self.key_id = key_id
         super().__init__(message)
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.args[0], self.key_id))
 
 
 def _b64(data: bytes) -> str:
@@ -467,7 +466,7 @@ class OpenedLines:
         return [i for i in self.issues if i.refused]
 
 
-def _split_sealed(obj: Any) -> tuple[dict | None, tuple[str, int, int] | None]:
+def _split_sealed(obj: Any) -> tuple[dict[str, Any] | None, tuple[str, int, int] | None]:
     """(envelope, (generation, index, count)) of a line; (None, None) when not an envelope."""
     if is_envelope(obj):
         return obj, None

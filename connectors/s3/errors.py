@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataflow.core.errors import S3SentinelError
 
 __all__ = ["ObjectReadError", "is_transient"]
 
@@ -30,7 +30,7 @@ def is_transient(ex: BaseException) -> bool:
                            ResponseStreamingError, Urllib3Error, ConnectionError, TimeoutError))
 
 
-class ObjectReadError(Exception):
+class ObjectReadError(S3SentinelError):
     """An object could not be read.
 
     :arg transient: True when trying again later may succeed.
@@ -43,8 +43,6 @@ class ObjectReadError(Exception):
         self.gone = gone
         super().__init__(reason)
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (self.reason, self.transient, self.gone))
 
     @classmethod
     def from_exception(cls, bucket: str, key: str, ex: BaseException) -> ObjectReadError:
@@ -63,7 +61,3 @@ class ObjectReadError(Exception):
             hint = " (deleted or overwritten since it was listed)"
         reason = f"GET s3://{bucket}/{key} failed: {type(ex).__name__}: {ex}{hint}"
         return cls(reason, transient=transient, gone=gone)
-
-
-def _rebuild(reason: str, transient: bool, gone: bool) -> ObjectReadError:
-    return ObjectReadError(reason, transient=transient, gone=gone)

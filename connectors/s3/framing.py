@@ -25,6 +25,8 @@ from typing import Protocol
 
 import msgspec
 
+from dataflow.core.errors import TerminalError
+
 __all__ = [
     "DEFAULT_MAX_RECORD_BYTES",
     "SAMPLE_BYTES",
@@ -74,7 +76,7 @@ def _trailing_shift() -> int | None:
 _SHIFT = _trailing_shift()
 
 
-class FramingError(ValueError):
+class FramingError(TerminalError, ValueError):
     """The stream does not have the expected shape; records from ``offset`` on are unreadable.
 
     :arg records: Records found before the error by the call that raised it (so not
@@ -87,8 +89,6 @@ class FramingError(ValueError):
         self.records: list[Framed] = records or []
         super().__init__(f"record {offset}: {reason}")
 
-    def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.reason, self.offset))
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,7 @@ from connectors.s3.reader import (
 from connectors.sentinel.journal import JournalView
 from dataflow.core import metrics, status
 from dataflow.core.backoff import Backoff
+from dataflow.core.failures import failed
 from dataflow.core.messages import ErrorRecord, ObjectRef
 
 __all__ = ["NotifiedObject", "parse_notification"]
@@ -127,7 +128,7 @@ class _BadField(ValueError):
     """A field of a notification is missing or of the wrong type."""
 
 
-def _field(doc: dict, name: str, kind: type, where: str) -> Any:
+def _field(doc: dict[str, Any], name: str, kind: type, where: str) -> Any:
     if name not in doc:
         msg = f"{where} has no {name!r}"
         raise _BadField(msg)
@@ -136,7 +137,7 @@ def _field(doc: dict, name: str, kind: type, where: str) -> Any:
         msg = (f"{where}.{name} is {type(value).__name__} {_short(value)}, "
                f"expected {kind.__name__}")
         raise _BadField(msg)
-    if kind is str and (not value or len(value) > 8192):  # S3 names: 1..1024 bytes, encoded
+    if isinstance(value, str) and (not value or len(value) > 8192):  # S3 names: 1..1024 bytes
         msg = f"{where}.{name} is not a usable S3 name: {_short(value)}"
         raise _BadField(msg)
     return value
@@ -301,24 +302,24 @@ class SqsPartition(StatefulSourcePartition[Item, dict[str, Any]]):
                 raise StopIteration
             self._wake_at = now + timedelta(seconds=src.queue_poll_secs)
             return
-        now = self._mono()
+        mono = self._mono()
         for m in messages:
             metrics.SQS_MESSAGES.labels(src.name, "received").inc()
             try:
-                self._accept(m, now)
+                self._accept(m, mono)
             except Exception as ex:  # one message must never stop the partition
                 log.exception("source %s: cannot handle SQS message %s", src.name,
                               m.get("MessageId"))
                 self._dead_letter_message(
                     _Message(str(m.get("MessageId", "")), str(m.get("ReceiptHandle", "")),
-                             time.time(), now + src.visibility_timeout_secs),
+                             time.time(), mono + src.visibility_timeout_secs),
                     str(m.get("Body", "")), f"cannot handle it: {type(ex).__name__}: {ex}",
                     code="sqs_message_error")
         self._fetch.want(o.key for o in self._todo)
         metrics.IN_FLIGHT_OBJECTS.labels(src.name, self._name).set(
             sum(len(m.objects) for m in self._messages.values()))
 
-    def _accept(self, m: dict, now: float) -> None:
+    def _accept(self, m: dict[str, Any], now: float) -> None:
         """Take one received message: track its objects, or delete or dead-letter it."""
         src = self._src
         attrs = m.get("Attributes") or {}
@@ -371,9 +372,8 @@ class SqsPartition(StatefulSourcePartition[Item, dict[str, Any]]):
                       f"max_receive_count = {src.max_receive_count}) without every record of "
                       "this object being delivered; look for earlier errors about this object, "
                       "then run `s3sentinel replay`")
-            log.error("%s: %s", ref.uri, reason)
-            metrics.ERRORS.labels(src.name, "read", "max_receives").inc()
-            self._errors.append(ErrorRecord(ref, 0, "read", reason, code="max_receives"))
+            self._errors.append(failed(ref, 0, "read", reason, "max_receives",
+                                       level=logging.ERROR))
             obj.object_id = ref.id
             obj.emitted = [[0, 1]]
             obj.done = True
@@ -383,11 +383,8 @@ class SqsPartition(StatefulSourcePartition[Item, dict[str, Any]]):
         """A message that names no usable object: kept in the dead-letter store, then deleted."""
         src = self._src
         ref = ObjectRef(src.name, self._name, src.bucket, f"sqs-message/{msg.message_id}", "", 0)
-        log.error("source %s: SQS message %s is not a usable S3 event notification (%s)",
-                  src.name, msg.message_id, why)
-        metrics.ERRORS.labels(src.name, "read", code).inc()
-        self._errors.append(ErrorRecord(ref, 0, "read", f"SQS message body: {why}",
-                                        body.encode(errors="replace"), code=code))
+        self._errors.append(failed(ref, 0, "read", f"SQS message body: {why}", code,
+                                   body.encode(errors="replace"), level=logging.ERROR))
         msg.objects = [_Object(ref.key, "", 0, ref.id, [[0, 1]], True)]
         self._messages[msg.message_id] = msg
 

@@ -26,9 +26,10 @@ from connectors.s3.delivery import add_offset
 from connectors.s3.errors import ObjectReadError, is_transient
 from connectors.s3.framing import FramingError, UnreadableRecord
 from connectors.s3.objects import Prefetcher
-from connectors.s3.records import FormatUnknown, Framed, object_records
+from connectors.s3.records import FormatUnknown, Record, object_records
 from dataflow.core import metrics
 from dataflow.core.backoff import Backoff
+from dataflow.core.failures import failed
 from dataflow.core.messages import ErrorRecord, ObjectRef, RawRecord
 from operators.formats import TextFormat
 from operators.formats.registry import text_format
@@ -79,7 +80,7 @@ class _Reading:
 
     __slots__ = ("modified", "next_offset", "records", "ref")
 
-    def __init__(self, ref: ObjectRef, records: Iterator[Framed], start: int,
+    def __init__(self, ref: ObjectRef, records: Iterator[Record | UnreadableRecord], start: int,
                  modified: float) -> None:
         self.ref = ref
         self.records = records
@@ -171,12 +172,11 @@ class ObjectReader:
         track, emitted = self._track, self._emitted
         try:
             for rec in r.records:
-                if rec.__class__ is UnreadableRecord:  # too large or too deep: that record only
-                    assert isinstance(rec, UnreadableRecord)
+                if isinstance(rec, UnreadableRecord):  # too large or too deep: that record only
                     offset = rec.offset
                     out.append(self._unreadable(r.ref, rec))
                 else:
-                    offset, data, header = rec  # type: ignore[misc]  # a Record tuple here
+                    offset, data, header = rec
                     out.append(RawRecord(r.ref, offset, data, header))
                 r.next_offset = offset + 1
                 if track:
@@ -216,9 +216,8 @@ class ObjectReader:
 
     def _unreadable(self, ref: ObjectRef, rec: UnreadableRecord) -> ErrorRecord:
         """The error record of one record the framer could delimit but not hand on."""
-        log.error("%s record %d: %s", ref.uri, rec.offset, rec.reason)
-        metrics.ERRORS.labels(self._src.name, "parse", rec.code).inc()
-        return ErrorRecord(ref, rec.offset, "parse", rec.reason, rec.sample, (), rec.code)
+        return failed(ref, rec.offset, "parse", rec.reason, rec.code, rec.sample,
+                      level=logging.ERROR)
 
     def _finish(self, ref: ObjectRef, outcome: str, modified: float) -> Finished:
         metrics.OBJECTS.labels(self._src.name, outcome).inc()
@@ -233,11 +232,9 @@ class ObjectReader:
     def _fail(self, ref: ObjectRef, offset: int | None, reason: str,
               modified: float) -> tuple[list[Item], Finished]:
         """An object that cannot be read from ``offset`` on: its error record, and done."""
-        log.error("%s: giving up on this object at record %s: %s", ref.uri, offset, reason)
         add_offset(self._emitted, offset or 0)  # the dead-letter journal marks it and the rest
-        metrics.ERRORS.labels(self._src.name, "read", "object_unreadable").inc()
-        done = self._finish(ref, "failed", modified)
-        return [ErrorRecord(ref, offset, "read", reason, code="object_unreadable")], done
+        err = failed(ref, offset, "read", reason, "object_unreadable", level=logging.ERROR)
+        return [err], self._finish(ref, "failed", modified)
 
 
 def retry_later(src: SourceConfig, partition: str, backoff: Backoff, operation: str,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataflow.core.errors import S3SentinelError
 
 __all__ = ["DeliveryError", "DeliveryFailed"]
 
@@ -17,7 +17,7 @@ _HINTS = {
 }
 
 
-class DeliveryError(Exception):
+class DeliveryError(S3SentinelError):
     """One request to the Logs Ingestion API failed.
 
     :arg status: HTTP status, or None when no response came (connection, credential).
@@ -38,9 +38,6 @@ class DeliveryError(Exception):
         text = f"HTTP {status or '-'} {code}: {message}".strip()
         super().__init__(f"{text} (request id {request_id}){'; ' + hint if hint else ''}")
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (self.message, self.status, self.code, self.transient,
-                           self.retry_after, self.request_id))
 
     @property
     def too_large(self) -> bool:
@@ -49,9 +46,3 @@ class DeliveryError(Exception):
 
 class DeliveryFailed(RuntimeError):
     """A batch could not be delivered; the flow stops rather than lose it."""
-
-
-def _rebuild(message: str, status: int | None, code: str, transient: bool,
-             retry_after: float | None, request_id: str) -> DeliveryError:
-    return DeliveryError(message, status=status, code=code, transient=transient,
-                         retry_after=retry_after, request_id=request_id)

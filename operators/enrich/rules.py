@@ -57,6 +57,8 @@ from typing import Any
 import msgspec
 import orjson
 
+from dataflow.core.errors import TerminalError
+
 __all__ = [
     "DEFAULT_RULES",
     "PRIORITIES",
@@ -94,7 +96,7 @@ _MAX_FIELD_CHARS = 200
 _SCALAR = (str, int, float, bool)
 
 
-class RuleError(ValueError):
+class RuleError(TerminalError, ValueError):
     """Rule (or sequence) files are invalid; ``problems`` lists every problem found."""
 
     def __init__(self, problems: Iterable[str], what: str = "rule") -> None:
@@ -104,8 +106,6 @@ class RuleError(ValueError):
                "start again:\n" + "\n".join(f"  - {p}" for p in self.problems))
         super().__init__(msg)
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.problems, self.what))
 
 
 @dataclass(frozen=True, slots=True)
@@ -624,7 +624,9 @@ class RuleSet:
         """
         files = ([DEFAULT_RULES] if include_default else []) + list(paths or ())
         problems: list[str] = []
-        rules, compiled, pins = [], [], []
+        rules: list[Rule] = []
+        compiled: list[_Compiled] = []
+        pins: list[frozenset[str] | None] = []
         for order, (origin, e) in enumerate(load_entries(files, "rules", problems)):
             where = f"{origin}: rule {e['id']!r}"
             n = len(problems)
@@ -654,6 +656,8 @@ class RuleSet:
                 pin = pin if pin is not None else pinned_event_names({"any": e["any"]})
             if len(problems) > n:
                 continue
+            # No new problem: the priority is one of PRIORITIES and the reason compiled.
+            assert isinstance(priority, str) and render is not None
             rules.append(Rule(e["id"], table, priority, e["reason"], origin))
             compiled.append((_RANK[priority], order, e["id"], pred, render))
             pins.append(pin)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from dataflow.core.errors import TerminalError
+
 __all__ = ["JSON_FORMATS", "ParseError", "TextFormat"]
 
 JSON_FORMATS = frozenset(
@@ -25,7 +27,7 @@ JSON_FORMATS = frozenset(
 """Formats whose records are JSON objects, mapped straight from their bytes."""
 
 
-class ParseError(ValueError):
+class ParseError(TerminalError, ValueError):
     """A record (line) cannot be parsed; ``reason`` says why, for the error record."""
 
     def __init__(self, reason: str, code: str = "unparseable") -> None:
@@ -33,8 +35,6 @@ class ParseError(ValueError):
         self.code = code
         super().__init__(reason)
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.reason, self.code))
 
 
 class TextFormat(Protocol):
