@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -65,15 +65,20 @@ def build_flow(cfg: Config, *, s3_factory: Callable[[], Any] | None = None,
 
     flow = Dataflow("s3sentinel")
     items = op.input("s3", flow, source)
+    # The outputs of a branch are cast to what the predicate let through (as bytewax's own
+    # operators do), so the element types survive it.
     read = op.branch("read_ok", items, lambda x: isinstance(x, RawRecord))
-    mapped = op.flat_map_batch("map", read.trues, mapper.map_batch)
+    mapped = op.flat_map_batch("map", cast("op.Stream[RawRecord]", read.trues),
+                               mapper.map_batch)
     rows = op.branch("map_ok", mapped, lambda x: isinstance(x, Rows))
-    errors: op.Stream[ErrorRecord] = op.merge("errors", read.falses, rows.falses)
+    errors: op.Stream[ErrorRecord] = op.merge(
+        "errors", cast("op.Stream[ErrorRecord]", read.falses),
+        cast("op.Stream[ErrorRecord]", rows.falses))
     rt = cfg.runtime
     op.output("dead_letter", errors, DeadLetterSink(rt.errors_dir, rt.errors_s3_uri, s3_factory,
                                                     journal_dir=rt.journal_dir, keyring=keyring))
 
-    good: op.Stream[Rows] = rows.trues
+    good = cast("op.Stream[Rows]", rows.trues)
     if enricher is not None:
         good = _enrich(cfg, enricher, good, keyring)
     lanes = op.branch("lane", good, lambda r: r.partition.endswith(FAST))
@@ -100,9 +105,9 @@ def _enrich(cfg: Config, enricher: Enricher, rows: op.Stream[Rows],
     """Rules and intel on every row; anomaly scores and sequences on a keyed side branch."""
     out = op.flat_map_batch("enrich", rows, enricher.enrich_batch)
     split = op.branch("observed", out, lambda x: isinstance(x, Observed))
-    good: op.Stream[Rows] = split.falses
+    good = cast("op.Stream[Rows]", split.falses)
     if cfg.enrich.anomaly or cfg.enrich.sequences:
-        keyed = op.key_on("shard", split.trues, lambda o: o.shard)
+        keyed = op.key_on("shard", cast("op.Stream[Observed]", split.trues), lambda o: o.shard)
         # The shard state (principals, addresses, key ids) is encrypted in the snapshots.
         scored = op.stateful_map("score", keyed, functools.partial(
             score_shard, enricher, cfg.enrich, keyring=keyring))

@@ -68,7 +68,7 @@ def preview(target: str, *, fmt: str = "auto", table: str | None = None,
             return 2
         bucket, key, etag, chunks = "local", str(path), "local", _file_chunks(path)
     tables = tables_for(cfg) if cfg else load_tables()
-    src = SourceConfig(name="preview", bucket=bucket, format=fmt, table=table,  # type: ignore[arg-type]
+    src = SourceConfig(name="preview", bucket=bucket, format=fmt, table=table,
                        fields=list(fields or []), delimiter=delimiter)
     try:
         mapper = RecordMapper([src], tables, 1_000_000)

@@ -92,7 +92,7 @@ class BatchLogic(StatefulBatchLogic[Row | Rows, Batch, dict]):
     def on_batch(self, values: list[Row | Rows]) -> tuple[Iterable[Batch], bool]:
         out: list[Batch] = []
         for item in values:
-            if type(item) is Rows:
+            if isinstance(item, Rows):
                 pairs: Iterable[tuple[bytes, str]] = zip(item.rows, item.record_ids, strict=False)
             else:
                 pairs = ((item.data, item.record_id),)

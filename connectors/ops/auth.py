@@ -282,6 +282,7 @@ class RevocationFile:
                     log.warning("ops auth: revocation file %s cannot be read (%s); keeping "
                                 "the %d entries read before", self._path, ex,
                                 len(self._entries))
+            assert self._entries is not None, "read above, or the first failure raised"
             return self._entries
 
 

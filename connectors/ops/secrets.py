@@ -152,5 +152,6 @@ class SecretResolver:
             version = getattr(getattr(secret, "properties", None), "version", "") or ""
             if cached is not None and cached[2] != version:
                 log.info("Key Vault secret %r rotated (new version %s)", name, version[:8])
-            self._cache[name] = (secret.value, now, version)
-            return secret.value
+            value: str = secret.value  # KeyVaultSecret.value: a secret read always has one
+            self._cache[name] = (value, now, version)
+            return value

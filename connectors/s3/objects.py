@@ -136,7 +136,8 @@ def decompress(chunks: Iterable[bytes], *, max_bytes: int,
             try:
                 # Bounded output: a small chunk of a decompression bomb cannot inflate at once.
                 out = d.decompress(pending, OUT_BYTES)
-            except (isal_zlib.error, zlib.error) as ex:
+            # isal's stub declares `error: Exception`, an instance; at run time it is a class.
+            except (isal_zlib.error, zlib.error) as ex:  # type: ignore[misc]  # wrong isal stub
                 msg = f"corrupt gzip data: {ex}"
                 raise ObjectReadError(msg, transient=False) from ex
             if out:

@@ -219,7 +219,7 @@ class ListingPartition(StatefulSourcePartition[Item, dict[str, Any]]):
         self._fetch.want(o.key for o in self._queue)
 
 
-class S3Source(FixedPartitionedSource[Item, dict]):
+class S3Source(FixedPartitionedSource[Item, dict[str, Any]]):
     """Records of log objects in S3, for ``op.input``.
 
     :arg sources: The configured sources; each contributes ``partitions`` partitions.
@@ -279,7 +279,11 @@ class S3Source(FixedPartitionedSource[Item, dict]):
         s3 = self._client_for(src, "s3") if self._client_for else self._s3_factory()
         if src.discovery == "sqs":
             assert self._journal_dir is not None
-            sqs = self._client_for(src, "sqs") if self._client_for else self._sqs_factory()
+            if self._client_for is not None:
+                sqs = self._client_for(src, "sqs")
+            else:
+                assert self._sqs_factory is not None  # checked in __init__
+                sqs = self._sqs_factory()
             return SqsPartition(s3, sqs, src, for_part, self._journal_dir,
                                 catch_up=self._catch_up, clock=self._clock,
                                 keyring=self._keyring)

@@ -73,7 +73,7 @@ def _mac_data(name: str, body: bytes) -> bytes:
     return name.encode() + b"\x00" + body
 
 
-def _encode_line(name: str, t: float, ranges: dict, keyring: Any) -> bytes:
+def _encode_line(name: str, t: float, ranges: dict[str, Any], keyring: Any) -> bytes:
     """One journal line (with its newline), authenticated when there is a keyring."""
     body = orjson.dumps({"t": t, "r": ranges})
     if keyring is None:
@@ -83,7 +83,8 @@ def _encode_line(name: str, t: float, ranges: dict, keyring: Any) -> bytes:
             + b'"}\n')
 
 
-def _decode_line(name: str, line: bytes, keyring: Any) -> tuple[dict | None, str | None]:
+def _decode_line(name: str, line: bytes,
+                 keyring: Any) -> tuple[dict[str, Any] | None, str | None]:
     """(entry, None) for a line to use; (None, reason) for one to ignore, reason ``torn``
     for a line a crash cut short (not an error), else why it was rejected."""
     try:
@@ -308,7 +309,7 @@ class JournalView:
         if count <= 0:
             return True
         rs = self._done.get(object_id)
-        return bool(rs) and rs[0][0] <= 0 and rs[0][1] >= count
+        return rs is not None and bool(rs) and rs[0][0] <= 0 and rs[0][1] >= count
 
     def covered_ranges(self, object_id: str, ranges: list[list[int]]) -> bool:
         """Whether every offset in ``ranges`` (half-open [start, end)) is accounted for."""

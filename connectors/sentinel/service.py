@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from azure.core.exceptions import (
@@ -74,7 +75,11 @@ def _classify(ex: HttpResponseError, request_id: str) -> DeliveryError:
         kind = "credential" if isinstance(ex, ClientAuthenticationError) else "no_response"
         return DeliveryError(str(ex.message or ex), status=None, code=kind, transient=True,
                              request_id=request_id)
-    headers = ex.response.headers if ex.response is not None else {}
+    headers: Mapping[str, str] = {}
+    if ex.response is not None:
+        # azure-core types the response with a protocol that leaves out `headers`, which every
+        # response the client raises with (azure.core.rest / pipeline.transport) has.
+        headers = ex.response.headers  # type: ignore[attr-defined]  # protocol omits headers
     code = headers.get("x-ms-error-code") or (ex.error.code if ex.error else "") or ""
     retry_after = None
     if headers.get("Retry-After"):

@@ -50,7 +50,7 @@ STOP_STATUSES = frozenset({401, 403, 404})
 """Refusals that concern every request alike (credential, role, rule): the flow stops."""
 
 
-def delivery_entries(batch: Batch, ex: DeliveryError, why: str) -> list[dict]:
+def delivery_entries(batch: Batch, ex: DeliveryError, why: str) -> list[dict[str, Any]]:
     """Dead-letter entries for rows the service did not take."""
     now = time.time()
     out = []

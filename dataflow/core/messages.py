@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = [
     "Batch",
@@ -123,7 +124,7 @@ class Rows:
     partition: str
     rows: tuple[bytes, ...]
     record_ids: tuple[str, ...]
-    parsed: tuple[dict, ...] | None = field(default=None, compare=False, repr=False)
+    parsed: tuple[dict[str, Any], ...] | None = field(default=None, compare=False, repr=False)
     """The rows as the mapper built them, before encoding, when the enrichment step reads
     them (it would otherwise decode every row again); it drops them."""
 

@@ -220,8 +220,9 @@ class AnomalyConfig:
                    f"{', '.join(sorted(known))}")
             raise ValueError(msg)
         sets = ("critical_apis", "sensitive_apis", "sensitive_sources", "data_apis")
-        conv = {k: frozenset(v) if k in sets else tuple(v) if k == "entity_kinds" else v
-                for k, v in values.items()}
+        conv: dict[str, Any] = {
+            k: frozenset(v) if k in sets else tuple(v) if k == "entity_kinds" else v
+            for k, v in values.items()}
         return cls(**conv)
 
 
@@ -358,20 +359,20 @@ class _Event:
         self.ua = ua = g("UserAgent") or ""
         self.agent = agent_family(ua) if ua else ""
         key = (g("EventSource"), g("EventName"), g("ReadOnly"))
-        v = views.get(key)
-        if v is None:
-            v = _api_view(*key, cfg)
+        api_view: tuple[str, str, int, bool] | None = views.get(key)
+        if api_view is None:
+            api_view = _api_view(*key, cfg)
             if len(views) < _CACHE_MAX:
-                views[key] = v
-        self.api, self.name, self.tier, self.data = v
+                views[key] = api_view
+        self.api, self.name, self.tier, self.data = api_view
         self.error = g("ErrorCode") or None
         acct, region = g("RecipientAccountId") or g("UserIdentityAccountId") or "?", g("AWSRegion")
-        v = views.get((acct, region))
-        if v is None:
-            v = f"{acct}/{region or '?'}"
+        account: str | None = views.get((acct, region))
+        if account is None:
+            account = f"{acct}/{region or '?'}"
             if len(views) < _CACHE_MAX:
-                views[(acct, region)] = v
-        self.account = v
+                views[(acct, region)] = account
+        self.account = account
         self.root = g("UserIdentityType") == "Root"
 
 

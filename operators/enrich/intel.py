@@ -34,7 +34,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -268,6 +268,7 @@ class IndicatorSet:
             raw = row.get(column)
             if raw is None:
                 continue
+            values: Sequence[Any]
             if path is None:
                 values = (raw,)
             else:

@@ -191,6 +191,7 @@ def load_sequences(paths: Iterable[str | Path] | None = None, *,
             distinct.append(_min_distinct(step, count, swhere, problems, cols))
         if len(problems) > n or render is None:
             continue
+        assert isinstance(window, (int, float))  # checked above: a positive number
         specs.append(SequenceSpec(e["id"], table, principal, float(window), priority,
                                   e["reason"], origin, tuple(preds), tuple(pins), tuple(counts),
                                   render, tuple(distinct) if any(distinct) else ()))

@@ -105,7 +105,8 @@ def _date_time(date: str, time: str) -> str:
                "21:02:31")
         raise ParseError(msg, "bad_time")
     try:
-        datetime(*(int(x) for x in (*d.groups(), *t.groups())))  # noqa: DTZ001 (a check only)
+        year, month, day, hour, minute, second = (int(x) for x in (*d.groups(), *t.groups()))
+        datetime(year, month, day, hour, minute, second)  # noqa: DTZ001 (a check only)
     except ValueError:
         msg = f"date {date!r} and time {time!r} are not a valid date and time"
         raise ParseError(msg, "bad_time") from None

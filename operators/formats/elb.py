@@ -204,7 +204,8 @@ def _iso_time(text: str, where: str) -> str:
         msg = f"{where} = {text[:40]!r} is not a time like 2018-07-02T22:23:00.186641Z"
         raise ParseError(msg, "bad_time")
     try:
-        datetime(*(int(m.group(i)) for i in range(1, 7)))  # noqa: DTZ001 (a check only)
+        year, month, day, hour, minute, second = (int(m.group(i)) for i in range(1, 7))
+        datetime(year, month, day, hour, minute, second)  # noqa: DTZ001 (a check only)
     except ValueError:
         msg = f"{where} = {text[:40]!r} is not a valid date and time"
         raise ParseError(msg, "bad_time") from None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import re
-from typing import Any
 
 from operators.formats import JSON_FORMATS, TextFormat
 from operators.formats.delimited import CsvFormat, DelimitedFormat
@@ -106,7 +105,7 @@ def text_format(fmt: str, *, fields: list[str] | None = None, delimiter: str = "
         raise ValueError(msg)
     module, cls = _TEXT_FORMATS[fmt]
     try:
-        parser: Any = getattr(importlib.import_module(module), cls)()
+        parser: TextFormat = getattr(importlib.import_module(module), cls)()
     except (ImportError, AttributeError) as ex:
         msg = f"format {fmt!r} is not available in this installation: {ex}"
         raise ValueError(msg) from ex

@@ -129,6 +129,7 @@ class S3AccessFormat:
             if quoted is not None:
                 value = _UNESCAPE.sub(r"\1", quoted) if "\\" in quoted else quoted
             elif i in _QUOTED and bare != "-":
+                assert bare is not None  # neither quoted nor bracketed: the bare group matched
                 msg = f"field {i + 1} ({name}) should be \"quoted\", got {bare[:40]!r}"
                 raise ParseError(msg, "malformed")
             else:
