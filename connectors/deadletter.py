@@ -7,7 +7,7 @@ Entries are JSON lines in files (a local directory) or objects (an ``s3://bucket
 Each write is one new file, made atomically: written to a temporary name, fsynced,
 then renamed (a PUT is atomic by itself), so a crash never leaves half an entry; local
 files are ``0600`` in a ``0700`` directory. After the write the records are marked in the
-dead-letter journal (see :mod:`connectors.sentinel.journal`), which is how the SQS
+dead-letter journal (see :mod:`connectors.ledger`), which is how the SQS
 source knows that an object's records are all accounted for.
 
 With a keyring, a file is sealed (:func:`connectors.ops.crypto.seal_lines`): every entry is
@@ -43,6 +43,7 @@ import orjson
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from typing_extensions import override
 
+from connectors.ledger import DEAD_LETTERED, REST, Ledger
 from connectors.ops.crypto import (
     DecryptError,
     LineIssue,
@@ -51,7 +52,6 @@ from connectors.ops.crypto import (
     reseal,
     seal_lines,
 )
-from connectors.sentinel.journal import DEAD_LETTERED, REST, UploadJournal
 from dataflow.core import metrics
 from dataflow.core.errors import TerminalError
 from dataflow.core.files import atomic_write, fsync_dir, private_dir
@@ -292,7 +292,7 @@ def read_entries(directory: str | os.PathLike[str], keyring: Any = None) -> list
     return DeadLetterStore(directory, keyring=keyring).entries()
 
 
-def record_dead_letters(store: DeadLetterStore, journal: UploadJournal | None,
+def record_dead_letters(store: DeadLetterStore, journal: Ledger | None,
                         entries: list[dict[str, Any]], name: str) -> None:
     """Write entries, then mark their records as accounted for; count them."""
     if not entries:
@@ -305,7 +305,7 @@ def record_dead_letters(store: DeadLetterStore, journal: UploadJournal | None,
 
 
 class _DeadLetterPartition(StatelessSinkPartition[ErrorRecord]):
-    def __init__(self, store: DeadLetterStore, journal: UploadJournal | None,
+    def __init__(self, store: DeadLetterStore, journal: Ledger | None,
                  name: str) -> None:
         self._store = store
         self._journal = journal
@@ -350,6 +350,6 @@ class DeadLetterSink(DynamicSink[ErrorRecord]):
         store = DeadLetterStore(self._dir, self._s3_uri, self._s3_factory, self._keyring)
         journal = None
         if self._journal_dir is not None:
-            journal = UploadJournal(self._journal_dir, worker_index, name=DEAD_LETTERED,
+            journal = Ledger(self._journal_dir, worker_index, name=DEAD_LETTERED,
                                     keyring=self._keyring)
         return _DeadLetterPartition(store, journal, name)

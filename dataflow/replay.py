@@ -44,10 +44,10 @@ from typing import Any
 
 from connectors.aws import client_for, s3_client
 from connectors.deadletter import DeadLetterStore, EntryFile, error_entry
+from connectors.ledger import Ledger
 from connectors.s3.discovery import skip_reason
 from connectors.s3.objects import open_body
 from connectors.s3.records import UnreadableRecord, object_records
-from connectors.sentinel.journal import UploadJournal
 from connectors.sentinel.service import IngestionService
 from connectors.sentinel.sink import _SentinelPartition
 from dataflow.config import Config, SourceConfig
@@ -152,7 +152,7 @@ def replay(cfg: Config, *, since: float | None = None, stream: str | None = None
     tables = tables_for(cfg)
     mapper = RecordMapper(cfg.sources, tables, cfg.batch.max_bytes)
     rebuild = _Rebuilder(cfg, mapper, client_for)
-    journal = UploadJournal(rt.journal_dir, "replay", rt.journal_retention_secs,
+    journal = Ledger(rt.journal_dir, "replay", rt.journal_retention_secs,
                             keyring=keyring)
     summary = ReplaySummary(dry_run=dry_run)
     part = None
@@ -183,7 +183,7 @@ def replay(cfg: Config, *, since: float | None = None, stream: str | None = None
                 summary.refused += work.refused
                 summary.problems.extend(f"{store.location}/{name}: {why}" for why in work.why)
                 rows.extend(work.rows)
-            fresh = [r for r in rows if not journal.delivered(r[1])]
+            fresh = [r for r in rows if not journal.has(r[1])]
             summary.already_delivered += len(rows) - len(fresh)
             metrics.REPLAYED_RECORDS.labels("already_delivered").inc(len(rows) - len(fresh))
             if dry_run:
@@ -193,7 +193,7 @@ def replay(cfg: Config, *, since: float | None = None, stream: str | None = None
             for batch in _batches(fresh, cfg.batch.max_bytes, cfg.batch.max_records):
                 part.write_batch([batch])
             for s, rid, _ in fresh:
-                if journal.delivered(rid):
+                if journal.has(rid):
                     summary.delivered[s] += 1
                     metrics.REPLAYED_RECORDS.labels("delivered").inc()
                 else:  # the sink wrote it to the store again, with the new reason

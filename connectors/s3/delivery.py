@@ -14,10 +14,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from connectors.sentinel.journal import JournalView
+from connectors.ledger import LedgerView
 from dataflow.core import metrics
 
-__all__ = ["CHECK_EVERY_SECS", "DeliveryTracker", "add_offset"]
+__all__ = ["CHECK_EVERY_SECS", "DeliveryTracker"]
 
 CHECK_EVERY_SECS = 1.0
 
@@ -25,30 +25,12 @@ MAX_TRACKED = 10_000
 """Objects followed at most; beyond that the oldest are dropped from the freshness figures."""
 
 
-def add_offset(ranges: list[list[int]], offset: int) -> None:
-    """Add ``offset`` to merged half-open ranges (offsets mostly come in increasing order)."""
-    if ranges and ranges[-1][1] == offset:
-        ranges[-1][1] = offset + 1
-    elif not ranges or offset > ranges[-1][1]:
-        ranges.append([offset, offset + 1])
-    else:
-        ranges.append([offset, offset + 1])
-        ranges.sort()
-        merged: list[list[int]] = []
-        for s, e in ranges:
-            if merged and s <= merged[-1][1]:
-                merged[-1][1] = max(merged[-1][1], e)
-            else:
-                merged.append([s, e])
-        ranges[:] = merged
-
-
 class DeliveryTracker:
     """Objects finished by one partition, until the journals account for all their records."""
 
     def __init__(self, journal_dir: str, source: str, partition: str,
                  clock: Callable[[], float] = time.time, keyring: Any = None) -> None:
-        self._view = JournalView(journal_dir, keyring=keyring)
+        self._view = LedgerView(journal_dir, keyring=keyring)
         self._labels = (source, partition)
         self._clock = clock
         self._waiting: dict[str, tuple[list[list[int]], float]] = {}

@@ -7,7 +7,7 @@ without coordinating.
 
 A message is deleted only when every record of its objects is accounted for: delivered
 (the upload journal) or written to the dead-letter store (the dead-letter journal). The
-partition knows which offsets it emitted; :class:`~connectors.sentinel.journal.JournalView`
+partition knows which offsets it emitted; :class:`~connectors.ledger.LedgerView`
 tells when all of them are in the journals. Until then the message's visibility is
 extended, so no other receiver takes it. After a crash nothing is lost: the messages come
 back when their visibility runs out, the objects are read again, and the sink skips what
@@ -34,6 +34,7 @@ import orjson
 from bytewax.inputs import StatefulSourcePartition
 from typing_extensions import override
 
+from connectors.ledger import LedgerView
 from connectors.s3.config import SourceConfig
 from connectors.s3.discovery import skip_reason
 from connectors.s3.objects import Prefetcher
@@ -46,7 +47,6 @@ from connectors.s3.reader import (
     Pending,
     retry_later,
 )
-from connectors.sentinel.journal import JournalView
 from dataflow.core import metrics, status
 from dataflow.core.backoff import Backoff
 from dataflow.core.failures import failed
@@ -204,7 +204,7 @@ class SqsPartition(StatefulSourcePartition[Item, dict[str, Any]]):
                                  prefetch_max_bytes=src.prefetch_max_bytes)
         self._backoff = Backoff(base_secs=1.0, cap_secs=60.0)
         self._reader = ObjectReader(src, name, self._fetch, self._backoff)
-        self._view = JournalView(journal_dir, keyring=keyring)
+        self._view = LedgerView(journal_dir, keyring=keyring)
         self._mono = monotonic
         self._wake_at: datetime | None = None
         self._errors: list[ErrorRecord] = []  # dead letters of messages that name no object

@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from connectors.ledger import add_offset
 from connectors.s3.config import SourceConfig
-from connectors.s3.delivery import add_offset
 from connectors.s3.errors import ObjectReadError, is_transient
 from connectors.s3.framing import FramingError, UnreadableRecord
 from connectors.s3.objects import Prefetcher

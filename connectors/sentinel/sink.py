@@ -11,7 +11,7 @@ request id, to be sent again with ``s3sentinel replay``. Errors that no retry or
 can fix (401, 403, 404: credential, role or rule id) stop the flow with
 :class:`DeliveryFailed` instead, so a misconfiguration does not fill the dead-letter store.
 
-The upload journal (see :mod:`connectors.sentinel.journal`) keeps records that were
+The upload journal (see :mod:`connectors.ledger`) keeps records that were
 already accepted from being sent twice when a restart replays them.
 """
 
@@ -31,10 +31,10 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from typing_extensions import override
 
 from connectors.deadletter import DeadLetterStore, record_dead_letters
+from connectors.ledger import DEAD_LETTERED, Ledger
 from connectors.sentinel.config import SentinelConfig
 from connectors.sentinel.encoder import MAX_WIRE_BYTES, encode
 from connectors.sentinel.errors import DeliveryError, DeliveryFailed
-from connectors.sentinel.journal import DEAD_LETTERED, UploadJournal
 from connectors.sentinel.service import IngestionService
 from dataflow.core import metrics
 from dataflow.core.backoff import delay_secs
@@ -83,9 +83,9 @@ def _event_delay(row: bytes) -> float | None:
 
 class _SentinelPartition(StatelessSinkPartition[Batch]):
     def __init__(self, service: Any, cfg: SentinelConfig, sleep: Sleep,
-                 monotonic: Callable[[], float], journal: UploadJournal | None,
+                 monotonic: Callable[[], float], journal: Ledger | None,
                  dead_letters: DeadLetterStore | None = None,
-                 dead_journal: UploadJournal | None = None, name: str = "deliver") -> None:
+                 dead_journal: Ledger | None = None, name: str = "deliver") -> None:
         self._service = service
         self._cfg = cfg
         self._sleep = sleep
@@ -114,8 +114,8 @@ class _SentinelPartition(StatelessSinkPartition[Batch]):
         if journal is None:
             return batch
         dead = self._dead_journal
-        keep = [i for i, rid in enumerate(batch.record_ids) if not journal.delivered(rid)
-                and (dead is None or not dead.delivered(rid))]
+        keep = [i for i, rid in enumerate(batch.record_ids) if not journal.has(rid)
+                and (dead is None or not dead.has(rid))]
         if len(keep) == len(batch.rows):
             return batch
         metrics.RECORDS_SKIPPED.labels(batch.stream, "already_delivered").inc(
@@ -213,7 +213,7 @@ class SentinelSink(DynamicSink[Batch]):
     :arg journal_retention_secs: How long delivered ranges are remembered.
     :arg dead_letters: Builds the dead-letter store for rows that cannot be delivered;
         None stops the flow on such rows instead.
-    :arg keyring: Authenticates the journal lines (see :mod:`connectors.sentinel.journal`);
+    :arg keyring: Authenticates the journal lines (see :mod:`connectors.ledger`);
         by default the dead-letter store's keyring (the same ``runtime.encryption_*``).
     """
 
@@ -239,11 +239,11 @@ class SentinelSink(DynamicSink[Batch]):
         store = self._dead_letters() if self._dead_letters is not None else None
         keyring = self._keyring or (store.keyring if store is not None else None)
         if self._journal_dir is not None:
-            journal = UploadJournal(self._journal_dir, worker_index, self._retention,
+            journal = Ledger(self._journal_dir, worker_index, self._retention,
                                     keyring=keyring)
         if store is not None and self._journal_dir is not None:
             # Its own file, apart from the dead-letter sink's file of the same worker.
-            dead_journal = UploadJournal(self._journal_dir, f"s{worker_index}",
+            dead_journal = Ledger(self._journal_dir, f"s{worker_index}",
                                          self._retention, name=DEAD_LETTERED, keyring=keyring)
         name = f"undelivered-{socket.gethostname()}-{os.getpid()}-w{worker_index}"
         return _SentinelPartition(self._factory(self._cfg), self._cfg, self._sleep,

@@ -152,7 +152,7 @@ def test_a_source_naming_an_undefined_table() -> None:
 
 def test_an_object_of_many_bad_records_becomes_a_bounded_number_of_dead_letters() -> None:
     from connectors.deadletter import entry_ranges, error_entry
-    from connectors.sentinel.journal import REST
+    from connectors.ledger import REST
 
     src = SourceConfig(name="app", bucket="b2", format="ndjson", table="App_CL",
                        max_dead_letters_per_object=3)

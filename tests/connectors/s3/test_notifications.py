@@ -9,9 +9,9 @@ from typing import Any
 import boto3
 import pytest
 
+from connectors.ledger import DEAD_LETTERED, Ledger
 from connectors.s3.notifications import parse_notification
 from connectors.s3.source import S3Source
-from connectors.sentinel.journal import DEAD_LETTERED, UploadJournal
 from dataflow.config import SourceConfig
 from dataflow.core import metrics
 from dataflow.core.messages import ErrorRecord, RawRecord
@@ -96,11 +96,11 @@ def test_message_is_deleted_only_once_every_record_is_accounted_for(aws: Any, tm
     recs = [x for x in out if isinstance(x, RawRecord)]
     assert [r.offset for r in recs] == [0, 2, 3]  # the blank line 1 is no record
     assert depth(sqs, url) == 1  # read, not yet delivered: the message stays
-    delivered = UploadJournal(tmp_path, 0)
+    delivered = Ledger(tmp_path, 0)
     delivered.record([recs[0].record_id, recs[2].record_id])
     pump(p, 3)
     assert depth(sqs, url) == 1  # offset 2 is neither delivered nor dead-lettered
-    UploadJournal(tmp_path, 5, name=DEAD_LETTERED).record([recs[1].record_id])
+    Ledger(tmp_path, 5, name=DEAD_LETTERED).record([recs[1].record_id])
     pump(p, 3)
     assert depth(sqs, url) == 0 and p._messages == {}
 
@@ -134,7 +134,7 @@ def test_a_message_received_too_often_dead_letters_its_object(aws: Any, tmp_path
     assert "received 3 times" in err.reason and "s3sentinel replay" in err.reason
     assert not [x for x in out if isinstance(x, RawRecord)]
     assert depth(sqs, url) == 1  # deleted once the dead-letter entry is journaled
-    UploadJournal(tmp_path, 0, name=DEAD_LETTERED).record_ranges({err.obj.id: [[0, 2**62]]})
+    Ledger(tmp_path, 0, name=DEAD_LETTERED).record_ranges({err.obj.id: [[0, 2**62]]})
     pump(p, 2)
     assert depth(sqs, url) == 0
 
@@ -148,7 +148,7 @@ def test_duplicate_notifications_read_the_object_once(aws: Any, tmp_path: Any) -
     p = part(aws, tmp_path)
     recs = [x for x in pump(p) if isinstance(x, RawRecord)]
     assert [r.offset for r in recs] == [0, 1] and len(p._messages) == 2
-    UploadJournal(tmp_path, 0).record([r.record_id for r in recs])
+    Ledger(tmp_path, 0).record([r.record_id for r in recs])
     pump(p, 2)
     assert depth(sqs, url) == 0
 
@@ -211,9 +211,9 @@ def test_a_poison_message_is_dead_lettered_deleted_and_counted_and_the_rest_is_r
     assert len(errs) == 4 and all(e.code == "not_s3_event" and "key" in e.reason for e in errs)
     assert metrics.ERRORS.labels("n", "read", "not_s3_event")._value.get() - before == 4
     # The poison messages are deleted once their dead-letter entries are journaled.
-    journal = UploadJournal(tmp_path, 0, name=DEAD_LETTERED)
+    journal = Ledger(tmp_path, 0, name=DEAD_LETTERED)
     journal.record_ranges({e.obj.id: [[0, 1]] for e in errs})
-    UploadJournal(tmp_path, 1).record([r.record_id for r in recs])
+    Ledger(tmp_path, 1).record([r.record_id for r in recs])
     pump(p, 3)
     assert depth(sqs, url) == 0 and p._messages == {}
 

@@ -155,7 +155,7 @@ def dl_part(cfg: SentinelConfig, tmp_path, sleep=None, monotonic=None) -> object
 def test_a_refused_row_is_isolated_and_dead_lettered(cfg: SentinelConfig,
                                                      emulator: SentinelEmulator, tmp_path) -> None:
     from connectors.deadletter import read_entries
-    from connectors.sentinel.journal import JournalView
+    from connectors.ledger import LedgerView
 
     rows = [orjson.dumps({"TimeGenerated": "2026-01-01T00:00:00Z", "i": i,
                           "pad": "POISON" if i == 11 else "ok"}) for i in range(16)]
@@ -171,7 +171,7 @@ def test_a_refused_row_is_isolated_and_dead_lettered(cfg: SentinelConfig,
     assert entry["status"] == 400 and entry["code"] == "InvalidPayload"
     assert entry["request_id"] and orjson.loads(entry["row"])["pad"] == "POISON"
     assert entry["stream"] == STREAM and "Row 0 of the request was refused" in entry["reason"]
-    view = JournalView(tmp_path / "journal")
+    view = LedgerView(tmp_path / "journal")
     view.refresh()
     assert view.covered("obj", 16)  # delivered or dead-lettered: every record accounted for
 

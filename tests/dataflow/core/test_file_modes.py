@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from connectors import ledger as journal_mod
 from connectors.deadletter import DeadLetterSink, DeadLetterStore
+from connectors.ledger import DEAD_LETTERED, Ledger
 from connectors.ops.crypto import Keyring, add_key_to_file, generate_key_file, rotate_file
-from connectors.sentinel import journal as journal_mod
-from connectors.sentinel.journal import DEAD_LETTERED, UploadJournal
 
 ENTRY = {"stage": "parse", "record_id": "abc-1", "offset": 1, "data": "x", "reason": "bad"}
 
@@ -56,7 +56,7 @@ def test_journals_of_the_sink_and_of_the_dead_letter_sink(tmp_path: Path,
                                                           monkeypatch) -> None:
     monkeypatch.setattr(journal_mod, "COMPACT_EVERY", 2)
     journal = tmp_path / "journal"
-    j = UploadJournal(journal, 0)
+    j = Ledger(journal, 0)
     j.record(["a-0"])
     assert mode(journal) == 0o700 and mode(journal / "journal-w0.jsonl") == 0o600
     j.record(["a-1"])  # compaction replaces the file

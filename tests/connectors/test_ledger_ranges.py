@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectors.s3.delivery import add_offset
+from connectors.ledger import add_offset
 
 
 def merged(offsets: list[int]) -> list[list[int]]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import connectors.sentinel.journal as journal_mod
-from connectors.sentinel.journal import UploadJournal
+import connectors.ledger as journal_mod
+from connectors.ledger import Ledger
 
 
 def ids(obj: str, *offsets: int) -> list[str]:
@@ -14,32 +14,32 @@ def ids(obj: str, *offsets: int) -> list[str]:
 
 
 def test_records_are_remembered_across_a_restart(tmp_path: Path) -> None:
-    j = UploadJournal(tmp_path, 0)
+    j = Ledger(tmp_path, 0)
     j.record(ids("aaaa", 0, 1, 2, 5))
     j.record(ids("bb-cc", 7))  # object ids never contain "-", but offsets are split from the right
     j.close()
-    again = UploadJournal(tmp_path, 0)
-    assert [again.delivered(r) for r in ids("aaaa", 0, 1, 2, 3, 4, 5, 6)] == [
+    again = Ledger(tmp_path, 0)
+    assert [again.has(r) for r in ids("aaaa", 0, 1, 2, 3, 4, 5, 6)] == [
         True, True, True, False, False, True, False]
-    assert again.delivered("bb-cc-7") and not again.delivered("bb-cc-8")
-    assert not again.delivered("zzzz-0")
+    assert again.has("bb-cc-7") and not again.has("bb-cc-8")
+    assert not again.has("zzzz-0")
 
 
 def test_every_workers_file_is_read(tmp_path: Path) -> None:
-    UploadJournal(tmp_path, 0).record(ids("a", 1))
-    UploadJournal(tmp_path, 1).record(ids("b", 2))
-    j = UploadJournal(tmp_path, 0)  # e.g. after a restart with one worker instead of two
-    assert j.delivered("a-1") and j.delivered("b-2")
+    Ledger(tmp_path, 0).record(ids("a", 1))
+    Ledger(tmp_path, 1).record(ids("b", 2))
+    j = Ledger(tmp_path, 0)  # e.g. after a restart with one worker instead of two
+    assert j.has("a-1") and j.has("b-2")
 
 
 def test_a_torn_last_line_is_ignored(tmp_path: Path) -> None:
-    j = UploadJournal(tmp_path, 0)
+    j = Ledger(tmp_path, 0)
     j.record(ids("a", 1))
     j.close()
     with (tmp_path / "journal-w0.jsonl").open("ab") as f:
         f.write(b'{"t": 1, "r": {"a": [[5, ')  # a crash in the middle of a write
-    again = UploadJournal(tmp_path, 0)
-    assert again.delivered("a-1") and not again.delivered("a-5")
+    again = Ledger(tmp_path, 0)
+    assert again.has("a-1") and not again.has("a-5")
 
 
 def test_compaction_merges_and_expires_relative_to_the_newest_entry(tmp_path: Path,
@@ -47,27 +47,27 @@ def test_compaction_merges_and_expires_relative_to_the_newest_entry(tmp_path: Pa
     monkeypatch.setattr(journal_mod, "COMPACT_EVERY", 5)
     clock = [1000.0]
     monkeypatch.setattr(journal_mod.time, "time", lambda: clock[0])
-    j = UploadJournal(tmp_path, 0, retention_secs=100)
+    j = Ledger(tmp_path, 0, retention_secs=100)
     j.record(ids("old", 0, 1))
     clock[0] += 500  # "old" is now far older than the retention
     for i in range(4):
         j.record(ids("new", i))
-    assert not j.delivered("old-0")  # expired at the 5th append's compaction
-    assert all(j.delivered(f"new-{i}") for i in range(4))
+    assert not j.has("old-0")  # expired at the 5th append's compaction
+    assert all(j.has(f"new-{i}") for i in range(4))
     j.close()
     lines = (tmp_path / "journal-w0.jsonl").read_bytes().splitlines()
     assert lines == [b'{"t":1500.0,"r":{"new":[[0,4]]}}']
     # A long outage does not expire anything: age is measured from the newest entry.
     clock[0] += 10**6
-    assert UploadJournal(tmp_path, 0, retention_secs=100).delivered("new-3")
+    assert Ledger(tmp_path, 0, retention_secs=100).has("new-3")
 
 
 def test_view_tails_appends_and_rereads_compacted_files(tmp_path) -> None:
-    from connectors.sentinel.journal import DEAD_LETTERED, JournalView
+    from connectors.ledger import DEAD_LETTERED, LedgerView
 
-    delivered = UploadJournal(tmp_path, 0)
-    dead = UploadJournal(tmp_path, 1, name=DEAD_LETTERED)
-    view = JournalView(tmp_path)
+    delivered = Ledger(tmp_path, 0)
+    dead = Ledger(tmp_path, 1, name=DEAD_LETTERED)
+    view = LedgerView(tmp_path)
     delivered.record([f"a-{i}" for i in range(5)])
     view.refresh()
     assert view.covered("a", 5) and not view.covered("a", 7)
@@ -123,7 +123,7 @@ def test_a_line_slipped_into_the_journal_does_not_make_the_sink_skip_a_record(
     from dataflow.core.messages import Batch
 
     ring = _ring("k1")
-    j = UploadJournal(tmp_path, 0, keyring=ring)
+    j = Ledger(tmp_path, 0, keyring=ring)
     j.record(ids("mine", 0, 1))
     j.close()
     assert b'"kid":"k1","mac":"' in (tmp_path / "journal-w0.jsonl").read_bytes()
@@ -135,13 +135,13 @@ def test_a_line_slipped_into_the_journal_does_not_make_the_sink_skip_a_record(
         f'{{"t":{now},"r":{{"victim2":[[0,5]]}},"kid":"k1","mac":"{zeros}"}}\n'
         f'{{"t":{now},"r":{{"victim3":[[0,5]]}},"kid":"k9","mac":"{zeros}"}}\n')
     caplog.set_level("ERROR")
-    again = UploadJournal(tmp_path, 0, keyring=ring)
-    assert again.delivered("mine-1")
-    assert not any(again.delivered(f"{v}-3") for v in ("victim", "victim2", "victim3"))
+    again = Ledger(tmp_path, 0, keyring=ring)
+    assert again.has("mine-1")
+    assert not any(again.has(f"{v}-3") for v in ("victim", "victim2", "victim3"))
     assert {r: _rejected(r) - before[r] for r in before} == {
         "unauthenticated": 1, "bad_mac": 1, "unknown_key": 1}
     assert "journal-w7.jsonl: lines rejected" in caplog.text and "lines 2" in caplog.text
-    assert UploadJournal(tmp_path, 1).delivered("victim-3")  # without a key: not checked
+    assert Ledger(tmp_path, 1).has("victim-3")  # without a key: not checked
 
     # The sink takes the keyring of the dead-letter store (the same runtime.encryption_*):
     # the record the forged line names is sent.
@@ -162,34 +162,34 @@ def test_a_line_slipped_into_the_journal_does_not_make_the_sink_skip_a_record(
 
 def test_authenticated_lines_survive_key_rotation_and_old_plain_lines_are_refused(
         tmp_path: Path) -> None:
-    UploadJournal(tmp_path, 9).record(ids("plain", 0))  # written before a key was configured
-    j = UploadJournal(tmp_path, 0, keyring=_ring("k1"))
+    Ledger(tmp_path, 9).record(ids("plain", 0))  # written before a key was configured
+    j = Ledger(tmp_path, 0, keyring=_ring("k1"))
     j.record(ids("a", 0, 1))
     j.close()
-    UploadJournal(tmp_path, 1, keyring=_ring("k1")).record(ids("b", 0))
+    Ledger(tmp_path, 1, keyring=_ring("k1")).record(ids("b", 0))
     before = _rejected("unauthenticated")
     both = _ring("k1", "k2", current="k2")
-    j = UploadJournal(tmp_path, 0, keyring=both)  # compaction re-authenticates w0 under k2
-    assert j.delivered("a-1") and j.delivered("b-0")
-    assert not j.delivered("plain-0")  # refused: sent again, a duplicate rather than a loss
+    j = Ledger(tmp_path, 0, keyring=both)  # compaction re-authenticates w0 under k2
+    assert j.has("a-1") and j.has("b-0")
+    assert not j.has("plain-0")  # refused: sent again, a duplicate rather than a loss
     assert _rejected("unauthenticated") - before == 1
     j.close()
     assert b'"kid":"k2"' in (tmp_path / "journal-w0.jsonl").read_bytes()
-    only_k2 = UploadJournal(tmp_path, 0, keyring=_ring("k2"))
-    assert only_k2.delivered("a-1")  # rewritten under k2
-    assert not only_k2.delivered("b-0")  # w1 is still under the retired k1
+    only_k2 = Ledger(tmp_path, 0, keyring=_ring("k2"))
+    assert only_k2.has("a-1")  # rewritten under k2
+    assert not only_k2.has("b-0")  # w1 is still under the retired k1
 
 
 def test_the_view_checks_macs_too(tmp_path: Path) -> None:
-    from connectors.sentinel.journal import JournalView
+    from connectors.ledger import LedgerView
 
     ring = _ring("k1")
-    UploadJournal(tmp_path, 0, keyring=ring).record(ids("a", 0, 1, 2))
+    Ledger(tmp_path, 0, keyring=ring).record(ids("a", 0, 1, 2))
     with (tmp_path / "journal-w5.jsonl").open("ab") as f:
         f.write(b'{"t":%f,"r":{"b":[[0,9]]}}\n' % time.time())
-    view = JournalView(tmp_path, keyring=ring)
+    view = LedgerView(tmp_path, keyring=ring)
     view.refresh()
     assert view.covered("a", 3) and not view.covered("b", 1)
-    unchecked = JournalView(tmp_path)
+    unchecked = LedgerView(tmp_path)
     unchecked.refresh()
     assert unchecked.covered("b", 1)

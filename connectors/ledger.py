@@ -1,36 +1,45 @@
-"""The upload journal: which records the service has accepted, kept across crashes.
+"""The delivery ledger: which records are accounted for, by object and offset range, kept
+across crashes.
+
+One ledger answers one question for every part of the flow: has this record been
+accepted by the service (the ``journal`` ledger, written by the Sentinel sink), or written
+to the dead-letter store (the ``deadletter`` ledger, written by the dead-letter sink)? The
+sink skips what either holds when bytewax replays after a crash; the SQS partition deletes
+a message, and the freshness tracker sets ``s3sentinel_lag_seconds``, once the two
+together cover every offset an object emitted (:class:`LedgerView`). Nothing here knows
+which component writes it.
 
 bytewax recovery replays everything after the last snapshot, so after a crash the
 sink sees again records it already delivered; the Logs Ingestion API is append-only
-and cannot de-duplicate them. The journal remembers, per object, the offset ranges of
+and cannot de-duplicate them. The ledger remembers, per object, the offset ranges of
 the records of every accepted request (one JSON line per request, flushed and fsynced
 before the sink moves on), and the sink leaves those records out when they come again.
 
 One window remains: a crash after the service accepted a request and before its
-journal line reached the disk sends that request's records again. Record ids are
+ledger line reached the disk sends that request's records again. Record ids are
 deterministic, so such duplicates can still be removed at query time.
 
-Each sink partition appends to its own file (``journal-w<worker>.jsonl``) and, when it
-starts, reads every journal file in the directory, so a restart with another worker
-count still sees all that was delivered. Compaction (at start, and every
-``COMPACT_EVERY`` appends) rewrites the partition's own file as merged ranges and drops
-objects whose last delivery is older than the retention, measured from the newest
-entry (not the clock), so a long outage does not expire what a replay can reach.
+Each writer appends to its own file (``journal-w<worker>.jsonl``) and, when it starts,
+reads every file of its ledger in the directory, so a restart with another worker count
+still sees all that was accounted for. Compaction (at start, and every ``COMPACT_EVERY``
+appends) rewrites the writer's own file as merged ranges and drops objects whose last
+entry is older than the retention, measured from the newest entry (not the clock), so a
+long outage does not expire what a replay can reach.
 
 A line is ``{"t": <time>, "r": {"<object id>": [[start, end], ...]}}``. With a keyring
 (``runtime.encryption_*``) each line is authenticated, so that a line slipped into a
-journal cannot make the sink skip records::
+ledger cannot make the sink skip records::
 
     {"t":1733400000.5,"r":{"9f..":[[0,120]]},"kid":"k2","mac":"<base64 HMAC-SHA256>"}
 
-The MAC covers the journal's name (``journal`` or ``deadletter``) and the line's ``t`` and
+The MAC covers the ledger's name (``journal`` or ``deadletter``) and the line's ``t`` and
 ``r`` as written, under a key derived from key ``kid`` for this purpose (see
-:meth:`connectors.ops.crypto.Keyring.mac`); old keys keep verifying while they are in the keyring,
-and compaction re-authenticates a partition's own lines under the current key. Lines
-that fail, or carry no MAC (written without a key, e.g. before encryption was turned
-on), are logged, counted in ``s3sentinel_journal_rejected_lines_total`` and ignored:
-their records count as not delivered, so a replay sends them again -- a duplicate,
-never a loss. Files are ``0600`` in a ``0700`` directory.
+:meth:`connectors.ops.crypto.Keyring.mac`); old keys keep verifying while they are in the
+keyring, and compaction re-authenticates a writer's own lines under the current key. Lines
+that fail, or carry no MAC (written without a key, e.g. before encryption was turned on),
+are logged, counted in ``s3sentinel_journal_rejected_lines_total`` and ignored: their
+records count as not accounted for, so a replay sends them again -- a duplicate, never a
+loss. Files are ``0600`` in a ``0700`` directory.
 """
 
 from __future__ import annotations
@@ -50,7 +59,8 @@ import orjson
 from dataflow.core import metrics
 from dataflow.core.files import atomic_write, open_private, private_dir
 
-__all__ = ["COMPACT_EVERY", "DEAD_LETTERED", "DELIVERED", "JournalView", "UploadJournal"]
+__all__ = ["COMPACT_EVERY", "DEAD_LETTERED", "DELIVERED", "REST", "Ledger", "LedgerView",
+           "add_offset", "merge_ranges"]
 
 COMPACT_EVERY = 1000
 """Appends between two compactions of a partition's own file."""
@@ -134,7 +144,8 @@ def _split_id(record_id: str) -> tuple[str, int]:
     return obj, int(offset)
 
 
-def _merge(ranges: list[list[int]]) -> list[list[int]]:
+def merge_ranges(ranges: Iterable[list[int]]) -> list[list[int]]:
+    """Half-open ``[start, end)`` ranges, sorted and merged where they touch or overlap."""
     out: list[list[int]] = []
     for s, e in sorted(ranges):
         if out and s <= out[-1][1]:
@@ -144,19 +155,25 @@ def _merge(ranges: list[list[int]]) -> list[list[int]]:
     return out
 
 
+def add_offset(ranges: list[list[int]], offset: int) -> None:
+    """Add ``offset`` to merged half-open ranges, in place (offsets mostly come in increasing
+    order: that case costs a comparison)."""
+    if ranges and ranges[-1][1] == offset:
+        ranges[-1][1] = offset + 1
+    elif not ranges or offset > ranges[-1][1]:
+        ranges.append([offset, offset + 1])
+    else:
+        ranges[:] = merge_ranges([*ranges, [offset, offset + 1]])
+
+
 def _ranges(offsets: Iterable[int]) -> list[list[int]]:
-    """Sorted offsets as merged half-open ranges [start, end)."""
-    out: list[list[int]] = []
-    for off in sorted(offsets):
-        if out and off <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], off + 1)
-        else:
-            out.append([off, off + 1])
-    return out
+    """Offsets as merged half-open ranges."""
+    return merge_ranges([o, o + 1] for o in offsets)
 
 
-class UploadJournal:
-    """Delivered record ranges per object, durable on disk.
+class Ledger:
+    """Accounted-for record ranges per object, durable on disk (one writer's file, and
+    every other file of the same ledger read at start).
 
     :arg directory: Where the journal files live (beside the recovery store).
     :arg worker: This sink partition's worker index (or another label unique among the
@@ -199,11 +216,12 @@ class UploadJournal:
     def _add(self, ranges: dict[str, list[list[int]]], t: float, *, own: bool) -> None:
         for obj, rs in ranges.items():
             for target in (self._done, self._mine) if own else (self._done,):
-                target[obj] = _merge(target.get(obj, []) + [list(r) for r in rs])
+                target[obj] = merge_ranges(target.get(obj, []) + [list(r) for r in rs])
             self._seen[obj] = max(self._seen.get(obj, 0.0), t)
 
-    def delivered(self, record_id: str) -> bool:
-        """Whether the record was accepted by the service in this run or an earlier one."""
+    def has(self, record_id: str) -> bool:
+        """Whether the ledger holds the record (accepted by the service, or dead-lettered:
+        whichever this ledger records), from this run or an earlier one."""
         obj, offset = _split_id(record_id)
         rs = self._done.get(obj)
         if not rs:
@@ -253,7 +271,7 @@ class UploadJournal:
         return len(self._done)
 
 
-class JournalView:
+class LedgerView:
     """A read-only, incrementally refreshed view of every journal file in a directory.
 
     The SQS source uses it to learn when every record of an object is accounted for
@@ -261,7 +279,7 @@ class JournalView:
     message. It tails the files other processes append to, and reads a file again from
     the start when compaction replaced it.
 
-    :arg keyring: Checks the lines' MACs, as :class:`UploadJournal` does; None accepts
+    :arg keyring: Checks the lines' MACs, as :class:`Ledger` does; None accepts
         every line.
     """
 
@@ -300,7 +318,7 @@ class JournalView:
                             rejected.setdefault(why or "", []).append(n)
                         continue
                     for obj, rs in entry["r"].items():
-                        self._done[obj] = _merge(self._done.get(obj, []) + rs)
+                        self._done[obj] = merge_ranges(self._done.get(obj, []) + rs)
                 _report_rejected(path, name, rejected)  # line numbers count from ``pos``
                 self._pos[path] = (st.st_ino, pos + end)
 
