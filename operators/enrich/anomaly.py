@@ -60,8 +60,9 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
 from typing import Any
+
+from dataflow.core.timeutil import event_time
 
 __all__ = [
     "ANOMALOUS",
@@ -252,17 +253,6 @@ _family_cache: dict[str, str] = {}
 _principal_cache: dict[str, str] = {}
 
 
-def event_time(value: Any) -> float | None:
-    """Epoch seconds of an ISO 8601 time (``2026-11-28T14:30:00Z``) or a number; else None."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            dt = datetime.fromisoformat(value)
-        except ValueError:
-            return None
-        return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()  # naive: UTC
-    return None
 
 
 def agent_family(ua: str) -> str:

@@ -52,10 +52,10 @@ import sys
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from dataflow.core.timeutil import event_time
 from operators.enrich.rules import (
     PRIORITIES,
     Pred,
@@ -92,16 +92,6 @@ _MAX_VALUE_CHARS = 256
 _Chain = tuple[float, ...]
 
 
-def event_time(value: Any) -> float | None:
-    """Epoch seconds of an ISO 8601 time (``2026-11-28T14:30:00.123Z``), or None."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        return None
 
 
 @dataclass(frozen=True, slots=True)
