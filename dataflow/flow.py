@@ -31,7 +31,7 @@ from dataflow.core.messages import ErrorRecord, RawRecord, Rows
 from dataflow.keys import keyring_for
 from dataflow.tables import tables_for
 from operators.batch import batch_rows
-from operators.enrich.operator import FAST, Enricher, Observed, score_shard
+from operators.enrich.operator import Enricher, Observed, score_shard
 from operators.parse import RecordMapper
 
 __all__ = ["build_flow"]
@@ -81,7 +81,7 @@ def build_flow(cfg: Config, *, s3_factory: Callable[[], Any] | None = None,
     good = cast("op.Stream[Rows]", rows.trues)
     if enricher is not None:
         good = _enrich(cfg, enricher, good, keyring)
-    lanes = op.branch("lane", good, lambda r: r.partition.endswith(FAST))
+    lanes = op.branch("lane", good, lambda r: r.fast)
     batch = functools.partial(batch_rows, max_bytes=cfg.batch.max_bytes,
                               max_records=cfg.batch.max_records, keyring=keyring)
     normal = batch("batch", op.key_on("key", lanes.falses, lambda r: f"{r.stream}|{r.partition}"),

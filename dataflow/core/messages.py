@@ -127,6 +127,9 @@ class Rows:
     parsed: tuple[dict[str, Any], ...] | None = field(default=None, compare=False, repr=False)
     """The rows as the mapper built them, before encoding, when the enrichment step reads
     them (it would otherwise decode every row again); it drops them."""
+    fast: bool = False
+    """The fast lane: urgent rows (critical, intel matches, findings), batched with
+    ``enrich.fast_lane_secs`` instead of ``batch.max_age_secs``."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ branch.
 The stateless step (:meth:`Enricher.enrich_batch`) runs on the mapped row bundles. For
 tables that rules or intel cover it reads each row, classifies it and matches it against
 the indicators. A row flagged critical, or matching an indicator, leaves the normal
-bundle for a fast-lane bundle (its partition name ends in ``|fast``), which the flow
+bundle for a fast-lane bundle (:attr:`~dataflow.core.messages.Rows.fast`), which the flow
 batches with ``enrich.fast_lane_secs`` instead of ``batch.max_age_secs``. Where the results
 go depends on the table (:mod:`operators.enrich.columns`): custom ``_CL`` tables, and
 Azure's own tables with ``enrich.standard_tables = "columns"``, carry them as columns on
@@ -47,12 +47,9 @@ from operators.enrich.columns import FINDINGS_TABLE, carries_columns, column_nam
 from operators.enrich.config import EnrichConfig
 from operators.tabledef import TableDef
 
-__all__ = ["FAST", "Enricher", "Observed", "SealedShard", "ShardState", "score_shard"]
+__all__ = ["Enricher", "Observed", "SealedShard", "ShardState", "score_shard"]
 
 log = logging.getLogger(__name__)
-
-FAST = "|fast"
-"""Suffix of the partition name of fast-lane bundles."""
 
 CLOUDTRAIL = "AWSCloudTrail"
 PRINCIPAL = "UserIdentityArn"
@@ -172,12 +169,13 @@ class Enricher:
                 bundle = Rows(bundle.stream, bundle.partition, tuple(rows), bundle.record_ids)
             if fast:
                 metrics.RECORDS_FLAGGED.labels(table.name, "fast_lane").inc(len(fast))
-                out.append(_subset(bundle, fast, bundle.partition + FAST))
+                out.append(_subset(bundle, fast, bundle.partition, fast=True))
             if keep:
                 out.append(_subset(bundle, keep, bundle.partition) if fast else bundle)
             if findings:
-                out.append(Rows(self.findings_stream, bundle.partition + FAST,
-                                tuple(r for r, _ in findings), tuple(i for _, i in findings)))
+                out.append(Rows(self.findings_stream, bundle.partition,
+                                tuple(r for r, _ in findings), tuple(i for _, i in findings),
+                                fast=True))
         for shard in dict.fromkeys([*side, *grouped]):  # in order of first row, as before
             out.append(Observed(shard, tuple(side.get(shard, ())), tuple(grouped.get(shard, ()))))
         return out
@@ -249,9 +247,9 @@ def _id_part(name: str) -> str:
     return "h" + hashlib.sha256(name.encode()).hexdigest()[:16]
 
 
-def _subset(bundle: Rows, idx: list[int], partition: str) -> Rows:
+def _subset(bundle: Rows, idx: list[int], partition: str, *, fast: bool = False) -> Rows:
     return Rows(bundle.stream, partition, tuple(bundle.rows[i] for i in idx),
-                tuple(bundle.record_ids[i] for i in idx))
+                tuple(bundle.record_ids[i] for i in idx), fast=fast)
 
 
 def _shard(row: dict, shards: int) -> str:
@@ -405,6 +403,6 @@ def score_shard(enricher: Enricher, cfg: EnrichConfig,
                 found.setdefault(partition, []).append(enricher.finding(
                     table, row, rid, m.priority, [m.reason], sequence=m.sequence_id,
                     detector="sequence"))
-    return state, [Rows(enricher.findings_stream, partition + FAST,
-                        tuple(r for r, _ in rows), tuple(i for _, i in rows))
+    return state, [Rows(enricher.findings_stream, partition,
+                        tuple(r for r, _ in rows), tuple(i for _, i in rows), fast=True)
                    for partition, rows in found.items()]

@@ -11,10 +11,17 @@ import orjson
 
 from dataflow.config import EnrichConfig
 from dataflow.core.messages import Rows
-from operators.enrich.operator import FAST, Enricher, Observed, score_shard
+from operators.enrich.operator import Enricher, Observed, score_shard
+
 from operators.schema import load_tables
 
 TRAIL = "Custom-AWSCloudTrail"
+FAST = "|fast"  # the lane, as these tests name bundles: (stream, partition + lane)
+
+
+def lane(b: Rows) -> str:
+    """A bundle's partition, with FAST appended in the fast lane."""
+    return b.partition + (FAST if b.fast else "")
 
 
 def ct(event: str, ip: str = "198.51.100.7", **extra) -> bytes:
@@ -34,7 +41,7 @@ def test_critical_and_intel_rows_take_the_fast_lane_with_a_finding(tmp_path: Pat
     enricher = Enricher(EnrichConfig(enabled=True, intel_file=str(intel)), load_tables())
     out = enricher.enrich_batch([bundle(ct("DescribeInstances"), ct("StopLogging"),
                                         ct("ListBuckets", ip="203.0.113.50"))])
-    by_part = {(b.stream, b.partition): b for b in out if isinstance(b, Rows)}
+    by_part = {(b.stream, lane(b)): b for b in out if isinstance(b, Rows)}
     normal = by_part[(TRAIL, "trail:0/1")]
     fast = by_part[(TRAIL, "trail:0/1" + FAST)]
     assert normal.record_ids == ("abcdef0123456789-0",)
@@ -76,7 +83,7 @@ def test_standard_tables_can_carry_the_results_as_cf_columns(tmp_path: Path) -> 
     enricher = Enricher(cfg, with_enrichment_columns(load_tables(), cfg))
     out = enricher.enrich_batch([bundle(ct("DescribeInstances"), ct("StopLogging"),
                                         ct("ListBuckets", ip="203.0.113.50"))])
-    by_part = {(b.stream, b.partition): b for b in out if isinstance(b, Rows)}
+    by_part = {(b.stream, lane(b)): b for b in out if isinstance(b, Rows)}
     assert set(by_part) == {(TRAIL, "trail:0/1"), (TRAIL, "trail:0/1" + FAST)}  # no findings
     normal = [orjson.loads(r) for r in by_part[(TRAIL, "trail:0/1")].rows]
     fast = [orjson.loads(r) for r in by_part[(TRAIL, "trail:0/1" + FAST)].rows]
@@ -161,7 +168,7 @@ def test_rows_handed_on_by_the_mapper_enrich_as_decoded_rows_do(tmp_path: Path) 
 
     def results(bundle: Rows) -> list:
         out = Enricher(cfg, tables).enrich_batch([bundle])
-        return [(x.stream, x.partition, x.rows, x.record_ids) if isinstance(x, Rows) else
+        return [(x.stream, lane(x), x.rows, x.record_ids) if isinstance(x, Rows) else
                 (x.shard, x.rows) for x in out]
 
     got, want = results(handed), results(plain)
@@ -208,7 +215,7 @@ def test_rows_of_a_grouped_sequence_go_to_the_shard_of_their_group() -> None:
     docs = [orjson.loads(r) for r in findings.rows]
     assert [(d["SequenceId"], d["SourceTable"], d["SourceRecordId"]) for d in docs] == [
         ("alb_5xx_burst", "AWSALBAccessLogs_CL", "0123456789abcdef-64")]
-    assert findings.partition == "alb:0/1" + FAST
+    assert findings.partition == "alb:0/1" and findings.fast
 
 
 def test_two_sequences_completing_on_one_row_are_two_findings() -> None:
@@ -245,7 +252,7 @@ def test_a_row_the_enricher_cannot_handle_goes_on_unenriched(monkeypatch) -> Non
     rows = [r for b in out if isinstance(b, Rows) and b.stream == TRAIL for r in b.rows]
     assert sorted(orjson.loads(r)["EventName"] for r in rows) == [
         "GetObject", "Poison", "StopLogging"]
-    assert any(b.partition.endswith(FAST) for b in out if isinstance(b, Rows))  # still flagged
+    assert any(b.fast for b in out if isinstance(b, Rows))  # still flagged
     assert metrics.ERRORS.labels("trail", "enrich", "TypeError")._value.get() - before == 1
 
 
