@@ -12,7 +12,6 @@ import orjson
 from dataflow.config import EnrichConfig
 from dataflow.core.messages import Rows
 from operators.enrich.operator import Enricher, Observed, score_shard
-
 from operators.schema import load_tables
 
 TRAIL = "Custom-AWSCloudTrail"
