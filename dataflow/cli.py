@@ -20,8 +20,18 @@ import os
 import sys
 from pathlib import Path
 
+from connectors.aws import s3_client
+from connectors.deadletter import DeadLetterStore
 from dataflow.config import ENV_CONFIG_PATH, ConfigError, SourceConfig, load_config
+from dataflow.core.files import FILE_MODE, private_dir
+from dataflow.dcr import dcr_template
+from dataflow.keys import keyring_for
+from dataflow.preview import preview
+from dataflow.replay import parse_since, replay
+from dataflow.tables import tables_for
 from operators.formats.registry import DEFAULT_TABLES
+from operators.parse import RecordMapper
+from operators.schema import TableError, load_tables
 
 __all__ = ["main"]
 
@@ -53,9 +63,6 @@ def _describe(src: SourceConfig) -> str:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from dataflow.tables import tables_for
-    from operators.parse import RecordMapper
-    from operators.schema import TableError
 
     try:
         cfg = load_config(args.config)
@@ -91,8 +98,6 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
         if not Path(recovery).exists():
             from bytewax.recovery import init_db_dir
 
-            from dataflow.core.files import private_dir
-
             init_db_dir(private_dir(recovery), args.recovery_partitions or rt.recovery_partitions)
         _private_recovery(Path(recovery))
         snapshot = args.snapshot_secs or rt.snapshot_secs
@@ -105,7 +110,6 @@ def _private_recovery(directory: Path) -> None:
     """The recovery store holds record data (pending rows, enrichment state): its directory
     ``0700`` and the SQLite files bytewax made in it ``0600``, whatever the umask (SQLite
     gives a database's -wal/-shm/-journal files the database file's mode)."""
-    from dataflow.core.files import FILE_MODE, private_dir
 
     private_dir(directory)
     for f in directory.iterdir():
@@ -116,7 +120,6 @@ def _private_recovery(directory: Path) -> None:
 
 
 def _preview(args: argparse.Namespace) -> int:
-    from dataflow.preview import preview
 
     cfg = None
     if args.config is not None:
@@ -137,10 +140,6 @@ def _preview(args: argparse.Namespace) -> int:
 def _dcr(args: argparse.Namespace) -> int:
     import json
 
-    from dataflow.dcr import dcr_template
-    from dataflow.tables import tables_for
-    from operators.schema import load_tables
-
     cfg = load_config(args.config) if args.config is not None else None
     tables = tables_for(cfg) if cfg else load_tables()
     wanted = [t for t in (args.tables or "").split(",") if t] or sorted(tables)
@@ -158,7 +157,6 @@ def _dcr(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from dataflow.replay import parse_since, replay
 
     try:
         cfg = load_config(args.config)
@@ -172,8 +170,6 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _rotate_key(args: argparse.Namespace) -> int:
-    from connectors.deadletter import DeadLetterStore
-    from dataflow.keys import keyring_for
 
     try:
         cfg = load_config(args.config)
@@ -186,8 +182,6 @@ def _rotate_key(args: argparse.Namespace) -> int:
               "runtime.encryption_keyvault_keys)", file=sys.stderr)
         return 2
     import functools
-
-    from connectors.aws import s3_client
 
     rt = cfg.runtime
     store = DeadLetterStore(rt.errors_dir, rt.errors_s3_uri, functools.partial(s3_client, cfg.aws),

@@ -25,6 +25,7 @@ from connectors.aws import client_for, s3_client, sqs_client
 from connectors.deadletter import DeadLetterSink, DeadLetterStore
 from connectors.s3.source import S3Source
 from connectors.sentinel.sink import SentinelSink
+from dataflow import runtime
 from dataflow.config import Config, load_config
 from dataflow.core import metrics
 from dataflow.core.messages import ErrorRecord, RawRecord, Rows
@@ -145,7 +146,6 @@ def __getattr__(name: str) -> Any:
                   file=sys.stderr, flush=True)
         flow = build_flow(cfg)
         _tune_gc()
-        from dataflow import runtime
 
         runtime.start(cfg)
         globals()["flow"] = flow

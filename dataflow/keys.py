@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from connectors.ops.crypto import Keyring
+from connectors.ops.secrets import SecretResolver
 from dataflow.config import Config
 
 __all__ = ["keyring_for"]
@@ -25,7 +26,6 @@ def keyring_for(cfg: Config, secrets: Any = None) -> Keyring | None:
         return Keyring.from_file(rt.encryption_key_file)
     if rt.encryption_keyvault_keys:
         if secrets is None:
-            from connectors.ops.secrets import SecretResolver
 
             kwargs: dict[str, Any] = {
                 "verify_challenge_resource": cfg.ops.keyvault_verify_challenge_resource}

@@ -15,13 +15,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from connectors.aws import client_for, s3_client
 from connectors.s3.errors import ObjectReadError
 from connectors.s3.framing import FramingError, UnreadableRecord
 from connectors.s3.objects import CHUNK_BYTES
 from connectors.s3.records import FormatUnknown, object_records
-from dataflow.config import Config, SourceConfig
+from dataflow.config import AwsConfig, Config, SourceConfig
 from dataflow.core.messages import ErrorRecord, ObjectRef, RawRecord
 from dataflow.tables import tables_for
+from operators.enrich.rules import RuleError, RuleSet
 from operators.formats.registry import text_format
 from operators.parse import RecordMapper
 from operators.schema import load_tables
@@ -39,8 +41,6 @@ def _s3_chunks(uri: str, cfg: Config | None) -> tuple[str, str, Iterator[bytes]]
     """Open an object with the client the flow would read it with: that of the configured
     source whose bucket and (longest) prefix hold it (its role, e.g. in another account),
     else the default credential chain."""
-    from connectors.aws import client_for, s3_client
-    from dataflow.config import AwsConfig
 
     bucket, _, key = uri[len("s3://"):].partition("/")
     src = max((s for s in cfg.sources if s.bucket == bucket and key.startswith(s.prefix)),
@@ -82,7 +82,6 @@ def preview(target: str, *, fmt: str = "auto", table: str | None = None,
     ref = ObjectRef("preview", "preview:0/1", bucket, key, etag, 0, found)
     rules = None
     if enrich is not None:
-        from operators.enrich.rules import RuleError, RuleSet
 
         try:
             rules = RuleSet.load(None if enrich == "default" else [enrich])

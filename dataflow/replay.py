@@ -53,6 +53,7 @@ from connectors.sentinel.sink import _SentinelPartition
 from dataflow.config import Config, SourceConfig
 from dataflow.core import metrics
 from dataflow.core.messages import Batch, ErrorRecord, ObjectRef, RawRecord, Rows
+from dataflow.keys import keyring_for
 from dataflow.tables import tables_for
 from operators.formats.registry import text_format
 from operators.parse import RecordMapper
@@ -140,7 +141,6 @@ def replay(cfg: Config, *, since: float | None = None, stream: str | None = None
         with the source's role).
     """
     rt = cfg.runtime
-    from dataflow.keys import keyring_for
 
     keyring = keyring_for(cfg)
     store = DeadLetterStore(rt.errors_dir, rt.errors_s3_uri,

@@ -22,8 +22,14 @@ from connectors.ops.health import Readiness
 from connectors.ops.logs import configure
 from connectors.ops.secrets import SecretError, SecretResolver
 from connectors.ops.server import OpsServer
+from connectors.ops.webhooks import AlertState, WebhookNotifier, WebhookTarget
 from connectors.sentinel.service import IngestionService
 from dataflow.config import Config, OpsConfig
+from dataflow.healthtable import HealthReporter
+from dataflow.keys import keyring_for
+from dataflow.replay import replay
+from dataflow.tables import tables_for
+from operators.parse import RecordMapper
 
 __all__ = ["OpsRuntime", "process_index", "start"]
 
@@ -82,7 +88,6 @@ class OpsRuntime:
         if self.cfg.ops.webhooks:
             self._spawn(self._alert_loop, "s3sentinel-alerts")
         if self.cfg.ops.health_table:
-            from dataflow.healthtable import HealthReporter
 
             reporter = HealthReporter(self.cfg, self.readiness)
             self._spawn(lambda: reporter.run(self._stop), "s3sentinel-health")
@@ -152,19 +157,16 @@ class OpsRuntime:
 
     def _dead_letters(self) -> DeadLetterStore:
         rt = self.cfg.runtime
-        from dataflow.keys import keyring_for
 
         return DeadLetterStore(rt.errors_dir, rt.errors_s3_uri,
                                functools.partial(s3_client, self.cfg.aws),
                                keyring_for(self.cfg, self.secrets))
 
     def _replay(self, dry_run: bool) -> str:
-        from dataflow.replay import replay
 
         return str(replay(self.cfg, dry_run=dry_run))
 
     def _alert_loop(self) -> None:
-        from connectors.ops.webhooks import AlertState, WebhookNotifier, WebhookTarget
 
         ops = self.cfg.ops
         state = AlertState(ops.alert_for_secs)
@@ -190,8 +192,6 @@ class OpsRuntime:
 
 
 def _streams(cfg: Config) -> list[str]:
-    from dataflow.tables import tables_for
-    from operators.parse import RecordMapper
 
     tables = tables_for(cfg)
     mapper = RecordMapper(cfg.sources, tables, cfg.batch.max_bytes)

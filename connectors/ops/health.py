@@ -24,6 +24,7 @@ from typing import Any
 
 from connectors.ops.config import OpsConfig
 from connectors.s3.config import SourceConfig
+from connectors.sentinel.errors import DeliveryError
 from dataflow.core import metrics, status
 
 __all__ = ["Check", "Readiness"]
@@ -119,7 +120,6 @@ class Readiness:
         return client
 
     def _sentinel(self) -> Check:
-        from connectors.sentinel.errors import DeliveryError
 
         if self._service is None:
             self._service = self._service_factory()

@@ -43,8 +43,13 @@ import orjson
 
 from dataflow.core import metrics
 from dataflow.core.messages import Rows
+from operators.enrich.anomaly import ANOMALOUS, AnomalyConfig, AnomalyScorer
 from operators.enrich.columns import FINDINGS_TABLE, carries_columns, column_names, splice
 from operators.enrich.config import EnrichConfig
+from operators.enrich.intel import FIELDS, IntelWatcher
+from operators.enrich.rules import RuleSet
+from operators.enrich.sequences import SequenceDetector, load_sequences
+from operators.schema import Mapper
 from operators.tabledef import TableDef
 
 __all__ = ["Enricher", "Observed", "SealedShard", "ShardState", "score_shard"]
@@ -79,7 +84,6 @@ class Enricher:
 
     def __init__(self, cfg: EnrichConfig, tables: dict[str, TableDef],
                  s3_client: Any = None) -> None:
-        from operators.schema import Mapper
 
         self._cfg = cfg
         self._by_stream = {t.stream: t for t in tables.values()}
@@ -87,12 +91,10 @@ class Enricher:
         self.findings_stream = tables[FINDINGS_TABLE].stream
         self._rules = None
         if cfg.rules:
-            from operators.enrich.rules import RuleSet
 
             self._rules = RuleSet.load(cfg.rule_files or None)
         self._intel = None
         if cfg.intel_file:
-            from operators.enrich.intel import IntelWatcher
 
             self._intel = IntelWatcher(cfg.intel_file, s3_client,
                                        check_every_secs=cfg.intel_check_secs)
@@ -100,7 +102,6 @@ class Enricher:
         self._columns = {t.name: column_names(t) for t in tables.values()
                          if carries_columns(t, cfg)}
         """Tables whose rows carry the rule and intel results as columns (no findings rows)."""
-        from operators.enrich.intel import FIELDS
 
         self.reads = frozenset(
             t.name for t in tables.values() if t.name != FINDINGS_TABLE and (
@@ -275,7 +276,6 @@ def _groups(specs: tuple, table: str) -> tuple[tuple[str, tuple], ...]:
 @functools.lru_cache(maxsize=1)
 def _sequence_specs() -> tuple:
     """The shipped sequence specs, read and compiled once per process."""
-    from operators.enrich.sequences import load_sequences
 
     return tuple(load_sequences())
 
@@ -296,14 +296,12 @@ class ShardState:
         self.scorer = self.detector = None
         snapshot = snapshot or {}
         if cfg.anomaly:
-            from operators.enrich.anomaly import AnomalyConfig, AnomalyScorer
 
             self.scorer = AnomalyScorer(AnomalyConfig(max_entities=cfg.max_entities_per_shard,
                                                       entity_kinds=tuple(cfg.anomaly_entities)))
             if snapshot.get("scorer") is not None:
                 self.scorer.restore(snapshot["scorer"])
         if cfg.sequences:
-            from operators.enrich.sequences import SequenceDetector
 
             self.detector = SequenceDetector.restore(_sequence_specs(), snapshot.get("detector"),
                                                      max_principals=cfg.max_entities_per_shard)
@@ -373,7 +371,6 @@ def score_shard(enricher: Enricher, cfg: EnrichConfig,
     :arg keyring: Seals the shard's snapshots (and opens sealed ones on restore); None
         keeps them plain.
     """
-    from operators.enrich.anomaly import ANOMALOUS
 
     if state is None:
         state = ShardState(cfg, keyring=keyring)

@@ -58,6 +58,7 @@ import msgspec
 import orjson
 
 from dataflow.core.errors import TerminalError
+from operators.tabledef import load_tables
 
 __all__ = [
     "DEFAULT_RULES",
@@ -588,7 +589,6 @@ def load_entries(paths: Iterable[str | Path], key: str, problems: list[str]) -> 
 
 @functools.lru_cache(maxsize=1)
 def _shipped_columns() -> dict[str, frozenset[str]]:
-    from operators.tabledef import load_tables
 
     return {name: frozenset({c.name for c in t.columns} | {t.record_id_column})
             for name, t in load_tables().items()}
