@@ -41,7 +41,7 @@ from typing import Any
 
 import orjson
 
-from operators.enrich.rules import compile_json_path
+from operators.enrich.conditions import compile_json_path
 
 __all__ = ["FIELDS", "IndicatorSet", "IntelError", "IntelMatch", "IntelWatcher"]
 

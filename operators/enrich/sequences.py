@@ -56,16 +56,18 @@ from pathlib import Path
 from typing import Any
 
 from dataflow.core.timeutil import event_time
-from operators.enrich.rules import (
-    PRIORITIES,
+from operators.enrich.conditions import (
     Pred,
     Reason,
-    RuleError,
     compile_match,
     compile_reason,
     load_entries,
     pinned_event_names,
     table_columns,
+)
+from operators.enrich.rules import (
+    PRIORITIES,
+    RuleError,
 )
 
 __all__ = [

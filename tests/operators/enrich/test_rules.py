@@ -13,13 +13,12 @@ import msgspec
 import orjson
 import pytest
 
+from operators.enrich.conditions import compile_json_path, compile_match
 from operators.enrich.rules import (
     PRIORITIES,
     Classification,
     RuleError,
     RuleSet,
-    compile_json_path,
-    compile_match,
 )
 
 CT = "AWSCloudTrail"
