@@ -44,14 +44,8 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from typing_extensions import override
 
 from connectors.ledger import DEAD_LETTERED, REST, Ledger
-from connectors.ops.crypto import (
-    DecryptError,
-    LineIssue,
-    RotationReport,
-    open_lines,
-    reseal,
-    seal_lines,
-)
+from connectors.ops.crypto import DecryptError
+from connectors.ops.sealed import LineIssue, RotationReport, open_lines, reseal, seal_lines
 from dataflow.core import metrics
 from dataflow.core.errors import TerminalError
 from dataflow.core.files import atomic_write, fsync_dir, private_dir

@@ -19,12 +19,9 @@ from connectors.ops.crypto import (
     Keyring,
     KeyringError,
     add_key_to_file,
-    decrypt_file,
     generate_key_file,
-    rotate_directory,
-    rotate_file,
-    write_encrypted_file,
 )
+from connectors.ops.sealed import decrypt_file, rotate_directory, rotate_file, write_encrypted_file
 
 K1, K2 = os.urandom(32), os.urandom(32)
 

@@ -14,7 +14,8 @@ import pytest
 from connectors import ledger as journal_mod
 from connectors.deadletter import DeadLetterSink, DeadLetterStore
 from connectors.ledger import DEAD_LETTERED, Ledger
-from connectors.ops.crypto import Keyring, add_key_to_file, generate_key_file, rotate_file
+from connectors.ops.crypto import Keyring, add_key_to_file, generate_key_file
+from connectors.ops.sealed import rotate_file
 
 ENTRY = {"stage": "parse", "record_id": "abc-1", "offset": 1, "data": "x", "reason": "bad"}
 
