@@ -33,7 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from connectors.s3 import framing  # noqa: E402 (after the sys.path line above)
+from connectors.s3 import jsonarray  # noqa: E402 (after the sys.path line above)
 from devstack.samples import cloudtrail_event  # noqa: E402 (after the sys.path line above)
 
 CHUNK = 1024 * 1024
@@ -88,9 +88,15 @@ def frame_mbps(mod: ModuleType, doc: bytes, repeat: int = 3) -> tuple[float, int
 
 
 def load_framer(rev: str) -> ModuleType:
-    """connectors/s3/framing.py as of git revision ``rev``, as a module of its own."""
-    src = subprocess.run(["git", "show", f"{rev}:connectors/s3/framing.py"], cwd=ROOT,
-                         check=True, capture_output=True).stdout
+    """The JsonArrayFramer's module as of git revision ``rev`` (connectors/s3/jsonarray.py,
+    or framing.py before the split), as a module of its own."""
+    for path in ("connectors/s3/jsonarray.py", "connectors/s3/framing.py"):
+        got = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, capture_output=True)
+        if got.returncode == 0:
+            src = got.stdout
+            break
+    else:
+        raise SystemExit(f"no JsonArrayFramer at {rev}")
     with tempfile.NamedTemporaryFile("wb", suffix=".py", delete=False) as fh:
         fh.write(src)
     spec = importlib.util.spec_from_file_location(f"framing_{rev}", fh.name)
@@ -116,7 +122,7 @@ def main() -> int:
     for name, size in SIZES.items():
         count = max(2, DOC_BYTES // size)
         doc = document([nested_record(i, size) for i in range(count)])
-        mbps, n = frame_mbps(framing, doc)
+        mbps, n = frame_mbps(jsonarray, doc)
         assert n == count, (n, count)
         figures["nested_mbps"][name] = round(mbps, 1)
         line = f"  nested list records of {name:>5}: {mbps:7.1f} MB/s ({count} records)"
@@ -133,7 +139,7 @@ def main() -> int:
     figures["nested_spread"] = round(max(flat.values()) / min(flat.values()), 2)
     print(f"  spread across sizes: {figures['nested_spread']}x (must stay under 2x)")
     doc = typical_document(20_000)
-    mbps, n = frame_mbps(framing, doc)
+    mbps, n = frame_mbps(jsonarray, doc)
     figures["cloudtrail_mbps"] = round(mbps, 1)
     figures["cloudtrail_events_per_s"] = round(mbps * 1e6 / (len(doc) / n))
     line = (f"  typical CloudTrail ({len(doc) / n:.0f} B/event): {mbps:7.1f} MB/s, "

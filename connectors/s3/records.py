@@ -21,15 +21,16 @@ from connectors.s3.framing import (
     Framed,
     Framer,
     FramingError,
-    JsonArrayFramer,
     LineFramer,
     UnreadableRecord,
 )
+from connectors.s3.jsonarray import JsonArrayFramer
 from connectors.s3.objects import decompress
+from dataflow.core.errors import TerminalError
 from operators.formats import TextFormat
 from operators.formats.registry import detect, framing_of
 
-__all__ = ["FormatUnknown", "Record", "UnreadableRecord", "object_records"]
+__all__ = ["FormatUnknown", "Record", "UnreadableRecord", "framer_for", "object_records"]
 
 Record = tuple[int, bytes, tuple[bytes, ...]]
 """(offset, record bytes, header lines of the object seen before it)."""
@@ -39,8 +40,20 @@ Item = Record | UnreadableRecord
 too deeply nested), to be reported under its offset while the object goes on."""
 
 
-class FormatUnknown(ValueError):
+class FormatUnknown(TerminalError, ValueError):
     """``format = "auto"`` and neither the key nor the first bytes say what the object is."""
+
+
+def framer_for(fmt: str, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Framer:
+    """The framer for a configured source format."""
+    if fmt == "cloudtrail":
+        return JsonArrayFramer("Records", max_record_bytes)
+    if fmt == "json_array":
+        return JsonArrayFramer(None, max_record_bytes)
+    if fmt == "ndjson":
+        return LineFramer(max_record_bytes)
+    msg = f"no framer for format {fmt!r}"
+    raise ValueError(msg)
 
 
 def _framer(fmt: str, max_record_bytes: int) -> Framer:

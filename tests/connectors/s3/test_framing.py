@@ -13,15 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors.s3 import framing
-from connectors.s3.framing import (
-    FramingError,
-    JsonArrayFramer,
-    LineFramer,
-    UnreadableRecord,
-    framer_for,
-)
-from connectors.s3.records import object_records
+from connectors.s3 import jsonarray
+from connectors.s3.framing import FramingError, LineFramer, UnreadableRecord
+from connectors.s3.jsonarray import JsonArrayFramer
+from connectors.s3.records import framer_for, object_records
 
 BOM = b"\xef\xbb\xbf"
 WHOLE = 1 << 30
@@ -414,8 +409,8 @@ def test_a_long_record_costs_linear_work(monkeypatch: pytest.MonkeyPatch,
             return decode(data)
         return wrapper
 
-    monkeypatch.setattr(framing, "_decode_raw", counting(framing._decode_raw))
-    monkeypatch.setattr(framing, "_decode_raw_list", counting(framing._decode_raw_list))
+    monkeypatch.setattr(jsonarray, "_decode_raw", counting(jsonarray._decode_raw))
+    monkeypatch.setattr(jsonarray, "_decode_raw_list", counting(jsonarray._decode_raw_list))
     out = frame(JsonArrayFramer("Records", max_record_bytes=1 << 30), doc, 16 * 1024)
     assert out == recs
 
@@ -459,7 +454,7 @@ def test_records_over_the_limit_are_reported_in_their_place() -> None:
 def test_msgspec_reports_trailing_characters_as_the_framer_reads_them() -> None:
     # The per-element path reads where an element ends from this message; were it to
     # change, elements would be found by the (slower) bracket scanner instead.
-    assert framing._SHIFT == 1
+    assert jsonarray._SHIFT == 1
     with pytest.raises(msgspec.DecodeError, match=r"trailing characters \(byte 11\)"):
         msgspec.json.decode(b'{"a":{}} \n,{')
 
@@ -472,8 +467,8 @@ def test_without_msgspec_positions_elements_are_scanned(monkeypatch: pytest.Monk
     def no_batch(data: Any) -> None:
         raise msgspec.DecodeError("JSON is malformed")
 
-    monkeypatch.setattr(framing, "_SHIFT", None)
-    monkeypatch.setattr(framing, "_decode_raw_list", no_batch)  # one element at a time
+    monkeypatch.setattr(jsonarray, "_SHIFT", None)
+    monkeypatch.setattr(jsonarray, "_decode_raw_list", no_batch)  # one element at a time
     out = frame(JsonArrayFramer("Records"), doc, chunk)
     assert [orjson.loads(r) for r in out] == recs
     with pytest.raises(FramingError, match="not valid JSON") as ei:

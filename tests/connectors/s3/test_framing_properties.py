@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from connectors.s3.errors import ObjectReadError
-from connectors.s3.framing import FramingError, JsonArrayFramer, LineFramer, UnreadableRecord
+from connectors.s3.framing import FramingError, LineFramer, UnreadableRecord
+from connectors.s3.jsonarray import JsonArrayFramer
 from connectors.s3.records import FormatUnknown, object_records
 from operators.formats import JSON_FORMATS, ParseError
 from operators.formats.registry import FORMATS, text_format
