@@ -1,4 +1,5 @@
-"""Which formats exist, how each is framed, which table each maps onto, and detection.
+"""Which formats exist, how each is framed, which table each maps onto, and detection:
+all of it in one :class:`FormatSpec` per format (:data:`SPECS`).
 
 Detection (``format = "auto"``) looks at the key first — AWS services deliver to
 well-known layouts (``AWSLogs/<acct>/CloudTrail/``, ``.../vpcflowlogs/``, ...) — then,
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import importlib
 import re
+from dataclasses import dataclass
+from typing import Literal
 
 from operators.formats import JSON_FORMATS, TextFormat
 from operators.formats.delimited import CsvFormat, DelimitedFormat
@@ -16,49 +19,70 @@ from operators.formats.delimited import CsvFormat, DelimitedFormat
 __all__ = [
     "DEFAULT_TABLES",
     "FORMATS",
+    "SPECS",
+    "FormatSpec",
     "detect",
     "framing_of",
     "text_format",
 ]
 
-_TEXT_FORMATS = {
-    "vpcflow": ("operators.formats.vpcflow", "VpcFlowFormat"),
-    "s3access": ("operators.formats.s3access", "S3AccessFormat"),
-    "alb": ("operators.formats.elb", "AlbFormat"),
-    "elb": ("operators.formats.elb", "ClassicElbFormat"),
-    "nlb": ("operators.formats.elb", "NlbFormat"),
-    "cloudfront": ("operators.formats.cloudfront", "CloudFrontFormat"),
-}
+@dataclass(frozen=True)
+class FormatSpec:
+    """Everything about one format, in one place."""
 
-FORMATS = tuple(sorted(JSON_FORMATS | set(_TEXT_FORMATS) | {"csv", "delimited"}))
+    name: str
+    framing: Literal["records", "array", "lines"] = "lines"
+    """``records`` (CloudTrail's ``{"Records": [...]}``), ``array`` (``[...]``) or ``lines``."""
+    table: str | None = None
+    """The table it maps onto when the source names none (None: the source must name one)."""
+    parser: tuple[str, str] | None = None
+    """(module, class) of its text parser; None for JSON formats (and csv/delimited, which
+    take options)."""
+    key: str | None = None
+    """A regex that recognises its objects by their S3 key (for ``format = "auto"``)."""
+    key_flags: int = 0
+
+
+SPECS: tuple[FormatSpec, ...] = (
+    # In the order the key rules are tried (the classic ELB rule last: it matches all ELBs).
+    FormatSpec("cloudtrail", "records", "AWSCloudTrail", key=r"/CloudTrail(-Insight)?/"),
+    FormatSpec("vpcflow", table="AWSVPCFlow", parser=("operators.formats.vpcflow", "VpcFlowFormat"),
+               key=r"/vpcflowlogs/", key_flags=re.I),
+    FormatSpec("guardduty", table="AWSGuardDuty", key=r"/GuardDuty/"),
+    FormatSpec("waf", table="AWSWAF", key=r"/WAFLogs/|aws-waf-logs", key_flags=re.I),
+    FormatSpec("route53resolver", table="AWSRoute53Resolver",
+               key=r"/vpcdnsquerylogs/|route53resolver", key_flags=re.I),
+    FormatSpec("alb", table="AWSALBAccessLogs_CL", parser=("operators.formats.elb", "AlbFormat"),
+               key=r"/elasticloadbalancing/.*_app\."),
+    FormatSpec("nlb", table="AWSNLBAccessLogs_CL", parser=("operators.formats.elb", "NlbFormat"),
+               key=r"/elasticloadbalancing/.*_net\."),
+    FormatSpec("elb", table="AWSELBAccessLogs_CL",
+               parser=("operators.formats.elb", "ClassicElbFormat"),
+               key=r"/elasticloadbalancing/"),
+    FormatSpec("cloudfront", table="AWSCloudFront_CL",
+               parser=("operators.formats.cloudfront", "CloudFrontFormat"),
+               key=r"(^|/)E[A-Z0-9]{6,}\.\d{4}-\d\d-\d\d-\d\d\.[0-9A-Za-z]+(\.gz)?$"),
+    FormatSpec("s3access", table="AWSS3ServerAccess_CL",
+               parser=("operators.formats.s3access", "S3AccessFormat"),
+               key=r"(^|/)\d{4}-\d\d-\d\d-\d\d-\d\d-\d\d-[0-9A-F]{16}$"),
+    FormatSpec("ndjson"),
+    FormatSpec("json_array", "array"),
+    FormatSpec("csv"),
+    FormatSpec("delimited"),
+)
+"""Every format: the tables below are derived from this one."""
+
+_BY_NAME = {f.name: f for f in SPECS}
+assert {f.name for f in SPECS if f.parser is None} - {"csv", "delimited"} == JSON_FORMATS
+
+FORMATS = tuple(sorted(_BY_NAME))
 """Every format name a source may declare (besides ``auto``)."""
 
-DEFAULT_TABLES = {
-    "cloudtrail": "AWSCloudTrail",
-    "vpcflow": "AWSVPCFlow",
-    "guardduty": "AWSGuardDuty",
-    "waf": "AWSWAF",
-    "route53resolver": "AWSRoute53Resolver",
-    "alb": "AWSALBAccessLogs_CL",
-    "elb": "AWSELBAccessLogs_CL",
-    "nlb": "AWSNLBAccessLogs_CL",
-    "cloudfront": "AWSCloudFront_CL",
-    "s3access": "AWSS3ServerAccess_CL",
-}
+DEFAULT_TABLES = {f.name: f.table for f in SPECS if f.table is not None}
 """The table a format maps onto when the source names none."""
 
 _KEY_RULES: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"/CloudTrail(-Insight)?/"), "cloudtrail"),
-    (re.compile(r"/vpcflowlogs/", re.I), "vpcflow"),
-    (re.compile(r"/GuardDuty/"), "guardduty"),
-    (re.compile(r"/WAFLogs/|aws-waf-logs", re.I), "waf"),
-    (re.compile(r"/vpcdnsquerylogs/|route53resolver", re.I), "route53resolver"),
-    (re.compile(r"/elasticloadbalancing/.*_app\."), "alb"),
-    (re.compile(r"/elasticloadbalancing/.*_net\."), "nlb"),
-    (re.compile(r"/elasticloadbalancing/"), "elb"),
-    (re.compile(r"(^|/)E[A-Z0-9]{6,}\.\d{4}-\d\d-\d\d-\d\d\.[0-9A-Za-z]+(\.gz)?$"), "cloudfront"),
-    (re.compile(r"(^|/)\d{4}-\d\d-\d\d-\d\d-\d\d-\d\d-[0-9A-F]{16}$"), "s3access"),
-]
+    (re.compile(f.key, f.key_flags), f.name) for f in SPECS if f.key is not None]
 
 
 def detect(key: str, head: bytes = b"") -> str | None:
@@ -82,11 +106,8 @@ def detect(key: str, head: bytes = b"") -> str | None:
 
 def framing_of(fmt: str) -> str:
     """``records`` (CloudTrail's ``{"Records": [...]}``), ``array`` or ``lines``."""
-    if fmt == "cloudtrail":
-        return "records"
-    if fmt == "json_array":
-        return "array"
-    return "lines"
+    spec = _BY_NAME.get(fmt)
+    return spec.framing if spec is not None else "lines"
 
 
 def text_format(fmt: str, *, fields: list[str] | None = None, delimiter: str = "") -> TextFormat | None:
@@ -100,10 +121,11 @@ def text_format(fmt: str, *, fields: list[str] | None = None, delimiter: str = "
         return CsvFormat(fields, delimiter or ",")
     if fmt == "delimited":
         return DelimitedFormat(list(fields or []), delimiter or "|")
-    if fmt not in _TEXT_FORMATS:
+    spec = _BY_NAME.get(fmt)
+    if spec is None or spec.parser is None:
         msg = f"unknown format {fmt!r}; known: {', '.join(FORMATS)}"
         raise ValueError(msg)
-    module, cls = _TEXT_FORMATS[fmt]
+    module, cls = spec.parser
     try:
         parser: TextFormat = getattr(importlib.import_module(module), cls)()
     except (ImportError, AttributeError) as ex:
