@@ -45,7 +45,14 @@ from typing_extensions import override
 
 from connectors.ledger import DEAD_LETTERED, REST, Ledger
 from connectors.ops.crypto import DecryptError
-from connectors.ops.sealed import LineIssue, RotationReport, open_lines, reseal, seal_lines
+from connectors.ops.sealed import (
+    IssueList,
+    LineIssue,
+    RotationReport,
+    open_lines,
+    reseal,
+    seal_lines,
+)
 from dataflow.core import metrics
 from dataflow.core.errors import TerminalError
 from dataflow.core.files import atomic_write, fsync_dir, private_dir
@@ -111,7 +118,7 @@ class DeadLetterFileError(TerminalError, ValueError):
 
 
 @dataclass
-class EntryFile:
+class EntryFile(IssueList):
     """One dead-letter file as read: the entries that verified, and every issue."""
 
     name: str
@@ -121,16 +128,6 @@ class EntryFile:
     issues: list[LineIssue] = field(default_factory=list)
     legacy: bool = False
     """Sealed before sequence numbers: entries authenticated one by one only."""
-
-    @property
-    def intact(self) -> bool:
-        """Whether nothing is wrong beyond being a legacy file."""
-        return all(i.kind == "legacy" for i in self.issues)
-
-    @property
-    def refused(self) -> list[LineIssue]:
-        """Issues of lines whose entries were left out."""
-        return [i for i in self.issues if i.refused]
 
 
 class DeadLetterStore:

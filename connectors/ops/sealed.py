@@ -32,6 +32,7 @@ from connectors.ops.crypto import (
 from dataflow.core.files import atomic_write
 
 __all__ = [
+    "IssueList",
     "LineIssue",
     "OpenedLine",
     "OpenedLines",
@@ -124,17 +125,11 @@ class OpenedLine(NamedTuple):
     """The key it was encrypted with (None for a plain line)."""
 
 
-@dataclass
-class OpenedLines:
-    """What :func:`open_lines` found: the lines that verified, and every issue."""
+class IssueList:
+    """The verdict on a file's issues, for the readers that report them (a mixin of
+    :class:`OpenedLines` and :class:`~connectors.deadletter.EntryFile`)."""
 
-    lines: list[OpenedLine] = field(default_factory=list)
-    """The lines that verified (or plain lines, without a key), in file order."""
-    issues: list[LineIssue] = field(default_factory=list)
-    legacy: bool = False
-    """Sealed by an earlier version, without sequence numbers (see :class:`LineIssue`)."""
-    plain: bool = False
-    """Every line is plain JSON: a file written without a key."""
+    issues: list[LineIssue]
 
     @property
     def intact(self) -> bool:
@@ -145,6 +140,19 @@ class OpenedLines:
     def refused(self) -> list[LineIssue]:
         """The issues of lines whose content was left out."""
         return [i for i in self.issues if i.refused]
+
+
+@dataclass
+class OpenedLines(IssueList):
+    """What :func:`open_lines` found: the lines that verified, and every issue."""
+
+    lines: list[OpenedLine] = field(default_factory=list)
+    """The lines that verified (or plain lines, without a key), in file order."""
+    issues: list[LineIssue] = field(default_factory=list)
+    legacy: bool = False
+    """Sealed by an earlier version, without sequence numbers (see :class:`LineIssue`)."""
+    plain: bool = False
+    """Every line is plain JSON: a file written without a key."""
 
 
 def _split_sealed(obj: Any) -> tuple[dict[str, Any] | None, tuple[str, int, int] | None]:
