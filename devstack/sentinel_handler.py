@@ -8,7 +8,9 @@ Ingestion), ``GET /msi/token`` (App Service managed identity 2019-08-01),
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import logging
+import math
 import socket
 import ssl
 import threading
@@ -95,6 +97,11 @@ class _Drop(Exception):
     """Abort the request and close the connection without any response."""
 
 
+def _http_date(epoch: float) -> str:
+    """``epoch`` rounded up to a whole second, as an HTTP date (``Retry-After`` may be one)."""
+    return email.utils.formatdate(math.ceil(epoch), usegmt=True)
+
+
 def gunzip_limited(data: bytes, limit: int) -> bytes | None:
     """Inflate (possibly multi-member) gzip ``data``; None once output exceeds ``limit``.
 
@@ -140,8 +147,10 @@ class SentinelRequestHandler(BaseHTTPRequestHandler):
     def _send(self, status: int, body: bytes = b"", headers: Mapping[str, str] | None = None,
               content_type: str = "application/json; charset=utf-8") -> None:
         self.send_response(status)
-        self.send_header("x-ms-request-id", str(uuid.uuid4()))
-        for name, value in (headers or {}).items():
+        headers = dict(headers or {})
+        self.send_header("x-ms-request-id", headers.pop("x-ms-request-id", None)
+                         or str(uuid.uuid4()))
+        for name, value in headers.items():
             self.send_header(name, value)
         if status != 204:
             self.send_header("Content-Type", content_type)
@@ -262,6 +271,7 @@ class SentinelRequestHandler(BaseHTTPRequestHandler):
         state = self.server.state
         started = time.time()
         encoding = self.headers.get("Content-Encoding")
+        request_id = str(uuid.uuid4())  # x-ms-request-id of the answer, logged with it
         base = dict(time=started, rule=rule, stream=stream,
                     client_request_id=self.headers.get("x-ms-client-request-id"),
                     content_encoding=encoding)
@@ -269,11 +279,14 @@ class SentinelRequestHandler(BaseHTTPRequestHandler):
 
         def finish(status: int, code: str | None, message: str = "", *, records: int = 0,
                    fault: str | None = None, headers: Mapping[str, str] | None = None) -> None:
+            answered = code is not None
             state.log_request(RequestLog(**base, status=status, error_code=code,
                                          wire_bytes=wire, uncompressed_bytes=uncompressed,
-                                         record_count=records, fault=fault))
-            if code is not None:
-                self._error(status, code, message, headers)
+                                         record_count=records, fault=fault,
+                                         request_id=request_id if answered else None))
+            if answered:
+                self._error(status, code, message,
+                            {"x-ms-request-id": request_id, **(headers or {})})
 
         try:
             body, wire = self._read_body(MAX_BODY_BYTES)
@@ -309,7 +322,9 @@ class SentinelRequestHandler(BaseHTTPRequestHandler):
             status = int(fault.spec["status"])
             headers = {}
             if fault.spec.get("retry_after_secs") is not None:
-                headers["Retry-After"] = str(fault.spec["retry_after_secs"])
+                secs = fault.spec["retry_after_secs"]
+                headers["Retry-After"] = (_http_date(time.time() + float(secs))
+                                          if fault.spec.get("retry_after_date") else str(secs))
             code = fault.spec.get("error_code") or _STATUS_CODES.get(status, "Error")
             return finish(status, code,
                           fault.spec.get("message") or f"Injected fault: HTTP {status}.",
@@ -366,12 +381,14 @@ class SentinelRequestHandler(BaseHTTPRequestHandler):
                     row = {k: v for k, v in row.items() if k in columns}
                 kept.append(row)
             rows = kept
+        accepted = kind != "drop_after_accept"
         state.log_request(RequestLog(**base, status=204, error_code=None, wire_bytes=wire,
                                      uncompressed_bytes=uncompressed, record_count=len(rows),
-                                     fault=kind), rows, dropped)
-        if kind == "drop_after_accept":
+                                     fault=kind, request_id=request_id if accepted else None),
+                          rows, dropped)
+        if not accepted:
             raise _Drop()
-        self._send(204)
+        self._send(204, headers={"x-ms-request-id": request_id})
 
     # -- managed identity (App Service 2019-08-01) -------------------------------------------
     def _identity(self, query: Mapping[str, str]) -> None:

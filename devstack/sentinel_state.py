@@ -44,6 +44,9 @@ class RequestLog:
 
     ``status`` is 0 when the connection was dropped without a response; ``fault`` names the
     injected fault kind (``status``/``drop``/``delay``/``drop_after_accept``) or is None.
+    ``client_request_id`` is the client's ``x-ms-client-request-id`` header (the same for
+    every retry of one logical request); ``request_id`` is the ``x-ms-request-id`` the
+    emulator answered with (a new one per request; None when no response was sent).
     """
 
     time: float
@@ -57,10 +60,12 @@ class RequestLog:
     record_count: int
     content_encoding: str | None
     fault: str | None = None
+    request_id: str | None = None
 
 
 _FAULT_KEYS = {"status", "drop", "delay_secs", "drop_after_accept", "count", "retry_after_secs",
-               "stream", "rule", "probability", "seed", "duration_secs", "error_code", "message"}
+               "retry_after_date", "stream", "rule", "probability", "seed", "duration_secs",
+               "error_code", "message"}
 
 
 @dataclass
@@ -81,7 +86,9 @@ class FaultScript:
     request that fails validation is answered normally).
     Optional: ``count`` (default 1; unlimited for probabilistic specs; ``null`` = unlimited),
     ``stream`` / ``rule`` filters, ``probability`` with ``seed`` and ``duration_secs`` (counted
-    from :meth:`replace`), ``error_code`` / ``message`` for status faults. The first live spec
+    from :meth:`replace`), ``error_code`` / ``message`` for status faults,
+    ``retry_after_date: true`` to send ``retry_after_secs`` as an HTTP date (rounded up to
+    the next whole second) rather than as seconds. The first live spec
     that matches (and whose probability fires) applies and its count decrements.
     """
 

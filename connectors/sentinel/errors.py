@@ -23,21 +23,34 @@ class DeliveryError(S3SentinelError):
     :arg status: HTTP status, or None when no response came (connection, credential).
     :arg code: The service's error code (``x-ms-error-code`` or the JSON error body).
     :arg transient: Whether the same request may succeed later (429, 5xx, network).
-    :arg retry_after: Seconds the service asked to wait (429 ``Retry-After``).
+    :arg retry_after: Seconds the service asked to wait (``Retry-After``, as seconds or as
+        an HTTP date).
+    :arg request_id: The ``x-ms-client-request-id`` sent: one per logical request, the same
+        for all its retries; ``DCRLogErrors`` reports schema errors under it.
+    :arg service_request_id: The service's ``x-ms-request-id`` for this attempt ("" when no
+        response came).
+    :arg correlation_id: The service's ``x-ms-correlation-request-id``, when it sent one.
     """
 
     def __init__(self, message: str, *, status: int | None, code: str = "",
-                 transient: bool, retry_after: float | None = None, request_id: str = "") -> None:
+                 transient: bool, retry_after: float | None = None, request_id: str = "",
+                 service_request_id: str = "", correlation_id: str = "") -> None:
         self.message = message
         self.status = status
         self.code = code
         self.transient = transient
         self.retry_after = retry_after
         self.request_id = request_id
+        self.service_request_id = service_request_id
+        self.correlation_id = correlation_id
         hint = _HINTS.get(status or 0, "")
         text = f"HTTP {status or '-'} {code}: {message}".strip()
-        super().__init__(f"{text} (request id {request_id}){'; ' + hint if hint else ''}")
-
+        ids = f"client request id {request_id}"
+        if service_request_id:
+            ids += f", service request id {service_request_id}"
+        if correlation_id:
+            ids += f", correlation id {correlation_id}"
+        super().__init__(f"{text} ({ids}){'; ' + hint if hint else ''}")
 
     @property
     def too_large(self) -> bool:

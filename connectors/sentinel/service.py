@@ -7,9 +7,11 @@ sink retries instead, with metrics, jitter and a deadline.
 
 from __future__ import annotations
 
+import email.utils
 import io
 import uuid
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from azure.core.exceptions import (
@@ -23,7 +25,7 @@ from azure.monitor.ingestion import LogsIngestionClient
 from connectors.sentinel.config import SentinelConfig
 from connectors.sentinel.errors import DeliveryError
 
-__all__ = ["IngestionService", "make_credential"]
+__all__ = ["IngestionService", "make_credential", "retry_after_secs"]
 
 
 def make_credential(cfg: SentinelConfig) -> Any:
@@ -50,8 +52,10 @@ class IngestionService:
                                            **kwargs)
 
     def send(self, stream: str, body: bytes, request_id: str | None = None) -> str:
-        """POST one gzipped body; returns the request id.
+        """POST one gzipped body; returns the client request id.
 
+        :arg request_id: The ``x-ms-client-request-id`` to send: the caller passes the same
+            one for every retry of a logical request (a new one when None).
         :raises DeliveryError: Classified as transient or terminal.
         """
         rid = request_id or str(uuid.uuid4())
@@ -81,13 +85,28 @@ def _classify(ex: HttpResponseError, request_id: str) -> DeliveryError:
         # response the client raises with (azure.core.rest / pipeline.transport) has.
         headers = ex.response.headers  # type: ignore[attr-defined]  # protocol omits headers
     code = headers.get("x-ms-error-code") or (ex.error.code if ex.error else "") or ""
-    retry_after = None
-    if headers.get("Retry-After"):
-        try:
-            retry_after = float(headers["Retry-After"])
-        except ValueError:
-            retry_after = None
     transient = status in (408, 429) or status >= 500
     message = (ex.error.message if ex.error else None) or ex.reason or str(ex)
     return DeliveryError(message, status=status, code=code, transient=transient,
-                         retry_after=retry_after, request_id=request_id)
+                         retry_after=retry_after_secs(headers.get("Retry-After")),
+                         request_id=request_id,
+                         service_request_id=headers.get("x-ms-request-id") or "",
+                         correlation_id=headers.get("x-ms-correlation-request-id") or "")
+
+
+def retry_after_secs(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date (RFC 9110
+    allows both); None when absent or unreadable. A date in the past means no wait."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # "-0000": UTC, with no claim about the local zone
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())

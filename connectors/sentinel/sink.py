@@ -23,6 +23,7 @@ import random
 import re
 import socket
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -59,8 +60,10 @@ def delivery_entries(batch: Batch, ex: DeliveryError, why: str) -> list[dict[str
         out.append({"stage": "deliver", "stream": batch.stream, "record_id": rid,
                     "object_id": obj, "offset": int(off), "status": ex.status,
                     "code": ex.code or (str(ex.status) if ex.status else "connection"),
-                    "request_id": ex.request_id, "reason": f"{why}: {ex}", "time": now,
-                    "row": row.decode()})
+                    "request_id": ex.request_id,
+                    "service_request_id": ex.service_request_id,
+                    "correlation_id": ex.correlation_id,
+                    "reason": f"{why}: {ex}", "time": now, "row": row.decode()})
     return out
 
 
@@ -79,6 +82,16 @@ def _event_delay(row: bytes) -> float | None:
     if t.tzinfo is None:
         t = t.replace(tzinfo=UTC)
     return max(0.0, time.time() - t.timestamp())
+
+
+def _client_request_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _halves(batch: Batch) -> list[tuple[Batch, str]]:
+    """The two halves of a batch, each a new logical request (its own client request id),
+    in the order they are popped: the first half first."""
+    return [(half, _client_request_id()) for half in reversed(batch.split())]
 
 
 class _SentinelPartition(StatelessSinkPartition[Batch]):
@@ -132,24 +145,28 @@ class _SentinelPartition(StatelessSinkPartition[Batch]):
         batch = unsent
         cfg = self._cfg
         deadline = self._monotonic() + cfg.retry_max_secs
-        pending = [batch]
+        # Each logical request (the batch, or a half of it after a split) has one client
+        # request id, sent again with every retry of it: DCRLogErrors reports under that id.
+        pending = [(batch, _client_request_id())]
         attempt = 0
         while pending:
-            part = pending.pop()
+            part, request_id = pending.pop()
             body = encode(part, cfg.gzip_level)
             if len(body) > MAX_WIRE_BYTES and len(part.rows) > 1:
-                pending.extend(reversed(part.split()))
+                pending.extend(_halves(part))
                 continue
             metrics.BATCH_BYTES.labels(part.stream).observe(part.body_bytes)
             started = self._monotonic()
             try:
-                self._service.send(part.stream, body)
+                self._service.send(part.stream, body, request_id=request_id)
             except DeliveryError as ex:
                 metrics.REQUESTS.labels(part.stream, str(ex.status or "error")).inc()
                 if (ex.too_large or ex.status == 400) and len(part.rows) > 1:
                     reason = "too_large" if ex.too_large else "isolate_refused"
                     metrics.REQUEST_RETRIES.labels(part.stream, reason).inc()
-                    pending.extend(reversed(part.split()))
+                    log.info("stream %s: %d rows refused (%s); sending them in two halves",
+                             part.stream, len(part.rows), ex)
+                    pending.extend(_halves(part))
                     continue
                 if not ex.transient:
                     self._fail(part, ex, "the service refused it")
@@ -168,7 +185,7 @@ class _SentinelPartition(StatelessSinkPartition[Batch]):
                 log.warning("stream %s: %d rows not delivered (%s); retry %d in %.1fs",
                             part.stream, len(part.rows), ex, attempt, delay)
                 self._sleep(delay)
-                pending.append(part)
+                pending.append((part, request_id))
                 continue
             attempt = 0
             if self._journal is not None:

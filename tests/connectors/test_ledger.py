@@ -103,7 +103,7 @@ class _Recorder:
     def __init__(self, _cfg: object) -> None:
         self.sent: list[bytes] = []
 
-    def send(self, stream: str, body: bytes) -> None:
+    def send(self, stream: str, body: bytes, request_id: str | None = None) -> None:
         self.sent.append(body)
 
     def close(self) -> None:

@@ -320,6 +320,34 @@ def test_admin_api_summary_faults_and_reset(emulator: SentinelEmulator) -> None:
     assert emulator.records() == [] and admin.summary()["total_requests"] == 0
 
 
+def test_the_request_log_has_both_request_ids(emulator: SentinelEmulator) -> None:
+    admin = EmulatorAdmin(emulator.endpoint, emulator.ca_file)
+    admin.set_faults([{"status": 503, "count": 1}])
+    client = ingestion_client(emulator, retry_total=0)
+    with pytest.raises(HttpResponseError) as info:
+        client.upload(RULE, ANY, ROWS[:1], request_id="logical-1")
+    answered = info.value.response.headers["x-ms-request-id"]
+    client.upload(RULE, ANY, ROWS[:1], request_id="logical-1")
+    logged = admin.requests()
+    assert [(r["status"], r["client_request_id"]) for r in logged] == [
+        (503, "logical-1"), (204, "logical-1")]
+    assert logged[0]["request_id"] == answered  # the x-ms-request-id it answered with
+    assert logged[1]["request_id"] not in (None, answered)
+    assert [r.request_id for r in emulator.requests()] == [r["request_id"] for r in logged]
+
+
+def test_retry_after_may_be_sent_as_an_http_date(emulator: SentinelEmulator) -> None:
+    import email.utils
+
+    emulator.set_faults([{"status": 429, "count": 1, "retry_after_secs": 5,
+                          "retry_after_date": True}])
+    started = time.time()
+    with pytest.raises(HttpResponseError) as info:
+        ingestion_client(emulator, retry_total=0).upload(RULE, ANY, ROWS[:1])
+    when = email.utils.parsedate_to_datetime(info.value.response.headers["Retry-After"])
+    assert started + 5 <= when.timestamp() <= started + 7
+
+
 def test_stop_cuts_connections_and_restart_keeps_port(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     em = SentinelEmulator(rules=RULES, workdir=tmp_path).start()

@@ -207,3 +207,84 @@ def test_configuration_errors_stop_even_with_a_dead_letter_store(
     with pytest.raises(DeliveryFailed, match="HTTP 404"):
         p.write_batch([batch(2)])
     assert not (tmp_path / "errors").exists()
+
+
+# -- request ids and Retry-After -------------------------------------------------------------
+
+
+def test_the_retries_of_one_request_keep_its_client_request_id(
+        cfg: SentinelConfig, emulator: SentinelEmulator, caplog: pytest.LogCaptureFixture) -> None:
+    emulator.set_faults([{"status": 503, "count": 2}])
+    with caplog.at_level("WARNING", logger="connectors.sentinel.sink"):
+        part(cfg).write_batch([batch(3), batch(2, start=3)])
+    reqs = emulator.requests()
+    assert [r.status for r in reqs] == [503, 503, 204, 204]
+    first = reqs[0].client_request_id
+    assert first and [r.client_request_id for r in reqs[:3]] == [first] * 3
+    assert reqs[3].client_request_id not in (None, first)  # the next batch: a new request
+    # Each failure is logged with the service's x-ms-request-id of that attempt.
+    assert len({r.request_id for r in reqs}) == 4
+    for failed, record in zip(reqs[:2], caplog.records, strict=True):
+        text = record.getMessage()
+        assert f"client request id {first}" in text
+        assert f"service request id {failed.request_id}" in text
+
+
+def test_each_half_of_a_split_request_has_its_own_client_request_id(
+        cfg: SentinelConfig, emulator: SentinelEmulator) -> None:
+    emulator.set_faults([{"status": 413, "count": 1}, {"status": 503, "count": 1}])
+    part(cfg).write_batch([batch(4)])
+    assert delivered(emulator) == [0, 1, 2, 3]
+    reqs = emulator.requests()
+    assert [(r.status, r.record_count) for r in reqs] == [(413, 0), (503, 0), (204, 2), (204, 2)]
+    whole, half1, half1_again, half2 = (r.client_request_id for r in reqs)
+    assert half1 == half1_again  # the retry of the first half
+    assert len({whole, half1, half2}) == 3
+
+
+def test_dead_letters_carry_the_client_and_service_request_ids(
+        cfg: SentinelConfig, emulator: SentinelEmulator, tmp_path) -> None:
+    from connectors.deadletter import read_entries
+
+    emulator.set_faults([{"status": 503, "count": None}])
+    clock = [0.0]
+
+    def sleep(secs: float) -> None:
+        clock[0] += secs
+
+    p = dl_part(replace(cfg, retry_max_secs=1.0, retry_cap_secs=0.3), tmp_path, sleep=sleep,
+                monotonic=lambda: clock[0])
+    p.write_batch([batch(2)])
+    reqs = emulator.requests()
+    assert len(reqs) >= 3 and len({r.client_request_id for r in reqs}) == 1
+    entries = read_entries(tmp_path / "errors")
+    assert [e["record_id"] for e in entries] == ["obj-0", "obj-1"]
+    for e in entries:
+        assert e["request_id"] == reqs[0].client_request_id
+        assert e["service_request_id"] == reqs[-1].request_id  # the attempt that gave up
+        assert e["correlation_id"] == ""  # the emulator sends none
+
+
+def test_retry_after_as_an_http_date_is_honoured(cfg: SentinelConfig,
+                                                 emulator: SentinelEmulator) -> None:
+    emulator.set_faults([{"status": 429, "retry_after_secs": 7, "retry_after_date": True,
+                          "count": 2}])
+    sleeps = Sleeps()
+    part(cfg, sleeps).write_batch([batch(2)])
+    assert delivered(emulator) == [0, 1]
+    # The date is rounded up to a whole second: 6 to 8 seconds from when it is read.
+    assert len(sleeps) == 2 and all(5.5 <= s <= 8.25 for s in sleeps), sleeps
+
+
+def test_retry_after_secs_reads_seconds_and_http_dates() -> None:
+    from datetime import UTC, datetime
+
+    from connectors.sentinel.service import retry_after_secs
+
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    assert retry_after_secs("7", now) == 7.0
+    assert retry_after_secs("Thu, 01 Jan 2026 12:00:30 GMT", now) == 30.0
+    assert retry_after_secs("Thu, 01 Jan 2026 12:00:30 -0000", now) == 30.0
+    assert retry_after_secs("Thu, 01 Jan 2026 11:59:00 GMT", now) == 0.0  # already past
+    assert retry_after_secs("soon", now) is None
+    assert retry_after_secs(None, now) is None and retry_after_secs("", now) is None
