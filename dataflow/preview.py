@@ -6,6 +6,10 @@ prints each row as it would be sent (NDJSON on stdout) and each error with its
 position and reason on stderr. With ``--enrich RULES.toml`` (or ``--enrich default``),
 each row is followed by the enrichment it gets: priority, reasons and rule ids, so a
 rule can be checked before it is deployed.
+
+What the flow passes over, preview passes over with a message: a CloudTrail digest file
+(under ``CloudTrail-Digest/``; it holds hashes, not events) and empty GuardDuty envelopes
+(``{"findings":[]}``), which are counted as skipped, not as errors.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from connectors.aws import client_for, s3_client
+from connectors.s3.discovery import skip_reason
 from connectors.s3.errors import ObjectReadError
 from connectors.s3.framing import FramingError, UnreadableRecord
 from connectors.s3.objects import CHUNK_BYTES
+from connectors.s3.reader import is_empty_envelope
 from connectors.s3.records import FormatUnknown, object_records
 from dataflow.config import AwsConfig, Config, SourceConfig
 from dataflow.core.messages import ErrorRecord, ObjectRef, RawRecord
@@ -58,6 +64,11 @@ def preview(target: str, *, fmt: str = "auto", table: str | None = None,
             enrich: str | None = None,
             out: IO[str] = sys.stdout, err: IO[str] = sys.stderr) -> int:
     """Print the rows of one file or ``s3://`` object; 0 when every record mapped, else 1."""
+    digest = _digest(target, fmt)
+    if digest is not None:
+        print(f"preview: {target}: skipped: {digest} (hashes of log files, not events; a "
+              "cloudtrail source passes over it too)", file=err)
+        return 0
     if target.startswith("s3://"):
         bucket, etag, chunks = _s3_chunks(target, cfg)
         key = target[len("s3://"):].partition("/")[2]
@@ -89,7 +100,7 @@ def preview(target: str, *, fmt: str = "auto", table: str | None = None,
             print(f"preview: {ex}", file=err)
             return 2
         by_stream = {t.stream: t.name for t in tables.values()}
-    ok = bad = 0
+    ok = bad = empty = 0
     try:
         for rec in records:
             if isinstance(rec, UnreadableRecord):  # too large or too deep to hand on
@@ -97,6 +108,9 @@ def preview(target: str, *, fmt: str = "auto", table: str | None = None,
                 print(f"{target}: record {rec.offset}: parse: {rec.reason}", file=err)
                 continue
             offset, data, header = rec
+            if is_empty_envelope(found, data):  # as the reader: skipped, not an error
+                empty += 1
+                continue
             res: Any = mapper(RawRecord(ref, offset, data, header))
             if isinstance(res, ErrorRecord):
                 bad += 1
@@ -115,6 +129,23 @@ def preview(target: str, *, fmt: str = "auto", table: str | None = None,
     except (ObjectReadError, FramingError) as ex:
         bad += 1
         print(f"{target}: {ex}", file=err)
-    print(f"preview: {ok} rows for stream {mapper.stream_of('preview', found)}, {bad} errors "
-          f"(format {found})", file=err)
+    try:
+        stream = f"stream {mapper.stream_of('preview', found)}"
+    except KeyError:  # no table for the format: each record said so above
+        stream = "no table (name one with --table)"
+    skipped = f", {empty} empty envelopes skipped" if empty else ""
+    print(f"preview: {ok} rows for {stream}, {bad} errors{skipped} (format {found})", file=err)
     return 0 if bad == 0 else 1
+
+
+def _digest(target: str, fmt: str) -> str | None:
+    """Why ``target`` is a CloudTrail digest file the flow would pass over, or None.
+
+    The flow's listing skips digests of ``cloudtrail`` sources; a digest previewed with no
+    ``--format`` is judged as CloudTrail's (its key says it is one)."""
+    key = target[len("s3://"):].partition("/")[2] if target.startswith("s3://") else target
+    if fmt not in ("auto", "cloudtrail") or key.endswith("/"):
+        return None
+    # A cloudtrail source with no exclude patterns: the digest rule is the only one left.
+    probe = SourceConfig(name="preview", bucket="preview", format="cloudtrail")
+    return skip_reason(probe, "/" + key.lstrip("/"))

@@ -41,7 +41,7 @@ def skip_reason(src: SourceConfig, key: str) -> str | None:
     """Why a listed key is not read, or None if it is."""
     if key.endswith("/"):
         return "folder marker"
-    if src.format == "cloudtrail" and _CLOUDTRAIL_DIGEST.search(key):
+    if src.format in ("cloudtrail", "auto") and _CLOUDTRAIL_DIGEST.search(key):
         return "CloudTrail digest file"
     for pattern in src.exclude:
         if re.search(pattern, key):

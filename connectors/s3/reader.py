@@ -11,7 +11,10 @@ broke, with back-off through the partition's ``next_awake``, never by sleeping; 
 ``READ_ATTEMPTS`` tries, or on any other failure, the object fails from that record (an
 :class:`~dataflow.core.messages.ErrorRecord` at stage ``read``) and the partition moves on.
 A record the framer can delimit but not hand on (too large, too deep) is an error record in
-its place, and the object goes on.
+its place, and the object goes on. A record that holds nothing to send (an empty GuardDuty
+envelope, see :func:`is_empty_envelope`) is counted and not emitted at all, like a blank
+line: its offset is not among those the journals must account for, so no SQS message and
+no freshness check waits for it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+
+import orjson
 
 from connectors.ledger import add_offset
 from connectors.s3.config import SourceConfig
@@ -35,7 +40,7 @@ from operators.formats import TextFormat
 from operators.formats.registry import text_format
 
 __all__ = ["BATCH_RECORDS", "READ_ATTEMPTS", "Clock", "Finished", "Item", "ObjectReader", "Pending",
-           "retry_later"]
+           "is_empty_envelope", "retry_later"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,21 @@ BATCH_RECORDS = 2000
 
 Item = RawRecord | ErrorRecord
 Clock = Callable[[], datetime]
+
+_ENVELOPE_BYTES = 64
+"""Longer than any spelling of an empty envelope worth recognising (spaces included)."""
+
+
+def is_empty_envelope(fmt: str, data: bytes) -> bool:
+    """Whether a record is exactly an empty GuardDuty envelope: a JSON object whose only key
+    is ``findings``, holding an empty list (``{"findings":[]}``). It carries no finding, so
+    it is neither a row nor a bad record."""
+    if fmt != "guardduty" or len(data) > _ENVELOPE_BYTES or b"findings" not in data:
+        return False
+    try:
+        return bool(orjson.loads(data) == {"findings": []})
+    except orjson.JSONDecodeError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -170,6 +190,7 @@ class ObjectReader:
         out: list[Item] = []
         done: Finished | None = None
         track, emitted = self._track, self._emitted
+        fmt = r.ref.format
         try:
             for rec in r.records:
                 if isinstance(rec, UnreadableRecord):  # too large or too deep: that record only
@@ -177,6 +198,10 @@ class ObjectReader:
                     out.append(self._unreadable(r.ref, rec))
                 else:
                     offset, data, header = rec
+                    if is_empty_envelope(fmt, data):  # nothing to send: not emitted, not waited on
+                        r.next_offset = offset + 1
+                        metrics.RECORDS_SKIPPED_EMPTY.labels(self._src.name, fmt).inc()
+                        continue
                     out.append(RawRecord(r.ref, offset, data, header))
                 r.next_offset = offset + 1
                 if track:

@@ -133,3 +133,40 @@ def test_an_object_of_a_cross_account_source_is_read_with_its_role(stack, monkey
     assert [p for n, p, _ in calls if n == "AssumeRole"] == [
         {"RoleArn": role, "RoleSessionName": "s3sentinel", "ExternalId": "preview-ext"}]
     assert [m for n, _, m in calls if n == "GetObject"] == ["assume-role"]
+
+
+def test_a_cloudtrail_digest_is_skipped_with_a_message(tmp_path: Path) -> None:
+    folder = tmp_path / "AWSLogs/111122223333/CloudTrail-Digest/us-east-1/2026/01/01"
+    folder.mkdir(parents=True)
+    path = folder / ("111122223333_CloudTrail-Digest_us-east-1_trail_us-east-1_"
+                     "20260101T000000Z.json.gz")
+    path.write_bytes(gzip.compress(orjson.dumps({
+        "awsAccountId": "111122223333", "digestStartTime": "2026-01-01T00:00:00Z",
+        "digestEndTime": "2026-01-01T01:00:00Z", "logFiles": []})))
+    for kw in ({}, {"fmt": "cloudtrail"}):
+        rc, rows, err = run(path, **kw)
+        assert (rc, rows) == (0, []), err
+        assert "skipped: CloudTrail digest file" in err and "Traceback" not in err
+
+
+def test_a_file_with_no_table_for_its_format_is_reported_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "app.ndjson"
+    path.write_bytes(b'{"a": 1}\n')
+    rc, rows, err = run(path)
+    assert (rc, rows) == (1, [])
+    assert "onto table None, which is not defined" in err
+    assert "0 rows for no table (name one with --table), 1 errors (format ndjson)" in err
+
+
+def test_empty_guardduty_envelopes_are_skipped_not_errors(tmp_path: Path) -> None:
+    from devstack.formatsamples import _guardduty
+
+    (finding,) = _guardduty()
+    path = tmp_path / "AWSLogs/111122223333/GuardDuty/us-east-1/2026/01/01/f.jsonl.gz"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(gzip.compress(b'{"findings":[]}\n' + orjson.dumps(finding)
+                                   + b'\n{ "findings" : [ ] }\n'))
+    rc, rows, err = run(path)
+    assert rc == 0, err
+    assert [r["Id"] for r in rows] == [finding["id"]]
+    assert "1 rows for stream Custom-AWSGuardDuty, 0 errors, 2 empty envelopes skipped" in err

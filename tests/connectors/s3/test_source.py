@@ -332,3 +332,14 @@ def test_a_record_over_max_record_bytes_is_an_error_in_its_place_and_the_object_
     err = out[1]
     assert err.stage == "parse" and err.code == "record_too_large"
     assert "max_record_bytes (2048)" in err.reason and err.data.startswith(b'{"b":"xxx')
+
+
+@pytest.mark.parametrize("fmt", ["cloudtrail", "auto"])
+def test_cloudtrail_digest_files_are_skipped_for_cloudtrail_and_auto_sources(
+        s3: Any, fmt: str) -> None:
+    from connectors.s3.discovery import skip_reason
+
+    digest = ("logs/AWSLogs/111122223333/CloudTrail-Digest/us-east-1/2026/11/01/"
+              "111122223333_CloudTrail-Digest_us-east-1_trail_us-east-1_20261101T010000Z.json.gz")
+    assert skip_reason(src(format=fmt), digest) == "CloudTrail digest file"
+    assert skip_reason(src(format="ndjson"), digest) is None  # another format: not ours to skip
