@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import sys
 from pathlib import Path
@@ -34,6 +35,23 @@ from operators.parse import RecordMapper
 from operators.schema import TableError, load_tables
 
 __all__ = ["main"]
+
+DESCRIPTION = ("Ship security logs from AWS S3 (CloudTrail, VPC Flow Logs, GuardDuty, WAF, "
+               "load balancers, CloudFront, your own) into Microsoft Sentinel through the Logs "
+               "Ingestion API, mapped onto Sentinel's tables, with retries, dead letters and "
+               "metrics.")
+"""What ``s3sentinel --help`` says the tool is."""
+
+EPILOG = "Run 's3sentinel COMMAND --help' for a command's options."
+
+
+def version() -> str:
+    """The installed distribution's version ("unknown" when run from a source tree that was
+    never installed)."""
+    try:
+        return importlib.metadata.version("s3sentinel")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _config_arg(p: argparse.ArgumentParser, *, default_env: bool = True) -> None:
@@ -199,7 +217,8 @@ def _rotate_key(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="s3sentinel", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="s3sentinel", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the dataflow")
     _config_arg(run)

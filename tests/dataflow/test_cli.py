@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from dataflow.cli import main
 from tests.conftest import ROOT
 
@@ -132,3 +134,21 @@ format = "cloudtrail"
     assert "sentinel.ca_file" in capsys.readouterr().err
     (tmp_path / "nope.pem").write_text("-----BEGIN CERTIFICATE-----\n")
     assert main(["validate-config", str(cfg)]) == 0
+
+
+def test_version_prints_the_installed_version(capsys) -> None:
+    import importlib.metadata
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == (
+        f"s3sentinel {importlib.metadata.version('s3sentinel')}")
+
+
+def test_help_says_what_the_tool_is(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "Microsoft Sentinel" in out and "AWS S3" in out
+    assert "``" not in out  # no reStructuredText quotes from the module docstring
