@@ -29,6 +29,17 @@ VPC_LINES = [
     b"2 111122223333 eni-1235b8ca123456789 - - - - - - - 1761955210 1761955270 - NODATA",
 ]
 VPC_BAD = b"2 111122223333 eni-1235b8ca123456789 172.31.16.139 too few fields"
+# No header line (CloudWatch Logs export): every field of versions 2 to 5, in the order of the
+# "Available fields" table, recognised by its count (29) and version (5); one wrapped as
+# {"message": ...}.
+VPC_V5_LINES = [
+    b"5 111122223333 eni-1235b8ca123456789 10.0.0.71 52.95.128.179 34210 80 6 7 471 1761955210 "
+    b"1761955270 ACCEPT OK vpc-abcdefab012345678 subnet-aaaaaaaa012345678 i-0c50d5961bcb2d47b 3 "
+    b"IPv4 10.0.0.71 52.95.128.179 us-east-1 use1-az1 - - - S3 egress 8",
+    b'{"message": "5 111122223333 eni-1235b8ca123456789 52.95.128.179 10.0.0.71 80 34210 6 14 '
+    b"15044 1761955210 1761955270 ACCEPT OK vpc-abcdefab012345678 subnet-aaaaaaaa012345678 "
+    b'i-0c50d5961bcb2d47b 19 IPv4 52.95.128.179 10.0.0.71 us-east-1 use1-az1 - - S3 - ingress -"}',
+]
 
 ALB_LINES = [
     b'http 2026-11-01T22:23:00.186641Z app/my-loadbalancer/50dc6c495c0c9188 192.168.131.39:2817 '
@@ -44,6 +55,15 @@ ALB_LINES = [
     b'"arn:aws:acm:us-east-2:111122223333:certificate/12345678-1234-1234-1234-123456789012" 1 '
     b'2026-11-01T22:22:48.364000Z "authenticate,forward" "-" "-" "10.0.0.1:80" "200" "-" "-" '
     b'TID_5678',
+]
+
+ALBCONN_LINES = [
+    b'2026-11-01T22:23:00.186641Z 192.168.131.39 2817 443 TLSv1.2 ECDHE-RSA-AES128-GCM-SHA256 '
+    b'0.012 "CN=client.example.com,O=Example,C=US" '
+    b'NotBefore=2026-01-01T00:00:00Z;NotAfter=2027-01-01T00:00:00Z FEF257E3AC9A2B2A Success '
+    b'TID_5678',
+    b'2026-11-01T22:23:01.000000Z 192.168.131.40 2818 443 TLSv1.3 TLS_AES_128_GCM_SHA256 - "-" '
+    b'- - Failed:ClientCertMaxChainDepthExceeded',
 ]
 
 CF_HEADER = [
@@ -147,12 +167,18 @@ def seed_mixed(s3: Any, bucket: str) -> MixedSeed:
 
     put(f"{base}/vpcflowlogs/us-east-1/{day}/{ACCT}_vpcflowlogs_us-east-1_fl-1234_"
         "20261101T0000Z_abcd1234.log.gz", _gz([VPC_HEADER, *VPC_LINES, VPC_BAD]))
-    seed.expected["vpcflow"] = len(VPC_LINES)
+    put(f"{base}/vpcflowlogs/us-east-1/{day}/{ACCT}_vpcflowlogs_us-east-1_fl-5678_"
+        "20261101T0000Z_efgh5678.log.gz", _gz(VPC_V5_LINES))
+    seed.expected["vpcflow"] = len(VPC_LINES) + len(VPC_V5_LINES)
     seed.bad_records += 1
     put(f"{base}/elasticloadbalancing/us-east-1/{day}/{ACCT}_elasticloadbalancing_us-east-1_"
         "app.my-loadbalancer.50dc6c495c0c9188_20261101T2220Z_192.0.2.1_2xhxdobf.log.gz",
         _gz(ALB_LINES))
     seed.expected["alb"] = len(ALB_LINES)
+    put(f"{base}/elasticloadbalancing/us-east-1/{day}/conn_log.{ACCT}_elasticloadbalancing_"
+        "us-east-1_app.my-loadbalancer.50dc6c495c0c9188_20261101T2220Z_192.0.2.1_2xhxdobf.log.gz",
+        _gz(ALBCONN_LINES))
+    seed.expected["albconn"] = len(ALBCONN_LINES)
     put("cloudfront/E2EXAMPLE12345.2026-11-01-21.a1b2c3d4.gz", _gz([*CF_HEADER, *CF_LINES]))
     seed.expected["cloudfront"] = len(CF_LINES)
     put("s3access/2026-11-01-00-00-38-0A1B2C3D4E5F6A7B", b"\n".join(S3ACCESS_LINES) + b"\n")

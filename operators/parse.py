@@ -93,9 +93,13 @@ class RecordMapper:
                          f"not defined; defined tables: {', '.join(sorted(self._tables))}. "
                          "Declare it under [[tables]] or in runtime.tables_dir.")
             else:
-                route = _Route(Mapper(self._tables[name]),
-                               text_format(fmt, fields=src.fields, delimiter=src.delimiter),
-                               keep=name in self._keep)
+                try:
+                    parser = text_format(fmt, fields=src.fields, delimiter=src.delimiter,
+                                         table=name)
+                except ValueError as ex:  # e.g. a vpcflow field list an auto source cannot use
+                    route = f"source {source!r} cannot read format {fmt!r}: {ex}"
+                else:
+                    route = _Route(Mapper(self._tables[name]), parser, keep=name in self._keep)
             self._routes[(source, fmt)] = route
         return route  # type: ignore[return-value]
 

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Literal
 
 from operators.formats.registry import DEFAULT_TABLES, FORMATS
+from operators.formats.vpcflow import parse_field_list
 
 __all__ = ["Format", "SourceConfig"]
 
@@ -135,6 +136,11 @@ class SourceConfig:
                 problems.append(f"{where}.queue_poll_secs: must be > 0")
         elif self.queue_url:
             problems.append(f"{where}.queue_url: set discovery = \"sqs\" to use the queue")
+        if self.format in ("vpcflow", "auto") and self.fields:
+            try:
+                parse_field_list(self.fields)
+            except ValueError as ex:
+                problems.append(f"{where}.fields: {ex}")
         if self.format == "delimited" and not self.fields:
             problems.append(f"{where}.fields: the delimited format needs the field names")
         if len(self.delimiter) > 1:

@@ -19,6 +19,7 @@ __all__ = [
     "IN_FLIGHT_OBJECTS",
     "LAG_SECONDS",
     "OLDEST_UNDELIVERED_SECONDS",
+    "FIELDS_MISSING",
     "FIELDS_TRUNCATED",
     "OBJECTS",
     "OBJECTS_LISTED",
@@ -212,4 +213,16 @@ DEADLETTER_REJECTED_LINES = Counter(
     "Dead-letter file lines refused when read (replay, rotate-key), by kind (plain, no_key, "
     "undecryptable, duplicate, foreign, malformed).",
     ["kind"],
+)
+FIELDS_MISSING = Counter(
+    "s3sentinel_fields_missing_total",
+    "Fields a text record lacked at the end of its line compared with its header (an older line "
+    "under a newer CloudFront #Fields line): their columns are left empty; by table.",
+    ["table"],
+)
+RECORDS_SKIPPED_EMPTY = Counter(
+    "s3sentinel_records_skipped_empty_total",
+    "Records that hold nothing to send (an empty GuardDuty envelope {\"findings\": []}): "
+    "neither mapped nor dead-lettered, by source and format.",
+    ["source", "format"],
 )

@@ -8,10 +8,18 @@ CloudFront writes each object (gzip) with two header lines, then one request per
 
 Every line starting with ``#`` is a header (:meth:`CloudFrontFormat.is_header`). Values
 are read in the order of the last ``#Fields:`` line seen in the object, or of the
-documented 33-field default (:data:`DEFAULT_FIELDS`) when the object has none. A record
-with a different number of values is an error naming both counts (read against the wrong
-names it would fill the wrong columns); empty values after the last field (a trailing tab,
-as in one of the documentation's own examples) are ignored.
+documented 33-field default (:data:`DEFAULT_FIELDS`) when the object has none. Empty
+values after the last field (a trailing tab, as in one of the documentation's own
+examples) are ignored; more values than fields is an error naming both counts.
+
+Fewer values than fields: CloudFront has added fields at the end of the line over the
+years, so an older line under a newer ``#Fields`` line (a merged or rewritten object) has
+the first fields only. The values present are read against the first field names, the
+missing columns are left empty and counted (``s3sentinel_fields_missing_total{table}``).
+Such a line is an error (``field_count``) only when what is present cannot be aligned:
+fewer than the :data:`MIN_FIELDS` of the first log format (through ``cs-uri-query``), or a
+value that does not fit its field (a number field that is not a number, a date or time
+that does not parse), which says the values are not the first fields.
 
 Parser keys are the W3C field names exactly as the ``#Fields:`` line writes them
 (``cs(Host)``, ``cs-uri-stem``, ``x-edge-location``): none holds a dot, so each is a
@@ -49,9 +57,10 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+from dataflow.core.metrics import FIELDS_MISSING
 from operators.formats import ParseError
 
-__all__ = ["DEFAULT_FIELDS", "INT_FIELDS", "REAL_FIELDS", "CloudFrontFormat"]
+__all__ = ["DEFAULT_FIELDS", "INT_FIELDS", "MIN_FIELDS", "REAL_FIELDS", "CloudFrontFormat"]
 
 DEFAULT_FIELDS = (
     "date", "time", "x-edge-location", "sc-bytes", "c-ip", "cs-method", "cs(Host)",
@@ -63,6 +72,10 @@ DEFAULT_FIELDS = (
     "sc-content-len", "sc-range-start", "sc-range-end",
 )
 """The 33 fields of a distribution's standard log, in the documented order."""
+
+MIN_FIELDS = 12
+"""Values a line shorter than its ``#Fields`` line must have: the first format's, ``date``
+through ``cs-uri-query`` (``cs(Cookie)`` and everything after were added later)."""
 
 INT_FIELDS = frozenset({"sc-bytes", "sc-status", "cs-bytes", "fle-encrypted-fields", "c-port",
                         "sc-content-len", "sc-range-start", "sc-range-end"})
@@ -117,6 +130,8 @@ class CloudFrontFormat:
     """CloudFront standard (legacy) log records, in the order of the object's ``#Fields:``."""
 
     name = "cloudfront"
+    table = "AWSCloudFront_CL"
+    """The table records map onto, the label of the fields-missing count."""
 
     def __init__(self) -> None:
         self._layouts: dict[bytes, _Layout] = {}
@@ -149,13 +164,34 @@ class CloudFrontFormat:
         """
         layout, from_header = self._layout_of(header)
         values = line.decode("utf-8", "backslashreplace").split("\t")
+        missing = 0
         if len(values) != len(layout):
-            if len(values) < len(layout) or any(values[len(layout):]):
-                source = ("the #Fields line" if from_header
-                          else "the documented default; the object has no #Fields line")
+            source = ("the #Fields line" if from_header
+                      else "the documented default; the object has no #Fields line")
+            if len(values) > len(layout) and any(values[len(layout):]):
                 msg = (f"expected {len(layout)} tab-separated fields (from {source}), "
                        f"got {len(values)}")
                 raise ParseError(msg, "field_count")
+            if len(values) < min(MIN_FIELDS, len(layout)):
+                msg = (f"expected {len(layout)} tab-separated fields (from {source}), got "
+                       f"{len(values)}: fewer than the {MIN_FIELDS} every CloudFront log line "
+                       "has, so the values cannot be matched to field names")
+                raise ParseError(msg, "field_count")
+            missing = max(0, len(layout) - len(values))
+        try:
+            rec = self._record(layout, values)
+        except ParseError as ex:
+            if not missing:
+                raise
+            msg = (f"{len(values)} of the {len(layout)} tab-separated fields: the values do not "
+                   f"line up with the first {len(values)} field names ({ex.reason})")
+            raise ParseError(msg, "field_count") from None
+        if missing:
+            FIELDS_MISSING.labels(table=self.table).inc(missing)
+        return rec
+
+    @staticmethod
+    def _record(layout: _Layout, values: list[str]) -> dict[str, Any]:
         rec: dict[str, Any] = {}
         for (name, kind), value in zip(layout, values, strict=False):
             if value == "-" or not value:

@@ -1,4 +1,5 @@
-"""Elastic Load Balancing access logs: Application (ALB), Classic (ELB) and Network (NLB).
+"""Elastic Load Balancing access logs: Application (ALB), Classic (ELB) and Network (NLB),
+and ALB connection logs.
 
 All three write one request (NLB: one TLS connection) per line, fields separated by a
 space, ``-`` for a field without a value, and no header line. An ALB record (wrapped)::
@@ -43,6 +44,12 @@ Fields, in order (parser keys are the AWS names; ``client:port``-style fields be
   tls_protocol_version, tls_named_group, domain_name, alpn_fe_protocol, alpn_be_protocol,
   alpn_client_preference_list (21 required), then tls_connection_creation_time.
 
+- ALB connection logs (``conn_log.`` objects, one TLS connection per line, a log type of
+  their own): time, client_ip, client_port, listener_port, tls_protocol, tls_cipher,
+  tls_handshake_latency, "leaf_client_cert_subject", leaf_client_cert_validity,
+  leaf_client_cert_serial_number, tls_verify_status (11 required), then conn_trace_id.
+  ``tls_handshake_latency`` is seconds (a float); the ports are ints.
+
 Values: ``-`` (and an empty quoted value) leave the field out. Processing times are
 seconds as floats, and stay ``-1.0`` where AWS writes ``-1`` (the load balancer could not
 dispatch the request, or got no response): that is the documented signal, not a missing
@@ -66,7 +73,11 @@ Sources: the Elastic Load Balancing guides "Access logs for your Application Loa
 Balancer", "Access logs for your Classic Load Balancer" and "Access logs for your Network
 Load Balancer" (https://docs.aws.amazon.com/elasticloadbalancing/latest/application/
 load-balancer-access-logs.html, .../classic/access-log-collection.html,
-.../network/load-balancer-access-logs.html).
+.../network/load-balancer-access-logs.html); "Connection logs for your Application Load
+Balancer" (.../application/load-balancer-connection-logs.html) and Athena's "Create the
+table for ALB connection logs" (https://docs.aws.amazon.com/athena/latest/ug/
+create-alb-connection-logs-table.html), whose column list and regex give the order and
+the quoting.
 """
 
 from __future__ import annotations
@@ -78,12 +89,15 @@ from typing import Any
 from operators.formats import ParseError
 
 __all__ = [
+    "ALBCONN_FIELDS",
+    "ALBCONN_MIN_FIELDS",
     "ALB_FIELDS",
     "ALB_MIN_FIELDS",
     "ELB_FIELDS",
     "ELB_MIN_FIELDS",
     "NLB_FIELDS",
     "NLB_MIN_FIELDS",
+    "AlbConnectionFormat",
     "AlbFormat",
     "ClassicElbFormat",
     "NlbFormat",
@@ -143,6 +157,19 @@ NLB_FIELDS: tuple[tuple[str, str], ...] = (
     ("tls_connection_creation_time", _TIME),
 )
 """Network Load Balancer (TLS listener) fields in line order."""
+
+ALBCONN_FIELDS: tuple[tuple[str, str], ...] = (
+    ("time", _TIME), ("client_ip", _BARE), ("client_port", _INT), ("listener_port", _INT),
+    ("tls_protocol", _BARE), ("tls_cipher", _BARE), ("tls_handshake_latency", _REAL),
+    ("leaf_client_cert_subject", _QUOTED), ("leaf_client_cert_validity", _STR),
+    ("leaf_client_cert_serial_number", _STR), ("tls_verify_status", _STR),
+    ("conn_trace_id", _STR),
+)
+"""ALB connection log fields in line order (AWS's own examples quote ``tls_verify_status``
+at times, so the fields after the subject may be quoted or bare)."""
+
+ALBCONN_MIN_FIELDS = 11
+"""Fields every ALB connection log line has: through ``tls_verify_status``."""
 
 NLB_MIN_FIELDS = 21
 """Fields every NLB line has: through ``alpn_client_preference_list``."""
@@ -343,3 +370,12 @@ class NlbFormat(_AccessLogFormat):
     _min_fields = NLB_MIN_FIELDS
     _first_fields = "type through alpn_client_preference_list"
     _quoting = False
+
+
+class AlbConnectionFormat(_AccessLogFormat):
+    """Application Load Balancer connection log records (mutual TLS connections)."""
+
+    name = "albconn"
+    _fields = ALBCONN_FIELDS
+    _min_fields = ALBCONN_MIN_FIELDS
+    _first_fields = "time through tls_verify_status"

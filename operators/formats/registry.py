@@ -52,6 +52,9 @@ SPECS: tuple[FormatSpec, ...] = (
     FormatSpec("waf", table="AWSWAF", key=r"/WAFLogs/|aws-waf-logs", key_flags=re.I),
     FormatSpec("route53resolver", table="AWSRoute53Resolver",
                key=r"/vpcdnsquerylogs/|route53resolver", key_flags=re.I),
+    FormatSpec("albconn", table="AWSALBConnectionLogs_CL",
+               parser=("operators.formats.elb", "AlbConnectionFormat"),
+               key=r"/elasticloadbalancing/.*/conn_[^/]*_app\."),
     FormatSpec("alb", table="AWSALBAccessLogs_CL", parser=("operators.formats.elb", "AlbFormat"),
                key=r"/elasticloadbalancing/.*_app\."),
     FormatSpec("nlb", table="AWSNLBAccessLogs_CL", parser=("operators.formats.elb", "NlbFormat"),
@@ -110,10 +113,15 @@ def framing_of(fmt: str) -> str:
     return spec.framing if spec is not None else "lines"
 
 
-def text_format(fmt: str, *, fields: list[str] | None = None, delimiter: str = "") -> TextFormat | None:
+def text_format(fmt: str, *, fields: list[str] | None = None, delimiter: str = "",
+                table: str | None = None) -> TextFormat | None:
     """The parser of a line-oriented format; None for JSON formats.
 
-    :raises ValueError: Unknown format, or options the format needs are missing.
+    :arg fields: Field names (csv, delimited; vpcflow: for objects without a header line).
+    :arg table: The table the records map onto, for the parser's metrics (default: the
+        format's own table).
+    :raises ValueError: Unknown format, or options the format needs are missing (or, for
+        vpcflow, a field list that names nothing).
     """
     if fmt in JSON_FORMATS:
         return None
@@ -127,8 +135,11 @@ def text_format(fmt: str, *, fields: list[str] | None = None, delimiter: str = "
         raise ValueError(msg)
     module, cls = spec.parser
     try:
-        parser: TextFormat = getattr(importlib.import_module(module), cls)()
+        factory = getattr(importlib.import_module(module), cls)
     except (ImportError, AttributeError) as ex:
         msg = f"format {fmt!r} is not available in this installation: {ex}"
         raise ValueError(msg) from ex
+    parser: TextFormat = factory(fields) if fmt == "vpcflow" and fields else factory()
+    if hasattr(parser, "table"):
+        parser.table = table or spec.table or ""
     return parser

@@ -380,3 +380,12 @@ def test_the_repr_of_the_ops_config_shows_no_secret() -> None:
         assert "s3cr3t" not in text
         assert "reader_tokens=<1 redacted>" in text and "port=9464" in text
     assert cfg.ops.reader_tokens == [STRONG]  # the values themselves are untouched
+
+
+def test_a_vpcflow_field_list_is_checked_at_start() -> None:
+    raw = minimal()
+    raw["sources"].append({"name": "flows", "bucket": "b", "format": "vpcflow",
+                           "fields": ["${version} ${srcaddr} ${srcaddr}"]})
+    assert any(p.startswith("sources[flows].fields:") for p in problems_of(raw))
+    raw["sources"][-1]["fields"] = ["${version} ${account-id} ${srcaddr}"]
+    assert parse_config(raw).source("flows").fields == ["${version} ${account-id} ${srcaddr}"]

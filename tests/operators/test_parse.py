@@ -183,3 +183,13 @@ def test_the_bound_counts_bytes_too() -> None:
     obj = ObjectRef("app", "app:0/1", "b2", "app/big.ndjson", "e", 618)
     out = mapper.map_batch([RawRecord(obj, i, b"x" * 400) for i in range(5)])
     assert [(e.offset, e.stage) for e in out] == [(0, "map"), (1, "map"), (2, "read")]
+
+
+def test_a_format_an_auto_source_cannot_read_is_a_dead_letter_not_an_exception() -> None:
+    # fields that are no valid VPC field list: validate-config refuses them, but a mapper
+    # built without it must still not raise out of the flow.
+    src = SourceConfig(name="any", bucket="b", format="auto", fields=["a a"])
+    mapper = RecordMapper([src], TABLES, max_row_bytes=1_000_000)
+    obj = ObjectRef("any", "any:0/1", "b", "AWSLogs/1/vpcflowlogs/x.log", "e", 9, "vpcflow")
+    err = mapper(RawRecord(obj, 0, b"2 1 eni-1 - - - - - - - 1 2 NODATA"))
+    assert isinstance(err, ErrorRecord) and "cannot read format 'vpcflow'" in err.reason

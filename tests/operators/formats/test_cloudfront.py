@@ -9,8 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dataflow.core.metrics import FIELDS_MISSING
 from operators.formats import ParseError
-from operators.formats.cloudfront import DEFAULT_FIELDS, INT_FIELDS, REAL_FIELDS, CloudFrontFormat
+from operators.formats.cloudfront import (
+    DEFAULT_FIELDS,
+    INT_FIELDS,
+    MIN_FIELDS,
+    REAL_FIELDS,
+    CloudFrontFormat,
+)
 from operators.formats.registry import DEFAULT_TABLES, detect, text_format
 from operators.schema import Mapper, load_tables
 
@@ -130,10 +137,10 @@ def test_bad_escapes_and_bytes_that_are_not_utf8_are_kept() -> None:
 
 
 @pytest.mark.parametrize(("line", "header", "code", "message"), [
-    (b"\t".join(HIT.split(b"\t")[:32]), HEADER, "field_count",
-     "expected 33 tab-separated fields \\(from the #Fields line\\), got 32"),
+    (b"\t".join(HIT.split(b"\t")[:11]), HEADER, "field_count",
+     "expected 33 tab-separated fields \\(from the #Fields line\\), got 11: fewer than the 12"),
     (HIT + b"\textra", (), "field_count", "from the documented default; the object has no"),
-    (HIT.replace(b"\t", b" "), HEADER, "field_count", "got 1$"),
+    (HIT.replace(b"\t", b" "), HEADER, "field_count", "got 1: fewer than the 12"),
     (_with(HIT, sc_status="OK"), HEADER, "not_a_number", "field 'sc-status' = 'OK'"),
     (_with(HIT, time_taken="1s"), HEADER, "not_a_number", "time-taken"),
     (_with(HIT, date="04/12/2019"), HEADER, "bad_time", "are not like 2019-12-04"),
@@ -224,3 +231,37 @@ def test_any_string_values_round_trip(values: list[str | None]) -> None:
         expected["cs(User-Agent)"] = (ua.replace("%20", " ").replace("%22", '"')
                                       .replace("%5C", "\\").replace("%5c", "\\"))
     assert rec == expected
+
+
+def _missing(table: str = "AWSCloudFront_CL") -> float:
+    return FIELDS_MISSING.labels(table=table)._value.get()
+
+
+@pytest.mark.parametrize("present", [12, 19, 24, 26, 32])
+def test_an_older_line_under_a_newer_fields_line_maps_what_it_has(present: int) -> None:
+    """The documentation's example record, cut where older formats ended (fields were appended)."""
+    before = _missing()
+    rec = parse(b"\t".join(HIT.split(b"\t")[:present]))
+    kept = set(DEFAULT_FIELDS[:present]) | {"date-time"}
+    assert rec == {k: v for k, v in HIT_RECORD.items() if k in kept}
+    assert _missing() - before == len(DEFAULT_FIELDS) - present
+
+
+def test_the_fields_missing_count_carries_the_table_of_the_source() -> None:
+    fmt = text_format("cloudfront", table="MyCloudFront_CL")
+    assert isinstance(fmt, CloudFrontFormat)
+    before, other = _missing("MyCloudFront_CL"), _missing()
+    fmt.parse(b"\t".join(HIT.split(b"\t")[:30]), HEADER)
+    assert _missing("MyCloudFront_CL") - before == 3 and _missing() == other
+
+
+def test_a_short_line_that_does_not_line_up_is_a_field_count_error() -> None:
+    """Values shifted by one (x-edge-location lost): sc-bytes gets an address; not aligned."""
+    values = HIT.split(b"\t")
+    shifted = b"\t".join(values[:2] + values[3:30])
+    before = _missing()
+    with pytest.raises(ParseError, match="do not line up with the first 29 field names") as ex:
+        parse(shifted)
+    assert ex.value.code == "field_count" and _missing() == before
+    with pytest.raises(ParseError, match=f"fewer than the {MIN_FIELDS}"):
+        parse(b"\t".join(values[:MIN_FIELDS - 1]))

@@ -14,10 +14,13 @@ from operators.formats import ParseError
 from operators.formats.elb import (
     ALB_FIELDS,
     ALB_MIN_FIELDS,
+    ALBCONN_FIELDS,
+    ALBCONN_MIN_FIELDS,
     ELB_FIELDS,
     ELB_MIN_FIELDS,
     NLB_FIELDS,
     NLB_MIN_FIELDS,
+    AlbConnectionFormat,
     AlbFormat,
     ClassicElbFormat,
     NlbFormat,
@@ -439,3 +442,82 @@ def test_the_fast_tokenizer_agrees_with_the_regex(text: str) -> None:
     from operators.formats.elb import _tokens_quoted, _tokens_regex
 
     assert _tokens_quoted(text) == _tokens_regex(text)
+
+
+# --------------------------------------------------------------------------- ALB connection logs
+
+# AWS Knowledge Center, "How do I identify and resolve client connection issues when I use mTLS
+# with the Application Load Balancer?": its lines print fields 1, 5, 6 and 8-11 of a connection
+# log entry; client IP, client port, listener port and handshake latency are filled in here.
+CONN_EXPIRED = (
+    b'2024-04-05T18:31:29.268987Z 192.0.2.10 55012 443 TLSv1.3 ECDHE-RSA-AES256-SHA 0.004 '
+    b'"CN=client-expired.alb-mtls-example.com,OU=IT,O=Company LLC,L=City,ST=State,C=US" '
+    b'NotBefore=2024-01-02T19:17:20Z;NotAfter=2024-04-02T19:17:20Z 02 "Failed:ClientCertExpired"')
+CONN_OK = (
+    b'2024-04-05T18:31:30.000001Z 192.0.2.11 55013 443 TLSv1.2 ECDHE-RSA-AES128-GCM-SHA256 0.012 '
+    b'"CN=client.alb-mtls-example.com,OU=IT,O=Company LLC,L=City,ST=State,C=US" '
+    b'NotBefore=2024-01-02T19:17:20Z;NotAfter=2025-01-02T19:17:20Z 0A1B Success '
+    b'TID_1234abcd5678ef90')
+
+
+def test_alb_connection_log_entries() -> None:
+    """11 fields (the first format) and 12 (conn_trace_id added); quoted status as AWS shows it."""
+    fmt = AlbConnectionFormat()
+    assert not fmt.is_header(CONN_OK)
+    assert fmt.parse(CONN_EXPIRED, ()) == {
+        "time": "2024-04-05T18:31:29.268987Z", "client_ip": "192.0.2.10", "client_port": 55012,
+        "listener_port": 443, "tls_protocol": "TLSv1.3", "tls_cipher": "ECDHE-RSA-AES256-SHA",
+        "tls_handshake_latency": 0.004,
+        "leaf_client_cert_subject":
+            "CN=client-expired.alb-mtls-example.com,OU=IT,O=Company LLC,L=City,ST=State,C=US",
+        "leaf_client_cert_validity": "NotBefore=2024-01-02T19:17:20Z;NotAfter=2024-04-02T19:17:20Z",
+        "leaf_client_cert_serial_number": "02", "tls_verify_status": "Failed:ClientCertExpired"}
+    ok = fmt.parse(CONN_OK, ())
+    assert ok["tls_verify_status"] == "Success" and ok["conn_trace_id"] == "TID_1234abcd5678ef90"
+    assert [n for n, _ in ALBCONN_FIELDS][ALBCONN_MIN_FIELDS - 1] == "tls_verify_status"
+
+
+def test_alb_connection_no_value_is_empty_not_zero() -> None:
+    """A connection without a client certificate or completed handshake: "-" stays empty."""
+    line = (b'2024-04-05T18:31:31.5Z 192.0.2.12 55014 443 - - - "-" - - '
+            b'Failed:UnmappedConnectionError -')
+    assert AlbConnectionFormat().parse(line, ()) == {
+        "time": "2024-04-05T18:31:31.5Z", "client_ip": "192.0.2.12", "client_port": 55014,
+        "listener_port": 443, "tls_verify_status": "Failed:UnmappedConnectionError"}
+
+
+@pytest.mark.parametrize(("line", "code"), [
+    (CONN_OK.rsplit(b" ", 2)[0], "field_count"),                       # 10 fields
+    (CONN_OK.replace(b" 55013 ", b" port "), "not_a_number"),
+    (CONN_OK.replace(b"2024-04-05T18:31:30", b"05/Apr/2024:18:31:30"), "bad_time"),
+    (CONN_OK.replace(b'"CN=client.alb-mtls-example.com,OU=IT,O=Company LLC,L=City,ST=State,C=US"',
+                     b"CN=client"), "malformed"),                       # subject not quoted
+])
+def test_malformed_alb_connection_lines(line: bytes, code: str) -> None:
+    with pytest.raises(ParseError) as ex:
+        AlbConnectionFormat().parse(line, ())
+    assert ex.value.code == code
+
+
+def test_an_alb_access_parser_rejects_connection_lines() -> None:
+    """Why connection logs need a format of their own: as ALB access lines they are errors."""
+    with pytest.raises(ParseError):
+        AlbFormat().parse(CONN_OK, ())
+
+
+def test_alb_connection_logs_are_detected_and_map_onto_their_table() -> None:
+    base = "AWSLogs/123456789012/elasticloadbalancing/us-east-2/2024/04/05"
+    conn = (f"{base}/conn_log.123456789012_elasticloadbalancing_us-east-2_app.my-lb."
+            "50dc6c495c0c9188_20240405T1835Z_192.0.2.1_2xhxdobf.log.gz")
+    access = (f"{base}/123456789012_elasticloadbalancing_us-east-2_app.my-lb.50dc6c495c0c9188_"
+              "20240405T1835Z_192.0.2.1_2xhxdobf.log.gz")
+    assert detect(conn) == "albconn" and detect(access) == "alb"
+    assert DEFAULT_TABLES["albconn"] == "AWSALBConnectionLogs_CL"
+    assert isinstance(text_format("albconn"), AlbConnectionFormat)
+    table = load_tables()["AWSALBConnectionLogs_CL"]
+    assert {".".join(c.source) for c in table.columns} == {n for n, _ in ALBCONN_FIELDS}
+    row = orjson.loads(Mapper(table).map_dict(AlbConnectionFormat().parse(CONN_OK, ()), "r1"))
+    assert row["TimeGenerated"] == "2024-04-05T18:31:30.000001Z"
+    assert (row["ClientPort"], row["ListenerPort"], row["TlsHandshakeLatency"]) == (55013, 443, 0.012)
+    assert row["TlsVerifyStatus"] == "Success" and row["ConnTraceId"] == "TID_1234abcd5678ef90"
+    assert row["RecordId"] == "r1"

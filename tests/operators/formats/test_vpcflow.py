@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 
 from operators.formats import ParseError
 from operators.formats.registry import detect, text_format
-from operators.formats.vpcflow import DEFAULT_FIELDS, FIELDS, INT_FIELDS, VpcFlowFormat
+from operators.formats.vpcflow import (
+    DEFAULT_FIELDS,
+    FIELDS,
+    INT_FIELDS,
+    TGW_FIELDS,
+    VpcFlowFormat,
+    parse_field_list,
+)
 from operators.schema import Mapper, MappingError, load_tables
 
 V2 = b" ".join(f.encode() for f in DEFAULT_FIELDS)
@@ -122,8 +129,8 @@ def test_a_wrong_field_count_names_both_counts() -> None:
                        ) as ex:
         fmt.parse(b"2 1 eni-1 10.0.0.1 10.0.0.2 1 2 6 1 40 1700000000 1700000001 ACCEPT", (V2,))
     assert ex.value.code == "field_count"
-    with pytest.raises(ParseError, match=r"expected 14 fields \(from the default version 2 "
-                                         r"format; no header line\), got 15"):
+    with pytest.raises(ParseError, match=r"no header line and 15 fields with version '3' is "
+                                         r"not a standard layout .*declare .* `fields`"):
         fmt.parse(b"3 1 eni-1 10.0.0.1 10.0.0.2 1 2 6 1 40 1700000000 1700000001 ACCEPT OK "
                   b"vpc-1", ())
     with pytest.raises(ParseError, match="expected 3 fields"):
@@ -280,3 +287,135 @@ def test_parsing_is_fast_enough() -> None:
             fmt.parse(line, (V2,))
     rate = len(lines) / (time.perf_counter() - t0)
     assert rate > 20_000, f"{rate:.0f} records/s"  # ~150k/s on one idle core
+
+
+# --------------------------------------------------------------------------- no header line
+
+# "Flow log record examples" > "Service name, traffic path, and flow direction": a custom
+# format and two of its records, as the AWS documentation gives them.
+DOC_V5_FORMAT = ("version srcaddr dstaddr srcport dstport protocol start end type packets bytes "
+                 "account-id vpc-id subnet-id instance-id interface-id region az-id "
+                 "sublocation-type sublocation-id action tcp-flags pkt-srcaddr pkt-dstaddr "
+                 "pkt-src-aws-service pkt-dst-aws-service traffic-path flow-direction log-status")
+DOC_V5_LINES = [
+    b"5 52.95.128.179 10.0.0.71 80 34210 6 1616729292 1616729349 IPv4 14 15044 123456789012 "
+    b"vpc-abcdefab012345678 subnet-aaaaaaaa012345678 i-0c50d5961bcb2d47b eni-1235b8ca123456789 "
+    b"ap-southeast-2 apse2-az3 - - ACCEPT 19 52.95.128.179 10.0.0.71 S3 - - ingress OK",
+    b"5 10.0.0.71 52.95.128.179 34210 80 6 1616729292 1616729349 IPv4 7 471 123456789012 "
+    b"vpc-abcdefab012345678 subnet-aaaaaaaa012345678 i-0c50d5961bcb2d47b eni-1235b8ca123456789 "
+    b"ap-southeast-2 apse2-az3 - - ACCEPT 3 10.0.0.71 52.95.128.179 - S3 8 egress OK",
+]
+DOC_V5_EGRESS = {
+    "version": 5, "srcaddr": "10.0.0.71", "dstaddr": "52.95.128.179", "srcport": 34210,
+    "dstport": 80, "protocol": 6, "start": 1616729292, "end": 1616729349, "type": "IPv4",
+    "packets": 7, "bytes": 471, "account-id": "123456789012", "vpc-id": "vpc-abcdefab012345678",
+    "subnet-id": "subnet-aaaaaaaa012345678", "instance-id": "i-0c50d5961bcb2d47b",
+    "interface-id": "eni-1235b8ca123456789", "region": "ap-southeast-2", "az-id": "apse2-az3",
+    "action": "ACCEPT", "tcp-flags": 3, "pkt-srcaddr": "10.0.0.71",
+    "pkt-dstaddr": "52.95.128.179", "pkt-dst-aws-service": "S3", "traffic-path": 8,
+    "flow-direction": "egress", "log-status": "OK"}
+
+
+@pytest.mark.parametrize("declared", [
+    DOC_V5_FORMAT,                                                   # plain names
+    " ".join(f"${{{n}}}" for n in DOC_V5_FORMAT.split()),           # the AWS format string
+    DOC_V5_FORMAT.split(),                                           # a list of names
+    [f"${{{n}}}" for n in DOC_V5_FORMAT.split()],                    # a list of ${field}s
+])
+def test_declared_fields_read_objects_without_a_header(declared: str | list[str]) -> None:
+    """CloudWatch Logs / Firehose delivery: no header line; the source declares the format."""
+    fmt = VpcFlowFormat(declared)
+    ingress, egress = (fmt.parse(line, ()) for line in DOC_V5_LINES)
+    assert egress == DOC_V5_EGRESS
+    assert ingress["flow-direction"] == "ingress" and ingress["pkt-src-aws-service"] == "S3"
+    assert "traffic-path" not in ingress  # "-": not supported for ingress; empty, not 0
+
+
+def test_the_registry_passes_declared_fields_to_vpcflow() -> None:
+    fmt = text_format("vpcflow", fields=[" ".join(f"${{{n}}}" for n in DOC_V5_FORMAT.split())])
+    assert isinstance(fmt, VpcFlowFormat)
+    assert fmt.parse(DOC_V5_LINES[1], ()) == DOC_V5_EGRESS
+
+
+def test_a_header_line_wins_over_declared_fields() -> None:
+    fmt = VpcFlowFormat(DOC_V5_FORMAT)
+    line = (b"2 123456789010 eni-1235b8ca123456789 172.31.16.139 172.31.16.21 20641 22 6 20 "
+            b"4249 1418530010 1418530070 ACCEPT OK")
+    assert records([V2, line], fmt)[0]["dstport"] == 22
+
+
+def test_a_record_that_does_not_fit_the_declared_fields_names_both_counts() -> None:
+    with pytest.raises(ParseError, match=r"expected 29 fields \(from the source's declared "
+                                         r"fields\), got 14") as ex:
+        VpcFlowFormat(DOC_V5_FORMAT).parse(
+            b"2 1 eni-1 10.0.0.1 10.0.0.2 1 2 6 1 40 1700000000 1700000001 ACCEPT OK", ())
+    assert ex.value.code == "field_count"
+
+
+@pytest.mark.parametrize("bad", ["", "${}", "${a} ${a}", []])
+def test_a_declared_field_list_must_name_distinct_fields(bad: str | list[str]) -> None:
+    with pytest.raises(ValueError, match="field"):
+        parse_field_list(bad)
+
+
+def _line(names: tuple[str, ...], version: str) -> tuple[bytes, dict]:
+    """A record naming every field, with plausible values (``-`` for the ECS fields)."""
+    value = {"version": version, "account-id": "123456789012", "srcaddr": "10.0.0.71",
+             "dstaddr": "52.95.128.179", "srcport": "34210", "dstport": "80", "protocol": "6",
+             "packets": "7", "bytes": "471", "start": "1616729292", "end": "1616729349",
+             "tcp-flags": "3", "traffic-path": "8", "packets-lost-no-route": "0",
+             "packets-lost-blackhole": "2", "packets-lost-mtu-exceeded": "0",
+             "packets-lost-ttl-expired": "0", "action": "ACCEPT", "log-status": "OK",
+             "type": "IPv4", "region": "ap-southeast-2", "flow-direction": "egress",
+             "resource-type": "TransitGatewayAttachment"}
+    values = [value.get(n, "-" if n.startswith(("ecs-", "sub", "pkt-src-aws")) else f"x-{n}")
+              for n in names]
+    rec = {n: int(v) if n in INT_FIELDS else v for n, v in zip(names, values, strict=True)
+           if v != "-"}
+    return " ".join(values).encode(), rec
+
+
+V5_ALL = FIELDS[:FIELDS.index("ecs-cluster-arn")]
+V7_ALL = FIELDS[:FIELDS.index("reject-reason")]
+
+
+@pytest.mark.parametrize(("names", "version"), [
+    (V5_ALL, "5"), (V7_ALL, "7"), (FIELDS, "8"), (TGW_FIELDS, "6")])
+def test_standard_layouts_are_recognised_by_their_field_count(names: tuple[str, ...],
+                                                              version: str) -> None:
+    """Every field of v2-v5, v2-v7, v2-v8 (the "Available fields" order), the TGW default."""
+    assert (len(V5_ALL), len(V7_ALL), len(FIELDS), len(TGW_FIELDS)) == (29, 39, 40, 36)
+    line, rec = _line(names, version)
+    assert VpcFlowFormat().parse(line, ()) == rec
+
+
+def test_a_transit_gateway_record_keeps_its_counters_as_numbers() -> None:
+    line, _ = _line(TGW_FIELDS, "6")
+    rec = VpcFlowFormat().parse(line, ())
+    assert rec["packets-lost-blackhole"] == 2 and rec["resource-type"] == "TransitGatewayAttachment"
+    assert rec["tgw-id"] == "x-tgw-id"
+
+
+@pytest.mark.parametrize(("names", "version"), [(V5_ALL, "3"), (FIELDS, "5"), (TGW_FIELDS, "2")])
+def test_a_standard_count_with_another_version_is_not_guessed(names: tuple[str, ...],
+                                                              version: str) -> None:
+    line, _ = _line(names, version)
+    with pytest.raises(ParseError, match=r"not a standard layout .*\$\{field\} format") as ex:
+        VpcFlowFormat().parse(line, ())
+    assert ex.value.code == "field_count"
+
+
+def test_cloudwatch_logs_message_lines_are_read() -> None:
+    """A CloudWatch Logs export / Firehose line: {"message": "<record>"}."""
+    line = (b"2 123456789010 eni-1235b8ca123456789 172.31.16.139 172.31.16.21 20641 22 6 20 "
+            b"4249 1418530010 1418530070 ACCEPT OK")
+    wrapped = orjson.dumps({"timestamp": 1418530070000, "message": line.decode()})
+    fmt = VpcFlowFormat()
+    assert not fmt.is_header(wrapped)
+    assert fmt.parse(wrapped, ()) == fmt.parse(line, ())
+    assert VpcFlowFormat(DOC_V5_FORMAT).parse(
+        orjson.dumps({"message": DOC_V5_LINES[1].decode()}), ()) == DOC_V5_EGRESS
+    for bad in (b'{"message": 5}', b'{"msg": "x"}', b"{not json"):
+        with pytest.raises(ParseError, match="message") as ex:
+            fmt.parse(bad, ())
+        assert ex.value.code == "malformed"
