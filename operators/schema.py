@@ -197,6 +197,8 @@ class _Node:
         self.attrs: dict[str, str] = {}
 
     def struct(self, name: str, forbid_unknown: bool = False) -> type:
+        """The msgspec type; with ``forbid_unknown`` a record with a member no column reads,
+        at any level, does not fit it (and takes the generic path, which keeps the member)."""
         fields, rename = [], {}
         for i, (key, child) in enumerate(sorted(self.children.items())):
             attr = f"f{i}"
@@ -205,7 +207,7 @@ class _Node:
             if child.leaf is not None:
                 fields.append((attr, child.leaf, None))
             else:
-                fields.append((attr, child.struct(f"{name}_{i}") | None, None))
+                fields.append((attr, child.struct(f"{name}_{i}", forbid_unknown) | None, None))
         return msgspec.defstruct(name, fields, rename=rename, gc=False,
                                  forbid_unknown_fields=forbid_unknown)
 
@@ -222,6 +224,58 @@ def _walk(v: Any, path: tuple[str, ...]) -> Any:
         if v is None:
             return None
     return v
+
+
+_Cover = dict[str, "_Cover | None"]
+"""What the columns read of a record: for each key, None when a column holds its whole value,
+else the same for its members (keys of an object, indexes of a list given as digits)."""
+
+
+def _cover(sources: list[tuple[str, ...]]) -> _Cover:
+    root: _Cover = {}
+    for path in sources:
+        node: _Cover | None = root
+        for part in path[:-1]:
+            if node is None:
+                break
+            node = node.setdefault(part, {})
+        if node is not None:
+            node[path[-1]] = None
+    return root
+
+
+def _leftovers(cover: _Cover, v: Any, path: str, out: dict[str, Any]) -> None:
+    """Put into ``out`` every member of ``v`` no column reads, under its dotted path
+    (``path`` is the prefix, "" or ending in a dot).
+
+    Top-level fields are kept whatever their value; a nested member only when it has one
+    (not null, ``{}`` or ``[]``: most AssumedRole events carry an empty
+    ``sessionContext.webIdFederationData``).
+    """
+    if isinstance(v, dict):
+        items: Any = v.items()
+    elif isinstance(v, list) and any(k.isdigit() for k in cover):
+        items = ((str(j), x) for j, x in enumerate(v))
+    else:  # a value where the columns expect members: kept whole
+        if path and v is not None and v != []:
+            out[path[:-1]] = v
+        return
+    for key, x in items:
+        if key not in cover:
+            if not path or (x is not None and x != {} and x != []):
+                out[path + key] = x
+        elif (sub := cover[key]) is not None:
+            _leftovers(sub, x, f"{path}{key}.", out)
+
+
+_NO_VALUE = (b"{}", b"[]", b"null")
+
+
+def _has_value(raw: msgspec.Raw) -> bool:
+    """Whether raw JSON text (longer than 8 bytes: the caller checks) is something other
+    than null, ``{}`` or ``[]``."""
+    b = bytes(raw)
+    return b not in _NO_VALUE and orjson.loads(b) not in (None, {}, [])
 
 
 def _split_path(path: tuple[str, ...], leaves: set[tuple[str, ...]]) -> int:
@@ -254,12 +308,16 @@ class Mapper:
     def __init__(self, table: TableDef) -> None:
         self.table = table
         self._id_column = table.record_id_column
-        # A column with source "*" holds every top-level field no other column reads.
+        # A column with source "*" holds every field no other column reads: top-level ones,
+        # and members of objects other columns read from (userIdentity.onBehalfOf, beside
+        # userIdentity.arn), under their dotted path.
         self._rest_column = next((c.name for c in table.columns if c.source == ("*",)), None)
         cols = self._cols = tuple(c for c in table.columns if c.source != ("*",))
         self._used_top = frozenset(c.source[0] for c in cols)
+        self._cover = _cover([c.source for c in cols])
         star = next((c for c in table.columns if c.source == ("*",)), None)
-        self._known_rest = [k for k in (star.known if star else ()) if k not in self._used_top]
+        known = star.known if star else ()
+        self._known_rest = [k for k in known if "." not in k and k not in self._used_top]
         self._truncated = [metrics.FIELDS_TRUNCATED.labels(table.name, c.name) for c in cols]
         self._index = {c.name: i for i, c in enumerate(cols)}
         leaves = {c.source for c in cols}
@@ -279,8 +337,25 @@ class Mapper:
                 node.leaf = msgspec.Raw
         for key in self._known_rest:  # read raw, gathered into the "*" column
             root.children.setdefault(key, _Node()).leaf = msgspec.Raw
-        # With a "*" column, a record with a top-level field no column reads takes the
-        # generic path (which collects it); on the fast path there is then nothing to collect.
+        self._known_nested: list[tuple[str, ...]] = []
+        for k in known if self._rest_column is not None else ():
+            path = tuple(k.split("."))
+            parent = self._struct_node(root, path[:-1]) if len(path) > 1 else None
+            if parent is not None and path[-1] not in parent.children:
+                parent.children[path[-1]] = leaf = _Node()
+                leaf.leaf = msgspec.Raw
+                self._known_nested.append(path)
+        # Objects kept raw (cut before a list index) whose members columns read in part:
+        # the members no column reads are found in the parsed value.
+        self._raw_parents: list[tuple[tuple[str, ...], _Cover]] = []
+        for col, cut in zip(cols, cuts, strict=False):
+            sub = self._cover_at(col.source[:cut])
+            if self._rest_column is not None and sub is not None and all(
+                    h != col.source[:cut] for h, _ in self._raw_parents):
+                self._raw_parents.append((col.source[:cut], sub))
+        # With a "*" column, a record with a field no column reads (at any level, bar the
+        # known ones) takes the generic path, which collects it; on the fast path there is
+        # then nothing else to collect.
         self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(
             root.struct(f"{table.name}Record", forbid_unknown=self._rest_column is not None))
         self._rest = [c.source[cut:] for c, cut in zip(cols, cuts, strict=False)]
@@ -295,6 +370,25 @@ class Mapper:
         self._sources = {c.name: ".".join(c.source) for c in cols}
         self._encode = msgspec.json.Encoder().encode
         self._map_struct = self._compile(root, cuts)
+
+    @staticmethod
+    def _struct_node(root: _Node, path: tuple[str, ...]) -> _Node | None:
+        """The node at ``path`` when it is decoded as a struct (not kept raw), else None."""
+        node: _Node | None = root
+        for part in path:
+            node = node.children.get(part) if node is not None else None
+            if node is None or node.leaf is not None:
+                return None
+        return node
+
+    def _cover_at(self, path: tuple[str, ...]) -> _Cover | None:
+        """What columns read of the value at ``path`` (None: all of it)."""
+        node: _Cover | None = self._cover
+        for part in path:
+            if node is None:
+                return None
+            node = node.get(part)
+        return node
 
     def _compile(self, root: _Node, cuts: list[int]) -> _MapStruct:
         """Generate the function that reads every column from a decoded record.
@@ -339,19 +433,33 @@ class Mapper:
                     lines.append(f"        if type(v) is not int: _exact({i}, v, x, row)")
             if col.required:
                 lines.append(f"    else: _missing({col.name!r})")
-        if self._known_rest:
+        known = [(("rec", root.attrs[top]), top) for top in self._known_rest]
+        for path in self._known_nested:
+            node, var = root, "rec"
+            for depth, part in enumerate(path[:-1]):
+                var = parents[path[:depth + 1]]  # a struct some column reads from
+                node = node.children[part]
+            known.append(((var, node.attrs[path[-1]]), ".".join(path)))
+        if known or self._raw_parents:
             lines.append("    r = None")
-            for top in self._known_rest:
-                lines += [f"    if (x := rec.{root.attrs[top]}) is not None:",
+            for (var, attr), name in known:  # nested members only when they have a value
+                test = (f"(x := rec.{attr}) is not None" if var == "rec" else
+                        f"{var} is not None and (x := {var}.{attr}) is not None "
+                        "and (len(x) > 8 or _has(x))")
+                lines += [f"    if {test}:",
                           "        if r is None: r = {}",
-                          f"        r[{top!r}] = x"]
+                          f"        r[{name!r}] = x"]
+            for k, (head, _) in enumerate(self._raw_parents):
+                var = parents[head]
+                lines.append(f"    if {var} is not None: r = _raw_rest({k}, {var}, parsed, r)")
             lines.append(f"    if r is not None: row.setdefault({self._rest_column!r}, {{}})"
                          ".update(r)")
         lines.append("    return row")
         ns: dict[str, Any] = {
             "_iso": _ISO_UTC.match, "_c": self._coerce_i, "_s": _to_string,
             "_lim": lambda i, x: _limit(x, self._truncated[i]), "_missing": self._missing,
-            "_deferred": self._deferred, "_exact": self._exact}
+            "_deferred": self._deferred, "_exact": self._exact, "_raw_rest": self._raw_rest,
+            "_has": _has_value}
         exec("\n".join(lines), ns)  # noqa: S102 (code generated from validated column names)
         return ns["_map"]
 
@@ -398,6 +506,22 @@ class Mapper:
             value = entry[1] = orjson.loads(text)
         return _walk(value, self._rest[i])
 
+    def _raw_rest(self, k: int, raw: msgspec.Raw, parsed: dict[int, Any],
+                  r: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The members of a raw object (``_raw_parents[k]``) no column reads, added to ``r``."""
+        head, cover = self._raw_parents[k]
+        entry = parsed.get(id(raw))
+        if entry is None:
+            entry = parsed[id(raw)] = [bytes(raw), _UNPARSED]
+        if entry[1] is _UNPARSED:
+            entry[1] = orjson.loads(entry[0])
+        out: dict[str, Any] = {}
+        _leftovers(cover, entry[1], ".".join(head) + ".", out)
+        if out:
+            r = {} if r is None else r
+            r.update(out)
+        return r
+
     def _exact(self, i: int, v: Any, cut: Any, row: dict[str, Any]) -> None:
         """Keep a value that a ``truncate`` column cut, as it came, in the ``*`` column."""
         try:
@@ -439,7 +563,8 @@ class Mapper:
             elif required:
                 self._missing(name)
         if self._rest_column is not None:
-            rest = {k: v for k, v in rec.items() if k not in self._used_top}
+            rest: dict[str, Any] = {}
+            _leftovers(self._cover, rec, "", rest)
             if rest:
                 row.setdefault(self._rest_column, {}).update(rest)
         row[self._id_column] = record_id

@@ -71,8 +71,9 @@ class Column:
     allowed: tuple[Any, ...] | None = None
     """When set, a value (after coercion) outside these is refused: the record is quarantined."""
     known: tuple[str, ...] = ()
-    """For a ``*`` column: top-level fields expected there, read on the fast path (any other
-    unmapped field sends the record down the generic path, which is slower)."""
+    """For a ``*`` column: fields expected there, read on the fast path (any other unmapped
+    field sends the record down the generic path, which is slower): top-level names, or the
+    dotted path of a member of an object other columns read from (``userIdentity.onBehalfOf``)."""
     truncate: bool = False
     """For an ``int``/``long`` column: a number with a fraction (GuardDuty's severity 5.5) is
     cut toward zero, as KQL's ``toint()`` in the service's own connector does, and the exact
@@ -151,6 +152,7 @@ class TableDef:
                                   bool(col.get("json", False)),
                                   tuple(col["allowed"]) if col.get("allowed") else None,
                                   tuple(col.get("known") or ()), truncate))
+        problems += _known_problems(columns)
         if not columns:
             problems.append("a table needs at least one column")
         elif "TimeGenerated" not in seen:
@@ -162,6 +164,24 @@ class TableDef:
         output = str(data.get("output_stream") or
                      (f"Microsoft-{name}" if kind == "standard" else f"Custom-{name}"))
         return cls(name, kind, stream, output, tuple(columns), str(data.get("description", "")))
+
+
+def _known_problems(columns: list[Column]) -> list[str]:
+    """A dotted ``known`` path must name a member no column reads of an object columns read."""
+    sources = [c.source for c in columns if c.source != ("*",)]
+    problems = []
+    for col in columns:
+        for k in col.known if col.source == ("*",) else ():
+            path = tuple(k.split("."))
+            if len(path) == 1:
+                continue
+            parent = path[:-1]
+            if any(s[:len(path)] == path or path[:len(s)] == s for s in sources) or not any(
+                    len(s) > len(parent) and s[:len(parent)] == parent for s in sources):
+                problems.append(f"columns[{col.name}]: known {k!r} is not an unmapped member of an "
+                                "object other columns read from (as userIdentity.onBehalfOf "
+                                "beside userIdentity.arn)")
+    return problems
 
 
 def load_tables(extra_dir: str | Path | None = None,
