@@ -127,8 +127,17 @@ def test_faults_are_retried_and_nothing_is_lost(clean: LocalStack, seeded: Seede
     cfg = write_config(tmp_path / "flow.toml", max_bytes=200_000)
     run_flow(clean, cfg, tmp_path / "errors", "-w", "2")
     assert _check_trail(clean, seeded) == 0
-    statuses = collections.Counter(r["status"] for r in clean.admin().requests())
+    requests = clean.admin().requests()
+    statuses = collections.Counter(r["status"] for r in requests)
     assert statuses[429] == 2 and statuses[503] == 2 and statuses[500] == 1
+    # A retry keeps its request's x-ms-client-request-id (what DCRLogErrors reports): every
+    # id that failed was accepted later under the same id, and no id was accepted twice.
+    by_id: dict[str, list[int | None]] = collections.defaultdict(list)
+    for r in requests:
+        by_id[r["client_request_id"]].append(r["status"])
+    failed = [cid for cid, seen in by_id.items() if any(s != 204 for s in seen)]
+    assert failed and all(by_id[cid][-1] == 204 for cid in failed), by_id
+    assert all(seen.count(204) <= 1 for seen in by_id.values())
     _check_requests(clean)
 
 
