@@ -24,8 +24,6 @@ monitoring thread, never from the dataflow's hot loop.
 from __future__ import annotations
 
 import collections
-import datetime as dt
-import email.utils
 import http.client
 import json
 import logging
@@ -38,7 +36,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from dataflow.core.backoff import delay_secs
+from dataflow.core.backoff import delay_secs, retry_after_secs
 
 __all__ = [
     "Alert",
@@ -243,22 +241,6 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
-
 
 class WebhookNotifier:
     """Posts alerts to Teams and Slack webhooks (see the module docstring).
@@ -377,7 +359,7 @@ class WebhookNotifier:
             except (OSError, http.client.HTTPException):
                 text = ""
             why = f"HTTP {ex.code}{': ' + text if text else ''}"
-            return ex.code, _retry_after(ex.headers.get("Retry-After")), self._safe(why, target)
+            return ex.code, retry_after_secs(ex.headers.get("Retry-After")), self._safe(why, target)
         except (urllib.error.URLError, OSError, http.client.HTTPException) as ex:
             reason = getattr(ex, "reason", None) or ex
             return None, None, self._safe(f"{type(ex).__name__}: {reason}", target)

@@ -7,11 +7,9 @@ sink retries instead, with metrics, jitter and a deadline.
 
 from __future__ import annotations
 
-import email.utils
 import io
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from azure.core.exceptions import (
@@ -24,6 +22,7 @@ from azure.monitor.ingestion import LogsIngestionClient
 
 from connectors.sentinel.config import SentinelConfig
 from connectors.sentinel.errors import DeliveryError
+from dataflow.core.backoff import retry_after_secs
 
 __all__ = ["IngestionService", "make_credential", "retry_after_secs"]
 
@@ -92,21 +91,3 @@ def _classify(ex: HttpResponseError, request_id: str) -> DeliveryError:
                          request_id=request_id,
                          service_request_id=headers.get("x-ms-request-id") or "",
                          correlation_id=headers.get("x-ms-correlation-request-id") or "")
-
-
-def retry_after_secs(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date (RFC 9110
-    allows both); None when absent or unreadable. A date in the past means no wait."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:  # "-0000": UTC, with no claim about the local zone
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())

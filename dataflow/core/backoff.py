@@ -8,11 +8,12 @@ bytewax's ``next_awake``); :class:`Backoff` keeps that state, :func:`delay_secs`
 
 from __future__ import annotations
 
+import email.utils
 import random
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-__all__ = ["Backoff", "delay_secs"]
+__all__ = ["Backoff", "delay_secs", "retry_after_secs"]
 
 
 def delay_secs(attempt: int, base_secs: float, cap_secs: float, *, full_jitter: bool = True,
@@ -51,3 +52,21 @@ class Backoff:
     def reset(self) -> None:
         """The operation succeeded: the next failure starts from the first wait again."""
         self.attempts = 0
+
+
+def retry_after_secs(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date (RFC 9110
+    allows both); None when absent or unreadable. A date in the past means no wait."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # "-0000": UTC, with no claim about the local zone
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())

@@ -279,7 +279,7 @@ def test_retry_after_as_an_http_date_is_honoured(cfg: SentinelConfig,
 def test_retry_after_secs_reads_seconds_and_http_dates() -> None:
     from datetime import UTC, datetime
 
-    from connectors.sentinel.service import retry_after_secs
+    from dataflow.core.backoff import retry_after_secs
 
     now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
     assert retry_after_secs("7", now) == 7.0
