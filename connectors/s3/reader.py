@@ -191,6 +191,7 @@ class ObjectReader:
         done: Finished | None = None
         track, emitted = self._track, self._emitted
         fmt = r.ref.format
+        envelopes = fmt == "guardduty"  # decided once per object, not per record
         try:
             for rec in r.records:
                 if isinstance(rec, UnreadableRecord):  # too large or too deep: that record only
@@ -198,7 +199,7 @@ class ObjectReader:
                     out.append(self._unreadable(r.ref, rec))
                 else:
                     offset, data, header = rec
-                    if is_empty_envelope(fmt, data):  # nothing to send: not emitted, not waited on
+                    if envelopes and is_empty_envelope(fmt, data):  # not emitted, not waited on
                         r.next_offset = offset + 1
                         metrics.RECORDS_SKIPPED_EMPTY.labels(self._src.name, fmt).inc()
                         continue
