@@ -21,11 +21,29 @@ install() {
   fi
 }
 
+install_kusto() {
+  # The Kusto language service (npm) behind devstack/kusto, which the KQL tests run in node.
+  # Re-install only when package-lock.json changed since the last install; npm ci writes
+  # node_modules/.package-lock.json, touched here as the stamp.
+  local dir=devstack/kusto
+  local stamp="$dir/node_modules/.package-lock.json"
+  if [ ! -f "$stamp" ] || [ "$dir/package-lock.json" -nt "$stamp" ]; then
+    if ! command -v npm >/dev/null 2>&1; then
+      echo "run.sh: npm not found; the tests need Node.js and npm to install the Kusto" \
+        "language service ($dir/package.json). Install Node.js (with npm) and re-run." >&2
+      exit 1
+    fi
+    npm ci --prefix "$dir" --no-audit --no-fund
+    touch "$stamp"
+  fi
+}
+
 cmd=${1:-demo}
 case "$cmd" in
   test)
     shift
     install test
+    install_kusto
     exec python -m pytest "$@"
     ;;
   demo)
