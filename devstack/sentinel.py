@@ -9,7 +9,8 @@ Run standalone (for subprocess tests)::
 
     python -m devstack.sentinel --workdir DIR --rules-json '{"dcr-1": {"Custom-X": null}}'
 
-which writes ``DIR/sentinel.json`` once listening and serves until SIGTERM/SIGINT. Other
+(``--rules-json`` also takes DCR definitions, see :mod:`devstack.dcrdef`), which writes
+``DIR/sentinel.json`` once listening and serves until SIGTERM/SIGINT. Other
 processes drive it through :class:`EmulatorAdmin` or the ``/_emulator/*`` HTTP API.
 """
 
@@ -31,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from devstack.dcrdef import DcrDefinitionError
 from devstack.sentinel_handler import EmulatorServer, SentinelRequestHandler
 from devstack.sentinel_state import IDENTITY_PATH, EmulatorState, FaultScript, RequestLog
 from devstack.tls import TlsFiles, client_ssl_context, make_ca_and_server_cert, server_ssl_context
@@ -40,6 +42,7 @@ __all__ = [
     "RequestLog",
     "FaultScript",
     "EmulatorAdmin",
+    "DcrDefinitionError",
     "wait_for_info_file",
     "INFO_FILE_NAME",
     "main",
@@ -53,7 +56,19 @@ class SentinelEmulator:
 
     ``rules`` maps a DCR immutable id to its streams; each stream maps to its declared column
     names, or ``None`` to accept any columns. Undeclared columns are dropped like the real
-    service does and counted in :meth:`dropped_columns`. Use as a context manager or call
+    service does and counted in :meth:`dropped_columns`.
+
+    A rule may instead be a DCR definition (:mod:`devstack.dcrdef`: stream declarations with
+    column types, data flows with their transformation and output stream, destination table
+    schemas, per-DCR limits and the one managed identity allowed to ingest). Such a rule is
+    validated like Azure Resource Manager validates a deployment (:class:`DcrDefinitionError`
+    here), enforces its limits (429 with ``Retry-After``; see :meth:`rule_stats`), refuses
+    other identities (403) and stores what the service would: values that do not fit their
+    column's type become null (:meth:`dropped_values`), the transformation is applied, and
+    output columns the destination table cannot take are dropped
+    (:meth:`dropped_table_columns`). Legacy rules stay unlimited.
+
+    Use as a context manager or call
     :meth:`start` / :meth:`stop`; ``stop`` then ``start`` again reuses the same port and state
     (handy to simulate an outage).
     """
@@ -61,7 +76,7 @@ class SentinelEmulator:
     def __init__(
         self,
         *,
-        rules: Mapping[str, Mapping[str, Sequence[str] | None]],
+        rules: Mapping[str, Mapping[str, Any]],
         host: str = "127.0.0.1",
         port: int = 0,
         workdir: Path | None = None,
@@ -195,9 +210,12 @@ class SentinelEmulator:
         }
 
     # -- inspection and control --------------------------------------------------------------
-    def records(self, stream: str | None = None) -> list[dict[str, Any]]:
-        """Every accepted record (declared columns only), in arrival order. Do not mutate."""
-        return self._state.records(stream)
+    def records(self, stream: str | None = None, table: str | None = None,
+                ) -> list[dict[str, Any]]:
+        """Every accepted record (declared columns only), in arrival order, optionally for one
+        stream and/or destination table (rules given as DCR definitions store one record per
+        row and data flow, as processed by it). Do not mutate."""
+        return self._state.records(stream, table)
 
     def requests(self) -> list[RequestLog]:
         """One entry per ingestion request, accepted or not, in arrival order."""
@@ -206,6 +224,20 @@ class SentinelEmulator:
     def dropped_columns(self, stream: str) -> dict[str, int]:
         """Undeclared column name -> number of records it was dropped from, for ``stream``."""
         return self._state.dropped_columns(stream)
+
+    def dropped_values(self, stream: str) -> dict[str, int]:
+        """Declared column -> number of records of ``stream`` whose value did not fit the
+        column's type and was stored as null (DCR definitions only)."""
+        return self._state.dropped_values(stream)
+
+    def dropped_table_columns(self, table: str) -> dict[str, int]:
+        """Output column -> number of records it was dropped from on the way into destination
+        ``table`` (not a column of the table, or of a type it cannot take)."""
+        return self._state.dropped_table_columns(table)
+
+    def rule_stats(self) -> dict[str, dict[str, Any]]:
+        """Per-rule counters and limits, as served by ``GET /_emulator/rules``."""
+        return self._state.rule_stats()
 
     def summary(self) -> dict[str, Any]:
         """Per-stream counters, as served by ``GET /_emulator/summary``."""
@@ -224,7 +256,8 @@ class SentinelEmulator:
         return self._state.set_secret(name, value)
 
     def reset(self) -> None:
-        """Clear records, request log, dropped-column counts and faults (not tokens/secrets)."""
+        """Clear records, request log, dropped-column and dropped-value counts, the rules'
+        limit windows and counters, and faults (not tokens/secrets)."""
         self._state.reset()
 
 
@@ -255,9 +288,11 @@ class EmulatorAdmin:
             body = resp.read()
         return json.loads(body) if body else None
 
-    def records(self, stream: str | None = None) -> list[dict[str, Any]]:
-        """Accepted records, optionally for one stream."""
-        query = "" if stream is None else "?" + urllib.parse.urlencode({"stream": stream})
+    def records(self, stream: str | None = None, table: str | None = None,
+                ) -> list[dict[str, Any]]:
+        """Accepted records, optionally for one stream and/or destination table."""
+        params = {k: v for k, v in (("stream", stream), ("table", table)) if v is not None}
+        query = "?" + urllib.parse.urlencode(params) if params else ""
         return self._call("GET", "records" + query)
 
     def requests(self) -> list[dict[str, Any]]:
@@ -267,6 +302,10 @@ class EmulatorAdmin:
     def summary(self) -> dict[str, Any]:
         """Per-stream counters."""
         return self._call("GET", "summary")
+
+    def rule_stats(self) -> dict[str, dict[str, Any]]:
+        """Per-rule counters and limits (see :meth:`SentinelEmulator.rule_stats`)."""
+        return self._call("GET", "rules")
 
     def set_faults(self, faults: Sequence[Mapping[str, Any]]) -> None:
         """Replace the fault script."""
@@ -281,7 +320,7 @@ class EmulatorAdmin:
         return self._call("POST", "secrets", {"name": name, "value": value})["version"]
 
     def reset(self) -> None:
-        """Clear records, requests and faults."""
+        """Clear records, requests, drop counts, rule windows and counters, and faults."""
         self._call("POST", "reset", {})
 
 
@@ -313,7 +352,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--rules-json", required=True,
-        help='DCR rules: {"dcr-id": {"Custom-Stream": null | ["Col", ...]}}',
+        help='DCR rules: {"dcr-id": {"Custom-Stream": null | ["Col", ...]}} or DCR '
+             'definitions {"dcr-id": {"streams": {...}, "flows": [...], ...}} '
+             "(see devstack/dcrdef.py)",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
@@ -344,11 +385,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    emulator = SentinelEmulator(
-        rules=rules, host=args.host, port=args.port, workdir=workdir,
-        token_ttl_secs=args.token_ttl_secs, secrets=secrets,
-        store_records=not args.no_store_records,
-    )
+    try:
+        emulator = SentinelEmulator(
+            rules=rules, host=args.host, port=args.port, workdir=workdir,
+            token_ttl_secs=args.token_ttl_secs, secrets=secrets,
+            store_records=not args.no_store_records,
+        )
+    except ValueError as exc:  # DcrDefinitionError included: the "deployment" is refused
+        print(f"sentinel emulator: invalid rules: {exc}", file=sys.stderr)
+        return 2
     with emulator:
         _write_json_atomically(info_path, emulator.info())
         print(f"sentinel emulator listening on {emulator.endpoint}", file=sys.stderr, flush=True)

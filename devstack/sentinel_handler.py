@@ -33,6 +33,7 @@ from devstack.sentinel_state import (  # noqa: F401 (re-exported)
     IDENTITY_PATH,
     MAX_BODY_BYTES,
     MONITOR_RESOURCE,
+    TENANT_ID,
     VAULT_RESOURCE,
     EmulatorState,
     RequestLog,
@@ -298,7 +299,8 @@ class SentinelRequestHandler(BaseHTTPRequestHandler):
             return finish(400, "MissingApiVersionParameter",
                           "The api-version query parameter is required for all requests.")
         token = self._bearer()
-        resource = state.token_resource(token) if token else None
+        token_info = state.token_info(token) if token else None
+        resource, token_client = token_info if token_info else (None, None)
         if resource is None:
             reason = "missing" if token is None else "invalid or expired"
             return finish(401, "InvalidAuthenticationToken",
@@ -311,6 +313,22 @@ class SentinelRequestHandler(BaseHTTPRequestHandler):
         if rule not in state.rules:
             return finish(404, "InvalidDataCollectionRule",
                           f"Data collection rule with immutable Id '{rule}' not found.")
+        dcr = state.dcrs.get(rule)
+        if dcr is not None and dcr.identity is not None and token_client != dcr.identity:
+            # What the service answers when the caller lacks 'Monitoring Metrics Publisher'
+            # on the DCR (azure-monitor-ingestion's TROUBLESHOOTING.md quotes it).
+            arm_id = (f"/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/"
+                      f"emulator/providers/Microsoft.Insights/dataCollectionRules/{dcr.name}")
+            return finish(403, "OperationFailed",
+                          "The authentication token provided does not have access to ingest "
+                          f"data for the data collection rule with immutable Id '{rule}' "
+                          "PipelineAccessResult: AccessGranted: False, IsRbacPresent: False, "
+                          f"IsDcrDceBindingValid: , DcrArmId: {arm_id}, Message: Required "
+                          f"authorization action was not found for tenantId {TENANT_ID} "
+                          f"objectId {token_client or 'unknown'} on resourceId {arm_id} "
+                          f"ConfigurationId: {rule}.. (emulator: only managed identity client "
+                          f"id '{dcr.identity}' has 'Monitoring Metrics Publisher' on this DCR; "
+                          f"the token was issued to {token_client or 'no known client id'})")
         columns = state.rules[rule].get(stream, ...)
         if columns is ...:
             return finish(404, "InvalidStream", f"Stream '{stream}' is not declared in data "
@@ -371,6 +389,23 @@ class SentinelRequestHandler(BaseHTTPRequestHandler):
                 if needle in orjson.dumps(row).decode():
                     return finish(400, "InvalidPayload", f"Row {i} of the request was refused: "
                                   f"it contains {needle!r}.", fault=kind)
+        throttled = state.admit(rule, uncompressed, len(rows))
+        if throttled is not None:
+            retry_after, which = throttled
+            label = dcr.label if dcr is not None else f"DCR {rule!r}"
+            return finish(429, "TooManyRequests",
+                          f"{label}: the request would exceed {which}. Retry after "
+                          f"{retry_after} seconds.", fault=kind,
+                          headers={"Retry-After": str(retry_after)})
+        accepted = kind != "drop_after_accept"
+        entry = RequestLog(**base, status=204, error_code=None, wire_bytes=wire,
+                           uncompressed_bytes=uncompressed, record_count=len(rows),
+                           fault=kind, request_id=request_id if accepted else None)
+        if dcr is not None:
+            state.log_dcr_request(entry, dcr.ingest(stream, rows))
+            if not accepted:
+                raise _Drop()
+            return self._send(204, headers={"x-ms-request-id": request_id})
         dropped: Counter[str] = Counter()
         if columns is not None:
             kept = []
@@ -381,11 +416,7 @@ class SentinelRequestHandler(BaseHTTPRequestHandler):
                     row = {k: v for k, v in row.items() if k in columns}
                 kept.append(row)
             rows = kept
-        accepted = kind != "drop_after_accept"
-        state.log_request(RequestLog(**base, status=204, error_code=None, wire_bytes=wire,
-                                     uncompressed_bytes=uncompressed, record_count=len(rows),
-                                     fault=kind, request_id=request_id if accepted else None),
-                          rows, dropped)
+        state.log_request(entry, rows, dropped)
         if not accepted:
             raise _Drop()
         self._send(204, headers={"x-ms-request-id": request_id})
@@ -401,7 +432,11 @@ class SentinelRequestHandler(BaseHTTPRequestHandler):
         resource = query.get("resource", "")
         if not resource:
             return self._json(400, {"statusCode": 400, "message": "resource is required."})
-        token, expires_on = state.issue_token(resource)
+        # Which identity the token is for: the user-assigned one named by client_id, the
+        # system-assigned one (CLIENT_ID) when none is named, unknown when named otherwise.
+        client_id = query.get("client_id") or (
+            None if query.get("mi_res_id") or query.get("object_id") else CLIENT_ID)
+        token, expires_on = state.issue_token(resource, client_id)
         self._json(200, {"access_token": token, "expires_on": str(expires_on),
                          "resource": resource, "token_type": "Bearer",
                          "client_id": query.get("client_id") or CLIENT_ID})
@@ -448,11 +483,13 @@ class SentinelRequestHandler(BaseHTTPRequestHandler):
             except (ValueError, orjson.JSONDecodeError) as exc:
                 return self._error(400, "InvalidPayload", f"admin body is not valid JSON: {exc}")
         if (method, action) == ("GET", "records"):
-            return self._json(200, state.records(query.get("stream")))
+            return self._json(200, state.records(query.get("stream"), query.get("table")))
         if (method, action) == ("GET", "requests"):
             return self._json(200, state.requests())
         if (method, action) == ("GET", "summary"):
             return self._json(200, state.summary())
+        if (method, action) == ("GET", "rules"):
+            return self._json(200, state.rule_stats())
         if (method, action) == ("GET", "health"):
             return self._json(200, {"ok": True})
         if (method, action) == ("POST", "reset"):
