@@ -83,9 +83,11 @@ def _mac_data(name: str, body: bytes) -> bytes:
     return name.encode() + b"\x00" + body
 
 
-def _encode_line(name: str, t: float, ranges: dict[str, Any], keyring: Any) -> bytes:
-    """One journal line (with its newline), authenticated when there is a keyring."""
-    body = orjson.dumps({"t": t, "r": ranges})
+def _encode_line(name: str, t: float, ranges: dict[str, Any], keyring: Any,
+                 via: str | None = None) -> bytes:
+    """One journal line (with its newline), authenticated when there is a keyring; ``via``
+    names what accepted the records (a DCR's immutable id)."""
+    body = orjson.dumps({"t": t, "r": ranges} if via is None else {"t": t, "r": ranges, "d": via})
     if keyring is None:
         return body + b"\n"
     kid, tag = keyring.mac(_mac_data(name, body), _MAC_PURPOSE)
@@ -116,7 +118,8 @@ def _decode_line(name: str, line: bytes,
         tag = base64.b64decode(str(mac), validate=True)
     except (binascii.Error, ValueError):
         return None, "malformed"
-    body = orjson.dumps({"t": entry["t"], "r": entry["r"]})
+    body = orjson.dumps({"t": entry["t"], "r": entry["r"]} if "d" not in entry else
+                        {"t": entry["t"], "r": entry["r"], "d": entry["d"]})
     try:
         keyring.verify_mac(str(kid), _mac_data(name, body), tag, _MAC_PURPOSE)
     except ValueError:  # connectors.ops.crypto.DecryptError
@@ -229,20 +232,24 @@ class Ledger:
         i = bisect.bisect_right(rs, [offset, float("inf")]) - 1
         return i >= 0 and rs[i][0] <= offset < rs[i][1]
 
-    def record(self, record_ids: Iterable[str]) -> None:
-        """Journal records the service has just accepted (durable when this returns)."""
+    def record(self, record_ids: Iterable[str], via: str | None = None) -> None:
+        """Journal records the service has just accepted (durable when this returns).
+
+        :arg via: What accepted them (the DCR's immutable id), kept on the line until the
+            journal is compacted.
+        """
         by_obj: dict[str, list[int]] = {}
         for rid in record_ids:
             obj, offset = _split_id(rid)
             by_obj.setdefault(obj, []).append(offset)
-        self.record_ranges({obj: _ranges(offs) for obj, offs in by_obj.items()})
+        self.record_ranges({obj: _ranges(offs) for obj, offs in by_obj.items()}, via)
 
-    def record_ranges(self, ranges: dict[str, list[list[int]]]) -> None:
+    def record_ranges(self, ranges: dict[str, list[list[int]]], via: str | None = None) -> None:
         """Journal half-open offset ranges per object id (durable when this returns)."""
         if not ranges:
             return
         now = time.time()
-        self._file.write(_encode_line(self._name, now, ranges, self._keyring))
+        self._file.write(_encode_line(self._name, now, ranges, self._keyring, via))
         self._file.flush()
         os.fsync(self._file.fileno())
         self._add(ranges, now, own=True)

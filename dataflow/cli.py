@@ -16,20 +16,30 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.metadata
+import json
 import os
 import sys
 from pathlib import Path
 
 from connectors.aws import s3_client
 from connectors.deadletter import DeadLetterStore
+from connectors.sentinel.config import DEFAULT_TARGET, TargetConfig
 from dataflow.config import ENV_CONFIG_PATH, ConfigError, SourceConfig, load_config
 from dataflow.core.files import FILE_MODE, private_dir
-from dataflow.dcr import dcr_template
+from dataflow.dcr import (
+    PlannedDcr,
+    deploy_template,
+    plan_dcrs,
+    targets_from_outputs,
+    targets_toml,
+)
 from dataflow.keys import keyring_for
 from dataflow.preview import preview
 from dataflow.replay import parse_since, replay
 from dataflow.tables import tables_for
+from dataflow.targets import check_targets, legacy_warning, sent_streams
 from operators.formats.registry import DEFAULT_TABLES
 from operators.parse import RecordMapper
 from operators.schema import TableError, load_tables
@@ -86,6 +96,9 @@ def _validate(args: argparse.Namespace) -> int:
         cfg = load_config(args.config)
         tables = tables_for(cfg)
         RecordMapper(cfg.sources, tables, cfg.batch.max_bytes)
+        problems = check_targets(cfg, tables)
+        if problems:
+            raise ConfigError(problems, origin=str(args.config))
         if cfg.ops.health_table and cfg.ops.health_table not in tables:
             msg = (f"ops.health_table: no table {cfg.ops.health_table!r}; use the shipped "
                    "S3SentinelHealth_CL or declare it under [[tables]]")
@@ -94,6 +107,9 @@ def _validate(args: argparse.Namespace) -> int:
         print(str(ex).strip("'\""), file=sys.stderr)
         return 1
     names = ", ".join(_describe(s) for s in cfg.sources)
+    warning = legacy_warning(cfg, tables)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{args.config}: valid; sources: {names}")
     return 0
 
@@ -155,22 +171,83 @@ def _preview(args: argparse.Namespace) -> int:
         return 1
 
 
-def _dcr(args: argparse.Namespace) -> int:
-    import json
-
-    cfg = load_config(args.config) if args.config is not None else None
-    tables = tables_for(cfg) if cfg else load_tables()
-    wanted = [t for t in (args.tables or "").split(",") if t] or sorted(tables)
-    unknown = [t for t in wanted if t not in tables]
-    if unknown:
-        print(f"dcr: unknown tables {unknown}; defined: {', '.join(sorted(tables))}",
+def _deploy(args: argparse.Namespace) -> int:
+    """The ARM template of one target: the config's declared DCRs, or a plan of them."""
+    try:
+        cfg = load_config(args.config, need_target=False) if args.config is not None else None
+        tables = tables_for(cfg) if cfg else load_tables()
+        fanout = dict(_fanout(f) for f in args.fanout or ())
+    except (ConfigError, TableError, ValueError) as ex:
+        print(f"deploy: {ex}", file=sys.stderr)
+        return 2
+    declared = [t for t in cfg.targets if args.target in (None, t.name)] if cfg else []
+    if cfg and cfg.targets and args.target is None and len(cfg.targets) > 1:
+        print("deploy: the config has several targets (one template each: they may be other "
+              f"tenants); pick one with --target: {', '.join(t.name for t in cfg.targets)}",
               file=sys.stderr)
         return 2
-    text = json.dumps(dcr_template(tables[t] for t in wanted), indent=2) + "\n"
+    if declared and not args.replan:
+        target = declared[0].name
+        plan = [PlannedDcr(d.name, tuple(d.streams)) for d in declared[0].dcrs]
+    else:
+        if args.tables:
+            wanted = [t for t in args.tables.split(",") if t]
+        elif cfg is not None:
+            sent = sent_streams(cfg, tables)
+            streams = sent.get(args.target, {}) if args.target else set().union(*sent.values())
+            wanted = [t.name for t in tables.values() if t.stream in streams]
+        else:
+            wanted = sorted(tables)
+        unknown = [t for t in wanted if t not in tables]
+        if unknown:
+            print(f"deploy: unknown tables {unknown}; defined: {', '.join(sorted(tables))}",
+                  file=sys.stderr)
+            return 2
+        target = args.target or (declared[0].name if declared else DEFAULT_TARGET)
+        plan = plan_dcrs((tables[t].stream for t in wanted), prefix=args.prefix, fanout=fanout)
+    try:
+        template = deploy_template(tables, plan, target=target)
+    except KeyError as ex:
+        print(f"deploy: {ex.args[0]}", file=sys.stderr)
+        return 2
+    text = json.dumps(template, indent=2) + "\n"
     if args.output:
         Path(args.output).write_text(text)
+        print(f"deploy: {len(plan)} DCR(s) for target {target!r} -> {args.output}",
+              file=sys.stderr)
     else:
         sys.stdout.write(text)
+    return 0
+
+
+def _fanout(spec: str) -> tuple[str, int]:
+    stream, _, n = spec.partition("=")
+    if not stream or not n.isdigit() or int(n) < 1:
+        msg = f"--fanout {spec!r}: expected STREAM=N (N >= 1), e.g. Custom-AWSCloudTrail=3"
+        raise ValueError(msg)
+    return stream, int(n)
+
+
+def _targets(args: argparse.Namespace) -> int:
+    """The [[targets]] section for a deployment's outputs."""
+    try:
+        outputs = json.loads(Path(args.outputs).read_text())
+        base = TargetConfig(args.name or "default", [], credential=args.credential,
+                            client_id=args.client_id or "", tenant_id=args.tenant_id or "",
+                            client_secret=args.client_secret or "")
+        target = targets_from_outputs(outputs, base)
+        if args.name:
+            target = dataclasses.replace(target, name=args.name)
+        problems: list[str] = []
+        target.validate(problems, f"targets[{target.name}]")
+    except (OSError, ValueError, KeyError, TypeError) as ex:
+        print(f"targets: {ex}", file=sys.stderr)
+        return 2
+    if problems:
+        print("targets: the outputs make an invalid section:\n" +
+              "\n".join(f"  - {p}" for p in problems), file=sys.stderr)
+        return 1
+    sys.stdout.write(targets_toml(target))
     return 0
 
 
@@ -241,10 +318,31 @@ def main(argv: list[str] | None = None) -> int:
     pre.add_argument("-c", "--config", type=Path, help="config with custom tables and AWS access")
     pre.add_argument("--enrich", metavar="RULES", help="also show each row's priority and "
                      "reasons under a rules file (or 'default' for the shipped rules)")
-    dcr = sub.add_parser("dcr", help="write the Data Collection Rule ARM template")
-    dcr.add_argument("--tables", help="comma-separated tables (default: all defined)")
-    dcr.add_argument("-o", "--output", help="file to write (default: stdout)")
-    _config_arg(dcr, default_env=False)
+    for spelling in ("deploy", "dcr"):  # `dcr`: the spelling of earlier versions
+        dep = sub.add_parser(spelling, help="write the ARM template of a target: its tables, "
+                             "DCRs and role assignments")
+        dep.add_argument("--tables", help="comma-separated tables (default: what the config "
+                         "sends, or every defined table)")
+        dep.add_argument("--target", help="the target (of a config with several)")
+        dep.add_argument("--fanout", action="append", metavar="STREAM=N",
+                         help="give STREAM N DCRs of its own (past one DCR's 2 GB/min)")
+        dep.add_argument("--prefix", default="s3sentinel", help="DCR name prefix")
+        dep.add_argument("--replan", action="store_true",
+                         help="plan the DCRs even when the config declares them")
+        dep.add_argument("-o", "--output", help="file to write (default: stdout)")
+        _config_arg(dep, default_env=False)
+    tgt = sub.add_parser("targets", help="turn a deployment's outputs into the [[targets]] "
+                         "section")
+    tgt.add_argument("outputs", help="JSON of the deployment's outputs (az deployment group "
+                     "show -n NAME -g RG --query properties.outputs)")
+    tgt.add_argument("--name", help="target name (default: the template's)")
+    tgt.add_argument("--credential", default="managed_identity",
+                     choices=["default", "managed_identity", "workload_identity",
+                              "service_principal"])
+    tgt.add_argument("--client-id", help="the identity's client id")
+    tgt.add_argument("--tenant-id", help="the identity's tenant (workload identity, service "
+                     "principal)")
+    tgt.add_argument("--client-secret", help="keyvault:<name> of a service principal's secret")
     rep = sub.add_parser("replay", help="send dead-lettered records again")
     _config_arg(rep)
     rep.add_argument("--since", help="only entries newer than this (30m, 6h, 2d, or ISO-8601)")
@@ -258,8 +356,10 @@ def main(argv: list[str] | None = None) -> int:
         return _validate(args)
     if args.command == "preview":
         return _preview(args)
-    if args.command == "dcr":
-        return _dcr(args)
+    if args.command in ("deploy", "dcr"):
+        return _deploy(args)
+    if args.command == "targets":
+        return _targets(args)
     if args.command == "replay":
         return _replay(args)
     if args.command == "rotate-key":

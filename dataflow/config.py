@@ -28,7 +28,7 @@ from typing import Any, Literal
 from connectors.aws import AwsConfig
 from connectors.ops.config import OpsConfig, WebhookConfig
 from connectors.s3.config import Format, SourceConfig
-from connectors.sentinel.config import SentinelConfig
+from connectors.sentinel.config import DEFAULT_TARGET, SentinelConfig, TargetConfig
 from dataflow.core.errors import TerminalError
 from operators.batch import BatchConfig
 from operators.enrich.config import EnrichConfig
@@ -47,6 +47,7 @@ __all__ = [
     "RuntimeConfig",
     "SentinelConfig",
     "SourceConfig",
+    "TargetConfig",
     "TableColumnConfig",
     "TableConfig",
     "WebhookConfig",
@@ -119,8 +120,9 @@ class RuntimeConfig:
 class Config:
     """The whole configuration."""
 
-    sentinel: SentinelConfig
     sources: list[SourceConfig]
+    sentinel: SentinelConfig = field(default_factory=SentinelConfig)
+    targets: list[TargetConfig] = field(default_factory=list)
     aws: AwsConfig = field(default_factory=AwsConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
@@ -141,7 +143,7 @@ class Config:
 
 
 def load_config(path: str | os.PathLike[str] | None = None,
-                environ: Mapping[str, str] | None = None) -> Config:
+                environ: Mapping[str, str] | None = None, *, need_target: bool = True) -> Config:
     """Read, override from the environment, and validate the config file.
 
     :arg path: The TOML file; defaults to ``$S3SENTINEL_CONFIG``.
@@ -161,17 +163,21 @@ def load_config(path: str | os.PathLike[str] | None = None,
         raise ConfigError([f"file not found: {p}"], origin=str(p)) from None
     except tomllib.TOMLDecodeError as ex:
         raise ConfigError([f"not valid TOML: {ex}"], origin=str(p)) from None
-    return parse_config(raw, environ=environ, origin=str(p))
+    return parse_config(raw, environ=environ, origin=str(p), need_target=need_target)
 
 
 def parse_config(raw: Mapping[str, Any], *, environ: Mapping[str, str] | None = None,
-                 origin: str = "configuration") -> Config:
-    """Validate an already-parsed config mapping (after applying env overrides)."""
+                 origin: str = "configuration", need_target: bool = True) -> Config:
+    """Validate an already-parsed config mapping (after applying env overrides).
+
+    :arg need_target: Refuse a config with nowhere to deliver (``False`` for ``s3sentinel
+        deploy``, which writes the template the targets come from).
+    """
     problems: list[str] = []
     data = _apply_env(copy.deepcopy(dict(raw)), environ or {}, problems)
     cfg = _build(Config, data, "", problems)
     if cfg is not None and not problems:  # cross-field checks need the types right
-        _check(cfg, problems)
+        _check(cfg, problems, need_target)
     if problems:
         raise ConfigError(problems, origin=origin)
     assert isinstance(cfg, Config)
@@ -291,10 +297,11 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _check(cfg: Config, problems: list[str]) -> None:
+def _check(cfg: Config, problems: list[str], need_target: bool = True) -> None:
     """Checks across fields, after types are right: each section checks itself (its own
     ``validate``), and what spans sections is checked here."""
     cfg.sentinel.validate(problems)
+    _check_targets(cfg, problems, need_target)
     cfg.batch.validate(problems)
     if not cfg.sources:
         problems.append("sources: at least one [[sources]] entry is needed")
@@ -311,3 +318,31 @@ def _check(cfg: Config, problems: list[str]) -> None:
         table.validate(problems)
 
 
+def _check_targets(cfg: Config, problems: list[str], need_target: bool) -> None:
+    """Targets: each valid, names unique, a DCR shared only under one identity, every
+    source's target declared. (Which streams each target's DCRs must carry needs the
+    tables: :func:`dataflow.targets.check_targets`.)"""
+    if cfg.targets and cfg.sentinel.rule_id:
+        problems.append("sentinel: endpoint/rule_id (one DCR) and [[targets]] exclude each "
+                        "other: move the rule into a [[targets.dcrs]] entry")
+    if need_target and not cfg.targets and not cfg.sentinel.rule_id:
+        problems.append("targets: nowhere to deliver: declare [[targets]] (`s3sentinel deploy` "
+                        "writes the template, `s3sentinel targets` the section), or the "
+                        "single-DCR [sentinel] endpoint and rule_id")
+    names = [t.name for t in cfg.targets] or [DEFAULT_TARGET]
+    identity_of: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for target in cfg.targets:
+        where = f"targets[{target.name}]"
+        if names.count(target.name) > 1:
+            problems.append(f"{where}.name: duplicate target name")
+        target.validate(problems, where)
+        for dcr in target.dcrs:
+            seen = identity_of.setdefault(dcr.id, (target.name, target.identity()))
+            if seen[0] != target.name and seen[1] != target.identity():
+                problems.append(f"{where}.dcrs[{dcr.name}].id: DCR {dcr.id} is also in target "
+                                f"{seen[0]!r} under another credential: one DCR belongs to one "
+                                "identity (tenants must not share a rule)")
+    for src in cfg.sources:
+        if src.target and src.target not in names:
+            problems.append(f"sources[{src.name}].target: no target {src.target!r} (targets: "
+                            f"{', '.join(names)})")

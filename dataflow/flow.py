@@ -26,11 +26,12 @@ from connectors.deadletter import DeadLetterSink, DeadLetterStore
 from connectors.s3.source import S3Source
 from connectors.sentinel.sink import SentinelSink
 from dataflow import runtime
-from dataflow.config import Config, load_config
+from dataflow.config import Config, ConfigError, load_config
 from dataflow.core import metrics
-from dataflow.core.messages import ErrorRecord, RawRecord, Rows
+from dataflow.core.messages import ErrorRecord, RawRecord, Row, Rows
 from dataflow.keys import keyring_for
 from dataflow.tables import tables_for
+from dataflow.targets import Routing, check_targets, credentials_for, targets_of
 from operators.batch import batch_rows
 from operators.enrich.operator import Enricher, Observed, score_shard
 from operators.parse import RecordMapper
@@ -46,6 +47,10 @@ def build_flow(cfg: Config, *, s3_factory: Callable[[], Any] | None = None,
     :arg service_factory: Builds the Logs Ingestion client of each sink partition.
     """
     tables = tables_for(cfg)
+    problems = check_targets(cfg, tables)
+    if problems:
+        raise ConfigError(problems)
+    routing = Routing(cfg, tables)
     enricher = None
     if cfg.enrich.enabled:
         intel_s3 = s3_client(cfg.aws) if cfg.enrich.intel_file.startswith("s3://") else None
@@ -82,23 +87,39 @@ def build_flow(cfg: Config, *, s3_factory: Callable[[], Any] | None = None,
     good = cast("op.Stream[Rows]", rows.trues)
     if enricher is not None:
         good = _enrich(cfg, enricher, good, keyring)
+    if not routing.single:  # each bundle learns its target: batches never mix targets
+        good = op.map("route", good, routing.stamp)
     lanes = op.branch("lane", good, lambda r: r.fast)
     batch = functools.partial(batch_rows, max_bytes=cfg.batch.max_bytes,
                               max_records=cfg.batch.max_records, keyring=keyring)
-    normal = batch("batch", op.key_on("key", lanes.falses, lambda r: f"{r.stream}|{r.partition}"),
+    normal = batch("batch", _keyed(op.key_on("key", lanes.falses, _batch_key)),
                    max_age=timedelta(seconds=cfg.batch.max_age_secs))
-    # One fast-lane batch per stream, not per source partition: urgent rows are few, and
-    # every key would otherwise send its own small request each fast_lane_secs.
-    fast = batch("fast_batch", op.key_on("fast_key", lanes.trues, lambda r: f"{r.stream}|fast"),
+    # One fast-lane batch per stream and target, not per source partition: urgent rows are
+    # few, and every key would otherwise send its own small request each fast_lane_secs.
+    fast = batch("fast_batch", _keyed(op.key_on("fast_key", lanes.trues, _fast_key)),
                  max_age=timedelta(seconds=cfg.enrich.fast_lane_secs))
     batches = op.merge("batches", normal, fast)
     dead_letters = functools.partial(DeadLetterStore, rt.errors_dir, rt.errors_s3_uri, s3_factory,
                                      keyring)
-    sink = SentinelSink(cfg.sentinel, service_factory, journal_dir=rt.journal_dir,
+    sink = SentinelSink(cfg.sentinel, service_factory, targets=targets_of(cfg),
+                        credential_for=credentials_for(cfg), journal_dir=rt.journal_dir,
                         journal_retention_secs=rt.journal_retention_secs,
                         dead_letters=dead_letters)
     op.output("sentinel", op.key_rm("unkey", batches), sink)
     return flow
+
+
+def _keyed(stream: op.KeyedStream[Rows]) -> op.KeyedStream[Row | Rows]:
+    """The batcher takes single rows too (KeyedStream is invariant)."""
+    return cast("op.KeyedStream[Row | Rows]", stream)
+
+
+def _batch_key(rows: Rows) -> str:
+    return f"{rows.target}|{rows.stream}|{rows.partition}"
+
+
+def _fast_key(rows: Rows) -> str:
+    return f"{rows.target}|{rows.stream}|fast"
 
 
 def _enrich(cfg: Config, enricher: Enricher, rows: op.Stream[Rows],

@@ -27,10 +27,10 @@ from typing import Any
 from isal import igzip
 
 from connectors.ops.health import Readiness
-from connectors.sentinel.service import IngestionService
 from dataflow.config import Config
 from dataflow.core import metrics
 from dataflow.tables import tables_for
+from dataflow.targets import service_for
 from operators.parse import RecordMapper
 from operators.schema import Mapper
 
@@ -58,7 +58,7 @@ class HealthReporter:
         self._cfg = cfg
         self._readiness = readiness
         self._service = service
-        tables = tables_for(cfg)
+        tables = self._tables = tables_for(cfg)
         table = tables[cfg.ops.health_table]
         self._mapper = Mapper(table)
         self.stream = table.stream
@@ -150,7 +150,7 @@ class HealthReporter:
 
     def send(self, rows: list[dict[str, Any]]) -> None:
         if self._service is None:
-            self._service = IngestionService(self._cfg.sentinel)
+            self._service = service_for(self._cfg, self._tables, self.stream)
         body = []
         for row in rows:
             self._seq += 1

@@ -48,13 +48,13 @@ from connectors.ledger import Ledger
 from connectors.s3.discovery import skip_reason
 from connectors.s3.objects import open_body
 from connectors.s3.records import UnreadableRecord, object_records
-from connectors.sentinel.service import IngestionService
-from connectors.sentinel.sink import _SentinelPartition
+from connectors.sentinel.sink import SentinelSink, _SentinelPartition
 from dataflow.config import Config, SourceConfig
 from dataflow.core import metrics
 from dataflow.core.messages import Batch, ErrorRecord, ObjectRef, RawRecord, Rows
 from dataflow.keys import keyring_for
 from dataflow.tables import tables_for
+from dataflow.targets import Routing, credentials_for, targets_of
 from operators.formats.registry import text_format
 from operators.parse import RecordMapper
 
@@ -151,14 +151,15 @@ def replay(cfg: Config, *, since: float | None = None, stream: str | None = None
         client_for = functools.partial(_source_client, cfg)
     tables = tables_for(cfg)
     mapper = RecordMapper(cfg.sources, tables, cfg.batch.max_bytes)
-    rebuild = _Rebuilder(cfg, mapper, client_for)
+    rebuild = _Rebuilder(cfg, mapper, client_for, Routing(cfg, tables))
     journal = Ledger(rt.journal_dir, "replay", rt.journal_retention_secs,
                             keyring=keyring)
     summary = ReplaySummary(dry_run=dry_run)
     part = None
     if not dry_run:
-        service = (service_factory or IngestionService)(cfg.sentinel)
-        part = _SentinelPartition(service, cfg.sentinel, sleep, time.monotonic, journal,
+        lanes = SentinelSink(cfg.sentinel, service_factory, targets=targets_of(cfg),
+                             credential_for=credentials_for(cfg)).lanes()
+        part = _SentinelPartition(lanes, cfg.sentinel, sleep, time.monotonic, journal,
                                   store, None, name="replayed")
     try:
         for name in store.names():
@@ -190,7 +191,8 @@ def replay(cfg: Config, *, since: float | None = None, stream: str | None = None
                 summary.delivered.update(s for s, _, _ in fresh)
                 continue
             assert part is not None
-            for batch in _batches(fresh, cfg.batch.max_bytes, cfg.batch.max_records):
+            for batch in _batches(fresh, cfg.batch.max_bytes, cfg.batch.max_records,
+                                  rebuild.target_of):
                 part.write_batch([batch])
             for s, rid, _ in fresh:
                 if journal.has(rid):
@@ -239,39 +241,44 @@ def _selected(entry: dict, since: float | None, stream: str | None) -> bool:
     return stream is None or entry.get("stream") in (None, stream)
 
 
-def _batches(rows: list[tuple[str, str, bytes]], max_bytes: int,
-             max_records: int) -> Iterator[Batch]:
-    by_stream: dict[str, list[tuple[str, bytes]]] = {}
+def _batches(rows: list[tuple[str, str, bytes]], max_bytes: int, max_records: int,
+             target_of: dict[str, str]) -> Iterator[Batch]:
+    by_stream: dict[tuple[str, str], list[tuple[str, bytes]]] = {}
     for s, rid, row in rows:
-        by_stream.setdefault(s, []).append((rid, row))
-    for s, items in by_stream.items():
+        by_stream.setdefault((target_of.get(rid, ""), s), []).append((rid, row))
+    for (target, s), items in by_stream.items():
         ids: list[str] = []
         body: list[bytes] = []
         size = 1
         for rid, row in items:
             if body and (size + len(row) + 1 > max_bytes or len(body) >= max_records):
-                yield Batch(s, tuple(body), tuple(ids))
+                yield Batch(s, tuple(body), tuple(ids), target)
                 ids, body, size = [], [], 1
             ids.append(rid)
             body.append(row)
             size += len(row) + 1
         if body:
-            yield Batch(s, tuple(body), tuple(ids))
+            yield Batch(s, tuple(body), tuple(ids), target)
 
 
 class _Rebuilder:
     """Turns one dead-letter entry back into rows (or a new entry saying why not)."""
 
     def __init__(self, cfg: Config, mapper: RecordMapper,
-                 client_for: Callable[[SourceConfig], Any]) -> None:
+                 client_for: Callable[[SourceConfig], Any], routing: Routing) -> None:
         self._cfg = cfg
         self._mapper = mapper
         self._client_for = client_for
         self._clients: dict[str, Any] = {}
+        self._routing = routing
+        self.target_of: dict[str, str] = {}
+        """Record id -> the target its row goes to."""
 
     def __call__(self, entry: dict) -> _Work:
         stage = entry.get("stage")
         if stage == "deliver":
+            self.target_of[entry["record_id"]] = entry.get("target") or self._routing.target(
+                "", entry["stream"])
             return _Work(rows=[(entry["stream"], entry["record_id"], entry["row"].encode())])
         try:
             src = self._cfg.source(entry["source"])
@@ -282,7 +289,7 @@ class _Rebuilder:
             why = f"replay refused: {outside}"
             return _Work(remaining=[{**entry, "reason": why, "time": time.time()}], refused=1,
                          why=[f"entry for s3://{entry.get('bucket')}/{entry.get('key')}: {why}"])
-        ref = ObjectRef(src.name, "replay", entry["bucket"], entry["key"], entry["etag"], 0,
+        ref = ObjectRef(src.name, f"{src.name}:replay", entry["bucket"], entry["key"], entry["etag"], 0,
                         entry.get("format") or src.format)
         if stage == "read":
             return self._reread(entry, ref, src)
@@ -294,6 +301,9 @@ class _Rebuilder:
         work = _Work()
         for item in self._mapper.map_batch(records):
             if isinstance(item, Rows):
+                source = item.partition.rpartition(":")[0]
+                target = self._routing.target(source, item.stream)
+                self.target_of.update(dict.fromkeys(item.record_ids, target))
                 work.rows.extend(zip([item.stream] * len(item.rows), item.record_ids, item.rows,
                                      strict=True))
             else:

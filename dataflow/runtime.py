@@ -23,12 +23,12 @@ from connectors.ops.logs import configure
 from connectors.ops.secrets import SecretError, SecretResolver
 from connectors.ops.server import OpsServer
 from connectors.ops.webhooks import AlertState, WebhookNotifier, WebhookTarget
-from connectors.sentinel.service import IngestionService
 from dataflow.config import Config, OpsConfig
 from dataflow.healthtable import HealthReporter
 from dataflow.keys import keyring_for
 from dataflow.replay import replay
 from dataflow.tables import tables_for
+from dataflow.targets import Probe
 from operators.parse import RecordMapper
 
 __all__ = ["OpsRuntime", "process_index", "start"]
@@ -65,7 +65,7 @@ class OpsRuntime:
         self.authorizer = Authorizer(self.credentials, max_lifetime_secs=ops.jwt_max_lifetime_secs)
         tables = _streams(cfg)
         self.readiness = Readiness(cfg.ops, cfg.sources, functools.partial(client_for, cfg.aws),
-                                   functools.partial(IngestionService, cfg.sentinel), tables)
+                                   functools.partial(Probe, cfg), tables)
         self.server: OpsServer | None = None
         if ops.port or port is not None:
             where = ops.port + process_index() if port is None else port

@@ -9,13 +9,16 @@ an NDJSON application log with a few bad lines, runs the real dataflow with
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from connectors.deadletter import read_entries
 from dataflow.config import load_config
@@ -25,12 +28,18 @@ from devstack.formatsamples import seed_mixed
 from devstack.samples import seed_cloudtrail
 from devstack.stack import LocalStack
 
-__all__ = ["flow_env", "main"]
+__all__ = ["flow_env", "inline_toml", "main"]
 
 
-def flow_env(stack: LocalStack, errors_dir: Path, config: Path) -> dict[str, str]:
-    """Environment for a dataflow process pointed at ``stack``."""
-    return {
+def flow_env(stack: LocalStack, errors_dir: Path, config: Path,
+             targets: list[dict[str, Any]] | None = None) -> dict[str, str]:
+    """Environment for a dataflow process pointed at ``stack``: ``targets`` in place of the
+    config's (an inline TOML override; by default, when the stack has deployed a template,
+    its DCRs and the stack's single DCR for its other streams), or else its single DCR
+    through ``[sentinel]``."""
+    if targets is None and stack.template is not None:
+        targets = stack.targets(extra_streams=list(stack.streams))
+    env = {
         **os.environ,
         **stack.env(),
         "S3SENTINEL_CONFIG": str(config),
@@ -40,6 +49,33 @@ def flow_env(stack: LocalStack, errors_dir: Path, config: Path) -> dict[str, str
         "S3SENTINEL__RUNTIME__ERRORS_DIR": str(errors_dir),
         "S3SENTINEL__RUNTIME__JOURNAL_DIR": str(errors_dir.parent / "journal"),
     }
+    if targets is not None:
+        env.update({"S3SENTINEL__SENTINEL__ENDPOINT": "", "S3SENTINEL__SENTINEL__RULE_ID": "",
+                    "S3SENTINEL__TARGETS": inline_toml(targets)})
+    return env
+
+
+def inline_toml(value: Any) -> str:
+    """``value`` (dicts, lists, strings, numbers) as one line of TOML."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {inline_toml(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(inline_toml(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))
+
+
+def _cli(*args: str) -> str:
+    """Run ``s3sentinel ARGS`` (as a user would) and return what it printed."""
+    proc = subprocess.run([sys.executable, "-m", "dataflow.cli", *args], capture_output=True,
+                          text=True, check=False)
+    if proc.returncode != 0:
+        msg = f"s3sentinel {' '.join(args)} failed:\n{proc.stderr}"
+        raise RuntimeError(msg)
+    return proc.stdout
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,14 +86,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
 
-    cfg = load_config(args.config, environ={})
+    cfg = load_config(args.config, environ={}, need_target=False)
     tables = tables_for(cfg)
-    streams = {t.stream: None for t in tables.values()}
     shutil.rmtree(args.workdir, ignore_errors=True)
+    args.workdir.mkdir(parents=True)
     errors_dir = args.workdir / "errors"
-    with LocalStack(args.workdir, streams) as stack:
+    # Deploy -> configure, as in Azure: the config's template, "deployed" to the emulator
+    # (which refuses what ARM would), and its outputs turned into the [[targets]] section.
+    template_file = args.workdir / "template.json"
+    _cli("deploy", "-c", str(args.config), "-o", str(template_file))
+    template = json.loads(template_file.read_text())
+    with LocalStack(args.workdir, template=template, tables=tables) as stack:
         print(f"local stack: S3/SQS (moto) at {stack.s3_endpoint}, "
               f"Sentinel emulator at {stack.info['endpoint']}")
+        outputs = args.workdir / "outputs.json"
+        outputs.write_text(json.dumps(stack.outputs))
+        section = _cli("targets", str(outputs))
+        config = args.workdir / "demo.toml"
+        single = re.compile(r"^(endpoint|rule_id|credential) = .*$", re.M)  # the [[targets]]
+        config.write_text(single.sub("", args.config.read_text()) + "\n" + section.replace(
+            'credential = "managed_identity"',
+            f'credential = "managed_identity"\nca_file = {json.dumps(stack.info["ca_file"])}'))
+        dcrs = stack.outputs["dcrs"]["value"]
+        print(f"deployed {template_file}: {len(dcrs)} DCRs ("
+              + "; ".join(f"{d['name']}: {len(d['streams'])} streams" for d in dcrs)
+              + f"); `s3sentinel targets` wrote their [[targets]] section into {config}")
         s3 = stack.s3()
         t0 = time.monotonic()
         trail = seed_cloudtrail(s3, cfg.source("cloudtrail").bucket, objects=args.objects)
@@ -72,7 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [sys.executable, "-m", "bytewax.run", "dataflow.flow:flow", "-w", str(args.workers)]
         print("running:", " ".join(cmd[1:]))
         t0 = time.monotonic()
-        proc = subprocess.run(cmd, env=flow_env(stack, errors_dir, args.config), check=False)
+        env = flow_env(stack, errors_dir, config)
+        for key in ("S3SENTINEL__SENTINEL__ENDPOINT", "S3SENTINEL__SENTINEL__RULE_ID",
+                    "S3SENTINEL__SENTINEL__CA_FILE", "S3SENTINEL__TARGETS"):
+            env.pop(key)  # the generated [[targets]] of the config say where to deliver
+        proc = subprocess.run(cmd, env=env, check=False)
         elapsed = time.monotonic() - t0
         if proc.returncode != 0:
             print(f"the dataflow failed with exit status {proc.returncode}", file=sys.stderr)

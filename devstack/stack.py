@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from devstack.deploy import deploy
 from devstack.sentinel import EmulatorAdmin, wait_for_info_file
 
 __all__ = ["DEMO_RULE_ID", "LocalStack", "free_port"]
@@ -81,6 +82,9 @@ class LocalStack:
 
     :arg workdir: Where the emulator writes its CA, certificate and info file.
     :arg streams: Stream name -> declared columns (None accepts any) for :data:`DEMO_RULE_ID`.
+    :arg template: An ``s3sentinel deploy`` template to deploy (with ``tables``, the table
+        definitions its streams come from): its DCRs are served beside :data:`DEMO_RULE_ID`,
+        and :meth:`targets` is the ``[[targets]]`` entry that sends to them.
     """
 
     workdir: Path
@@ -88,6 +92,12 @@ class LocalStack:
     moto_port: int = 0
     store_records: bool = True
     """False: the emulator only counts records (long benchmarks)."""
+    template: Mapping[str, Any] | None = None
+    tables: Mapping[str, Any] | None = None
+    limits: Mapping[str, float] | None = None
+    """Per-DCR limits of the deployed DCRs (see :mod:`devstack.dcrdef`)."""
+    outputs: dict[str, Any] = field(default_factory=dict, repr=False)
+    """The template's deployment outputs (after start)."""
     _procs: list[subprocess.Popen] = field(default_factory=list, repr=False)
     info: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -100,17 +110,22 @@ class LocalStack:
         info_file = self.workdir / "sentinel.json"
         info_file.unlink(missing_ok=True)
         self.moto_port = self.moto_port or free_port()
-        rules = json.dumps({DEMO_RULE_ID: dict(self.streams)})
+        rules: dict[str, Any] = {DEMO_RULE_ID: dict(self.streams)}
+        if self.template is not None:
+            rules.update(deploy(self.template, "", self.tables or {}, limits=self.limits).rules)
         self._spawn("moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
                              str(self.moto_port)], env={**os.environ, **AWS_ENV})
         self._spawn("sentinel-emulator", [
             sys.executable, "-m", "devstack.sentinel", "--workdir", str(self.workdir),
-            "--rules-json", rules, *([] if self.store_records else ["--no-store-records"])])
+            "--rules-json", json.dumps(rules), *([] if self.store_records else ["--no-store-records"])])
         try:
             self.info = self._wait(lambda: wait_for_info_file(info_file, wait_secs=0), 60,
                                    f"the Sentinel emulator did not write {info_file}")
             self._wait(lambda: self._answers(self.s3_endpoint), 60,
                        f"moto did not answer on {self.s3_endpoint}")
+            if self.template is not None:
+                self.outputs = deploy(self.template, self.info["endpoint"],
+                                      self.tables or {}).outputs
         except Exception:
             self.stop()
             raise
@@ -185,6 +200,17 @@ class LocalStack:
             "REQUESTS_CA_BUNDLE": ca,
             "SSL_CERT_FILE": ca,
         }
+
+    def targets(self, *, extra_streams: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """The ``[[targets]]`` of the deployed template (from its outputs, as ``s3sentinel
+        targets`` makes it), plus a DCR for ``extra_streams`` on :data:`DEMO_RULE_ID`."""
+        dcrs = [{"name": d["name"], "id": d["immutableId"], "endpoint": d["endpoint"],
+                 "streams": d["streams"]} for d in self.outputs["dcrs"]["value"]]
+        if extra_streams:
+            dcrs.append({"name": "extra", "id": DEMO_RULE_ID, "endpoint": self.info["endpoint"],
+                         "streams": list(extra_streams)})
+        return [{"name": self.outputs["target"]["value"], "credential": "managed_identity",
+                 "ca_file": self.info["ca_file"], "dcrs": dcrs}]
 
     def admin(self) -> EmulatorAdmin:
         """Client of the emulator's admin API (records, requests, faults)."""

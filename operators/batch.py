@@ -71,6 +71,7 @@ class BatchLogic(StatefulBatchLogic[Row | Rows, Batch, dict]):
                  keyring: Any = None) -> None:
         self._keyring = keyring
         self._stream = ""
+        self._target = ""
         self._max_bytes = max_bytes
         self._max_records = max_records
         self._max_age = max_age
@@ -87,6 +88,7 @@ class BatchLogic(StatefulBatchLogic[Row | Rows, Batch, dict]):
             self._size = 1 + sum(len(r) + 1 for r in self._rows)
             self._opened = resume_state["opened"]
             self._stream = resume_state["stream"]
+            self._target = resume_state.get("target", "")
 
     @override
     def on_batch(self, values: list[Row | Rows]) -> tuple[Iterable[Batch], bool]:
@@ -104,6 +106,7 @@ class BatchLogic(StatefulBatchLogic[Row | Rows, Batch, dict]):
                 if not self._rows:
                     self._opened = self._clock()
                     self._stream = item.stream
+                    self._target = item.target if isinstance(item, Rows) else ""
                 self._rows.append(data)
                 self._ids.append(record_id)
                 self._size += n
@@ -133,15 +136,16 @@ class BatchLogic(StatefulBatchLogic[Row | Rows, Batch, dict]):
         if self._keyring is not None and self._rows:
             plain = orjson.dumps({"rows": [r.decode() for r in self._rows], "ids": self._ids})
             sealed = self._keyring.encrypt(plain, _AAD).to_bytes()
-            return {"sealed": sealed, "opened": self._opened, "stream": self._stream}
+            return {"sealed": sealed, "opened": self._opened, "stream": self._stream,
+                    "target": self._target}
         return {"rows": list(self._rows), "ids": list(self._ids), "opened": self._opened,
-                "stream": self._stream}
+                "stream": self._stream, "target": self._target}
 
     def _due(self) -> bool:
         return self._opened is not None and self._clock() >= self._opened + self._max_age
 
     def _take(self) -> Batch:
-        batch = Batch(self._stream, tuple(self._rows), tuple(self._ids))
+        batch = Batch(self._stream, tuple(self._rows), tuple(self._ids), self._target)
         self._rows, self._ids, self._size, self._opened = [], [], 1, None
         return batch
 
@@ -164,7 +168,8 @@ def batch_rows(step_id: str, up: KeyedStream[Row | Rows], *, max_bytes: int, max
                keyring: Any = None) -> KeyedStream[Batch]:
     """Group keyed rows into batches of at most ``max_bytes`` / ``max_records``, sent by ``max_age``.
 
-    Keys are ``<stream>|<partition>``; every row of a key goes to the same stream.
+    Keys are ``<target>|<stream>|<partition>``: every row of a key goes to the same stream
+    of the same target.
     """
 
     def builder(resume_state: dict | None) -> BatchLogic:

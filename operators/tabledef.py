@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -42,12 +43,30 @@ class TableConfig:
     stream: str | None = None
     """DCR input stream; defaults to ``Custom-<name>``."""
     description: str = ""
+    plan: Plan = "Analytics"
+    """The table plan the deployment template creates it with: ``Analytics`` (full KQL,
+    analytic rules), ``Basic`` or ``Auxiliary`` (cheaper ingestion, limited queries)."""
+    retention_days: int = 0
+    """Interactive retention; 0 keeps the workspace default."""
+    total_retention_days: int = 0
+    """Retention including long-term (archive); 0 keeps the workspace default."""
 
     def validate(self, problems: list[str]) -> None:
         """Append what is wrong with this table to ``problems``."""
+        where = f"tables[{self.name}]"
         if not self.columns:
-            problems.append(f"tables[{self.name}].columns: a table needs at least one column")
+            problems.append(f"{where}.columns: a table needs at least one column")
+        if self.retention_days and not 4 <= self.retention_days <= 730:
+            problems.append(f"{where}.retention_days: must be 4..730 (or 0 for the workspace "
+                            "default)")
+        if self.total_retention_days and not (
+                max(self.retention_days, 4) <= self.total_retention_days <= 4383):
+            problems.append(f"{where}.total_retention_days: must be between retention_days and "
+                            "4383 (12 years)")
 
+
+Plan = Literal["Analytics", "Basic", "Auxiliary"]
+"""Log Analytics table plans."""
 
 COLUMN_TYPES = ("string", "int", "long", "real", "bool", "datetime", "dynamic")
 _COLUMN_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,44}$")
@@ -96,6 +115,10 @@ class TableDef:
     added: tuple[Column, ...] = ()
     """Columns the connector fills itself after mapping (enrichment results): declared in
     the DCR like the mapped ones, never read from the record."""
+    plan: str = "Analytics"
+    """Table plan the deployment template sets (custom tables)."""
+    retention_days: int = 0
+    total_retention_days: int = 0
 
     @property
     def record_id_column(self) -> str:
@@ -163,7 +186,14 @@ class TableDef:
         stream = str(data.get("stream") or f"Custom-{name}")
         output = str(data.get("output_stream") or
                      (f"Microsoft-{name}" if kind == "standard" else f"Custom-{name}"))
-        return cls(name, kind, stream, output, tuple(columns), str(data.get("description", "")))
+        plan = str(data.get("plan", "Analytics"))
+        if plan not in typing.get_args(Plan):
+            msg = (f"table definition {origin} is invalid:\n  - plan {plan!r} is not one of "
+                   f"{', '.join(typing.get_args(Plan))}")
+            raise TableError(msg)
+        return cls(name, kind, stream, output, tuple(columns), str(data.get("description", "")),
+                   plan=plan, retention_days=int(data.get("retention_days", 0)),
+                   total_retention_days=int(data.get("total_retention_days", 0)))
 
 
 def _known_problems(columns: list[Column]) -> list[str]:
@@ -207,7 +237,9 @@ def load_tables(extra_dir: str | Path | None = None,
         tables[table.name] = table
     for cfg in declared:
         data = {"table": cfg.name, "kind": "custom", "stream": cfg.stream,
-                "description": cfg.description,
+                "description": cfg.description, "plan": cfg.plan,
+                "retention_days": cfg.retention_days,
+                "total_retention_days": cfg.total_retention_days,
                 "columns": [{"name": c.name, "type": c.type, "source": c.source,
                              "required": c.required} for c in cfg.columns]}
         tables[cfg.name] = TableDef.from_mapping(data, f"config tables[{cfg.name}]")

@@ -33,6 +33,9 @@ class SourceConfig:
     the format's standard table (CloudTrail -> AWSCloudTrail, ...)."""
     prefix: str = ""
     """Only keys under this prefix."""
+    target: str = ""
+    """The delivery target (``[[targets]]`` name) its rows go to; the first target when
+    empty. A table pinned to a target (``targets.tables``) goes there whatever the source."""
     partitions: int = 1
     """Keys are split by hash over this many partitions (spread across workers)."""
     start_after: str = ""

@@ -8,8 +8,9 @@ sink retries instead, with metrics, jitter and a deadline.
 from __future__ import annotations
 
 import io
+import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from azure.core.exceptions import (
@@ -20,35 +21,68 @@ from azure.core.exceptions import (
 )
 from azure.monitor.ingestion import LogsIngestionClient
 
-from connectors.sentinel.config import SentinelConfig
+from connectors.sentinel.config import DcrConfig, SentinelConfig, TargetConfig
 from connectors.sentinel.errors import DeliveryError
 from dataflow.core.backoff import retry_after_secs
 
 __all__ = ["IngestionService", "make_credential", "retry_after_secs"]
 
 
-def make_credential(cfg: SentinelConfig) -> Any:
-    """The Azure credential named by the config."""
-    if cfg.credential == "managed_identity":
-        from azure.identity import ManagedIdentityCredential
+def make_credential(target: TargetConfig | SentinelConfig,
+                    secret: Callable[[str], str] | None = None) -> Any:
+    """The Azure credential a target (or the single-DCR ``[sentinel]`` section) names.
 
-        return ManagedIdentityCredential()
-    from azure.identity import DefaultAzureCredential
+    :arg secret: Resolves a ``keyvault:`` reference (a service principal's secret).
+    """
+    import azure.identity as ai
 
-    return DefaultAzureCredential()
+    kind = target.credential
+    client_id = getattr(target, "client_id", "") or None
+    if kind == "managed_identity":
+        return ai.ManagedIdentityCredential(client_id=client_id)
+    if isinstance(target, TargetConfig) and kind == "workload_identity":
+        return ai.WorkloadIdentityCredential(
+            tenant_id=target.tenant_id, client_id=target.client_id,
+            token_file_path=target.token_file or os.environ.get("AZURE_FEDERATED_TOKEN_FILE"))
+    if isinstance(target, TargetConfig) and kind == "service_principal":
+        if secret is None:
+            msg = f"target {target.name!r}: a service principal needs its Key Vault secret resolved"
+            raise ValueError(msg)
+        return ai.ClientSecretCredential(target.tenant_id, target.client_id,
+                                         secret(target.client_secret))
+    return ai.DefaultAzureCredential(managed_identity_client_id=client_id)
 
 
 class IngestionService:
-    """Sends pre-encoded (gzipped JSON array) bodies to one data collection rule."""
+    """Sends pre-encoded (gzipped JSON array) bodies to one data collection rule.
 
-    def __init__(self, cfg: SentinelConfig, credential: Any = None) -> None:
-        self._rule_id = cfg.rule_id
-        kwargs: dict[str, Any] = {"retry_total": 0, "connection_timeout": cfg.timeout_secs,
-                                  "read_timeout": cfg.timeout_secs}
-        if cfg.ca_file:
-            kwargs["connection_verify"] = cfg.ca_file
-        self._client = LogsIngestionClient(cfg.endpoint, credential or make_credential(cfg),
-                                           **kwargs)
+    :arg endpoint: The rule's logs ingestion endpoint (its own, or a DCE's).
+    :arg rule_id: The rule's immutable id.
+    :arg credential: An Azure token credential (shared by a target's rules).
+    """
+
+    def __init__(self, endpoint: str, rule_id: str, credential: Any, *,
+                 ca_file: str | None = None, timeout_secs: float = 30.0) -> None:
+        self._rule_id = rule_id
+        kwargs: dict[str, Any] = {"retry_total": 0, "connection_timeout": timeout_secs,
+                                  "read_timeout": timeout_secs}
+        if ca_file:
+            kwargs["connection_verify"] = ca_file
+        self._client = LogsIngestionClient(endpoint, credential, **kwargs)
+
+    @classmethod
+    def from_config(cls, cfg: SentinelConfig, credential: Any = None) -> IngestionService:
+        """The service of the single-DCR ``[sentinel]`` form."""
+        return cls(cfg.endpoint, cfg.rule_id, credential or make_credential(cfg),
+                   ca_file=cfg.ca_file, timeout_secs=cfg.timeout_secs)
+
+    @classmethod
+    def for_dcr(cls, settings: SentinelConfig, target: TargetConfig, dcr: DcrConfig,
+                credential: Any) -> IngestionService:
+        """The service of one DCR of a target."""
+        return cls(dcr.endpoint or target.endpoint, dcr.id, credential,
+                   ca_file=target.ca_file or settings.ca_file,
+                   timeout_secs=settings.timeout_secs)
 
     def send(self, stream: str, body: bytes, request_id: str | None = None) -> str:
         """POST one gzipped body; returns the client request id.

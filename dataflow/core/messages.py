@@ -130,6 +130,8 @@ class Rows:
     fast: bool = False
     """The fast lane: urgent rows (critical, intel matches, findings), batched with
     ``enrich.fast_lane_secs`` instead of ``batch.max_age_secs``."""
+    target: str = ""
+    """The delivery target (workspace and identity) the rows go to; empty: the only one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +141,8 @@ class Batch:
     stream: str
     rows: tuple[bytes, ...]
     record_ids: tuple[str, ...]
+    target: str = ""
+    """The delivery target; empty: the only one."""
 
     @property
     def body_bytes(self) -> int:
@@ -153,6 +157,6 @@ class Batch:
         """Two halves, for a request the service refused as too large."""
         mid = len(self.rows) // 2
         return (
-            Batch(self.stream, self.rows[:mid], self.record_ids[:mid]),
-            Batch(self.stream, self.rows[mid:], self.record_ids[mid:]),
+            Batch(self.stream, self.rows[:mid], self.record_ids[:mid], self.target),
+            Batch(self.stream, self.rows[mid:], self.record_ids[mid:], self.target),
         )

@@ -12,6 +12,11 @@ from prometheus_client import Counter, Gauge, Histogram
 __all__ = [
     "BATCH_BYTES",
     "BATCH_RECORDS",
+    "DCR_BUDGET_LEFT",
+    "DCR_BYTES",
+    "DCR_REQUESTS",
+    "DCR_THROTTLED_SECONDS",
+    "DCR_WAIT_SECONDS",
     "EVENT_DELAY_SECONDS",
     "THROTTLE_WAIT_SECONDS",
     "DEADLETTER_RECORDS",
@@ -121,6 +126,32 @@ REQUEST_SECONDS = Histogram(
     "Latency of one Logs Ingestion API request.",
     ["stream"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+DCR_REQUESTS = Counter(
+    "s3sentinel_dcr_requests_total",
+    "Logs Ingestion API requests per data collection rule, by HTTP status ('error': none).",
+    ["target", "dcr", "status"],
+)
+DCR_BYTES = Counter(
+    "s3sentinel_dcr_bytes_total",
+    "Uncompressed bytes a data collection rule accepted (what its per-minute limit counts).",
+    ["target", "dcr"],
+)
+DCR_THROTTLED_SECONDS = Counter(
+    "s3sentinel_dcr_throttled_seconds_total",
+    "Seconds a data collection rule was paused by the service's Retry-After (429).",
+    ["target", "dcr"],
+)
+DCR_BUDGET_LEFT = Gauge(
+    "s3sentinel_dcr_budget_left_ratio",
+    "Share of a data collection rule's per-minute limit left in the last minute, by kind "
+    "(bytes, requests), as this process sees it.",
+    ["target", "dcr", "kind"],
+)
+DCR_WAIT_SECONDS = Counter(
+    "s3sentinel_dcr_wait_seconds_total",
+    "Seconds the sink waited because every DCR carrying a stream was out of budget.",
+    ["target", "stream"],
 )
 BATCH_BYTES = Histogram(
     "s3sentinel_batch_bytes",

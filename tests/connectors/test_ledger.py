@@ -148,7 +148,7 @@ def test_a_line_slipped_into_the_journal_does_not_make_the_sink_skip_a_record(
     cfg = SentinelConfig(endpoint="https://127.0.0.1:1", rule_id="dcr-0")
     recorder: list[_Recorder] = []
 
-    def service(c: object) -> _Recorder:
+    def service(*c: object) -> _Recorder:
         recorder.append(_Recorder(c))
         return recorder[0]
 
@@ -193,3 +193,19 @@ def test_the_view_checks_macs_too(tmp_path: Path) -> None:
     unchecked = LedgerView(tmp_path)
     unchecked.refresh()
     assert unchecked.covered("b", 1)
+
+
+def test_a_line_names_the_dcr_that_accepted_it_and_stays_authenticated(tmp_path: Path) -> None:
+    import orjson
+
+    ring = _ring("k1")
+    j = Ledger(tmp_path, 0, keyring=ring)
+    j.record(ids("obj", 0, 1, 2), via="dcr-" + "a" * 32)
+    j.close()
+    (line,) = (tmp_path / "journal-w0.jsonl").read_bytes().splitlines()
+    assert orjson.loads(line)["d"] == "dcr-" + "a" * 32
+    again = Ledger(tmp_path, 1, keyring=ring)  # the MAC covers the DCR id: the line is used
+    assert all(again.has(f"obj-{i}") for i in range(3))
+    forged = line.replace(b"dcr-aaaa", b"dcr-bbbb")
+    (tmp_path / "journal-w0.jsonl").write_bytes(forged + b"\n")
+    assert not Ledger(tmp_path, 2, keyring=ring).has("obj-0")

@@ -12,8 +12,32 @@ from dataflow.cli import main
 from tests.conftest import ROOT
 
 
-def test_validate_config_accepts_the_demo(capsys) -> None:
-    assert main(["validate-config", "-c", str(ROOT / "examples" / "demo.toml")]) == 0
+def test_validate_config_accepts_the_demo_and_its_deployed_targets(tmp_path: Path,
+                                                                  capsys) -> None:
+    """The demo's single-DCR form is valid with a warning (it may send more streams than one
+    DCR declares); with the section `s3sentinel targets` makes of the deployment's outputs in
+    its place, it is valid without one."""
+    import json
+
+    from dataflow.config import load_config
+    from dataflow.dcr import dcr_template
+    from dataflow.tables import tables_for
+    from devstack.deploy import deploy
+
+    demo = ROOT / "examples" / "demo.toml"
+    assert main(["validate-config", "-c", str(demo)]) == 0
+    assert "one DCR declares at most 10" in capsys.readouterr().err  # the single-DCR form
+    tables = tables_for(load_config(demo, environ={}, need_target=False))
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps(deploy(dcr_template(tables.values()), "https://e.example",
+                                         tables).outputs))
+    assert main(["targets", str(outputs)]) == 0
+    section = capsys.readouterr().out
+    config = tmp_path / "demo.toml"
+    text = "\n".join(line for line in demo.read_text().splitlines()
+                     if not line.startswith(("endpoint =", "rule_id =")))
+    config.write_text(text.replace('"examples/', f'"{ROOT}/examples/') + "\n" + section)
+    assert main(["validate-config", "-c", str(config)]) == 0
     out = capsys.readouterr().out
     assert "valid" in out and "cloudtrail (cloudtrail -> AWSCloudTrail)" in out
 
@@ -61,9 +85,10 @@ table = "Missing_CL"
 
 def test_console_script_is_installed() -> None:
     exe = Path(sys.executable).parent / "s3sentinel"
-    proc = subprocess.run([str(exe), "validate-config", "-c", str(ROOT / "examples/demo.toml")],
+    proc = subprocess.run([str(exe), "deploy", "-c", str(ROOT / "examples/demo.toml")],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
+    assert '"dataCollectionRules"' in proc.stdout or "dataCollectionRules" in proc.stdout
 
 
 def _captured_run(monkeypatch, tmp_path: Path, *args: str) -> list[str]:

@@ -111,14 +111,14 @@ def test_every_problem_reported_at_once_with_its_key_path() -> None:
     raw["sentinel"]["timeout_secs"] = "30"                   # wrong type
     raw["runtime"] = {"mode": "forever"}                     # bad Literal
     raw["sources"][1]["format"] = "parquet"                  # bad Literal in a list item
-    del raw["sentinel"]["rule_id"]                           # missing required
+    raw["targets"] = [{"name": "t", "dcrs": [{"name": "d", "id": "dcr-" + "0" * 32}]}]
     del raw["sources"][1]["bucket"]                          # missing required in a list item
     raw["tables"] = [{"name": "X_CL", "columns": [{"name": "C", "type": "text"}]}]
     problems = problems_of(raw)
     assert len(problems) == 9, problems
     joined = "\n".join(problems)
-    assert "colour: unknown key (known keys: aws, batch, enrich, ops, runtime, sentinel, sources, tables)" \
-        in problems
+    assert ("colour: unknown key (known keys: aws, batch, enrich, ops, runtime, sentinel, "
+            "sources, tables, targets)") in problems
     assert any(p.startswith("sentinel.retries: unknown key") for p in problems)
     assert any(p.startswith("sources[trail].buckett: unknown key") for p in problems)
     assert "sentinel.timeout_secs: expected float, got '30'" in problems
@@ -126,7 +126,7 @@ def test_every_problem_reported_at_once_with_its_key_path() -> None:
     (fmt,) = [p for p in problems if p.startswith("sources[app].format:")]
     assert fmt.startswith("sources[app].format: 'parquet' is not one of ")
     assert "'cloudtrail'" in fmt and "'ndjson'" in fmt and "'json_array'" in fmt
-    assert "sentinel.rule_id: required key is missing" in problems
+    assert "targets[t].dcrs[d].streams: required key is missing" in problems
     assert "sources[app].bucket: required key is missing" in problems
     assert "tables[X_CL].columns[C].type: 'text' is not one of" in joined
 
@@ -136,11 +136,10 @@ def test_wrong_shapes() -> None:
     raw["sentinel"] = "https://x"
     raw["sources"] = {"name": "x"}
     assert problems_of(raw) == [
-        "sentinel: expected a table, got str",
         "sources: expected a list, got dict",
+        "sentinel: expected a table, got str",
     ]
-    assert problems_of({}) == ["sentinel: required key is missing",
-                               "sources: required key is missing"]
+    assert problems_of({}) == ["sources: required key is missing"]
     raw = minimal()
     raw["sources"][0] = "trail"
     assert problems_of(raw) == ["sources[0]: expected a table, got str"]

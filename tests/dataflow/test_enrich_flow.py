@@ -126,11 +126,9 @@ columns = [
   {{ name = "Status", type = "int", source = "status" }},
 ]
 """)
-    arm = dcr_template(tables_for(load_config(cfg, environ={})).values())
-    (rule,) = [r for r in arm["resources"] if r["type"].endswith("dataCollectionRules")]
-    declared = {s: [c["name"] for c in d["columns"]]
-                for s, d in rule["properties"]["streamDeclarations"].items()}
-    with LocalStack(tmp_path / "stack", declared) as stack:
+    tables = tables_for(load_config(cfg, environ={}))
+    arm = dcr_template(tables.values())
+    with LocalStack(tmp_path / "stack", template=arm, tables=tables) as stack:
         s3 = stack.s3()
         for b in ("cols-trail", "cols-app"):
             s3.create_bucket(Bucket=b)

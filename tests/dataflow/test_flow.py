@@ -145,6 +145,8 @@ def test_terminal_error_stops_the_flow_with_a_clear_message(clean: LocalStack, s
                                                             tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "flow.toml")
     env = flow_env(clean, cfg, tmp_path / "errors")
+    del env["S3SENTINEL__TARGETS"]  # the single-DCR [sentinel] form, with a rule that is not there
+    env["S3SENTINEL__SENTINEL__ENDPOINT"] = clean.info["endpoint"]
     env["S3SENTINEL__SENTINEL__RULE_ID"] = "dcr-unknown"
     proc = subprocess.run([sys.executable, "-m", "bytewax.run", "dataflow.flow:flow"], env=env,
                           cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)

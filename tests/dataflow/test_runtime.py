@@ -47,9 +47,8 @@ def receiver():
 
 def _cfg(stack: LocalStack, tmp_path: Path, hook: str):
     return parse_config({
-        "sentinel": {"endpoint": stack.info["endpoint"], "ca_file": stack.info["ca_file"],
-                     "rule_id": "dcr-00000000000000000000000000000000",
-                     "credential": "managed_identity"},
+        "sentinel": {"ca_file": stack.info["ca_file"]},
+        "targets": stack.targets(),
         "aws": {"endpoint_url": stack.s3_endpoint},
         "sources": [{"name": "trail", "bucket": TRAIL_BUCKET, "format": "cloudtrail"}],
         "runtime": {"errors_dir": str(tmp_path / "errors")},
@@ -236,7 +235,7 @@ def test_readiness_checks_a_bucket_with_its_sources_role(tmp_path: Path, monkeyp
     import connectors.aws as aws_mod
 
     monkeypatch.setattr(aws_mod, "s3_client", s3_client)  # what client_for builds with
-    monkeypatch.setattr(runtime_mod, "IngestionService", lambda cfg: None)
+    monkeypatch.setattr(runtime_mod, "Probe", lambda cfg: None)
     rt = runtime_mod.OpsRuntime(cfg, port=None)
     assert rt.readiness.run()["s3"].ok
     rt.readiness.run()

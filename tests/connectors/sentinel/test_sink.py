@@ -128,7 +128,7 @@ def test_retries_give_up_after_the_deadline(cfg: SentinelConfig, emulator: Senti
 
 
 def test_service_classifies_errors(cfg: SentinelConfig, emulator: SentinelEmulator) -> None:
-    svc = IngestionService(cfg)
+    svc = IngestionService.from_config(cfg)
     emulator.set_faults([{"status": 429, "retry_after_secs": 3}])
     with pytest.raises(DeliveryError) as info:
         svc.send(STREAM, b"[]")
