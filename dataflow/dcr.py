@@ -188,12 +188,21 @@ def deploy_template(tables: Mapping[str, TableDef], dcrs: Sequence[PlannedDcr], 
     tables and ``_CF`` columns they write, and the role assignments; its outputs name
     ``target`` and list each DCR's immutable id and endpoint.
 
-    :raises KeyError: A DCR names a stream no table posts to.
+    :raises KeyError: A DCR names a stream no table posts to, declares more streams than
+        a DCR may, or a transform is longer than a data flow's may be.
     """
     by_stream = {t.stream: t for t in tables.values()}
     unknown = sorted({s for d in dcrs for s in d.streams} - set(by_stream))
     if unknown:
         msg = f"no table posts to stream(s) {', '.join(unknown)}"
+        raise KeyError(msg)
+    too_long = [t.name for t in tables.values() if len(transform_of(t)) > MAX_TRANSFORM_CHARS]
+    if too_long:
+        msg = f"the transformKql of {', '.join(too_long)} is over {MAX_TRANSFORM_CHARS} characters"
+        raise KeyError(msg)
+    over = [d.name for d in dcrs if len(d.streams) > MAX_STREAMS_PER_DCR]
+    if over:
+        msg = f"DCR(s) {', '.join(over)} declare more than {MAX_STREAMS_PER_DCR} streams"
         raise KeyError(msg)
     used = sorted({by_stream[s].name for d in dcrs for s in d.streams})
     table_resources = [r for r in (_table_resource(tables[n]) for n in used) if r is not None]

@@ -148,6 +148,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"landed in Sentinel (emulator) in {elapsed:.1f}s: {summary['total_records']} records "
               f"from {len(objects)} objects -> {streams}; failed: {len(errors)} "
               f"(dead-letter entries in {errors_dir})")
+        per_dcr = [f"{st['name']}={st['accepted_records']} records in "
+                   f"{st['accepted_requests']} requests" for st in admin.rule_stats().values()
+                   if st["accepted_requests"]]
+        print("per DCR: " + ", ".join(per_dcr))
+        dropped = {s: st["dropped_values"] for s, st in summary["streams"].items()
+                   if st.get("dropped_values") or st.get("dropped_columns")}
+        print(f"values the service would have dropped (type or column not declared): "
+              f"{dropped or 'none'}")
         if findings:
             print(f"enrichment: {findings} findings in S3SentinelFindings_CL (priority rules and "
                   "anomaly scores; see README, Enrichment)")

@@ -98,6 +98,8 @@ class LocalStack:
     """Per-DCR limits of the deployed DCRs (see :mod:`devstack.dcrdef`)."""
     outputs: dict[str, Any] = field(default_factory=dict, repr=False)
     """The template's deployment outputs (after start)."""
+    rules: Mapping[str, Any] = field(default_factory=dict)
+    """More rules for the emulator (e.g. other deployments' :attr:`Deployment.rules`)."""
     _procs: list[subprocess.Popen] = field(default_factory=list, repr=False)
     info: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -113,6 +115,7 @@ class LocalStack:
         rules: dict[str, Any] = {DEMO_RULE_ID: dict(self.streams)}
         if self.template is not None:
             rules.update(deploy(self.template, "", self.tables or {}, limits=self.limits).rules)
+        rules.update(self.rules)
         self._spawn("moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
                              str(self.moto_port)], env={**os.environ, **AWS_ENV})
         self._spawn("sentinel-emulator", [

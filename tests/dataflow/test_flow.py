@@ -58,6 +58,12 @@ def test_catch_up_delivers_every_record_exactly_once(clean: LocalStack, seeded: 
 
     assert _check_trail(clean, seeded) == 0
     _check_requests(clean)
+    # Through the DCRs `s3sentinel deploy` plans, the emulator typed every value as the
+    # service would: nothing was dropped (a value that did not fit its column would be).
+    summary = clean.admin().summary()
+    for stream, st in summary["streams"].items():
+        assert st["dropped_columns"] == {} and st["dropped_values"] == {}, (stream, st)
+    assert all(t["dropped_columns"] == {} for t in summary["tables"].values()), summary["tables"]
     # Columns and TimeGenerated from the event's own time, checked against the source objects.
     s3 = clean.s3()
     obj = seeded.trail.objects[0]
