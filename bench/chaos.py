@@ -8,8 +8,10 @@ up, and checks the emulator: every seeded record present (lost must be 0), dupli
 counted (the documented window: requests accepted but not yet journaled at a kill).
 
 Scenarios: listing, SQS notifications, ``-w 2``, two processes, a restart with another
-worker count, and a fault storm (429/5xx/drops/slow responses from the emulator, 503
-SlowDown/500/drops from S3 and SQS) with kills.
+worker count, a fault storm (429/5xx/drops/slow responses from the emulator, 503
+SlowDown/500/drops from S3 and SQS) with kills, and processes as separate hosts (two and
+three, each with its own directories and loopback address, in both modes, and a rescale
+2 -> 3 -> 2 processes by the README's procedure).
 
     python bench/chaos.py [--kills 10] [--objects 300] [--only list,sqs,...] [--json]
 """
@@ -38,6 +40,13 @@ SCENARIOS = {
     "sqs-p2": {"mode": "sqs", "processes": 2},
     "rescale": {"mode": "list", "workers": 1, "rescale_to": 2},
     "storm": {"mode": "sqs", "workers": 2, "storm_secs": 60.0},
+    # Processes as hosts that share no disk: each its own journal, dead-letter and recovery
+    # directories, its cluster address on its own loopback address (127.0.0.2, ...).
+    "hosts-list-p2": {"mode": "list", "process_plan": [2]},
+    "hosts-sqs-p2": {"mode": "sqs", "process_plan": [2]},
+    "hosts-list-p3": {"mode": "list", "process_plan": [3]},
+    "hosts-sqs-p3": {"mode": "sqs", "process_plan": [3]},
+    "hosts-rescale": {"mode": "sqs", "process_plan": [2, 3, 2]},
 }
 
 

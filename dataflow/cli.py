@@ -21,6 +21,7 @@ import importlib.metadata
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from connectors.aws import s3_client
@@ -36,6 +37,7 @@ from dataflow.dcr import (
     targets_toml,
 )
 from dataflow.keys import keyring_for
+from dataflow.locality import ClusterShape
 from dataflow.preview import preview
 from dataflow.replay import parse_since, replay
 from dataflow.tables import tables_for
@@ -129,15 +131,41 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
     recovery = args.recovery_dir or (rt.recovery_dir if rt.mode == "continuous"
                                      and not args.no_recovery else None)
     if recovery:
-        if not Path(recovery).exists():
-            from bytewax.recovery import init_db_dir
-
-            init_db_dir(private_dir(recovery), args.recovery_partitions or rt.recovery_partitions)
+        per_process = args.recovery_partitions or rt.recovery_partitions
+        init_recovery(Path(recovery), per_process, ClusterShape.from_argv(extra),
+                      Path(rt.journal_dir))
         _private_recovery(Path(recovery))
         snapshot = args.snapshot_secs or rt.snapshot_secs
         cmd += ["-r", str(recovery), "-s", str(snapshot), "-b", "0"]
     os.execv(sys.executable, cmd + extra)
     return 0  # not reached
+
+
+def init_recovery(directory: Path, per_process: int, shape: ClusterShape,
+                  journal_dir: Path | None = None) -> bool:
+    """Create this process's recovery partitions on a new volume; whether it did.
+
+    Each process keeps its own on its own volume (hosts share no disk): of a set of
+    ``per_process x processes`` partitions, process ``i`` holds those whose number is ``i``
+    modulo the process count, and bytewax finds the whole set across the processes. A
+    directory that already holds partitions is left as it is (a restart, or a rescale that
+    moved partition files by the README's procedure), and so is a volume of a cluster of
+    several processes whose journal directory holds journals: it joined an existing
+    cluster, whose partitions already exist elsewhere."""
+    private_dir(directory)  # bytewax wants the directory, even with no partition in it
+    if any(directory.glob("part-*.sqlite3")):
+        return False
+    if shape.processes > 1 and journal_dir is not None and any(journal_dir.glob("*.jsonl")):
+        return False
+    from bytewax.recovery import init_db_dir
+
+    count = per_process * shape.processes
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        init_db_dir(Path(tmp), count)
+        for k in range(count):
+            if k % shape.processes == shape.process:
+                os.replace(Path(tmp) / f"part-{k}.sqlite3", directory / f"part-{k}.sqlite3")
+    return True
 
 
 def _private_recovery(directory: Path) -> None:

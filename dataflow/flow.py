@@ -30,6 +30,7 @@ from dataflow.config import Config, ConfigError, load_config
 from dataflow.core import metrics
 from dataflow.core.messages import ErrorRecord, RawRecord, Row, Rows
 from dataflow.keys import keyring_for
+from dataflow.locality import ClusterShape, LocalKeys
 from dataflow.tables import tables_for
 from dataflow.targets import Routing, check_targets, credentials_for, targets_of
 from operators.batch import batch_rows
@@ -40,11 +41,13 @@ __all__ = ["build_flow"]
 
 
 def build_flow(cfg: Config, *, s3_factory: Callable[[], Any] | None = None,
-               service_factory: Callable[..., Any] | None = None) -> Dataflow:
+               service_factory: Callable[..., Any] | None = None,
+               shape: ClusterShape | None = None) -> Dataflow:
     """The connector's dataflow for ``cfg``.
 
     :arg s3_factory: Builds the S3 client of each source partition (default: from ``cfg.aws``).
     :arg service_factory: Builds the Logs Ingestion client of each sink partition.
+    :arg shape: This process's place in the cluster (default: from bytewax.run's arguments).
     """
     tables = tables_for(cfg)
     problems = check_targets(cfg, tables)
@@ -90,13 +93,24 @@ def build_flow(cfg: Config, *, s3_factory: Callable[[], Any] | None = None,
     if not routing.single:  # each bundle learns its target: batches never mix targets
         good = op.map("route", good, routing.stamp)
     lanes = op.branch("lane", good, lambda r: r.fast)
+    # Batches are keyed so that bytewax keeps them on this process: an object's rows are
+    # delivered (and journaled) where they were read, so hosts need share no disk.
+    local = LocalKeys(shape or ClusterShape.from_argv(sys.argv))
+
+    def batch_key(rows: Rows) -> str:
+        return local(f"{rows.target}|{rows.stream}|{rows.partition}")
+
+    def fast_key(rows: Rows) -> str:
+        return local(f"{rows.target}|{rows.stream}|fast")
+
     batch = functools.partial(batch_rows, max_bytes=cfg.batch.max_bytes,
                               max_records=cfg.batch.max_records, keyring=keyring)
-    normal = batch("batch", _keyed(op.key_on("key", lanes.falses, _batch_key)),
+    normal = batch("batch", _keyed(op.key_on("key", lanes.falses, batch_key)),
                    max_age=timedelta(seconds=cfg.batch.max_age_secs))
-    # One fast-lane batch per stream and target, not per source partition: urgent rows are
-    # few, and every key would otherwise send its own small request each fast_lane_secs.
-    fast = batch("fast_batch", _keyed(op.key_on("fast_key", lanes.trues, _fast_key)),
+    # One fast-lane batch per stream and target (in each process), not per source
+    # partition: urgent rows are few, and every key would send its own small request each
+    # fast_lane_secs.
+    fast = batch("fast_batch", _keyed(op.key_on("fast_key", lanes.trues, fast_key)),
                  max_age=timedelta(seconds=cfg.enrich.fast_lane_secs))
     batches = op.merge("batches", normal, fast)
     dead_letters = functools.partial(DeadLetterStore, rt.errors_dir, rt.errors_s3_uri, s3_factory,
@@ -112,14 +126,6 @@ def build_flow(cfg: Config, *, s3_factory: Callable[[], Any] | None = None,
 def _keyed(stream: op.KeyedStream[Rows]) -> op.KeyedStream[Row | Rows]:
     """The batcher takes single rows too (KeyedStream is invariant)."""
     return cast("op.KeyedStream[Row | Rows]", stream)
-
-
-def _batch_key(rows: Rows) -> str:
-    return f"{rows.target}|{rows.stream}|{rows.partition}"
-
-
-def _fast_key(rows: Rows) -> str:
-    return f"{rows.target}|{rows.stream}|fast"
 
 
 def _enrich(cfg: Config, enricher: Enricher, rows: op.Stream[Rows],

@@ -25,12 +25,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from dataflow.cli import init_recovery
+from dataflow.locality import ClusterShape
 from devstack.demo import flow_env
 from devstack.faultproxy import FaultProxy
 from devstack.samples import seed_cloudtrail
 from devstack.stack import LocalStack, free_port
 
-__all__ = ["ChaosResult", "run_chaos"]
+__all__ = ["ChaosResult", "host_dir", "rescale_hosts", "run_chaos"]
 
 ROOT = Path(__file__).resolve().parent.parent
 STREAM = "Custom-AWSCloudTrail"
@@ -104,24 +106,70 @@ poll_secs = 0.5
 {discovery}""")
 
 
+def host_dir(run_dir: Path, i: int) -> Path:
+    """Process ``i``'s own volume in a hosts run."""
+    return run_dir / f"host-{i}"
+
+
+def rescale_hosts(run_dir: Path, old: int, new: int) -> None:
+    """The README's rescale procedure for processes that share no disk, all stopped:
+
+    1. every journal file goes to every volume of the new cluster (a source partition
+       may move to another process, whose journal must know what was delivered); of
+       several copies of a file, the newest;
+    2. every recovery partition file stays on exactly one volume of the new cluster: the
+       partitions of a volume that goes away move to the remaining ones;
+    3. dead-letter files stay where they are (replay reads each volume's store).
+    """
+    journals: dict[str, Path] = {}  # of copies of one file (from an earlier rescale), the
+    for i in range(max(old, new)):  # newest: the one its worker kept writing
+        for f in (host_dir(run_dir, i) / "journal").glob("*.jsonl"):
+            if f.name not in journals or f.stat().st_mtime > journals[f.name].stat().st_mtime:
+                journals[f.name] = f
+    for i in range(new):
+        target = host_dir(run_dir, i) / "journal"
+        target.mkdir(parents=True, exist_ok=True)
+        for name, f in journals.items():
+            if f.parent != target:
+                shutil.copy2(f, target / name)
+    for i in range(new, old):  # volumes going away: their partitions move
+        for k, part in enumerate(sorted((host_dir(run_dir, i) / "recovery").glob("part-*"))):
+            dest = host_dir(run_dir, k % new) / "recovery"
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(part), dest / part.name)
+
+
 class _Flow:
     """The flow's processes: start, kill -9, wait."""
 
-    def __init__(self, env: dict[str, str], recovery: Path, log: Path) -> None:
+    def __init__(self, env: dict[str, str], recovery: Path, log: Path,
+                 hosts: Path | None = None) -> None:
         self._env = env
         self._recovery = recovery
         self._log = log
+        self._hosts = hosts
         self.procs: list[subprocess.Popen] = []
 
     def start(self, workers: int, processes: int) -> None:
         base = [sys.executable, "-m", "bytewax.run", "dataflow.flow:flow", "-w", str(workers),
-                "-r", str(self._recovery), "-s", "1", "-b", "0"]
-        addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
+                "-s", "1", "-b", "0"]
+        port = free_port()  # the same port on each host's own loopback address
+        hosts = self._hosts
+        addresses = ";".join(f"127.0.0.{i + 2}:{port}" if hosts else f"127.0.0.1:{free_port()}"
+                             for i in range(processes))
         with self._log.open("ab") as log:
             for i in range(processes):
                 extra = ["-i", str(i), "-a", addresses] if processes > 1 else []
-                self.procs.append(subprocess.Popen(base + extra, env=self._env, cwd=ROOT,
-                                                   stdout=log, stderr=log))
+                env, recovery = self._env, self._recovery
+                if hosts is not None:
+                    own = host_dir(hosts, i)
+                    recovery = own / "recovery"
+                    init_recovery(recovery, 1, ClusterShape(i, processes, workers),
+                                  own / "journal")
+                    env = env | {"S3SENTINEL__RUNTIME__ERRORS_DIR": str(own / "errors"),
+                                 "S3SENTINEL__RUNTIME__JOURNAL_DIR": str(own / "journal")}
+                self.procs.append(subprocess.Popen(base + ["-r", str(recovery)] + extra,
+                                                   env=env, cwd=ROOT, stdout=log, stderr=log))
 
     def alive(self) -> bool:
         return all(p.poll() is None for p in self.procs)
@@ -153,21 +201,32 @@ def run_chaos(stack: LocalStack, workdir: Path, *, mode: str = "list", workers: 
               processes: int = 1, kills: int = 10, objects: int = 200,
               records_per_object: tuple[int, int] = (20, 200), rescale_to: int | None = None,
               min_up_secs: float = 1.0, max_up_secs: float = 4.0, seed: int = 1,
-              storm_secs: float = 0.0, timeout_secs: float = 150.0,
-              log: Any = None) -> ChaosResult:
+              storm_secs: float = 0.0, timeout_secs: float = 150.0, hosts: bool = False,
+              process_plan: list[int] | None = None, log: Any = None) -> ChaosResult:
     """One chaos run (see the module docstring); ``storm_secs`` adds a fault storm.
 
     :arg rescale_to: Restart once (the middle restart) with this many workers per process.
     :arg storm_secs: For this long from the start, the emulator answers with 429 +
         Retry-After, 500/503, dropped connections and slow responses, and S3/SQS (through
         :class:`FaultProxy`) with 503 SlowDown, 500 and dropped connections.
+    :arg hosts: Each process as its own host: its own journal, dead-letter and recovery
+        directories (nothing shared), its cluster address on its own loopback address
+        (127.0.0.2, 127.0.0.3, ...).
+    :arg process_plan: Process counts the kills go through in order (e.g. ``[2, 3, 2]``:
+        the first third of the restarts with 2, the middle with 3, the rest and the
+        catch-up with 2); between two counts the state is moved by :func:`rescale_hosts`,
+        the README's procedure. Implies ``hosts``.
     """
     rng = random.Random(seed)
     say = log or (lambda *_: None)
-    run_dir = workdir / f"chaos-{mode}-w{workers}-p{processes}-{seed}"
+    hosts = hosts or process_plan is not None
+    plan = process_plan or [processes]
+    processes = plan[-1]
+    tag = "h" if hosts else "p"
+    run_dir = workdir / f"chaos-{mode}-w{workers}-{tag}{'-'.join(map(str, plan))}-{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
-    bucket = f"chaos-{mode}-w{workers}-p{processes}-{seed}"
+    bucket = f"chaos-{mode}-w{workers}-{tag}{'-'.join(map(str, plan))}-{seed}"
     s3 = stack.s3()
     queue_url = ""
     if mode == "sqs":
@@ -180,8 +239,9 @@ def run_chaos(stack: LocalStack, workdir: Path, *, mode: str = "list", workers: 
     from bytewax.recovery import init_db_dir
 
     recovery = run_dir / "recovery"
-    recovery.mkdir()
-    init_db_dir(recovery, 1)
+    if not hosts:
+        recovery.mkdir()
+        init_db_dir(recovery, 1)
     config = run_dir / "flow.toml"
     _config(config, bucket, mode=mode, queue_url=queue_url, partitions=4,
             retry_max_secs=600.0 if storm_secs else 120.0)
@@ -219,15 +279,21 @@ def run_chaos(stack: LocalStack, workdir: Path, *, mode: str = "list", workers: 
             time.sleep(rng.uniform(0.3, 1.2))
         landing_done.set()
 
-    flow = _Flow(env, recovery, run_dir / "flow.log")
+    flow = _Flow(env, recovery, run_dir / "flow.log", run_dir if hosts else None)
     began = time.monotonic()
     lander = threading.Thread(target=land, daemon=True)
     lander.start()
     done_kills = 0
     try:
+        current = plan[0]
         for k in range(kills):
             w = rescale_to if rescale_to and k == kills // 2 else workers
-            flow.start(w, processes)
+            n = plan[k * len(plan) // kills]
+            if n != current:
+                say(f"  rescale {current} -> {n} processes")
+                rescale_hosts(run_dir, current, n)
+                current = n
+            flow.start(w, n)
             up = rng.uniform(min_up_secs, max_up_secs)
             time.sleep(up)
             if not flow.alive():
@@ -242,6 +308,8 @@ def run_chaos(stack: LocalStack, workdir: Path, *, mode: str = "list", workers: 
             proxy.set()  # S3 is healthy again; the emulator's storm ends by its duration
         expected_ids = {e for m in manifests for e in m.event_ids}
         expected = len(expected_ids)
+        if hosts and current != processes:
+            rescale_hosts(run_dir, current, processes)
         last_start = time.monotonic()
         flow.start(workers, processes)
         deadline = last_start + timeout_secs
@@ -268,8 +336,8 @@ def run_chaos(stack: LocalStack, workdir: Path, *, mode: str = "list", workers: 
     counts = collections.Counter(r["AwsEventId"] for r in records)
     from connectors.deadletter import read_entries
 
-    errors = run_dir / "errors"
-    dead = len(read_entries(errors)) if errors.exists() else 0
+    dead = sum(len(read_entries(e)) for e in [run_dir / "errors", *run_dir.glob("host-*/errors")]
+               if e.exists())
     storm_faults = sum(1 for r in admin.requests() if r.get("fault"))
     return ChaosResult(
         mode=mode, workers=workers, processes=processes, kills=done_kills,

@@ -177,3 +177,23 @@ def test_help_says_what_the_tool_is(capsys) -> None:
     out = capsys.readouterr().out
     assert "Microsoft Sentinel" in out and "AWS S3" in out
     assert "``" not in out  # no reStructuredText quotes from the module docstring
+
+
+def test_each_process_creates_its_own_share_of_recovery_partitions(tmp_path: Path) -> None:
+    from dataflow.cli import init_recovery
+    from dataflow.locality import ClusterShape
+
+    hosts = [tmp_path / f"host-{i}" for i in range(3)]
+    for i, host in enumerate(hosts):
+        assert init_recovery(host / "recovery", 2, ClusterShape(i, 3, 1), host / "journal")
+    parts = [sorted(p.name for p in (h / "recovery").iterdir()) for h in hosts]
+    assert parts == [["part-0.sqlite3", "part-3.sqlite3"], ["part-1.sqlite3", "part-4.sqlite3"],
+                     ["part-2.sqlite3", "part-5.sqlite3"]]
+    # A restart leaves them; a volume that joins a running cluster (it has journals) gets
+    # none, but its directory, which bytewax wants.
+    assert not init_recovery(hosts[0] / "recovery", 2, ClusterShape(0, 3, 1))
+    joined = tmp_path / "host-3"
+    (joined / "journal").mkdir(parents=True)
+    (joined / "journal" / "journal-w0.jsonl").write_text("")
+    assert not init_recovery(joined / "recovery", 2, ClusterShape(3, 4, 1), joined / "journal")
+    assert (joined / "recovery").is_dir() and not any((joined / "recovery").iterdir())

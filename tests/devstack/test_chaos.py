@@ -44,3 +44,23 @@ def test_ten_kills(stack: LocalStack, tmp_path: Path, mode: str, workers: int, p
                    rescale: int | None) -> None:
     _check(run_chaos(stack, tmp_path, mode=mode, workers=workers, processes=processes,
                      kills=10, objects=150, rescale_to=rescale, seed=11))
+
+
+@pytest.mark.parametrize("mode", ["list", "sqs"])
+def test_two_hosts_that_share_no_disk_lose_nothing_and_leave_no_message(
+        stack: LocalStack, tmp_path: Path, mode: str) -> None:
+    """Two processes, each with its own journal, dead-letter and recovery directories and
+    its cluster address on its own loopback address: the SQS partitions confirm from their
+    own process's journals (the rows of an object stay where they were read)."""
+    _check(run_chaos(stack, tmp_path, mode=mode, processes=2, hosts=True, kills=3, objects=40,
+                     records_per_object=(20, 120), seed=21))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize(("mode", "plan"), [
+    ("list", [2]), ("sqs", [2]), ("list", [3]), ("sqs", [3]), ("sqs", [2, 3, 2])])
+def test_ten_kills_on_hosts(stack: LocalStack, tmp_path: Path, mode: str,
+                            plan: list[int]) -> None:
+    _check(run_chaos(stack, tmp_path, mode=mode, process_plan=plan, kills=10, objects=150,
+                     seed=31))
