@@ -45,6 +45,7 @@ from dataflow.targets import check_targets, legacy_warning, sent_streams
 from operators.formats.registry import DEFAULT_TABLES
 from operators.parse import RecordMapper
 from operators.schema import TableError, load_tables
+from operators.transform import check as check_transforms
 
 __all__ = ["main"]
 
@@ -98,7 +99,8 @@ def _validate(args: argparse.Namespace) -> int:
         cfg = load_config(args.config)
         tables = tables_for(cfg)
         RecordMapper(cfg.sources, tables, cfg.batch.max_bytes)
-        problems = check_targets(cfg, tables)
+        problems = check_targets(cfg, tables) + check_transforms(
+            cfg.transforms, tables, [s.name for s in cfg.sources])
         if problems:
             raise ConfigError(problems, origin=str(args.config))
         if cfg.ops.health_table and cfg.ops.health_table not in tables:

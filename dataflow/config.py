@@ -33,6 +33,7 @@ from dataflow.core.errors import TerminalError
 from operators.batch import BatchConfig
 from operators.enrich.config import EnrichConfig
 from operators.tabledef import TableColumnConfig, TableConfig
+from operators.transform import RouteConfig, TransformConfig
 
 __all__ = [
     "AwsConfig",
@@ -50,6 +51,8 @@ __all__ = [
     "TargetConfig",
     "TableColumnConfig",
     "TableConfig",
+    "RouteConfig",
+    "TransformConfig",
     "WebhookConfig",
     "load_config",
     "parse_config",
@@ -129,6 +132,7 @@ class Config:
     tables: list[TableConfig] = field(default_factory=list)
     ops: OpsConfig = field(default_factory=OpsConfig)
     enrich: EnrichConfig = field(default_factory=EnrichConfig)
+    transforms: list[TransformConfig] = field(default_factory=list)
 
     def source(self, name: str) -> SourceConfig:
         """The source named ``name``."""
@@ -316,6 +320,8 @@ def _check(cfg: Config, problems: list[str], need_target: bool = True) -> None:
     cfg.runtime.validate(problems)
     for table in cfg.tables:
         table.validate(problems)
+    for i, transform in enumerate(cfg.transforms):
+        transform.validate(problems, f"transforms[{i}]")
 
 
 def _check_targets(cfg: Config, problems: list[str], need_target: bool) -> None:

@@ -36,6 +36,8 @@ from dataflow.targets import Routing, check_targets, credentials_for, targets_of
 from operators.batch import batch_rows
 from operators.enrich.operator import Enricher, Observed, score_shard
 from operators.parse import RecordMapper
+from operators.transform import Transformer
+from operators.transform import check as check_transforms
 
 __all__ = ["build_flow"]
 
@@ -50,7 +52,8 @@ def build_flow(cfg: Config, *, s3_factory: Callable[[], Any] | None = None,
     :arg shape: This process's place in the cluster (default: from bytewax.run's arguments).
     """
     tables = tables_for(cfg)
-    problems = check_targets(cfg, tables)
+    problems = check_targets(cfg, tables) + check_transforms(
+        cfg.transforms, tables, [s.name for s in cfg.sources])
     if problems:
         raise ConfigError(problems)
     routing = Routing(cfg, tables)
@@ -90,6 +93,8 @@ def build_flow(cfg: Config, *, s3_factory: Callable[[], Any] | None = None,
     good = cast("op.Stream[Rows]", rows.trues)
     if enricher is not None:
         good = _enrich(cfg, enricher, good, keyring)
+    if cfg.transforms:  # after enrichment: a row dropped here may still raise a finding
+        good = op.flat_map("transform", good, Transformer(cfg.transforms, tables).apply)
     if not routing.single:  # each bundle learns its target: batches never mix targets
         good = op.map("route", good, routing.stamp)
     lanes = op.branch("lane", good, lambda r: r.fast)

@@ -79,9 +79,12 @@ def sent_streams(cfg: Config, tables: Mapping[str, TableDef]) -> dict[str, dict[
             stream = tables[table].stream
             out.setdefault(routing.target(source, stream), {}).setdefault(stream, why)
 
+    routes = {t.table: [r.table for r in t.route] for t in cfg.transforms}
     for src in cfg.sources:
         for table in source_tables(src):
             add(src.name, table, f"source {src.name!r} -> {table}")
+            for routed in routes.get(table, ()):
+                add(src.name, routed, f"source {src.name!r} -> {table} -> routed to {routed}")
         if cfg.enrich.enabled:  # findings follow the rows they are about
             add(src.name, FINDINGS_TABLE, f"enrich (findings of source {src.name!r})")
     if cfg.ops.health_table:

@@ -20,12 +20,14 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from dataflow.cli import init_recovery
+from dataflow.core.messages import object_id
 from dataflow.locality import ClusterShape
 from devstack.demo import flow_env
 from devstack.faultproxy import FaultProxy
@@ -77,7 +79,7 @@ class ChaosResult:
 
 
 def _config(path: Path, bucket: str, *, mode: str, queue_url: str, partitions: int,
-            retry_max_secs: float) -> None:
+            retry_max_secs: float, sample: int = 1) -> None:
     discovery = ""
     if mode == "sqs":
         # Every kill sends the messages in flight back to the queue and counts a receive:
@@ -103,7 +105,11 @@ prefix = "AWSLogs/"
 format = "cloudtrail"
 partitions = {partitions}
 poll_secs = 0.5
-{discovery}""")
+{discovery}""" + ("" if sample == 1 else f"""
+[[transforms]]
+table = "AWSCloudTrail"
+sample = {sample}
+"""))
 
 
 def host_dir(run_dir: Path, i: int) -> Path:
@@ -202,7 +208,8 @@ def run_chaos(stack: LocalStack, workdir: Path, *, mode: str = "list", workers: 
               records_per_object: tuple[int, int] = (20, 200), rescale_to: int | None = None,
               min_up_secs: float = 1.0, max_up_secs: float = 4.0, seed: int = 1,
               storm_secs: float = 0.0, timeout_secs: float = 150.0, hosts: bool = False,
-              process_plan: list[int] | None = None, log: Any = None) -> ChaosResult:
+              process_plan: list[int] | None = None, sample: int = 1,
+              log: Any = None) -> ChaosResult:
     """One chaos run (see the module docstring); ``storm_secs`` adds a fault storm.
 
     :arg rescale_to: Restart once (the middle restart) with this many workers per process.
@@ -212,6 +219,8 @@ def run_chaos(stack: LocalStack, workdir: Path, *, mode: str = "list", workers: 
     :arg hosts: Each process as its own host: its own journal, dead-letter and recovery
         directories (nothing shared), its cluster address on its own loopback address
         (127.0.0.2, 127.0.0.3, ...).
+    :arg sample: Keep 1 CloudTrail row in ``sample`` (a ``[[transforms]]`` entry): the
+        rows expected are exactly those the record ids select, whatever the kills.
     :arg process_plan: Process counts the kills go through in order (e.g. ``[2, 3, 2]``:
         the first third of the restarts with 2, the middle with 3, the rest and the
         catch-up with 2); between two counts the state is moved by :func:`rescale_hosts`,
@@ -244,7 +253,7 @@ def run_chaos(stack: LocalStack, workdir: Path, *, mode: str = "list", workers: 
         init_db_dir(recovery, 1)
     config = run_dir / "flow.toml"
     _config(config, bucket, mode=mode, queue_url=queue_url, partitions=4,
-            retry_max_secs=600.0 if storm_secs else 120.0)
+            retry_max_secs=600.0 if storm_secs else 120.0, sample=sample)
     proxy = None
     env = flow_env(stack, run_dir / "errors", config) | {"S3SENTINEL__OPS__PORT": "0"}
     if storm_secs:
@@ -306,7 +315,10 @@ def run_chaos(stack: LocalStack, workdir: Path, *, mode: str = "list", workers: 
         landing_done.wait(timeout=120)
         if proxy is not None:
             proxy.set()  # S3 is healthy again; the emulator's storm ends by its duration
-        expected_ids = {e for m in manifests for e in m.event_ids}
+        expected_ids = {e for m in manifests for o in m.objects
+                        for offset, e in enumerate(o.event_ids)
+                        if zlib.crc32(f"{object_id(bucket, o.key, o.etag)}-{offset}".encode())
+                        % sample == 0}
         expected = len(expected_ids)
         if hosts and current != processes:
             rescale_hosts(run_dir, current, processes)

@@ -17,6 +17,8 @@ __all__ = [
     "DCR_REQUESTS",
     "DCR_THROTTLED_SECONDS",
     "DCR_WAIT_SECONDS",
+    "TRANSFORM_BYTES",
+    "TRANSFORM_ROWS",
     "EVENT_DELAY_SECONDS",
     "THROTTLE_WAIT_SECONDS",
     "DEADLETTER_RECORDS",
@@ -152,6 +154,16 @@ DCR_WAIT_SECONDS = Counter(
     "s3sentinel_dcr_wait_seconds_total",
     "Seconds the sink waited because every DCR carrying a stream was out of budget.",
     ["target", "stream"],
+)
+TRANSFORM_ROWS = Counter(
+    "s3sentinel_transform_rows_total",
+    "Rows through [[transforms]] per table: in, kept, dropped (where), sampled_out, routed.",
+    ["table", "outcome"],
+)
+TRANSFORM_BYTES = Counter(
+    "s3sentinel_transform_bytes_total",
+    "Row bytes (JSON) into and out of [[transforms]] per table: what they saved.",
+    ["table", "direction"],
 )
 BATCH_BYTES = Histogram(
     "s3sentinel_batch_bytes",
