@@ -129,6 +129,12 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
         os.environ["S3SENTINEL__RUNTIME__MODE"] = "catch_up"
     rt = load_config(args.config).runtime
     cmd = [sys.executable, "-m", "bytewax.run", "dataflow.flow:flow", "-w", str(args.workers)]
+    if args.process_id is not None or args.addresses:
+        if args.process_id is None or not args.addresses:
+            print("s3sentinel run: -i/--process-id and -a/--addresses go together",
+                  file=sys.stderr)
+            return 2
+        extra = ["--process-id", str(args.process_id), "--addresses", args.addresses, *extra]
     # Recovery is on by default in continuous mode: a restart resumes where it stopped.
     recovery = args.recovery_dir or (rt.recovery_dir if rt.mode == "continuous"
                                      and not args.no_recovery else None)
@@ -337,6 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--recovery-partitions", type=int, default=0)
     run.add_argument("--snapshot-secs", type=int, default=0)
     run.add_argument("--catch-up", action="store_true", help="drain the buckets, then exit")
+    run.add_argument("-i", "--process-id", type=int,
+                     help="this process's index in a cluster of processes (bytewax -i)")
+    run.add_argument("-a", "--addresses", help='"host:port;host:port;..." of every process, '
+                     "in process-id order (bytewax -a)")
     val = sub.add_parser("validate-config", help="check the config and table definitions")
     _config_arg(val)
     pre = sub.add_parser("preview", help="show the rows a file or s3:// object would become")

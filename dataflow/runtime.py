@@ -68,7 +68,8 @@ class OpsRuntime:
                                    functools.partial(Probe, cfg), tables)
         self.server: OpsServer | None = None
         if ops.port or port is not None:
-            where = ops.port + process_index() if port is None else port
+            offset = process_index() if ops.port_per_process else 0
+            where = ops.port + offset if port is None else port
             try:
                 self.server = OpsServer(cfg.ops, [s.name for s in cfg.sources], where,
                                         self.authorizer, self.readiness,

@@ -26,7 +26,11 @@ class OpsConfig:
 
     port: int = 9464
     """Port of the ops HTTP server (/metrics, /healthz, /readyz, /admin/*); process i of a
-    multi-process flow listens on port + i. 0 turns the server off."""
+    multi-process flow listens on port + i (see port_per_process). 0 turns the server off."""
+    port_per_process: bool = True
+    """Process i serves on port + i, so processes sharing a host do not collide; false when
+    each process has a network namespace of its own (Kubernetes pods: every pod's probes
+    and scrape target name the same port)."""
     bind: str = "127.0.0.1"
     """Address the ops server listens on (0.0.0.0 to be scraped from elsewhere)."""
     open_metrics: bool = True
