@@ -9,10 +9,14 @@ A message is deleted only when every record of its objects is accounted for: del
 (the upload journal) or written to the dead-letter store (the dead-letter journal). The
 partition knows which offsets it emitted; :class:`~connectors.ledger.LedgerView`
 tells when all of them are in the journals. Until then the message's visibility is
-extended, so no other receiver takes it. After a crash nothing is lost: the messages come
-back when their visibility runs out, the objects are read again, and the sink skips what
-the journal says was delivered. The journal directory must therefore be shared by every
-process of the flow (it is, on one host).
+extended, so no other receiver takes it. After a crash nothing is lost: a restarted
+partition takes back the messages its snapshot names (their receipt handles stay valid
+until their visibility runs out) and reads their objects again, and the sink skips what
+its own process's journal says was delivered (the rows of an object are delivered by the
+process that read it: :mod:`dataflow.locality`). A message whose visibility ran out before
+the restart goes back to the queue, and whichever partition receives it reads its objects
+again: on another host, what the first delivered is sent twice (keep
+``visibility_timeout_secs`` well above the time a restart takes).
 
 A message that keeps coming back (``max_receive_count``) sends its objects to the
 dead-letter store with the reason and is then deleted; a body that is no S3 event
@@ -194,7 +198,7 @@ class SqsPartition(StatefulSourcePartition[Item, dict[str, Any]]):
 
     def __init__(self, s3: Any, sqs: Any, src: SourceConfig, name: str, journal_dir: str, *,
                  catch_up: bool, clock: Clock, monotonic: Any = time.monotonic,
-                 keyring: Any = None) -> None:
+                 keyring: Any = None, resume_state: dict[str, Any] | None = None) -> None:
         self._src = src
         self._name = name
         self._catch_up = catch_up
@@ -213,11 +217,16 @@ class SqsPartition(StatefulSourcePartition[Item, dict[str, Any]]):
         self._tracked: dict[str, _Object] = {}  # key -> object in flight
         self._current: _Object | None = None
         self._next_check = 0.0
+        self._adopt: list[dict[str, Any]] = list((resume_state or {}).get("messages") or [])
+        """Messages in flight at the snapshot, to take back before receiving new ones."""
 
     # -- bytewax interface -------------------------------------------------------------
 
     @override
     def next_batch(self) -> list[Item]:
+        if self._adopt:
+            self._take_back(self._adopt)
+            self._adopt = []
         self._maintain()
         if status.is_paused(self._src.name):
             self._wake_at = self._clock() + timedelta(seconds=1)
@@ -263,8 +272,49 @@ class SqsPartition(StatefulSourcePartition[Item, dict[str, Any]]):
 
     @override
     def snapshot(self) -> dict[str, Any]:
-        # Messages not deleted come back after their visibility timeout: nothing to keep.
-        return {"v": 1, "discovery": "sqs"}
+        # The messages in flight, so that a restart takes them back (with their receipt
+        # handles, valid until their visibility runs out) instead of leaving them to any
+        # receiver: on hosts that share no disk, another host's journal would not know
+        # what this one delivered.
+        return {"v": 2, "discovery": "sqs", "messages": [
+            {"id": m.message_id, "receipt": m.receipt, "sent": m.sent_ts,
+             "objects": [[o.key, o.etag, o.size] for o in m.objects]}
+            for m in self._messages.values()]}
+
+    def _take_back(self, saved: list[dict[str, Any]]) -> None:
+        """Extend the visibility of the snapshot's messages; those still ours are tracked
+        again (their objects read from the start: the journal skips what was delivered)."""
+        src = self._src
+        mono = self._mono()
+        for i in range(0, len(saved), 10):
+            chunk = saved[i:i + 10]
+            try:
+                resp = self._sqs.change_message_visibility_batch(
+                    QueueUrl=src.queue_url,
+                    Entries=[{"Id": str(j), "ReceiptHandle": m["receipt"],
+                              "VisibilityTimeout": src.visibility_timeout_secs}
+                             for j, m in enumerate(chunk)])
+            except Exception as ex:  # they come back by themselves when their time runs out
+                log.warning("source %s: cannot take back %d messages of the snapshot: %s",
+                            src.name, len(chunk), ex)
+                continue
+            for entry in resp.get("Successful", []):
+                m = chunk[int(entry["Id"])]
+                msg = _Message(m["id"], m["receipt"], float(m["sent"]),
+                               mono + src.visibility_timeout_secs)
+                for key, etag, size in m["objects"]:
+                    same = self._tracked.get(key)
+                    if same is None:
+                        same = self._tracked[key] = _Object(key, etag, size)
+                        self._todo.append(same)
+                    same.users += 1
+                    msg.objects.append(same)
+                self._messages[msg.message_id] = msg
+                metrics.SQS_MESSAGES.labels(src.name, "taken_back").inc()
+            # The others' visibility ran out: they are back in the queue, for any receiver.
+            metrics.SQS_MESSAGES.labels(src.name, "expired_at_restart").inc(
+                len(resp.get("Failed", [])))
+        self._fetch.want(o.key for o in self._todo)
 
     @override
     def close(self) -> None:

@@ -286,7 +286,7 @@ class S3Source(FixedPartitionedSource[Item, dict[str, Any]]):
                 sqs = self._sqs_factory()
             return SqsPartition(s3, sqs, src, for_part, self._journal_dir,
                                 catch_up=self._catch_up, clock=self._clock,
-                                keyring=self._keyring)
+                                keyring=self._keyring, resume_state=resume_state)
         return ListingPartition(s3, src, for_part, int(index), int(count),
                             resume_state, catch_up=self._catch_up, clock=self._clock,
                             journal_dir=self._journal_dir, keyring=self._keyring)

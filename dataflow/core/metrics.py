@@ -191,7 +191,7 @@ REPLAYED_RECORDS = Counter(
 SQS_MESSAGES = Counter(
     "s3sentinel_sqs_messages_total",
     "SQS notification messages, by action (received, deleted, extended, ignored, "
-    "test_event, dead_lettered).",
+    "test_event, dead_lettered, taken_back and expired_at_restart after a restart).",
     ["source", "action"],
 )
 IN_FLIGHT_OBJECTS = Gauge(

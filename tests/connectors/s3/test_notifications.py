@@ -4,6 +4,7 @@ the journals account for every record, visibility extension, and messages that k
 from __future__ import annotations
 
 import json
+from unittest import mock
 from typing import Any
 
 import boto3
@@ -237,3 +238,31 @@ def test_an_unexpected_error_handling_one_message_dead_letters_only_that_message
     (err,) = [x for x in out if isinstance(x, ErrorRecord)]
     assert err.code == "sqs_message_error" and "RuntimeError: a bug" in err.reason
     assert [r.obj.key for r in out if isinstance(r, RawRecord)] == ["logs/fine.ndjson"]
+
+
+def test_a_restart_takes_back_the_messages_of_its_snapshot(aws: Any, tmp_path: Any) -> None:
+    """The messages in flight at a snapshot are taken back by the restarted partition (their
+    visibility extended with the saved receipt handles) and their objects read again by
+    it, not left to whichever receiver gets them when their visibility runs out (on another
+    host, whose journal would not know what this one delivered)."""
+    s3, sqs, url = aws
+    s3.put_object(Bucket=BUCKET, Key="logs/c.ndjson", Body=b'{"a":1}\n{"a":2}\n')
+    first = part(aws, tmp_path)
+    recs = [x for x in pump(first) if isinstance(x, RawRecord)]
+    assert [r.offset for r in recs] == [0, 1]
+    snap = first.snapshot()
+    assert [m["objects"] for m in snap["messages"]] == [[["logs/c.ndjson", mock.ANY, 16]]]
+    # A kill: the first partition is gone. The restarted one takes the message back.
+    again = S3Source([first._src], lambda: s3, sqs_factory=lambda: sqs,
+                     journal_dir=str(tmp_path)).build_part("s3", "n:0/1", snap)
+    other = part(aws, tmp_path)  # another receiver of the queue
+    reread = [x for x in pump(again) if isinstance(x, RawRecord)]
+    assert [r.record_id for r in reread] == [r.record_id for r in recs]
+    assert [x for x in pump(other) if isinstance(x, RawRecord)] == []  # not visible to it
+    Ledger(tmp_path, 0).record([r.record_id for r in recs])
+    pump(again, 3)
+    assert depth(sqs, url) == 0
+    # A receipt that is no longer valid (the message is gone) is dropped, not an error.
+    late = S3Source([first._src], lambda: s3, sqs_factory=lambda: sqs,
+                    journal_dir=str(tmp_path)).build_part("s3", "n:0/1", snap)
+    assert [x for x in pump(late, 3) if isinstance(x, RawRecord)] == []
