@@ -305,6 +305,7 @@ def _check(cfg: Config, problems: list[str], need_target: bool = True) -> None:
     """Checks across fields, after types are right: each section checks itself (its own
     ``validate``), and what spans sections is checked here."""
     cfg.sentinel.validate(problems)
+    cfg.aws.validate(problems)
     _check_targets(cfg, problems, need_target)
     cfg.batch.validate(problems)
     if not cfg.sources:

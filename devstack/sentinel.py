@@ -1,5 +1,6 @@
 """HTTPS emulator of Azure Monitor's Logs Ingestion API, the App Service managed-identity
-token endpoint and Key Vault ``get_secret``, for tests, benchmarks and the demo.
+token endpoint, Entra ID's token endpoint for workload identity federation and Key Vault
+``get_secret``, for tests, benchmarks and the demo.
 
 Everything is served by one TLS ``ThreadingHTTPServer`` on 127.0.0.1 (azure-identity accepts an
 https ``IDENTITY_ENDPOINT``; the CA is trusted through ``REQUESTS_CA_BUNDLE``). The wire
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 import weakref
@@ -34,7 +36,14 @@ from typing import Any
 
 from devstack.dcrdef import DcrDefinitionError
 from devstack.sentinel_handler import EmulatorServer, SentinelRequestHandler
-from devstack.sentinel_state import IDENTITY_PATH, EmulatorState, FaultScript, RequestLog
+from devstack.sentinel_state import (
+    EXCHANGE_AUDIENCE,
+    IDENTITY_PATH,
+    TENANT_ID,
+    EmulatorState,
+    FaultScript,
+    RequestLog,
+)
 from devstack.tls import TlsFiles, client_ssl_context, make_ca_and_server_cert, server_ssl_context
 
 __all__ = [
@@ -167,6 +176,17 @@ class SentinelEmulator:
         return self._state.identity_header
 
     @property
+    def authority_host(self) -> str:
+        """Value for ``AZURE_AUTHORITY_HOST``: Entra's token endpoint is
+        ``{authority_host}/{tenant_id}/oauth2/v2.0/token`` (workload identity federation)."""
+        return self.endpoint
+
+    @property
+    def tenant_id(self) -> str:
+        """The one tenant the emulator's Entra endpoint knows."""
+        return TENANT_ID
+
+    @property
     def vault_url(self) -> str:
         """Key Vault URL for ``SecretClient(vault_url, cred, verify_challenge_resource=False)``."""
         return self.endpoint
@@ -204,6 +224,8 @@ class SentinelEmulator:
             "identity_endpoint": self.identity_endpoint,
             "identity_header": self.identity_header,
             "vault_url": self.vault_url,
+            "authority_host": self.authority_host,
+            "tenant_id": self.tenant_id,
             "ca_file": self.ca_file,
             "admin_url": self.endpoint + "/_emulator",
             "pid": os.getpid(),
@@ -254,6 +276,17 @@ class SentinelEmulator:
     def set_secret(self, name: str, value: str) -> str:
         """Add or rotate a Key Vault secret; returns the new version id."""
         return self._state.set_secret(name, value)
+
+    def add_federated_credential(self, client_id: str, issuer: str, subject: str,
+                                 audience: str = EXCHANGE_AUDIENCE) -> None:
+        """Let app ``client_id`` exchange a JWT from ``issuer`` about ``subject`` for tokens
+        at the Entra endpoint (a federated identity credential)."""
+        self._state.add_federated_credential(client_id, issuer, subject, audience)
+
+    def token_info(self, token: str) -> dict[str, str | None] | None:
+        """``{"resource", "client_id"}`` a live token was issued for, or None."""
+        info = self._state.token_info(token)
+        return None if info is None else {"resource": info[0], "client_id": info[1]}
 
     def reset(self) -> None:
         """Clear records, request log, dropped-column and dropped-value counts, the rules'
@@ -318,6 +351,22 @@ class EmulatorAdmin:
     def set_secret(self, name: str, value: str) -> str:
         """Add or rotate a secret; returns the new version id."""
         return self._call("POST", "secrets", {"name": name, "value": value})["version"]
+
+    def add_federated_credential(self, client_id: str, issuer: str, subject: str,
+                                 audience: str = EXCHANGE_AUDIENCE) -> None:
+        """Add a federated identity credential to app ``client_id``."""
+        self._call("POST", "federated", {"client_id": client_id, "issuer": issuer,
+                                         "subject": subject, "audience": audience})
+
+    def token_info(self, token: str) -> dict[str, str | None] | None:
+        """``{"resource", "client_id"}`` a live token was issued for, or None (what a relying
+        party, e.g. AWS STS for a web identity, learns by validating it)."""
+        try:
+            return self._call("POST", "token-info", {"token": token})
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise
 
     def reset(self) -> None:
         """Clear records, requests, drop counts, rule windows and counters, and faults."""

@@ -2,7 +2,10 @@
 
 Routes (one TLS server): ``POST /dataCollectionRules/{rule}/streams/{stream}`` (Logs
 Ingestion), ``GET /msi/token`` (App Service managed identity 2019-08-01),
-``GET /secrets/{name}[/{version}]`` (Key Vault) and ``/_emulator/*`` (admin, no auth).
+``POST /{tenant}/oauth2/v2.0/token`` (Entra ID: client credentials with a federated JWT
+assertion, what ``WorkloadIdentityCredential`` sends when ``AZURE_AUTHORITY_HOST`` names the
+emulator), ``GET /secrets/{name}[/{version}]`` (Key Vault) and ``/_emulator/*`` (admin, no
+auth).
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 class EmulatorServer(ThreadingHTTPServer):
     """Threading HTTP server doing the TLS handshake in the per-connection thread."""
@@ -245,6 +250,8 @@ class SentinelRequestHandler(BaseHTTPRequestHandler):
                     self._ingest(parts[1], parts[3], query)
             elif url.path == IDENTITY_PATH and method == "GET":
                 self._identity(query)
+            elif len(parts) == 4 and parts[1:] == ["oauth2", "v2.0", "token"] and method == "POST":
+                self._entra_token(parts[0])
             elif parts[:1] == ["secrets"] and len(parts) in (2, 3) and method == "GET":
                 self._vault(parts[1], parts[2] if len(parts) == 3 else None, query)
             else:
@@ -326,8 +333,9 @@ class SentinelRequestHandler(BaseHTTPRequestHandler):
                           f"IsDcrDceBindingValid: , DcrArmId: {arm_id}, Message: Required "
                           f"authorization action was not found for tenantId {TENANT_ID} "
                           f"objectId {token_client or 'unknown'} on resourceId {arm_id} "
-                          f"ConfigurationId: {rule}.. (emulator: only managed identity client "
-                          f"id '{dcr.identity}' has 'Monitoring Metrics Publisher' on this DCR; "
+                          f"ConfigurationId: {rule}.. (emulator: only the identity (managed or "
+                          f"workload) with client id '{dcr.identity}' has 'Monitoring Metrics "
+                          "Publisher' on this DCR; "
                           f"the token was issued to {token_client or 'no known client id'})")
         columns = state.rules[rule].get(stream, ...)
         if columns is ...:
@@ -441,6 +449,54 @@ class SentinelRequestHandler(BaseHTTPRequestHandler):
                          "resource": resource, "token_type": "Bearer",
                          "client_id": query.get("client_id") or CLIENT_ID})
 
+    # -- Entra ID token endpoint (workload identity federation) -----------------------------
+    def _entra_token(self, tenant: str) -> None:
+        """``grant_type=client_credentials`` with ``client_assertion`` (the federated token
+        file's JWT), as azure-identity's ClientAssertionCredential posts it (its own HTTP
+        client, no MSAL instance or tenant discovery). The token remembers ``client_id``."""
+        state = self.server.state
+        try:
+            body, _ = self._read_body(256 * 1024)
+        except ValueError as exc:
+            self.close_connection = True
+            return self._oauth_error(400, "invalid_request", f"AADSTS900144: {exc}")
+        form = {k: v[-1] for k, v in parse_qs((body or b"").decode("utf-8", "replace"),
+                                               keep_blank_values=True).items()}
+        if tenant != TENANT_ID:
+            return self._oauth_error(400, "invalid_tenant", f"AADSTS90002: Tenant '{tenant}' "
+                                     "not found. Check to make sure you have the correct tenant ID")
+        for key in ("grant_type", "client_id", "scope", "client_assertion_type",
+                    "client_assertion"):
+            if not form.get(key):
+                return self._oauth_error(400, "invalid_request", "AADSTS900144: The request body "
+                                         f"must contain the following parameter: '{key}'.")
+        if form["grant_type"] != "client_credentials":
+            return self._oauth_error(400, "unsupported_grant_type", "AADSTS70003: The app "
+                                     "requested an unsupported grant type (emulator: "
+                                     "client_credentials only).")
+        if form["client_assertion_type"] != JWT_BEARER:
+            return self._oauth_error(400, "invalid_request", "AADSTS700025: client_assertion_type "
+                                     f"must be {JWT_BEARER}.")
+        scope = form["scope"]
+        if " " in scope.strip() or not scope.endswith("/.default"):
+            return self._oauth_error(400, "invalid_scope", f"AADSTS1002012: The provided value "
+                                     f"for scope {scope} is not valid. Client credential flows "
+                                     "must have a scope value with /.default suffixed to the "
+                                     "resource identifier (application ID URI).")
+        refused = state.check_assertion(form["client_id"], form["client_assertion"])
+        if refused is not None:
+            return self._oauth_error(400, *refused)  # Entra answers these with 400
+        token, expires_on = state.issue_token(scope[: -len("/.default")], form["client_id"])
+        ttl = max(0, expires_on - int(time.time()))
+        self._json(200, {"token_type": "Bearer", "expires_in": ttl, "ext_expires_in": ttl,
+                         "access_token": token})
+
+    def _oauth_error(self, status: int, error: str, description: str) -> None:
+        self._json(status, {"error": error, "error_description": description,
+                            "error_codes": [int(description[6:].split(":")[0] or 0)],
+                            "timestamp": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()),
+                            "trace_id": str(uuid.uuid4()), "correlation_id": str(uuid.uuid4())})
+
     # -- Key Vault ---------------------------------------------------------------------------
     def _vault(self, name: str, version: str | None, query: Mapping[str, str]) -> None:
         state = self.server.state
@@ -507,6 +563,19 @@ class SentinelRequestHandler(BaseHTTPRequestHandler):
             except ValueError as exc:
                 return self._error(400, "InvalidPayload", str(exc))
             return self._json(200, {"ok": True})
+        if (method, action) == ("POST", "federated"):
+            try:
+                state.add_federated_credential(**(payload or {}))
+            except (ValueError, TypeError) as exc:
+                return self._error(400, "InvalidPayload", 'expected {"client_id", "issuer", '
+                                   f'"subject"[, "audience"]}}: {exc}')
+            return self._json(200, {"ok": True})
+        if (method, action) == ("POST", "token-info"):
+            token = payload.get("token") if isinstance(payload, dict) else None
+            info = state.token_info(token) if isinstance(token, str) else None
+            if info is None:
+                return self._error(404, "TokenNotFound", "no such token, or it has expired")
+            return self._json(200, {"resource": info[0], "client_id": info[1]})
         if (method, action) == ("POST", "secrets"):
             if not (isinstance(payload, dict) and isinstance(payload.get("name"), str)
                     and isinstance(payload.get("value"), str)):

@@ -1,6 +1,7 @@
 """Recording state and fault script of the Sentinel emulator (see devstack.sentinel)."""
 
 
+import base64
 import logging
 import math
 import random
@@ -12,11 +13,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from devstack.dcrdef import DEFAULT_LIMITS, DcrDef, DcrLimits, IngestResult, is_dcr_spec
 
 __all__ = [
-    "CLIENT_ID", "EmulatorState", "FaultScript", "IDENTITY_PATH", "MAX_BODY_BYTES",
-    "MONITOR_RESOURCE", "RequestLog", "RuleMeter", "TENANT_ID", "VAULT_RESOURCE",
+    "CLIENT_ID", "EXCHANGE_AUDIENCE", "EmulatorState", "FaultScript", "IDENTITY_PATH",
+    "MAX_BODY_BYTES", "MONITOR_RESOURCE", "RequestLog", "RuleMeter", "TENANT_ID",
+    "VAULT_RESOURCE",
 ]
 
 _log = logging.getLogger(__name__)
@@ -28,6 +32,8 @@ MONITOR_RESOURCE = "https://monitor.azure.com"
 VAULT_RESOURCE = "https://vault.azure.net"
 TENANT_ID = "7b3b9a1c-5e1d-4f2a-9c3e-5e4d0a1b2c3d"
 CLIENT_ID = "2c8f6d1e-0a4b-4c5d-8e7f-9a0b1c2d3e4f"
+EXCHANGE_AUDIENCE = "api://AzureADTokenExchange"
+"""The audience Entra expects of a federated assertion (a federated credential's default)."""
 _VAULT_CHALLENGE = (
     f'Bearer authorization="https://login.microsoftonline.com/{TENANT_ID}", '
     f'resource="{VAULT_RESOURCE}"'
@@ -287,6 +293,7 @@ class EmulatorState:
         self.faults = FaultScript()
         self._lock = threading.Lock()
         self._tokens: dict[str, tuple[str, float, str | None]] = {}
+        self._federated: dict[str, set[tuple[str, str, str]]] = defaultdict(set)
         self._secrets: dict[str, list[tuple[str, str, int]]] = {}
         self._version_seq = 0
         self.reset()
@@ -334,6 +341,48 @@ class EmulatorState:
         if entry is None or entry[1] <= time.time():
             return None
         return entry[0], entry[2]
+
+    # federated credentials (Entra workload identity federation)
+    def add_federated_credential(self, client_id: str, issuer: str, subject: str,
+                                 audience: str = EXCHANGE_AUDIENCE) -> None:
+        """Let app ``client_id`` take tokens for a JWT assertion from ``issuer`` about
+        ``subject`` (for ``audience``), as a federated credential of an app registration or
+        a user-assigned managed identity does."""
+        if not (client_id and issuer and subject and audience):
+            raise ValueError("a federated credential needs client_id, issuer, subject, audience")
+        with self._lock:
+            self._federated[client_id].add((issuer, subject, audience))
+
+    def check_assertion(self, client_id: str, assertion: str) -> tuple[str, str] | None:
+        """None if ``assertion`` (a JWT) matches a federated credential of ``client_id``;
+        else the OAuth error and Entra's description. The signature is not checked (the
+        emulator has no issuer keys): the claims are, as Entra matches them."""
+        parts = assertion.strip().split(".")
+        try:
+            claims = orjson.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+        except (IndexError, ValueError):
+            claims = None
+        if len(parts) != 3 or not isinstance(claims, dict):
+            return "invalid_client", "AADSTS50027: JWT token is invalid or malformed."
+        now = time.time()
+        exp, nbf = claims.get("exp"), claims.get("nbf")
+        if (not isinstance(exp, int | float) or exp <= now
+                or (isinstance(nbf, int | float) and nbf > now + 300)):
+            return "invalid_client", ("AADSTS700024: Client assertion is not within its valid "
+                                      "time range.")
+        iss, sub, aud = claims.get("iss"), claims.get("sub"), claims.get("aud")
+        auds = aud if isinstance(aud, list) else [aud]
+        with self._lock:
+            records = set(self._federated.get(client_id, ()))
+        if not records:
+            return "unauthorized_client", (f"AADSTS700016: Application with identifier "
+                                           f"'{client_id}' was not found in the directory "
+                                           f"'{TENANT_ID}' (or has no federated credential).")
+        if not any(i == iss and s == sub and a in auds for i, s, a in records):
+            return "invalid_client", (f"AADSTS70021: No matching federated identity record "
+                                      f"found for presented assertion. Assertion Issuer: '{iss}'. "
+                                      f"Assertion Subject: '{sub}'. Assertion Audience: '{aud}'.")
+        return None
 
     def token_resource(self, token: str) -> str | None:
         """The resource ``token`` was issued for, or None if unknown or expired."""

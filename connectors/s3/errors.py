@@ -13,11 +13,19 @@ _TRANSIENT_CODES = {
 _GONE_CODES = {"NoSuchKey", "404", "PreconditionFailed", "412"}
 
 
+_CREDENTIAL_OPERATIONS = frozenset({"AssumeRole", "AssumeRoleWithWebIdentity"})
+"""STS calls a credential refresh makes inside an S3 or SQS request."""
+
+
 def is_transient(ex: BaseException) -> bool:
-    """Whether ``ex`` is a failure that may succeed if tried again (throttling, 5xx, network)."""
+    """Whether ``ex`` is a failure that may succeed if tried again (throttling, 5xx, network,
+    and credentials that could not be refreshed: that says nothing about the object, and a
+    fixed trust policy or a recovered identity endpoint lets it be read)."""
+    from azure.core.exceptions import AzureError
     from botocore.exceptions import (
         ClientError,
         ConnectionClosedError,
+        CredentialRetrievalError,
         EndpointConnectionError,
         ReadTimeoutError,
         ResponseStreamingError,
@@ -25,7 +33,11 @@ def is_transient(ex: BaseException) -> bool:
     from urllib3.exceptions import HTTPError as Urllib3Error
 
     if isinstance(ex, ClientError):
+        if getattr(ex, "operation_name", "") in _CREDENTIAL_OPERATIONS:
+            return True
         return str(ex.response.get("Error", {}).get("Code")) in _TRANSIENT_CODES
+    if isinstance(ex, (AzureError, CredentialRetrievalError)):  # the Entra token of web identity
+        return True
     return isinstance(ex, (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError,
                            ResponseStreamingError, Urllib3Error, ConnectionError, TimeoutError))
 

@@ -108,7 +108,11 @@ class IngestionService:
 
 def _classify(ex: HttpResponseError, request_id: str) -> DeliveryError:
     status = ex.status_code
-    if status is None:  # the credential failed before any request was sent
+    url = str(getattr(getattr(ex.response, "request", None), "url", "") or "")
+    if status is None or (isinstance(ex, ClientAuthenticationError)
+                          and "/dataCollectionRules/" not in url):
+        # The credential failed before any request was sent (its token endpoint answered,
+        # e.g. Entra's AADSTS70021 with a 400: that is no verdict on the rows).
         kind = "credential" if isinstance(ex, ClientAuthenticationError) else "no_response"
         return DeliveryError(str(ex.message or ex), status=None, code=kind, transient=True,
                              request_id=request_id)

@@ -118,7 +118,7 @@ def test_every_problem_reported_at_once_with_its_key_path() -> None:
     assert len(problems) == 9, problems
     joined = "\n".join(problems)
     assert ("colour: unknown key (known keys: aws, batch, enrich, ops, runtime, sentinel, "
-            "sources, tables, targets)") in problems
+            "sources, tables, targets, transforms)") in problems
     assert any(p.startswith("sentinel.retries: unknown key") for p in problems)
     assert any(p.startswith("sources[trail].buckett: unknown key") for p in problems)
     assert "sentinel.timeout_secs: expected float, got '30'" in problems
@@ -388,3 +388,9 @@ def test_a_vpcflow_field_list_is_checked_at_start() -> None:
     assert any(p.startswith("sources[flows].fields:") for p in problems_of(raw))
     raw["sources"][-1]["fields"] = ["${version} ${account-id} ${srcaddr}"]
     assert parse_config(raw).source("flows").fields == ["${version} ${account-id} ${srcaddr}"]
+
+
+def test_the_aws_section_is_checked_with_its_key_paths() -> None:
+    problems = problems_of({**minimal(), "aws": {
+        "web_identity_role_arn": "arn:aws:iam::123456789012:role/r", "session_duration_secs": 60}})
+    assert any(p.startswith("aws.session_duration_secs: must be 900..43200") for p in problems)

@@ -360,7 +360,7 @@ def _mib(quantity: str) -> float:
 def test_secrets_are_only_referenced(k: Rendered) -> None:
     secretish = re.compile(r"(?i)(secret|token|password|key)")
     for e in k.container["env"]:
-        if secretish.search(e["name"]):
+        if secretish.search(e["name"]) and not e["name"].endswith("_FILE"):  # (a path)
             assert "secretKeyRef" in e.get("valueFrom", {}), f"{e['name']} is a literal"
     assert not k.of("Secret"), "Secrets are created apart, never rendered with the manifests"
 
@@ -426,16 +426,32 @@ def test_the_aks_overlay_uses_entra_workload_identity(tmp_path: Path) -> None:
     assert re.fullmatch(r"[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}", client_id)
     assert k.pod["metadata"]["labels"]["azure.workload.identity/use"] == "true"
     assert "azure.workload.identity/use" not in k.sts["spec"]["selector"]["matchLabels"]
-    assert not _env_names(k) & {"AZURE_CLIENT_SECRET", "AZURE_CLIENT_ID"}
-    # DefaultAzureCredential takes the token the webhook projects.
-    assert all(t.credential == "default" for t in k.config(tmp_path).targets)
+    assert not _env_names(k) & {"AZURE_CLIENT_SECRET", "AZURE_CLIENT_ID", "AWS_ACCESS_KEY_ID",
+                                "AWS_SECRET_ACCESS_KEY"}
+    cfg = k.config(tmp_path)
+    # DefaultAzureCredential takes the token the webhook projects; AWS is read with that
+    # identity's Entra token, exchanged with STS (no AWS key).
+    assert all(t.credential == "default" for t in cfg.targets)
+    assert cfg.aws.web_identity_role_arn.startswith("arn:aws:iam::")
+    assert cfg.aws.web_identity_credential == "workload_identity"
 
 
-def test_the_eks_overlay_uses_iam_roles_for_service_accounts() -> None:
+def test_the_eks_overlay_uses_iam_roles_for_service_accounts(tmp_path: Path) -> None:
     k = Rendered("overlays/eks", render("overlays/eks"))
     assert re.fullmatch(r"arn:aws:iam::\d{12}:role/[\w+=,.@/-]+",
                         _sa_annotations(k)["eks.amazonaws.com/role-arn"])
-    assert not _env_names(k) & {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert not _env_names(k) & {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                "AZURE_CLIENT_SECRET"}
+    # Azure by workload identity federation: the target reads the projected token whose
+    # audience Entra's federated credential expects.
+    (target,) = k.config(tmp_path).targets
+    assert target.credential == "workload_identity" and target.client_id and target.tenant_id
+    mounts = {m["name"]: m["mountPath"] for m in k.container["volumeMounts"]}
+    (vol,) = [v for v in k.pod["spec"]["volumes"] if v["name"] == "azure-identity-token"]
+    (src,) = vol["projected"]["sources"]
+    token = src["serviceAccountToken"]
+    assert token["audience"] == "api://AzureADTokenExchange"
+    assert target.token_file == f"{mounts['azure-identity-token']}/{token['path']}"
 
 
 def test_the_generic_overlay_takes_credentials_from_secrets() -> None:

@@ -4,8 +4,8 @@ the journals account for every record, visibility extension, and messages that k
 from __future__ import annotations
 
 import json
-from unittest import mock
 from typing import Any
+from unittest import mock
 
 import boto3
 import pytest

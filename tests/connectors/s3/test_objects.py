@@ -286,6 +286,21 @@ def test_is_transient_network_errors() -> None:
     assert not is_transient(ValueError("x"))
 
 
+def test_a_credential_refresh_that_fails_is_transient_not_the_objects_fault() -> None:
+    """A refresh of the web-identity or source-role session fails inside a GetObject: the
+    object is fine, so it is retried later (with back-off) rather than dead-lettered."""
+    from azure.core.exceptions import ClientAuthenticationError
+    from botocore.exceptions import CredentialRetrievalError
+
+    denied = ClientError({"Error": {"Code": "AccessDenied", "Message": "not trusted"}},
+                         "AssumeRoleWithWebIdentity")
+    assert is_transient(denied)
+    assert is_transient(ClientError({"Error": {"Code": "AccessDenied"}}, "AssumeRole"))
+    assert not is_transient(client_error("AccessDenied"))  # GetObject's own refusal
+    assert is_transient(ClientAuthenticationError("IMDS unreachable"))
+    assert is_transient(CredentialRetrievalError(provider="web-identity", error_msg="x"))
+
+
 def test_from_exception_classifies() -> None:
     denied = ObjectReadError.from_exception("b", "k", client_error("AccessDenied", 403))
     assert (denied.transient, denied.gone) == (False, False)

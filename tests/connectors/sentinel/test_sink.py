@@ -288,3 +288,25 @@ def test_retry_after_secs_reads_seconds_and_http_dates() -> None:
     assert retry_after_secs("Thu, 01 Jan 2026 11:59:00 GMT", now) == 0.0  # already past
     assert retry_after_secs("soon", now) is None
     assert retry_after_secs(None, now) is None and retry_after_secs("", now) is None
+
+
+def test_a_token_endpoint_refusal_is_a_credential_error_not_a_verdict_on_the_rows() -> None:
+    """Entra answers a bad federated assertion with 400 (AADSTS70021) from its token URL:
+    that is the credential failing, retried, not rows refused (which a 400 from the DCR
+    would be)."""
+    from types import SimpleNamespace
+
+    from azure.core.exceptions import ClientAuthenticationError
+
+    from connectors.sentinel.service import _classify
+
+    def refusal(url: str) -> ClientAuthenticationError:
+        response = SimpleNamespace(status_code=400, headers={}, reason="Bad Request",
+                                   request=SimpleNamespace(url=url), text=lambda: "")
+        return ClientAuthenticationError(message="AADSTS70021: no matching federated identity",
+                                         response=response)
+
+    token = _classify(refusal("https://login.example/t/oauth2/v2.0/token"), "rid")
+    assert (token.code, token.transient, token.status) == ("credential", True, None)
+    rows = _classify(refusal("https://dce.example/dataCollectionRules/dcr-1/streams/S"), "rid")
+    assert rows.status == 400 and not rows.transient
