@@ -27,7 +27,8 @@ from pathlib import Path
 from connectors.aws import s3_client
 from connectors.deadletter import DeadLetterStore
 from connectors.sentinel.config import DEFAULT_TARGET, TargetConfig
-from dataflow.config import ENV_CONFIG_PATH, ConfigError, SourceConfig, load_config
+from dataflow.config import ENV_CONFIG_PATH, Config, ConfigError, SourceConfig, load_config
+from dataflow.content import ContentError, content_template, load_content, with_content
 from dataflow.core.files import FILE_MODE, private_dir
 from dataflow.dcr import (
     PlannedDcr,
@@ -243,14 +244,58 @@ def _deploy(args: argparse.Namespace) -> int:
         plan = plan_dcrs((tables[t].stream for t in wanted), prefix=args.prefix, fanout=fanout)
     try:
         template = deploy_template(tables, plan, target=target)
+        if args.content:
+            template = with_content(template, tables, content=load_content(args.content_dir),
+                                    detectors=_detectors(cfg))
     except KeyError as ex:
         print(f"deploy: {ex.args[0]}", file=sys.stderr)
+        return 2
+    except ContentError as ex:
+        print(f"deploy: {ex}", file=sys.stderr)
         return 2
     text = json.dumps(template, indent=2) + "\n"
     if args.output:
         Path(args.output).write_text(text)
         print(f"deploy: {len(plan)} DCR(s) for target {target!r} -> {args.output}",
               file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _detectors(cfg: Config | None) -> tuple[str, ...] | None:
+    """Detectors whose findings reach S3SentinelFindings_CL (None: infer from the tables):
+    with them, the content's rules on findings raise the incidents, and its rules on the
+    standard tables (for flows without enrichment) are left out."""
+    if cfg is None:
+        return None
+    e = cfg.enrich
+    return tuple(d for d, on in (
+        ("rules", e.enabled and e.rules and e.standard_tables == "findings"),
+        ("sequences", e.enabled and e.sequences)) if on)
+
+
+def _content(args: argparse.Namespace) -> int:
+    """The ARM template of the Sentinel content for the tables the config sends."""
+    try:
+        cfg = load_config(args.config, need_target=False) if args.config is not None else None
+        tables = tables_for(cfg) if cfg else load_tables()
+        if args.tables:
+            wanted = [t for t in args.tables.split(",") if t]
+        elif cfg is not None:
+            streams = set().union(*sent_streams(cfg, tables).values())
+            wanted = [t.name for t in tables.values() if t.stream in streams]
+        else:
+            wanted = sorted(tables)
+        template = content_template({n: tables[n] for n in wanted},
+                                    content=load_content(args.content_dir),
+                                    detectors=_detectors(cfg))
+    except (ConfigError, TableError, ContentError, KeyError) as ex:
+        print(f"content: {str(ex).strip(chr(39))}", file=sys.stderr)
+        return 2
+    text = json.dumps(template, indent=2) + "\n"
+    if args.output:
+        Path(args.output).write_text(text)
     else:
         sys.stdout.write(text)
     return 0
@@ -369,8 +414,19 @@ def main(argv: list[str] | None = None) -> int:
         dep.add_argument("--prefix", default="s3sentinel", help="DCR name prefix")
         dep.add_argument("--replan", action="store_true",
                          help="plan the DCRs even when the config declares them")
+        dep.add_argument("--content", action="store_true", help="add the Sentinel content "
+                         "(analytics rules, hunting queries, functions, workbook) for the "
+                         "tables the template writes; the workspace must have Sentinel enabled")
+        dep.add_argument("--content-dir", type=Path, help="content to deploy instead of the "
+                         "shipped set")
         dep.add_argument("-o", "--output", help="file to write (default: stdout)")
         _config_arg(dep, default_env=False)
+    con = sub.add_parser("content", help="write the ARM template of the Sentinel content "
+                         "(rules, hunting queries, functions, workbook) for what the config sends")
+    con.add_argument("--tables", help="comma-separated tables (default: what the config sends)")
+    con.add_argument("--content-dir", type=Path, help="content instead of the shipped set")
+    con.add_argument("-o", "--output", help="file to write (default: stdout)")
+    _config_arg(con, default_env=False)
     tgt = sub.add_parser("targets", help="turn a deployment's outputs into the [[targets]] "
                          "section")
     tgt.add_argument("outputs", help="JSON of the deployment's outputs (az deployment group "
@@ -400,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
         return _deploy(args)
     if args.command == "targets":
         return _targets(args)
+    if args.command == "content":
+        return _content(args)
     if args.command == "replay":
         return _replay(args)
     if args.command == "rotate-key":

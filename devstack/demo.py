@@ -78,6 +78,39 @@ def _cli(*args: str) -> str:
     return proc.stdout
 
 
+def _incidents(admin: Any, tables: dict[str, Any]) -> None:
+    """Per table that received rows: how many landed, and which of the shipped analytic rules
+    would raise incidents on them (judged by devstack.kusto.subset, the interpreter the
+    content tests use; rules it cannot evaluate are counted apart)."""
+    from dataflow.content import expand, load_content
+    from devstack.deploy import table_schemas
+    from devstack.kusto import WORKSPACE_COLUMNS
+    from devstack.kusto.subset import Kql, Unsupported
+
+    schemas = {n: cols | {c: t for c, t in WORKSPACE_COLUMNS if c not in cols}
+               for n, cols in table_schemas(tables).items()}
+    rules: dict[str, list[tuple[str, Kql]]] = {}
+    skipped = 0
+    for item in load_content().of("analytic"):
+        try:
+            kql = Kql(expand(item.query, tables), schemas)
+        except Unsupported:
+            skipped += 1
+            continue
+        rules.setdefault(kql.table[0], []).append((item.name, kql))
+    print("per table, rows landed and the analytic rules that would raise incidents on them:")
+    for table in sorted(tables.values(), key=lambda t: t.name):
+        rows = admin.records(table.stream)
+        if not rows:
+            continue
+        fired = [f"{name} ({len(hits)})" for name, kql in rules.get(table.name, [])
+                 if (hits := kql.matches(rows))]
+        print(f"  {table.name}: {len(rows)} rows; " + ("; ".join(fired) if fired else
+                                                       "no incident"))
+    print(f"  ({skipped} rules use KQL the demo's interpreter does not evaluate: sequences, "
+          "bursts, health; see README, Sentinel content)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack.demo", description=__doc__)
     parser.add_argument("--config", type=Path, default=Path("examples/demo.toml"))
@@ -159,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         if findings:
             print(f"enrichment: {findings} findings in S3SentinelFindings_CL (priority rules and "
                   "anomaly scores; see README, Enrichment)")
+        _incidents(admin, tables)
         for table in sorted((t for t in tables.values() if t.added), key=lambda t: t.name):
             prio = table.added[0].name  # EnrichmentPriority(_CF)
             counts = Counter(r.get(prio) for r in admin.records(table.stream))
