@@ -37,6 +37,7 @@ from dataflow.dcr import (
     targets_from_outputs,
     targets_toml,
 )
+from dataflow.estimate import PRICES, estimate, print_estimate
 from dataflow.keys import keyring_for
 from dataflow.locality import ClusterShape
 from dataflow.preview import preview
@@ -301,6 +302,26 @@ def _content(args: argparse.Namespace) -> int:
     return 0
 
 
+def _estimate(args: argparse.Namespace) -> int:
+    """The Sentinel bill of a config, before and after its transforms."""
+    try:
+        cfg = load_config(args.config, need_target=False)
+        prices = dict(PRICES)
+        for spec in args.price or ():
+            plan, _, usd = spec.partition("=")
+            if plan not in PRICES:
+                msg = f"--price {spec!r}: the plan is one of {', '.join(PRICES)}"
+                raise ValueError(msg)
+            prices[plan] = float(usd)
+        est = estimate(cfg, sample=args.sample, days=args.days,
+                       files=[Path(f) for f in args.files] or None, source=args.source)
+    except (ConfigError, TableError, ValueError, KeyError) as ex:
+        print(f"estimate: {str(ex).strip(chr(39))}", file=sys.stderr)
+        return 2
+    print_estimate(est, tables_for(cfg), prices)
+    return 0
+
+
 def _fanout(spec: str) -> tuple[str, int]:
     stream, _, n = spec.partition("=")
     if not stream or not n.isdigit() or int(n) < 1:
@@ -421,6 +442,18 @@ def main(argv: list[str] | None = None) -> int:
                          "shipped set")
         dep.add_argument("-o", "--output", help="file to write (default: stdout)")
         _config_arg(dep, default_env=False)
+    est = sub.add_parser("estimate", help="events and GB a day per table, before and after the "
+                         "transforms, and the monthly cost per table plan")
+    _config_arg(est)
+    est.add_argument("--files", nargs="+", default=[], metavar="FILE",
+                     help="local files standing for --days days of one source's objects "
+                     "(default: list each source's bucket)")
+    est.add_argument("--source", help="the source the files belong to (default: the first)")
+    est.add_argument("--sample", type=int, default=20, help="objects read per source")
+    est.add_argument("--days", type=float, default=1.0,
+                     help="the period listed (objects that arrived in the last DAYS days)")
+    est.add_argument("--price", action="append", metavar="PLAN=USD",
+                     help="USD per GB of a plan (Analytics, Basic, Auxiliary)")
     con = sub.add_parser("content", help="write the ARM template of the Sentinel content "
                          "(rules, hunting queries, functions, workbook) for what the config sends")
     con.add_argument("--tables", help="comma-separated tables (default: what the config sends)")
@@ -458,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
         return _targets(args)
     if args.command == "content":
         return _content(args)
+    if args.command == "estimate":
+        return _estimate(args)
     if args.command == "replay":
         return _replay(args)
     if args.command == "rotate-key":
