@@ -42,7 +42,7 @@ _TYPES = {"string": "string", "int": "int", "long": "long", "real": "real", "boo
           "datetime": "datetime", "dynamic": "dynamic"}
 
 _GROUPS = (  # related streams stay in one DCR; first match wins
-    ("security", re.compile(r"CloudTrail|GuardDuty|WAF|SecurityHub|Findings")),
+    ("security", re.compile(r"CloudTrail|GuardDuty|WAF|SecurityHub|EKS|Findings")),
     ("network", re.compile(r"VPCFlow|Route53|ALB|NLB|ELB|CloudFront|S3ServerAccess|Firewall")),
     ("connector", re.compile(r"S3Sentinel")),
 )

@@ -1,7 +1,9 @@
 """A bucket holding every AWS log format in its real key layout, plus bad lines and a corrupt object.
 
 The record lines follow the examples of the AWS documentation for each format. Used by
-the end-to-end test of format detection and mapping, and by the demo.
+the end-to-end test of format detection and mapping, and by the demo. What Firehose delivers
+(CloudWatch Logs subscription data, Security Hub findings through EventBridge, EKS audit
+events) has no fixed key layout: those objects are recognised by their first bytes.
 """
 
 from __future__ import annotations
@@ -103,6 +105,136 @@ S3ACCESS_LINES = [
 ]
 
 
+# Network Firewall (JSON lines, AWSLogs/<acct>/network-firewall/<log-type>/...): the alert and flow
+# examples of "Contents of a AWS Network Firewall log" (event_timestamp as a string of epoch seconds).
+NFW_FLOW_LINES = [
+    b'{"firewall_name":"test-firewall","availability_zone":"us-east-1b","event_timestamp":"1793527565",'
+    b'"event":{"timestamp":"2026-11-01T10:06:05.007515+0000","flow_id":1770453319291727,'
+    b'"event_type":"netflow","src_ip":"45.129.33.153","src_port":47047,"dest_ip":"172.31.16.139",'
+    b'"dest_port":16463,"proto":"TCP","netflow":{"pkts":1,"bytes":60,'
+    b'"start":"2026-11-01T10:05:04.070479+0000","end":"2026-11-01T10:05:04.070479+0000","age":0,'
+    b'"min_ttl":241,"max_ttl":241},"tcp":{"tcp_flags":"02","syn":true}}}',
+    b'{"firewall_name":"test-firewall","availability_zone":"us-east-1b","event_timestamp":"1793527566",'
+    b'"event":{"timestamp":"2026-11-01T10:06:06.118003+0000","flow_id":1770453319291728,'
+    b'"event_type":"netflow","src_ip":"172.31.16.139","src_port":443,"dest_ip":"198.51.100.20",'
+    b'"dest_port":52100,"proto":"TCP","app_proto":"tls","netflow":{"pkts":12,"bytes":5210,'
+    b'"start":"2026-11-01T10:05:10.000000+0000","end":"2026-11-01T10:05:40.000000+0000","age":30,'
+    b'"min_ttl":64,"max_ttl":64},"tcp":{"tcp_flags":"1b","syn":true,"fin":true,"psh":true,'
+    b'"ack":true}}}',
+]
+NFW_ALERT_LINES = [
+    b'{"firewall_name":"test-firewall","availability_zone":"us-east-1b","event_timestamp":"1793527801",'
+    b'"event":{"timestamp":"2026-11-01T10:10:01.006481+0000","flow_id":1582438383425873,'
+    b'"event_type":"alert","src_ip":"203.0.113.4","src_port":55555,"dest_ip":"192.0.2.16",'
+    b'"dest_port":111,"proto":"TCP","alert":{"action":"blocked","signature_id":5,"rev":0,'
+    b'"signature":"test_tcp","category":"","severity":1}}}',
+]
+
+# EKS control-plane audit events (Kubernetes audit.k8s.io/v1, one JSON object per line), the
+# caller's IAM identity in user.extra as EKS writes it.
+EKS_AUDIT_LINES = [
+    b'{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata",'
+    b'"auditID":"0a4376d5-307a-4e16-a049-24e0170b3a5c","stage":"ResponseComplete",'
+    b'"requestURI":"/api/v1/namespaces/kube-system/secrets/aws-secret","verb":"get",'
+    b'"user":{"username":"kubernetes-admin","uid":"aws-iam-authenticator:111122223333:AIDAEXAMPLE",'
+    b'"groups":["system:masters","system:authenticated"],"extra":{"accessKeyId":["AKIAIOSFODNN7EXAMPLE"],'
+    b'"arn":["arn:aws:iam::111122223333:user/admin"],"canonicalArn":["arn:aws:iam::111122223333:user/admin"],'
+    b'"principalId":["AIDAEXAMPLE"],"sessionName":[""]}},"sourceIPs":["192.0.2.10"],'
+    b'"userAgent":"kubectl/v1.31.0 (linux/amd64) kubernetes/9edcffc",'
+    b'"objectRef":{"resource":"secrets","namespace":"kube-system","name":"aws-secret","apiVersion":"v1"},'
+    b'"responseStatus":{"metadata":{},"code":200},"requestReceivedTimestamp":"2026-11-01T10:07:11.042617Z",'
+    b'"stageTimestamp":"2026-11-01T10:07:11.046330Z","annotations":{"authorization.k8s.io/decision":"allow",'
+    b'"authorization.k8s.io/reason":""}}',
+    b'{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata",'
+    b'"auditID":"9b2e4c1d-6a3f-4e8b-9c7d-1f2e3a4b5c6d","stage":"ResponseComplete",'
+    b'"requestURI":"/api/v1/namespaces/default/pods/web-0/exec?command=sh","verb":"create",'
+    b'"user":{"username":"system:anonymous","groups":["system:unauthenticated"]},'
+    b'"sourceIPs":["203.0.113.50"],"userAgent":"curl/8.5.0",'
+    b'"objectRef":{"resource":"pods","namespace":"default","name":"web-0","apiVersion":"v1",'
+    b'"subresource":"exec"},"responseStatus":{"metadata":{},"status":"Failure","reason":"Forbidden",'
+    b'"code":403},"requestReceivedTimestamp":"2026-11-01T10:07:12.000001Z",'
+    b'"stageTimestamp":"2026-11-01T10:07:12.000950Z","annotations":{"authorization.k8s.io/decision":"forbid",'
+    b'"authorization.k8s.io/reason":""}}',
+]
+
+
+def _cloudwatch() -> list[dict[str, Any]]:
+    """CloudWatch Logs subscription documents (the decompressed data of "Subscription filters with
+    Amazon Data Firehose"): a DATA_MESSAGE of CloudTrail events, and CloudWatch's own check."""
+    return [{
+        "owner": ACCT, "logGroup": "CloudTrail/logs",
+        "logStream": f"{ACCT}_CloudTrail/logs_us-east-1", "subscriptionFilters": ["Destination"],
+        "messageType": "DATA_MESSAGE", "logEvents": [
+            {"id": f"3195310660696698337880902507980421114328961542429822156{i}",
+             "timestamp": 1793527200000 + i,
+             "message": '{"eventVersion":"1.03","userIdentity":{"type":"Root"}}'}
+            for i in range(3)]}, {
+        "messageType": "CONTROL_MESSAGE", "owner": "CloudwatchLogs", "logGroup": "",
+        "logStream": "", "subscriptionFilters": [], "logEvents": [
+            {"id": "", "timestamp": 1793527200000,
+             "message": "CWL CONTROL MESSAGE: Checking health of destination Firehose."}]}]
+
+
+def _securityhub() -> list[dict[str, Any]]:
+    """EventBridge events of Security Hub findings ("EventBridge event formats for Security Hub
+    CSPM"), one finding each, in the AWS Security Finding Format."""
+    def event(n: int, finding: dict[str, Any]) -> dict[str, Any]:
+        return {"version": "0", "id": f"8e5622f9-d81c-4d81-612a-9319e7ee2506-{n}",
+                "detail-type": "Security Hub Findings - Imported", "source": "aws.securityhub",
+                "account": ACCT, "time": f"2026-11-01T10:0{n}:17Z", "region": "us-east-1",
+                "resources": [finding["ProductArn"]], "detail": {"findings": [finding]}}
+
+    control = {
+        "SchemaVersion": "2018-10-08",
+        "Id": f"arn:aws:securityhub:us-east-1:{ACCT}:security-control/IAM.4/finding/"
+              "a1b2c3d4-0000-4000-8000-000000000001",
+        "ProductArn": "arn:aws:securityhub:us-east-1::product/aws/securityhub",
+        "ProductName": "Security Hub", "CompanyName": "AWS", "Region": "us-east-1",
+        "GeneratorId": "security-control/IAM.4", "AwsAccountId": ACCT,
+        "Types": ["Software and Configuration Checks/Industry and Regulatory Standards"],
+        "FirstObservedAt": "2026-10-30T13:21:11.946Z", "LastObservedAt": "2026-11-01T10:02:14.010Z",
+        "CreatedAt": "2026-10-30T13:21:11.946Z", "UpdatedAt": "2026-11-01T10:02:29.270Z",
+        "Severity": {"Label": "CRITICAL", "Normalized": 90, "Original": "CRITICAL"},
+        "Title": "IAM root user access key should not exist",
+        "Description": "This AWS control checks whether the root user access key is available.",
+        "Remediation": {"Recommendation": {
+            "Text": "For information on how to correct this issue, consult the AWS Security Hub "
+                    "controls documentation.",
+            "Url": "https://docs.aws.amazon.com/console/securityhub/IAM.4/remediation"}},
+        "ProductFields": {"aws/securityhub/ProductName": "Security Hub"},
+        "Resources": [{"Type": "AwsAccount", "Id": f"AWS::::Account:{ACCT}", "Partition": "aws",
+                       "Region": "us-east-1"}],
+        "Compliance": {"Status": "FAILED", "SecurityControlId": "IAM.4",
+                       "AssociatedStandards": [{"StandardsId": "standards/aws-foundational-"
+                                                               "security-best-practices/v/1.0.0"}]},
+        "WorkflowState": "NEW", "Workflow": {"Status": "NEW"}, "RecordState": "ACTIVE",
+        "FindingProviderFields": {"Severity": {"Label": "CRITICAL", "Original": "CRITICAL"},
+                                  "Types": ["Software and Configuration Checks/Industry and "
+                                            "Regulatory Standards"]},
+        "ProcessedAt": "2026-11-01T10:02:32.771Z"}
+    guardduty = {
+        "SchemaVersion": "2018-10-08",
+        "Id": f"arn:aws:guardduty:us-east-1:{ACCT}:detector/12abc34d567e8f4912ab3d45e67891f2/"
+              "finding/16afba5c5c43e07c9e3e5e2e544e95df",
+        "ProductArn": "arn:aws:securityhub:us-east-1::product/aws/guardduty",
+        "ProductName": "GuardDuty", "CompanyName": "Amazon", "Region": "us-east-1",
+        "GeneratorId": "arn:aws:guardduty:us-east-1:" + ACCT + ":detector/12abc34d567e8f4912ab3d45e67891f2",
+        "AwsAccountId": ACCT, "Types": ["TTPs/Initial Access/UnauthorizedAccess:EC2-SSHBruteForce"],
+        "FirstObservedAt": "2026-11-01T09:41:03.000Z", "LastObservedAt": "2026-11-01T10:04:51.000Z",
+        "CreatedAt": "2026-11-01T09:47:06.612Z", "UpdatedAt": "2026-11-01T10:05:13.405Z",
+        "Severity": {"Product": 2, "Label": "LOW", "Normalized": 20},
+        "Title": "198.51.100.1 is performing SSH brute force attacks against i-99999999.",
+        "Description": "198.51.100.1 is performing SSH brute force attacks against i-99999999.",
+        "Resources": [{"Type": "AwsEc2Instance", "Id": f"arn:aws:ec2:us-east-1:{ACCT}:instance/"
+                       "i-99999999", "Partition": "aws", "Region": "us-east-1"}],
+        "WorkflowState": "NEW", "Workflow": {"Status": "NEW"}, "RecordState": "ACTIVE",
+        "FindingProviderFields": {"Severity": {"Label": "LOW"},
+                                  "Types": ["TTPs/Initial Access/UnauthorizedAccess:EC2-"
+                                            "SSHBruteForce"]},
+        "ProcessedAt": "2026-11-01T10:05:20.000Z"}
+    return [event(2, control), event(5, guardduty)]
+
+
 def _guardduty() -> list[dict[str, Any]]:
     return [{
         "schemaVersion": "2.0", "accountId": ACCT, "region": "us-east-1", "partition": "aws",
@@ -188,6 +320,27 @@ def seed_mixed(s3: Any, bucket: str) -> MixedSeed:
         put(f"{base}/{path}/us-east-1/{day}/{fmt}-0001.json.gz",
             _gz([orjson.dumps(r) for r in records]))
         seed.expected[fmt] = len(records)
+    for kind, lines in (("flow", NFW_FLOW_LINES), ("alert", NFW_ALERT_LINES)):
+        put(f"{base}/network-firewall/{kind}/us-east-1/test-firewall/{day}/10/{ACCT}_network-"
+            f"firewall_{kind}_us-east-1_test-firewall_20261101T1005Z_a1b2c3d4.log.gz", _gz(lines))
+        seed.expected[f"nfw{kind}"] = len(lines)
+    # Firehose: keys under a prefix of the user's choosing (recognised by content). CloudWatch
+    # Logs sends each document gzip'd and Firehose concatenates them (a multi-member gzip);
+    # EventBridge events are concatenated JSON, here gzip'd by the stream.
+    docs = _cloudwatch()
+    put("firehose/cloudwatch/2026/11/01/10/cwl-to-s3-1-2026-11-01-10-05-00-"
+        "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", b"".join(
+            gzip.compress(orjson.dumps(d), mtime=0) for d in docs))
+    seed.expected["cloudwatchlogs"] = sum(len(d["logEvents"]) for d in docs
+                                          if d["messageType"] == "DATA_MESSAGE")
+    events = _securityhub()
+    put("firehose/securityhub/2026/11/01/10/securityhub-to-s3-1-2026-11-01-10-05-00-"
+        "1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d.gz",
+        gzip.compress(b"".join(orjson.dumps(e) for e in events), mtime=0))
+    seed.expected["securityhub"] = sum(len(e["detail"]["findings"]) for e in events)
+    put("firehose/eks-audit/2026/11/01/10/eks-audit-to-s3-1-2026-11-01-10-05-00-"
+        "2b3c4d5e-6f7a-4b8c-9d0e-1f2a3b4c5d6e.gz", _gz(EKS_AUDIT_LINES))
+    seed.expected["eksaudit"] = len(EKS_AUDIT_LINES)
     put(f"{base}/CloudTrail/us-east-1/{day}/{ACCT}_CloudTrail_us-east-1_20261101T0000Z_x.json.gz",
         gzip.compress(orjson.dumps({"Records": [{
             "eventVersion": "1.09", "eventTime": "2026-11-01T00:00:00Z", "eventName": "ListBuckets",

@@ -8,6 +8,8 @@ one ends, in time linear in the stream's length whatever the records hold.
 - :class:`LineFramer`: one record per line (NDJSON and the line-oriented text formats).
 - :class:`~connectors.s3.jsonarray.JsonArrayFramer`: the elements of a JSON array, either the whole document
   (``[{...}, ...]``) or the array under a top-level key (CloudTrail's ``{"Records": [...]}``).
+- :class:`~connectors.s3.documents.JsonDocumentsFramer`: concatenated JSON documents (``{...}{...}``, as
+  Firehose writes them), each turned into the records it holds by the format's expander.
 
 Two kinds of failure. A record that can be delimited but not handed on (longer than
 ``max_record_bytes``, or a JSON element nested deeper than the decoder's limit) comes out

@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 
+from connectors.s3.documents import JsonDocumentsFramer
 from connectors.s3.framing import (
     DEFAULT_MAX_RECORD_BYTES,
     Framed,
@@ -28,7 +29,7 @@ from connectors.s3.jsonarray import JsonArrayFramer
 from connectors.s3.objects import decompress
 from dataflow.core.errors import TerminalError
 from operators.formats import TextFormat
-from operators.formats.registry import detect, framing_of
+from operators.formats.registry import detect, expander_of, framing_of
 
 __all__ = ["FormatUnknown", "Record", "UnreadableRecord", "framer_for", "object_records"]
 
@@ -52,6 +53,8 @@ def framer_for(fmt: str, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Fr
         return JsonArrayFramer(None, max_record_bytes)
     if fmt == "ndjson":
         return LineFramer(max_record_bytes)
+    if framing_of(fmt) == "documents":
+        return JsonDocumentsFramer(expander_of(fmt), max_record_bytes)
     msg = f"no framer for format {fmt!r}"
     raise ValueError(msg)
 
@@ -62,6 +65,8 @@ def _framer(fmt: str, max_record_bytes: int) -> Framer:
         return JsonArrayFramer("Records", max_record_bytes)
     if kind == "array":
         return JsonArrayFramer(None, max_record_bytes)
+    if kind == "documents":
+        return JsonDocumentsFramer(expander_of(fmt), max_record_bytes)
     return LineFramer(max_record_bytes)
 
 

@@ -1,7 +1,8 @@
 """Record formats: how one record's bytes become a dict of source fields.
 
-JSON formats (CloudTrail, NDJSON, JSON arrays, GuardDuty, WAF, Route 53 Resolver) need
-no parser: their records are decoded and mapped in one pass by the table's
+JSON formats (CloudTrail, NDJSON, JSON arrays, GuardDuty, WAF, Route 53 Resolver, Network
+Firewall flow logs, EKS audit events, and the records of the envelopes below) need no
+parser: their records are decoded and mapped in one pass by the table's
 :class:`~operators.schema.Mapper`. Text formats (VPC Flow Logs, load balancer, CloudFront
 and S3 server access logs, CSV, delimited lines) are one record per line; a
 :class:`TextFormat` turns a line into a dict whose keys are the names the table
@@ -12,19 +13,32 @@ Some text formats start with header lines (VPC Flow Logs' field names, CloudFron
 :meth:`TextFormat.is_header`, does not emit them as records, and passes every header
 line seen so far in the object with each record, so parsing needs no state of its own
 and a restart in the middle of an object parses exactly as the first run did.
+
+Some objects are concatenated JSON documents, each an envelope of several records (CloudWatch
+Logs subscription data, EventBridge events of Security Hub findings, as Firehose writes them):
+their format has an :data:`Expand` function (:mod:`operators.formats.envelopes`) that turns
+one document into its records, so that every log event or finding is a record with an
+offset of its own (its row's record id, its place in the journals and the dead letters).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from dataflow.core.errors import TerminalError
 
-__all__ = ["JSON_FORMATS", "ParseError", "TextFormat"]
+__all__ = ["JSON_FORMATS", "Expand", "ParseError", "TextFormat"]
 
 JSON_FORMATS = frozenset(
-    {"cloudtrail", "ndjson", "json_array", "guardduty", "waf", "route53resolver"})
+    {"cloudtrail", "ndjson", "json_array", "guardduty", "waf", "route53resolver",
+     "cloudwatchlogs", "securityhub", "nfwflow", "eksaudit"})
 """Formats whose records are JSON objects, mapped straight from their bytes."""
+
+Expand = Callable[[bytes], list[bytes]]
+"""One JSON document of a ``documents`` format -> the records it holds (JSON objects), in
+order; ``[]`` when it holds none. Raises :class:`ParseError` when the document is not the
+envelope the format reads (the document is then one error record, in its place)."""
 
 
 class ParseError(TerminalError, ValueError):

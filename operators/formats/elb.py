@@ -63,6 +63,15 @@ URL and protocol are then all absent.
 Addresses: ``192.168.131.39:2817``; IPv6 as AWS writes it, without brackets
 (``2001:db8::1:443``, the port after the last colon), or ``[2001:db8::1]:443``.
 
+Records for the Azure Monitor standard tables (AWSALBAccessLogs for ALB, AWSNLBAccessLogs for
+NLB: the parser's ``table``, set by the registry) keep AWS's own shape, as those tables hold
+it: every number field and time is the text AWS wrote, once checked (``0.000``, ``-1``,
+``2018-12-20T02:59:40`` without a ``Z``; the tables type most of them ``string``), an ALB
+request line is kept whole (``request``, no method, URL and protocol: the table has RequestRaw
+only), and NLB addresses are kept as written (``client``, ``destination``: ``address:port``, as
+ClientIPPort and TargetIPPort hold them; ALB's are split all the same, for ClientIp/ClientPort
+and TargetIp/TargetPort).
+
 Checks that catch a line read out of step: times must parse; numbers must be numbers;
 addresses must be ``address:port``; the request line and user agent must be quoted (or a
 bare ``-``); fields written bare must not be quoted, and a bare field must not contain
@@ -281,6 +290,13 @@ class _AccessLogFormat:
     """A space-separated load balancer access log: the field list decides the rest."""
 
     name = ""
+    table = ""
+    """The table records map onto (the registry sets it): for :attr:`standard_table` the
+    records keep AWS's own shape (see the module docstring)."""
+    standard_table = ""
+    """The Azure Monitor standard table of this log, if it has one."""
+    _whole_when_written: frozenset[str] = frozenset()
+    """Field kinds a standard table holds as written (not split)."""
     _fields: tuple[tuple[str, str], ...] = ()
     _min_fields = 0
     _first_fields = ""
@@ -303,6 +319,8 @@ class _AccessLogFormat:
             raise ParseError(msg, "field_count")
         rec: dict[str, Any] = {}
         quoting = self._quoting
+        as_written = bool(self.standard_table) and self.table == self.standard_table
+        whole = self._whole_when_written if as_written else frozenset()
         for i, ((name, kind), (value, quoted)) in enumerate(zip(self._fields, tokens, strict=False), 1):
             if quoted:
                 if kind not in _QUOTABLE:
@@ -329,16 +347,24 @@ class _AccessLogFormat:
                 if _INT_TEXT.fullmatch(value) is None:
                     msg = f"field {i} ({name}) = {value[:40]!r} is not a number"
                     raise ParseError(msg, "not_a_number")
-                rec[name] = int(value)
+                rec[name] = value if as_written else int(value)
             elif kind is _REAL:
                 if _REAL_TEXT.fullmatch(value) is None:
                     msg = f"field {i} ({name}) = {value[:40]!r} is not a number"
                     raise ParseError(msg, "not_a_number")
-                rec[name] = float(value)
+                rec[name] = value if as_written else float(value)
             elif kind is _TIME:
-                rec[name] = _iso_time(value, f"field {i} ({name})")
+                iso = _iso_time(value, f"field {i} ({name})")
+                rec[name] = value if as_written else iso
             elif kind is _ADDR:
-                rec[f"{name}_ip"], rec[f"{name}_port"] = _host_port(value, f"field {i} ({name})")
+                addr = _host_port(value, f"field {i} ({name})")
+                if kind in whole:
+                    rec[name] = value
+                else:
+                    rec[f"{name}_ip"], rec[f"{name}_port"] = addr
+            elif kind in whole:
+                if any(p and p != "-" for p in value.split(" ")):
+                    rec["request"] = value
             else:
                 _split_request(value, rec)
         return rec
@@ -348,6 +374,8 @@ class AlbFormat(_AccessLogFormat):
     """Application Load Balancer access log records (every field list AWS has written)."""
 
     name = "alb"
+    standard_table = "AWSALBAccessLogs"
+    _whole_when_written = frozenset({_REQUEST})
     _fields = ALB_FIELDS
     _min_fields = ALB_MIN_FIELDS
     _first_fields = "type through target_group_arn"
@@ -366,6 +394,8 @@ class NlbFormat(_AccessLogFormat):
     """Network Load Balancer access log records (TLS listeners)."""
 
     name = "nlb"
+    standard_table = "AWSNLBAccessLogs"
+    _whole_when_written = frozenset({_ADDR})
     _fields = NLB_FIELDS
     _min_fields = NLB_MIN_FIELDS
     _first_fields = "type through alpn_client_preference_list"

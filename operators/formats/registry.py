@@ -3,7 +3,15 @@ all of it in one :class:`FormatSpec` per format (:data:`SPECS`).
 
 Detection (``format = "auto"``) looks at the key first — AWS services deliver to
 well-known layouts (``AWSLogs/<acct>/CloudTrail/``, ``.../vpcflowlogs/``, ...) — then,
-for keys that say nothing, at the first bytes of the decompressed object.
+for keys that say nothing, at the first bytes of the decompressed object. Firehose writes
+under a prefix of the user's choosing (``YYYY/MM/DD/HH/<stream>-...``), so what it delivers
+(CloudWatch Logs subscription data, EventBridge events of Security Hub findings, EKS audit
+events) is recognised by its first bytes.
+
+Default tables: the Azure Monitor standard table where one exists that the Logs Ingestion
+API accepts and whose schema the table file could be checked against (its header names the
+reference); a ``_CL`` table otherwise. The ``_CL`` table of a format that now defaults to a
+standard one stays defined: ``table = "AWSALBAccessLogs_CL"`` in a source keeps it.
 """
 
 from __future__ import annotations
@@ -11,9 +19,9 @@ from __future__ import annotations
 import importlib
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
-from operators.formats import JSON_FORMATS, TextFormat
+from operators.formats import JSON_FORMATS, Expand, TextFormat
 from operators.formats.delimited import CsvFormat, DelimitedFormat
 
 __all__ = [
@@ -22,6 +30,7 @@ __all__ = [
     "SPECS",
     "FormatSpec",
     "detect",
+    "expander_of",
     "framing_of",
     "text_format",
 ]
@@ -31,8 +40,10 @@ class FormatSpec:
     """Everything about one format, in one place."""
 
     name: str
-    framing: Literal["records", "array", "lines"] = "lines"
-    """``records`` (CloudTrail's ``{"Records": [...]}``), ``array`` (``[...]``) or ``lines``."""
+    framing: Literal["records", "array", "lines", "documents"] = "lines"
+    """``records`` (CloudTrail's ``{"Records": [...]}``), ``array`` (``[...]``), ``lines``, or
+    ``documents``: concatenated JSON documents (``{...}{...}``, whitespace between them or
+    none), each turned into its records by ``expand``."""
     table: str | None = None
     """The table it maps onto when the source names none (None: the source must name one)."""
     parser: tuple[str, str] | None = None
@@ -41,6 +52,8 @@ class FormatSpec:
     key: str | None = None
     """A regex that recognises its objects by their S3 key (for ``format = "auto"``)."""
     key_flags: int = 0
+    expand: tuple[str, str] | None = None
+    """(module, function) of its :data:`~operators.formats.Expand` (``documents`` framing)."""
 
 
 SPECS: tuple[FormatSpec, ...] = (
@@ -55,9 +68,9 @@ SPECS: tuple[FormatSpec, ...] = (
     FormatSpec("albconn", table="AWSALBConnectionLogs_CL",
                parser=("operators.formats.elb", "AlbConnectionFormat"),
                key=r"/elasticloadbalancing/.*/conn_[^/]*_app\."),
-    FormatSpec("alb", table="AWSALBAccessLogs_CL", parser=("operators.formats.elb", "AlbFormat"),
+    FormatSpec("alb", table="AWSALBAccessLogs", parser=("operators.formats.elb", "AlbFormat"),
                key=r"/elasticloadbalancing/.*_app\."),
-    FormatSpec("nlb", table="AWSNLBAccessLogs_CL", parser=("operators.formats.elb", "NlbFormat"),
+    FormatSpec("nlb", table="AWSNLBAccessLogs", parser=("operators.formats.elb", "NlbFormat"),
                key=r"/elasticloadbalancing/.*_net\."),
     FormatSpec("elb", table="AWSELBAccessLogs_CL",
                parser=("operators.formats.elb", "ClassicElbFormat"),
@@ -68,6 +81,16 @@ SPECS: tuple[FormatSpec, ...] = (
     FormatSpec("s3access", table="AWSS3ServerAccess_CL",
                parser=("operators.formats.s3access", "S3AccessFormat"),
                key=r"(^|/)\d{4}-\d\d-\d\d-\d\d-\d\d-\d\d-[0-9A-F]{16}$"),
+    FormatSpec("nfwflow", table="AWSNetworkFirewallFlow", key=r"/network-firewall/flow/"),
+    FormatSpec("nfwalert", table="AWSNetworkFirewallAlert",
+               parser=("operators.formats.networkfirewall", "NetworkFirewallFormat"),
+               key=r"/network-firewall/alert/"),
+    # Delivered by Firehose under a prefix of the user's choosing: recognised by content.
+    FormatSpec("cloudwatchlogs", "documents", "AWSCloudWatch",
+               expand=("operators.formats.envelopes", "cloudwatch_events")),
+    FormatSpec("securityhub", "documents", "AWSSecurityHubFindings",
+               expand=("operators.formats.envelopes", "securityhub_findings")),
+    FormatSpec("eksaudit", table="AWSEKSLogs_CL"),
     FormatSpec("ndjson"),
     FormatSpec("json_array", "array"),
     FormatSpec("csv"),
@@ -88,6 +111,17 @@ _KEY_RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(f.key, f.key_flags), f.name) for f in SPECS if f.key is not None]
 
 
+# What the first JSON document of an object says about its format (all must be found in
+# the first 4 KB; the first line for EKS, whose objects are JSON lines).
+_HEAD_RULES: tuple[tuple[str, tuple[re.Pattern[bytes], ...], bool], ...] = (
+    ("cloudwatchlogs", (re.compile(rb'"messageType"\s*:\s*"(?:DATA|CONTROL)_MESSAGE"'),), False),
+    ("securityhub", (re.compile(rb'"detail-type"\s*:\s*"Security Hub Findings - '),
+                     re.compile(rb'"source"\s*:\s*"aws\.securityhub"')), False),
+    ("eksaudit", (re.compile(rb'"kind"\s*:\s*"Event"'),
+                  re.compile(rb'"apiVersion"\s*:\s*"audit\.k8s\.io/v1"')), True),
+)
+
+
 def detect(key: str, head: bytes = b"") -> str | None:
     """The format of an object, from its key or else its first decompressed bytes."""
     for pattern, fmt in _KEY_RULES:
@@ -97,6 +131,10 @@ def detect(key: str, head: bytes = b"") -> str | None:
     if re.match(rb'\{\s*"Records"\s*:', text):
         return "cloudtrail"
     if text.startswith(b"{"):
+        line = text.split(b"\n", 1)[0]
+        for fmt, patterns, first_line in _HEAD_RULES:
+            if all(p.search(line if first_line else text) for p in patterns):
+                return fmt
         return "ndjson"
     if text.startswith(b"["):
         return "json_array"
@@ -108,9 +146,22 @@ def detect(key: str, head: bytes = b"") -> str | None:
 
 
 def framing_of(fmt: str) -> str:
-    """``records`` (CloudTrail's ``{"Records": [...]}``), ``array`` or ``lines``."""
+    """``records`` (CloudTrail's ``{"Records": [...]}``), ``array``, ``lines`` or ``documents``."""
     spec = _BY_NAME.get(fmt)
     return spec.framing if spec is not None else "lines"
+
+
+def expander_of(fmt: str) -> Expand:
+    """The function that turns one document of a ``documents`` format into its records.
+
+    :raises ValueError: The format has no ``documents`` framing.
+    """
+    spec = _BY_NAME.get(fmt)
+    if spec is None or spec.expand is None:
+        msg = f"format {fmt!r} is not made of JSON documents that hold records"
+        raise ValueError(msg)
+    module, func = spec.expand
+    return cast("Expand", getattr(importlib.import_module(module), func))
 
 
 def text_format(fmt: str, *, fields: list[str] | None = None, delimiter: str = "",

@@ -326,7 +326,7 @@ def test_the_template_deploys_what_the_tables_need() -> None:
     # Without enrichment: rules on the standard tables directly, no findings content.
     plain = {n: t for n, t in TABLES.items() if n != "S3SentinelFindings_CL"}
     bare = content_template(plain)["resources"]
-    assert sum(r["type"].endswith("alertRules") for r in bare) == 30
+    assert sum(r["type"].endswith("alertRules") for r in bare) == 31  # 27 mirrors + 4 health
     assert not any(r["type"].endswith("savedSearches") for r in bare)
     only_trail = content_template({"AWSCloudTrail": TABLES["AWSCloudTrail"]})["resources"]
     assert {r["properties"]["query"].split("\n")[0] for r in only_trail

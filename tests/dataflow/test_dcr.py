@@ -76,7 +76,7 @@ def test_related_streams_stay_together_and_fanout_gets_its_own_dcrs() -> None:
     assert all("Custom-AWSCloudTrail" not in d.streams for d in plan if d not in own)
     where = {s: d.name for d in plan for s in d.streams if d not in own}
     assert where["Custom-AWSGuardDuty"] == where["Custom-AWSWAF"]
-    assert where["Custom-AWSVPCFlow"] == where["Custom-AWSALBAccessLogs_CL"]
+    assert where["Custom-AWSALBAccessLogs"] == where["Custom-AWSNLBAccessLogs"]  # network logs
     assert all(len(d.streams) <= MAX_STREAMS_PER_DCR for d in plan)
     many = [f"Custom-T{i}_CL" for i in range(25)]
     assert [len(d.streams) for d in plan_dcrs(many)] == [10, 10, 5]

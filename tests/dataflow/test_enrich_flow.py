@@ -335,6 +335,7 @@ name = "alb"
 bucket = "{bucket}"
 prefix = "alb/"
 format = "alb"
+table = "AWSALBAccessLogs_CL"
 partitions = 2
 """)
     subprocess.run([sys.executable, "-m", "bytewax.run", "dataflow.flow:flow", "-w", "2"],

@@ -79,7 +79,8 @@ def specs() -> tuple[SequenceSpec, ...]:
 def test_shipped_sequences(specs: tuple[SequenceSpec, ...]) -> None:
     assert {s.id for s in specs} == {"privilege_escalation", "recon_then_success",
                                      "logging_tamper_after_login", "console_login_failure_burst",
-                                     "alb_5xx_burst", "elb_5xx_burst", "cloudfront_5xx_burst"}
+                                     "alb_5xx_burst", "alb_std_5xx_burst", "elb_5xx_burst",
+                                     "cloudfront_5xx_burst"}
     assert event_time("2026-11-28T14:30:00Z") == T0.timestamp()
     assert event_time("2026-11-28T14:30:00.250Z") == T0.timestamp() + 0.25
     assert event_time("yesterday") is None and event_time(None) is None

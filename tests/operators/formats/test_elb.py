@@ -325,14 +325,17 @@ def test_pathological_quotes_stay_linear() -> None:
 # --------------------------------------------------------------------------- mapping and wiring
 
 
-@pytest.mark.parametrize(("fmt", "table", "fields"), [
-    ("alb", "AWSALBAccessLogs_CL", ALB_FIELDS),
-    ("elb", "AWSELBAccessLogs_CL", ELB_FIELDS),
-    ("nlb", "AWSNLBAccessLogs_CL", NLB_FIELDS),
+@pytest.mark.parametrize(("fmt", "table", "fields", "default"), [
+    ("alb", "AWSALBAccessLogs_CL", ALB_FIELDS, "AWSALBAccessLogs"),
+    ("elb", "AWSELBAccessLogs_CL", ELB_FIELDS, "AWSELBAccessLogs_CL"),
+    ("nlb", "AWSNLBAccessLogs_CL", NLB_FIELDS, "AWSNLBAccessLogs"),
 ])
-def test_every_parsed_field_has_a_column(fmt: str, table: str, fields: tuple) -> None:
+def test_every_parsed_field_has_a_column(fmt: str, table: str, fields: tuple,
+                                         default: str) -> None:
+    """The _CL tables read every field the parser splits; ALB and NLB default to the standard
+    tables (Classic has none), their _CL tables stay defined for ``table =``."""
     t = load_tables()[table]
-    assert DEFAULT_TABLES[fmt] == table
+    assert DEFAULT_TABLES[fmt] == default
     assert (t.kind, t.stream, t.record_id_column) == ("custom", f"Custom-{table}", "RecordId")
     assert {".".join(c.source) for c in t.columns} == _names(fields, len(fields))
     time_col = next(c for c in t.columns if c.name == "TimeGenerated")
@@ -521,3 +524,113 @@ def test_alb_connection_logs_are_detected_and_map_onto_their_table() -> None:
     assert (row["ClientPort"], row["ListenerPort"], row["TlsHandshakeLatency"]) == (55013, 443, 0.012)
     assert row["TlsVerifyStatus"] == "Success" and row["ConnTraceId"] == "TID_1234abcd5678ef90"
     assert row["RecordId"] == "r1"
+
+
+# --------------------------------------------------------------------------- the standard tables
+
+ALB_WRITTEN = {
+    "type": "https", "time": "2018-07-02T22:23:00.186641Z",
+    "elb": "app/my-loadbalancer/50dc6c495c0c9188", "client_ip": "192.168.131.39",
+    "client_port": 2817, "target_ip": "10.0.0.1", "target_port": 80,
+    "request_processing_time": "0.086", "target_processing_time": "0.048",
+    "response_processing_time": "0.037", "elb_status_code": "200", "target_status_code": "200",
+    "received_bytes": "0", "sent_bytes": "57", "request": "GET https://www.example.com:443/ HTTP/1.1",
+    "user_agent": "curl/7.46.0", "ssl_cipher": "ECDHE-RSA-AES128-GCM-SHA256",
+    "ssl_protocol": "TLSv1.2", "target_group_arn": TG,
+    "trace_id": "Root=1-58337281-1d84f3d73c47ec4e58577259", "domain_name": "www.example.com",
+    "chosen_cert_arn": CERT, "matched_rule_priority": "1",
+    "request_creation_time": "2018-07-02T22:22:48.364000Z",
+    "actions_executed": "authenticate,forward", "target_port_list": "10.0.0.1:80",
+    "target_status_code_list": "200", "conn_trace_id": "TID_dc57cebed65b444ebc8177bb698fe166"}
+
+# The Azure Monitor reference's AWSALBAccessLogs row for the documented HTTPS entry (columns in
+# the table's order, the record id last).
+ALB_STANDARD_ROW = {
+    "ActionsExecuted": "authenticate,forward", "Alb": "app/my-loadbalancer/50dc6c495c0c9188",
+    "ALBType": "https", "ChosenCertArn": CERT, "ClientIp": "192.168.131.39", "ClientPort": 2817,
+    "ConnTraceId": "TID_dc57cebed65b444ebc8177bb698fe166", "DomainName": "www.example.com",
+    "ElbStatusCode": 200, "MatchedRulePriority": "1", "ReceivedBytes": 0,
+    "RequestCreationTime": "2018-07-02T22:22:48.364000Z", "RequestProcessingTime": "0.086",
+    "RequestRaw": "GET https://www.example.com:443/ HTTP/1.1", "ResponseProcessingTime": "0.037",
+    "SentBytes": 57, "SslCipher": "ECDHE-RSA-AES128-GCM-SHA256", "SslProtocol": "TLSv1.2",
+    "TargetGroupArn": TG, "TargetIp": "10.0.0.1", "TargetPort": 80, "TargetPortList": "10.0.0.1:80",
+    "TargetProcessingTime": "0.048", "TargetStatusCode": "200", "TargetStatusCodeList": "200",
+    "TimeGenerated": "2018-07-02T22:23:00.186641Z",
+    "TraceId": "Root=1-58337281-1d84f3d73c47ec4e58577259", "UserAgent": "curl/7.46.0",
+    "RecordId_CF": "r1"}
+
+NLB_STANDARD_ROW = {
+    "ALPNBEProtocol": "h2", "ALPNClientPrefList": '"h2","http/1.1"', "ALPNFEProtocol": "h2",
+    "ChosenCertArn": "arn:aws:acm:us-east-2:671290407336:certificate/"
+                     "2a108f19-aded-46b0-8493-c63eb1ef4a99",
+    "ClientIPPort": "72.21.218.154:51341", "ConnectionTime": "5",
+    "DomainName": "my-network-loadbalancer-c6e77e28c25b2234.elb.us-east-2.amazonaws.com",
+    "Listener": "g3d4b5e8bb8464cd", "Nlb": "net/my-network-loadbalancer/c6e77e28c25b2234",
+    "NLBType": "tls", "ReceivedBytes": "98", "SentBytes": "246",
+    "TargetIPPort": "172.100.100.185:443", "TimeGenerated": "2018-12-20T02:59:40Z",
+    "TLSCipher": "ECDHE-RSA-AES128-SHA", "TLSConnectionCreationTime": "2018-12-20T02:59:30",
+    "TlsHandshakeTime": "2", "TLSProtocolVersion": "tlsv12", "Version": "2.0",
+    "RecordId_CF": "r2"}
+
+
+def _standard(fmt: str) -> AlbFormat:
+    parser = text_format(fmt)
+    assert parser is not None and parser.table == DEFAULT_TABLES[fmt]  # type: ignore[attr-defined]
+    return parser  # type: ignore[return-value]
+
+
+def test_alb_records_for_the_standard_table_are_as_aws_wrote_them() -> None:
+    """For AWSALBAccessLogs: numbers and times as written (the table types most as strings),
+    the request line whole (no method, URL, protocol columns); addresses split as it has them."""
+    assert _standard("alb").parse(ALB_LINE, ()) == ALB_WRITTEN
+    assert text_format("alb", table="AWSALBAccessLogs_CL").parse(ALB_LINE, ()) == ALB_RECORD  # type: ignore[union-attr]
+
+
+def test_alb_documented_entry_onto_the_standard_table() -> None:
+    table = load_tables()["AWSALBAccessLogs"]
+    row = orjson.loads(Mapper(table).map_dict(_standard("alb").parse(ALB_LINE, ()), "r1"))
+    assert row == ALB_STANDARD_ROW
+    assert list(row) == list(ALB_STANDARD_ROW)  # the table's order, the record id last
+
+
+def test_alb_standard_row_keeps_minus_one_and_zero_times_as_written() -> None:
+    """-1 (not dispatched) and 0.000 stay the text AWS wrote, not -1.0 and 0.0."""
+    parts = ALB_PARTS[:ALB_MIN_FIELDS]
+    parts[4:8] = ["-", "-1", "-1", "0.000"]  # target, request/target/response times
+    parts[9] = "-"  # no target status
+    row = orjson.loads(Mapper(load_tables()["AWSALBAccessLogs"]).map_dict(
+        _standard("alb").parse(" ".join(parts).encode(), ()), "r"))
+    assert (row["RequestProcessingTime"], row["TargetProcessingTime"],
+            row["ResponseProcessingTime"]) == ("-1", "-1", "0.000")
+    assert not {"TargetIp", "TargetPort", "TargetStatusCode"} & set(row)
+
+
+def test_alb_rewrite_fields_are_kept_in_additional_fields() -> None:
+    parts = [*ALB_PARTS[:30], '"www.example.org"', '"/new?x=1"', '"TransformSuccess"']
+    row = orjson.loads(Mapper(load_tables()["AWSALBAccessLogs"]).map_dict(
+        _standard("alb").parse(" ".join(parts).encode(), ()), "r"))
+    assert row["AdditionalFields_CF"] == {"transformed_host": "www.example.org",
+                                          "transformed_uri": "/new?x=1",
+                                          "request_transform_status": "TransformSuccess"}
+
+
+def test_nlb_documented_entry_onto_the_standard_table() -> None:
+    rec = _standard("nlb").parse(NLB_LINE, ())
+    assert (rec["client"], rec["destination"]) == ("72.21.218.154:51341", "172.100.100.185:443")
+    assert not {"client_ip", "client_port", "destination_ip", "destination_port"} & set(rec)
+    row = orjson.loads(Mapper(load_tables()["AWSNLBAccessLogs"]).map_dict(rec, "r2"))
+    assert row == NLB_STANDARD_ROW
+    assert list(row) == list(NLB_STANDARD_ROW)
+
+
+def test_standard_shape_still_checks_every_field() -> None:
+    """Kept as written, but never unchecked: a bad number, time or address is still an error."""
+    for fmt, line, bad in (("alb", ALB_LINE, b" 0.086 "), ("nlb", NLB_LINE, b" 5 2 98 ")):
+        wrong = line.replace(bad, b" 0.0x6 " if fmt == "alb" else b" 5 2 9x8 ", 1)
+        with pytest.raises(ParseError):
+            _standard(fmt).parse(wrong, ())
+    with pytest.raises(ParseError):
+        _standard("nlb").parse(NLB_LINE.replace(b"72.21.218.154:51341", b"72.21.218.154"), ())
+    with pytest.raises(ParseError):
+        _standard("alb").parse(ALB_LINE.replace(b"2018-07-02T22:23:00.186641Z", b"yesterday", 1),
+                               ())

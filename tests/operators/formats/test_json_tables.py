@@ -471,7 +471,7 @@ def test_documented_records_take_the_fast_path(table: str, rec: dict[str, Any]) 
     def generic(*_: Any) -> bytes:
         raise AssertionError("took the generic path")
 
-    m.map_dict = generic  # type: ignore[method-assign]
+    m.row_dict = generic  # type: ignore[method-assign]
     assert m.map_json(orjson.dumps(rec), RID) == expected
 
 
