@@ -79,7 +79,7 @@ def test_local_files_stand_for_days_of_a_source(tmp_path: Path, capsys) -> None:
         f.write_bytes(_object(30, k))
         files.append(f)
     config = tmp_path / "c.toml"
-    config.write_text(f"""
+    config.write_text("""
 [sentinel]
 endpoint = "https://x"
 rule_id = "dcr-1"

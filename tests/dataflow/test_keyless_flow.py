@@ -121,7 +121,7 @@ external_id = "partner-7"
         try:
             want = trail.event_ids | partner.event_ids
             _wait("seeded records", lambda: want <= _arrived(clean), proc)
-            web = lambda: [e for e in gate.exchanges  # noqa: E731
+            web = lambda: [e for e in gate.exchanges  # noqa: E731 (a probe polled by _wait)
                            if e.action == "AssumeRoleWithWebIdentity"]
             _wait("a refresh", lambda: len(web()) >= 2, proc)
             # Objects landing now are read with refreshed credentials.
