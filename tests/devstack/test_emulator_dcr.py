@@ -59,6 +59,8 @@ def base_rule(**overrides: Any) -> dict[str, Any]:
     return rule
 
 
+pytestmark = pytest.mark.usefixtures("emulator_env")
+
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelEmulator]:
     rules = {LEGACY: {RAW: ["TimeGenerated", "Count"]}, TYPED: TYPED_RULE,
@@ -67,14 +69,6 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelEmula
         yield em
 
 
-@pytest.fixture(autouse=True)
-def client_env(emulator: SentinelEmulator, monkeypatch: pytest.MonkeyPatch) -> SentinelEmulator:
-    for var in ("IDENTITY_SERVER_THUMBPRINT", "IMDS_ENDPOINT", "MSI_ENDPOINT", "MSI_SECRET"):
-        monkeypatch.delenv(var, raising=False)
-    for key, value in emulator.client_env().items():
-        monkeypatch.setenv(key, value)
-    emulator.reset()
-    return emulator
 
 
 def upload(em: SentinelEmulator, rule: str, stream: str, rows: list[dict[str, Any]]) -> None:

@@ -56,20 +56,14 @@ def rows(n: int, size: int = 10) -> list[dict[str, Any]]:
             for i in range(n)]
 
 
+pytestmark = pytest.mark.usefixtures("emulator_env")
+
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelEmulator]:
     with SentinelEmulator(rules=RULES, workdir=tmp_path_factory.mktemp("limits")) as em:
         yield em
 
 
-@pytest.fixture(autouse=True)
-def client_env(emulator: SentinelEmulator, monkeypatch: pytest.MonkeyPatch) -> SentinelEmulator:
-    for var in ("IDENTITY_SERVER_THUMBPRINT", "IMDS_ENDPOINT", "MSI_ENDPOINT", "MSI_SECRET"):
-        monkeypatch.delenv(var, raising=False)
-    for key, value in emulator.client_env().items():
-        monkeypatch.setenv(key, value)
-    emulator.reset()
-    return emulator
 
 
 def client(em: SentinelEmulator, *, client_id: str | None = None,

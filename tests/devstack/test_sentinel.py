@@ -37,6 +37,8 @@ RULES = {RULE: {ANY: None, TYPED: ["TimeGenerated", "Message", "Level"]}}
 REPO = Path(__file__).resolve().parents[2]
 
 
+pytestmark = pytest.mark.usefixtures("emulator_env")
+
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelEmulator]:
     with SentinelEmulator(
@@ -45,15 +47,6 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelEmula
         yield em
 
 
-@pytest.fixture(autouse=True)
-def client_env(emulator: SentinelEmulator, monkeypatch: pytest.MonkeyPatch) -> SentinelEmulator:
-    """Point azure-identity at the emulator and start each test from a clean slate."""
-    for var in ("IDENTITY_SERVER_THUMBPRINT", "IMDS_ENDPOINT", "MSI_ENDPOINT", "MSI_SECRET"):
-        monkeypatch.delenv(var, raising=False)
-    for key, value in emulator.client_env().items():
-        monkeypatch.setenv(key, value)
-    emulator.reset()
-    return emulator
 
 
 def ingestion_client(em: SentinelEmulator, **kwargs: object) -> LogsIngestionClient:

@@ -27,6 +27,7 @@ from operators.formats.networkfirewall import NetworkFirewallFormat
 from operators.formats.registry import DEFAULT_TABLES, detect, framing_of, text_format
 from operators.parse import RecordMapper
 from operators.schema import Mapper, MappingError, load_tables
+from tests.operators.formats.strategies import mutations as _mutations
 
 TABLES = load_tables()
 FLOW = Mapper(TABLES["AWSNetworkFirewallFlow"])
@@ -245,18 +246,6 @@ def test_arbitrary_bytes_raise_only_parse_and_mapping_errors(line: bytes) -> Non
         FLOW.map_json(line, "r")
 
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=3)
-    | st.dictionaries(st.text(max_size=8), children, max_size=3),
-    max_leaves=8)
-
-
-def _mutations(obj: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
-    keys = sorted(obj) + ["newField"]
-    return st.dictionaries(st.sampled_from(keys), json_values | st.just(...), max_size=4).map(
-        lambda changes: {k: v for k, v in {**obj, **changes}.items() if v is not ...})
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
