@@ -47,22 +47,26 @@ bytewax flow, :class:`EntityState` is the state of ``op.stateful_map`` keyed by 
     scores = op.stateful_map("anomaly", keyed, stateful_mapper())  # (key, Score)
 
 Only the standard library is used: a row costs a few dozen dict lookups and float updates
-(~15-25 µs for its three entities on one core, see ``bench/detection.py``). Tuned against
-``bench/workload.py``; the thresholds are :class:`AnomalyConfig` fields.
+(~10-15 µs for its two default entities on one core, see ``bench/detection.py``).
+:meth:`AnomalyScorer.score_many` scores a batch with the same results as row by row, for
+one pass over its rows and one call per entity (the flow's side branch scores each shard's
+rows so). Tuned against ``bench/workload.py``; the thresholds are :class:`AnomalyConfig`
+fields.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import pickle
+import operator
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from dataflow.core.timeutil import event_time
+from operators.enrich import packing
 
 __all__ = [
     "ANOMALOUS",
@@ -292,14 +296,6 @@ def _is_ip(s: str) -> bool:
     return ":" in s or (s[:1].isdigit() and s.count(".") == 3)
 
 
-def _network(ip: str) -> str:
-    if ":" in ip:
-        return ":".join(ip.split(":")[:3]) + "::/48"
-    if _is_ip(ip):
-        return ip.rpartition(".")[0] + ".0/24"
-    return ip  # a service name ("ec2.amazonaws.com", "AWS Internal") is its own network
-
-
 def _api_view(source: Any, name: Any, ro: Any, cfg: AnomalyConfig) -> tuple[str, str, int, bool]:
     """(``source:EventName``, EventName, tier, is a data read) of a call; tiers: 0 read,
     1 write, 2 sensitive, 3 critical."""
@@ -317,53 +313,76 @@ def _api_view(source: Any, name: Any, ro: Any, cfg: AnomalyConfig) -> tuple[str,
 
 
 def _ip_view(ip: str) -> tuple[str, bool]:
-    """(network, is an address) of a SourceIpAddress."""
+    """(network, is an address) of a SourceIpAddress: the /48 of an IPv6 address, the /24
+    of an IPv4 one (cached, though most addresses are seen once)."""
     v = _ip_cache.get(ip)
     if v is None:
-        v = _ip_cache[ip] = (_network(ip), _is_ip(ip))
-        if len(_ip_cache) > _CACHE_MAX:
+        if ":" in ip:
+            v = (":".join(ip.split(":")[:3]) + "::/48", True)
+        elif ip[:1].isdigit() and ip.count(".") == 3:
+            v = (ip[:ip.rfind(".")] + ".0/24", True)
+        else:  # a service name ("ec2.amazonaws.com", "AWS Internal") is its own network
+            v = (ip, False)
+        if len(_ip_cache) >= _CACHE_MAX:
             _ip_cache.clear()
+        _ip_cache[ip] = v
     return v
 
 
 _ip_cache: dict[str, tuple[str, bool]] = {}
+_time_cache: dict[str, float] = {}
+"""Epoch seconds of TimeGenerated values recently read."""
 
 
-class _Event:
-    """What the features need from one row, computed once for all its entities."""
+def _row_time(row: Mapping[str, Any]) -> float | None:
+    """The row's event time (TimeGenerated) in epoch seconds, or None."""
+    tg = row.get("TimeGenerated")
+    if tg.__class__ is not str:
+        return event_time(tg)
+    ts = _time_cache.get(tg)
+    if ts is None:
+        ts = event_time(tg)
+        if ts is not None:  # the rows of one delivery share a few thousand times
+            if len(_time_cache) >= _CACHE_MAX:
+                _time_cache.clear()
+            _time_cache[tg] = ts
+    return ts
 
-    __slots__ = ("ts", "decay", "principal", "ip", "is_ip", "ip_known", "net", "agent", "ua",
-                 "api", "name", "tier", "error", "data", "account", "root")
 
-    def __init__(self, row: Mapping[str, Any], ts: float, cfg: AnomalyConfig) -> None:
-        g = row.get
-        self.ts = ts
-        views = cfg.views
-        self.decay = views.get("decay") or views.setdefault(
-            "decay", _decay(cfg.novelty_memory_events))
-        self.principal = principal_of(row)
-        ip = g("SourceIpAddress") or ""
-        self.ip = ip
-        self.net, self.is_ip = _ip_view(ip) if ip else ("", False)
-        self.ip_known = False  # set by AnomalyScorer: the address is a warm entity of its own
-        self.ua = ua = g("UserAgent") or ""
-        self.agent = agent_family(ua) if ua else ""
-        key = (g("EventSource"), g("EventName"), g("ReadOnly"))
-        api_view: tuple[str, str, int, bool] | None = views.get(key)
-        if api_view is None:
-            api_view = _api_view(*key, cfg)
-            if len(views) < _CACHE_MAX:
-                views[key] = api_view
-        self.api, self.name, self.tier, self.data = api_view
-        self.error = g("ErrorCode") or None
-        acct, region = g("RecipientAccountId") or g("UserIdentityAccountId") or "?", g("AWSRegion")
-        account: str | None = views.get((acct, region))
-        if account is None:
-            account = f"{acct}/{region or '?'}"
-            if len(views) < _CACHE_MAX:
-                views[(acct, region)] = account
-        self.account = account
-        self.root = g("UserIdentityType") == "Root"
+# What the features need from one row, made once for all its entities (a tuple: rows are many):
+# (event time, principal, source IP, its network, whether it is an address, user-agent family,
+#  user agent, source:EventName, EventName, tier, whether it reads data, error code,
+#  account/region, whether the caller is the root user).
+_View = tuple[float, str | None, str, str, bool, str, str, str, str, int, bool, Any, str, bool]
+_KIND_RANK = {"ip": 0, "principal": 1, "account": 2, "key": 3}
+"""Order of an entity's kind among a row's entities: ties between entity scores go to
+the first (the IP, then the principal, the account, the access key)."""
+
+
+def _view(row: Mapping[str, Any], ts: float, cfg: AnomalyConfig) -> _View:
+    """The view of one row at event time ``ts``."""
+    g = row.get
+    ip = g("SourceIpAddress") or ""
+    net, is_ip = _ip_view(ip) if ip else ("", False)
+    ua = g("UserAgent") or ""
+    views = cfg.views
+    key = (g("EventSource"), g("EventName"), g("ReadOnly"))
+    api_view: tuple[str, str, int, bool] | None = views.get(key)
+    if api_view is None:
+        api_view = _api_view(*key, cfg)
+        if len(views) < _CACHE_MAX:
+            views[key] = api_view
+    acct, region = g("RecipientAccountId") or g("UserIdentityAccountId") or "?", g("AWSRegion")
+    account: str | None = views.get((acct, region))
+    if account is None:
+        account = f"{acct}/{region or '?'}"
+        if len(views) < _CACHE_MAX:
+            views[(acct, region)] = account
+    api, name, tier, data = api_view
+    arn = g("UserIdentityArn")
+    principal = arn if arn and ":assumed-role/" not in arn else principal_of(row)
+    return (ts, principal, ip, net, is_ip, agent_family(ua) if ua else "", ua, api, name,
+            tier, data, g("ErrorCode") or None, account, g("UserIdentityType") == "Root")
 
 
 def entity_keys(row: Mapping[str, Any], config: AnomalyConfig = DEFAULT_CONFIG) -> list[str]:
@@ -458,7 +477,9 @@ class EntityState:
         self.prev: list[int] | None = None  # the same for the bucket just before, if active
         self.base = [0.0] * 10
         self.hours: list[float] | None = None  # per UTC hour: mean/var of calls, of data reads
-        self.pairs: dict[str, dict[str, list[Any]]] = {}  # value -> [count, first, last, flag]
+        # value -> (count, first seen, last seen, flag); tuples, replaced on each update: the
+        # garbage collector stops tracking them, and then their tables (most of the state)
+        self.pairs: dict[str, dict[str, tuple[Any, ...]]] = {}
         # How often this entity meets something new lately (Good-Turing-like): the decayed
         # count of events and, per pair table, of events that brought a value never seen.
         self.nov: list[float] = []
@@ -476,17 +497,43 @@ class EntityState:
             ts = event_time(row.get("TimeGenerated"))
             if ts is None:
                 return Score(0.0, ("no usable TimeGenerated: not scored",), self.key)
-        return self.observe(_Event(row, ts, self.config))
+        return self.observe(_view(row, ts, self.config))
 
-    def observe(self, ev: _Event) -> Score:
+    def observe(self, ev: _View) -> Score:
         """Learn from one event and score it (the row view :meth:`update_and_score` makes)."""
-        return _score(self._observe(ev), self.key, self.config)
+        found: list[tuple[int, list[tuple[float, str]]]] = []
+        self.learn((0,), (ev,), None, found)
+        return _score(found[0][1] if found else None, self.key, self.config)
 
-    def _observe(self, ev: _Event) -> list[tuple[float, str]] | None:
-        """Learn from ``ev``; the (score, reason) of every feature that fired, or None."""
-        cfg = self.config
-        ts = ev.ts
+    def learn(self, idx: Iterable[int], views: Sequence[_View], known: Sequence[bool] | None,
+              found: list[tuple[int, list[tuple[float, str]]]]) -> None:
+        """Learn from this entity's events, in order: the views at ``idx`` (row indexes),
+        with, in ``known`` at the same index, whether the row's source address is a warm
+        IP entity of its own (None: no IP entities). Appends (row index, (score, reason) of
+        every feature that fired) to ``found`` for each row on which one fired.
+
+        One call per entity and batch: the entity's tables and the config's thresholds are
+        looked up once, not once per row."""
         self.snap = self.packed = None
+        if self.kind == "principal" or self.kind == "key":
+            self._learn_principal(idx, views, known, found)
+        elif self.kind == "account":
+            self._learn_account(idx, views, found)
+        else:
+            for i in idx:
+                ev = views[i]
+                warm = self._count(ev)
+                if warm and self.base[_NB]:
+                    parts: list[tuple[float, str]] = []
+                    self._volume_check(ev, parts)
+                    if parts:
+                        found.append((i, parts))
+
+    def _count(self, ev: _View) -> bool:
+        """Count ``ev`` in the current bucket (closing the bucket before it first); whether
+        the entity is warm."""
+        ts = ev[0]
+        cfg = self.config
         if self.n == 0:
             self.first_ts = self.last_ts = ts
         b = int(ts // cfg.bucket_secs)
@@ -494,25 +541,222 @@ class EntityState:
             self._roll(b)
         cur = self.cur
         cur[0] += 1
-        if ev.error:
+        if ev[11]:
             cur[1] += 1
-        if ev.data:
+        if ev[10]:
             cur[2] += 1
-        self.n += 1
+        n = self.n = self.n + 1
         if ts > self.last_ts:
             self.last_ts = ts
-        warm = self.n > cfg.warmup_events and ts - self.first_ts >= cfg.warmup_secs
-        parts: list[tuple[float, str]] = []
-        if self.kind == "principal" or self.kind == "key":
-            self._principal(ev, warm, parts)
-        elif self.kind == "account" and ev.principal:
-            self._account(ev, warm, parts)
-        if warm and self.base[_NB]:
-            prev = self.prev or _NONE
-            if (cur[0] + prev[0] >= cfg.rate_min_count or cur[1] + prev[1] >= cfg.error_min_count
-                    or (ev.data and cur[2] + prev[2] >= cfg.data_min_count)):
-                self._volume(ev, parts)
-        return parts or None
+        return n > cfg.warmup_events and ts - self.first_ts >= cfg.warmup_secs
+
+    def _volume_check(self, ev: _View, parts: list[tuple[float, str]]) -> None:
+        """The volume features, when the counts of the last ``bucket_secs`` could make one."""
+        cfg, cur, prev = self.config, self.cur, self.prev or _NONE
+        if (cur[0] + prev[0] >= cfg.rate_min_count or cur[1] + prev[1] >= cfg.error_min_count
+                or (ev[10] and cur[2] + prev[2] >= cfg.data_min_count)):
+            self._volume(ev, parts)
+
+    def _learn_principal(self, idx: Iterable[int], views: Sequence[_View],
+                         known: Sequence[bool] | None,
+                         found: list[tuple[int, list[tuple[float, str]]]]) -> None:
+        """:meth:`learn` for a principal or access key: novelty of networks, addresses,
+        user agents and APIs, bursts of new APIs, and the volume features."""
+        cfg, who, pairs, base = self.config, self.label, self.pairs, self.base
+        fresh, bs = cfg.novelty_secs, cfg.bucket_secs
+        warm_n, warm_secs = cfg.warmup_events, cfg.warmup_secs
+        max_net, max_ip, max_agent, max_api = (cfg.max_networks, cfg.max_ips, cfg.max_agents,
+                                               cfg.max_apis)
+        d = _decay(cfg.novelty_memory_events)
+        t_net, t_ip, t_agent, t_api = (pairs.get("net"), pairs.get("ip"), pairs.get("agent"),
+                                       pairs.get("api"))
+        nov = self.nov
+        if not nov:
+            nov = self.nov = [0.0] * 6
+        for i in idx:
+            ev = views[i]
+            ts = ev[0]
+            if self.n == 0:
+                self.first_ts = self.last_ts = ts
+            b = int(ts // bs)
+            if b > self.bucket:
+                self._roll(b)
+            cur = self.cur
+            cur[0] += 1
+            if ev[11]:
+                cur[1] += 1
+            if ev[10]:
+                cur[2] += 1
+            n = self.n = self.n + 1
+            if ts > self.last_ts:
+                self.last_ts = ts
+            warm = n > warm_n and ts - self.first_ts >= warm_secs
+            _, _, ip, net, _, agent, ua, api, _, tier, _, _, _, _ = ev
+            ie = ae = None
+            net_new = ip_new = agent_new = False
+            if ip:
+                if t_net is None:
+                    t_net = pairs["net"] = {}
+                e = t_net.get(net)
+                if e is None:
+                    if len(t_net) >= max_net:
+                        _evict(t_net, max_net)
+                    t_net[net] = (1, ts, ts, 0)
+                    net_new = True
+                else:
+                    t_net[net] = (e[0] + 1, e[1], ts, e[3])
+                if t_ip is None:
+                    t_ip = pairs["ip"] = {}
+                ie = t_ip.get(ip)
+                if ie is None:
+                    if len(t_ip) >= max_ip:
+                        _evict(t_ip, max_ip)
+                    # 2: its network was new too; 1: new, but a known address elsewhere
+                    ie = t_ip[ip] = (1, ts, ts, 0 if not net_new else 1 if known and known[i]
+                                     else 2)
+                    ip_new = True
+                else:
+                    ie = t_ip[ip] = (ie[0] + 1, ie[1], ts, ie[3])
+            if agent:
+                if t_agent is None:
+                    t_agent = pairs["agent"] = {}
+                ae = t_agent.get(agent)
+                if ae is None:
+                    if len(t_agent) >= max_agent:
+                        _evict(t_agent, max_agent)
+                    ae = t_agent[agent] = (1, ts, ts, 0)
+                    agent_new = True
+                else:
+                    ae = t_agent[agent] = (ae[0] + 1, ae[1], ts, ae[3])
+            if t_api is None:
+                t_api = pairs["api"] = {}
+            pe = t_api.get(api)
+            if pe is None:
+                if len(t_api) >= max_api:
+                    _evict(t_api, max_api)
+                pe = t_api[api] = (1, ts, ts, 0)
+                api_new = True
+            else:
+                pe = t_api[api] = (pe[0] + 1, pe[1], ts, pe[3])
+                api_new = False
+            api_i = 4 if tier == 0 else 5  # never-called reads are common; new writes are not
+            if warm:  # p(new) per table before this event; then count it in
+                seen = nov[0] + 1.0
+                p_net, p_ip, p_agent, p_api = ((nov[1] + 0.5) / seen, (nov[2] + 0.5) / seen,
+                                               (nov[3] + 0.5) / seen, (nov[api_i] + 0.5) / seen)
+            nov[0] = nov[0] * d + 1.0
+            nov[1] = nov[1] * d + net_new
+            nov[2] = nov[2] * d + ip_new
+            nov[3] = nov[3] * d + agent_new
+            nov[4] *= d
+            nov[5] *= d
+            if api_new:
+                nov[api_i] += 1.0
+                cur[3] += 1
+            if not warm:
+                continue
+            parts: list[tuple[float, str]] = []
+            days = (ts - self.first_ts) / 86_400
+            if ie is not None and ts - ie[1] < fresh:
+                if ie[3] == 2:
+                    s = cfg.weight_new_ip * _m(p_net)
+                    why = f"network {net} never seen before"
+                else:
+                    s = cfg.weight_new_ip_known_network * _m(p_ip)
+                    why = ("an address other principals have used for days" if ie[3] else
+                           f"in known network {net}")
+                if s:
+                    parts.append((s, f"new source IP {ip} for {who} ({why}) after {days:.1f} "
+                                     "days of history"))
+            if ae is not None and ts - ae[1] < fresh and (s := cfg.weight_new_agent * _m(p_agent)):
+                parts.append((s, f"user agent never seen for {who} in {days:.1f} days: "
+                                 f"{ua[:100]}"))
+            if tier == 3 and pe[0] <= cfg.critical_rare_events:
+                # a logging-tamper API stays alarming while it is rare, not only the first time
+                nth = "first call" if api_new else f"call {pe[0]} (rare)"
+                parts.append((cfg.weight_new_api_critical, f"{nth} of {api} by {who} after "
+                                                           f"{days:.1f} days of history"))
+            elif api_new:
+                w = (cfg.weight_new_api_read, cfg.weight_new_api_write,
+                     cfg.weight_new_api_sensitive)[tier]
+                if s := w * _m(p_api):
+                    parts.append((s, f"first call of {api} by {who} after {days:.1f} days "
+                                     "of history"))
+            prev = self.prev
+            k = cur[3] + (prev[3] * (1.0 - min(1.0, (ts - self.bucket * bs) / bs))
+                          if prev else 0.0)
+            if k >= cfg.new_api_burst_min:
+                s = min(1.0, (k - cfg.new_api_burst_min + 1) / cfg.new_api_burst_min)
+                if s := cfg.weight_new_api_burst * s * _m(p_api):
+                    parts.append((s, f"{k:.0f} APIs never called before by {who} within "
+                                     f"{bs / 60:g} min"))
+            if base[_NB]:
+                self._volume_check(ev, parts)
+            if parts:
+                found.append((i, parts))
+
+    def _learn_account(self, idx: Iterable[int], views: Sequence[_View],
+                       found: list[tuple[int, list[tuple[float, str]]]]) -> None:
+        """:meth:`learn` for an account and region: its principals (the root user above
+        all), and the volume features."""
+        cfg, pairs, base = self.config, self.pairs, self.base
+        cap, bs = cfg.max_principals, cfg.bucket_secs
+        warm_n, warm_secs = cfg.warmup_events, cfg.warmup_secs
+        d = _decay(cfg.novelty_memory_events)
+        t = pairs.get("principal")
+        for i in idx:
+            ev = views[i]
+            ts = ev[0]
+            if self.n == 0:
+                self.first_ts = self.last_ts = ts
+            b = int(ts // bs)
+            if b > self.bucket:
+                self._roll(b)
+            cur = self.cur
+            cur[0] += 1
+            if ev[11]:
+                cur[1] += 1
+            if ev[10]:
+                cur[2] += 1
+            n = self.n = self.n + 1
+            if ts > self.last_ts:
+                self.last_ts = ts
+            warm = n > warm_n and ts - self.first_ts >= warm_secs
+            principal = ev[1]
+            parts: list[tuple[float, str]] = []
+            if principal:
+                if t is None:
+                    t = pairs["principal"] = {}
+                e = t.get(principal)
+                if e is None:
+                    if len(t) >= cap:
+                        _evict(t, cap)
+                    e = t[principal] = (1, ts, ts, int(ev[13]))
+                    new = True
+                else:
+                    e = t[principal] = (e[0] + 1, e[1], ts, e[3])
+                    new = False
+                nov = self.nov
+                if not nov:
+                    nov = self.nov = [0.0, 0.0]
+                p = (nov[1] + 0.5) / (nov[0] + 1.0) if warm and new else 0.0
+                nov[0] = nov[0] * d + 1.0
+                nov[1] = nov[1] * d + new
+                if warm:
+                    days = (ts - self.first_ts) / 86_400
+                    if e[3] and e[0] <= cfg.root_rare_events:
+                        first = ("first activity" if ts - e[1] < cfg.novelty_secs else
+                                 f"rare activity ({e[0]} events in {days:.1f} days)")
+                        parts.append((cfg.weight_root, f"{first} of the root user in account "
+                                                       f"{self.label} after {days:.1f} days of "
+                                                       "history"))
+                    elif new and (s := cfg.weight_new_principal * _m(p)):
+                        parts.append((s, f"first activity of {principal} in {self.label} after "
+                                         f"{days:.1f} days"))
+            if warm and base[_NB]:
+                self._volume_check(ev, parts)
+            if parts:
+                found.append((i, parts))
 
     # ------------------------------------------------------------------------- baselines
     def _roll(self, b: int) -> None:
@@ -552,16 +796,16 @@ class EntityState:
         self.cur = [0, 0, 0, 0]
         self.bucket = b
 
-    def _volume(self, ev: _Event, parts: list[tuple[float, str]]) -> None:
+    def _volume(self, ev: _View, parts: list[tuple[float, str]]) -> None:
         """Call-rate, bulk-read and failed-call spikes over the last ``bucket_secs``."""
         cfg, cur, prev, base, who = self.config, self.cur, self.prev, self.base, self.label
         bs = cfg.bucket_secs
-        keep = 1.0 - min(1.0, max(0.0, (ev.ts - self.bucket * bs) / bs)) if prev else 0.0
+        keep = 1.0 - min(1.0, max(0.0, (ev[0] - self.bucket * bs) / bs)) if prev else 0.0
         c = cur[0] + (prev[0] * keep if prev else 0.0)
         mins = f"{bs / 60:g} min"
         mc, vc, md, vd = base[_MC], base[_VC], base[_MD], base[_VD]
         h = self.hours
-        if h is not None and ev.ts - self.first_ts >= cfg.hourly_min_secs:
+        if h is not None and ev[0] - self.first_ts >= cfg.hourly_min_secs:
             i = int(self.bucket * bs // 3600 % 24) * 4
             if h[i] >= 0:  # the busier of the overall and this hour's baseline
                 mc, vc = max(mc, h[i]), max(vc, h[i + 1])
@@ -580,127 +824,22 @@ class EntityState:
             excess = (e / c - p) / (1.0 - p)
             if excess >= cfg.error_min_excess:
                 s = cfg.weight_errors * min(1.0, excess) * min(1.0, e / (2 * cfg.error_min_count))
-                why = (f"{e:.0f} of {c:.0f} calls failed ({ev.error or 'errors'}) in {mins} "
+                why = (f"{e:.0f} of {c:.0f} calls failed ({ev[11] or 'errors'}) in {mins} "
                        f"for {who} vs usually {p:.1%}")
                 burst = ((s, why) if burst is None else
                          (max(s, burst[0]), f"{burst[1]}; {why}" if burst[0] >= s else
                           f"{why}; {burst[1]}"))
         if burst is not None:
             parts.append(burst)
-        if ev.data and (self.kind == "principal" or self.kind == "key"):
+        if ev[10] and (self.kind == "principal" or self.kind == "key"):
             d = cur[2] + (prev[2] * keep if prev else 0.0)
             if d >= cfg.data_min_count:
                 s, sd = _spike(d, md, vd, max(base[_PD] * cfg.data_peak_frac, cfg.data_min_count),
                                cfg)
                 if s:
                     parts.append((cfg.weight_data * s,
-                                  f"{d:.0f} data reads ({ev.name}) in {mins} by {who} vs baseline "
+                                  f"{d:.0f} data reads ({ev[8]}) in {mins} by {who} vs baseline "
                                   f"{md:.0f}±{sd:.0f} (peak {base[_PD]:.0f})"))
-
-    # --------------------------------------------------------------------------- novelty
-    def _pair(self, table: str, value: str, cap: int, ts: float) -> tuple[list[Any], bool]:
-        """Count ``value`` in a pair table: (its entry, whether it is new)."""
-        t = self.pairs.get(table)
-        if t is None:
-            t = self.pairs[table] = {}
-        e = t.get(value)
-        if e is not None:
-            e[0] += 1
-            e[2] = ts
-            return e, False
-        if len(t) >= cap:
-            _evict(t, cap)
-        e = t[value] = [1, ts, ts, 0]
-        return e, True
-
-    def _principal(self, ev: _Event, warm: bool, parts: list[tuple[float, str]]) -> None:
-        cfg, ts, who = self.config, ev.ts, self.label
-        ie = ae = None
-        net_new = ip_new = agent_new = False
-        if ev.ip:
-            _, net_new = self._pair("net", ev.net, cfg.max_networks, ts)
-            ie, ip_new = self._pair("ip", ev.ip, cfg.max_ips, ts)
-            if ip_new:  # 2: its network was new too; 1: new, but a known address elsewhere
-                ie[3] = 2 if net_new and not ev.ip_known else 1 if net_new else 0
-        if ev.agent:
-            ae, agent_new = self._pair("agent", ev.agent, cfg.max_agents, ts)
-        pe, api_new = self._pair("api", ev.api, cfg.max_apis, ts)
-        nov, d = self.nov, ev.decay  # p(new) per table before this event; then count it in
-        if not nov:
-            nov = self.nov = [0.0] * 6
-        n = nov[0] + 1.0
-        api_i = 4 if ev.tier == 0 else 5  # never-called reads are common; new writes are not
-        p_net, p_ip, p_agent, p_api = ((nov[1] + 0.5) / n, (nov[2] + 0.5) / n,
-                                       (nov[3] + 0.5) / n, (nov[api_i] + 0.5) / n)
-        nov[0] = nov[0] * d + 1.0
-        nov[1] = nov[1] * d + net_new
-        nov[2] = nov[2] * d + ip_new
-        nov[3] = nov[3] * d + agent_new
-        nov[4] *= d
-        nov[5] *= d
-        if api_new:
-            nov[api_i] += 1.0
-            self.cur[3] += 1
-        if not warm:
-            return
-        days = (ts - self.first_ts) / 86_400
-        fresh = cfg.novelty_secs
-        if ie is not None and ts - ie[1] < fresh:
-            if ie[3] == 2:
-                s = cfg.weight_new_ip * _m(p_net)
-                why = f"network {ev.net} never seen before"
-            else:
-                s = cfg.weight_new_ip_known_network * _m(p_ip)
-                why = ("an address other principals have used for days" if ie[3] else
-                       f"in known network {ev.net}")
-            if s:
-                parts.append((s, f"new source IP {ev.ip} for {who} ({why}) after {days:.1f} "
-                                 "days of history"))
-        if ae is not None and ts - ae[1] < fresh and (s := cfg.weight_new_agent * _m(p_agent)):
-            parts.append((s, f"user agent never seen for {who} in {days:.1f} days: "
-                             f"{ev.ua[:100]}"))
-        if ev.tier == 3 and pe[0] <= cfg.critical_rare_events:
-            # a logging-tamper API stays alarming while it is rare, not only the first time
-            nth = "first call" if api_new else f"call {pe[0]} (rare)"
-            parts.append((cfg.weight_new_api_critical, f"{nth} of {ev.api} by {who} after "
-                                                       f"{days:.1f} days of history"))
-        elif api_new:
-            w = (cfg.weight_new_api_read, cfg.weight_new_api_write,
-                 cfg.weight_new_api_sensitive)[ev.tier]
-            if s := w * _m(p_api):
-                parts.append((s, f"first call of {ev.api} by {who} after {days:.1f} days "
-                                 "of history"))
-        prev, bs = self.prev, cfg.bucket_secs
-        k = self.cur[3] + (prev[3] * (1.0 - min(1.0, (ts - self.bucket * bs) / bs))
-                           if prev else 0.0)
-        if k >= cfg.new_api_burst_min:
-            s = min(1.0, (k - cfg.new_api_burst_min + 1) / cfg.new_api_burst_min)
-            if s := cfg.weight_new_api_burst * s * _m(p_api):
-                parts.append((s, f"{k:.0f} APIs never called before by {who} within "
-                                 f"{bs / 60:g} min"))
-
-    def _account(self, ev: _Event, warm: bool, parts: list[tuple[float, str]]) -> None:
-        cfg, ts = self.config, ev.ts
-        e, new = self._pair("principal", ev.principal or "", cfg.max_principals, ts)
-        nov, d = self.nov, ev.decay
-        if not nov:
-            nov = self.nov = [0.0, 0.0]
-        p = (nov[1] + 0.5) / (nov[0] + 1.0)
-        nov[0] = nov[0] * d + 1.0
-        nov[1] = nov[1] * d + new
-        if new:
-            e[3] = int(ev.root)
-        if not warm:
-            return
-        days = (ts - self.first_ts) / 86_400
-        if e[3] and e[0] <= cfg.root_rare_events:
-            first = ("first activity" if ts - e[1] < cfg.novelty_secs else
-                     f"rare activity ({e[0]} events in {days:.1f} days)")
-            parts.append((cfg.weight_root, f"{first} of the root user in account {self.label} "
-                                           f"after {days:.1f} days of history"))
-        elif new and (s := cfg.weight_new_principal * _m(p)):
-            parts.append((s, f"first activity of {ev.principal} in {self.label} after "
-                             f"{days:.1f} days"))
 
     # ------------------------------------------------------------------------ persistence
     def snapshot(self) -> dict[str, Any]:
@@ -730,7 +869,8 @@ class EntityState:
             st.prev = None if data["prev"] is None else list(data["prev"])
             st.base = list(data["base"])
             st.hours = None if data["hours"] is None else list(data["hours"])
-            st.pairs = {t: {k: list(e) for k, e in tab.items()} for t, tab in data["pairs"].items()}
+            st.pairs = {t: {k: tuple(e) for k, e in tab.items()}
+                        for t, tab in data["pairs"].items()}
             st.nov = [float(v) for v in data["nov"]]
         except (KeyError, TypeError, ValueError) as exc:
             msg = (f"anomaly state of {key!r} is unreadable ({exc!r}); start without the old "
@@ -739,14 +879,14 @@ class EntityState:
         return st
 
     def pack(self) -> bytes:
-        """The state as one pickle, made again only once the entity has learnt something
-        since: what recovery snapshots hold. Pickling copies the live lists and dicts in C,
-        where :meth:`snapshot` copies them in Python; in the flow that was most of the cost
-        of a snapshot."""
+        """The state as bytes (:func:`operators.enrich.packing.pack`), made again only once
+        the entity has learnt something since: what recovery snapshots hold. Packing copies
+        the live lists and dicts in C, where :meth:`snapshot` copies them in Python; in the
+        flow that was most of the cost of a snapshot."""
         if self.packed is None:
-            self.packed = pickle.dumps((self.n, self.first_ts, self.last_ts, self.bucket,
+            self.packed = packing.pack((self.n, self.first_ts, self.last_ts, self.bucket,
                                         self.cur, self.prev, self.base, self.hours, self.pairs,
-                                        self.nov), protocol=pickle.HIGHEST_PROTOCOL)
+                                        self.nov))
         return self.packed
 
     @classmethod
@@ -755,8 +895,8 @@ class EntityState:
         st = cls(key, config)
         try:
             (st.n, st.first_ts, st.last_ts, st.bucket, st.cur, st.prev, st.base, st.hours,
-             st.pairs, st.nov) = pickle.loads(packed)  # noqa: S301 (our own recovery state)
-        except (pickle.UnpicklingError, TypeError, ValueError, EOFError) as exc:
+             st.pairs, st.nov) = packing.unpack(packed)
+        except (TypeError, ValueError) as exc:
             msg = (f"anomaly state of {key!r} is unreadable ({exc!r}); start without the old "
                    "state (the baselines are relearnt)")
             raise ValueError(msg) from exc
@@ -772,14 +912,68 @@ class EntityState:
             setattr(self, name, getattr(st, name))
 
 
-def _evict(t: dict[str, list[Any]], cap: int) -> None:
-    """Drop the least used quarter of a full pair table (ties: the least recently seen)."""
-    ranked = sorted([(e[0], e[2], i, k) for i, (k, e) in enumerate(t.items())])  # no key=:
-    for *_, k in ranked[: max(1, len(t) - cap * 3 // 4)]:  # tuples compare in C
-        del t[k]
+def _evict(t: dict[str, Any], cap: int) -> None:
+    """Drop the least used quarter of a full pair table (ties: the least recently seen,
+    then the first inserted)."""
+    entries, keys = t.values(), list(t)
+    counts, lasts = list(map(_COUNT, entries)), list(map(_LAST, entries))
+    # (count, last seen, position) order as two stable sorts on plain numbers: compared in
+    # C without building a tuple per entry (tables of new addresses fill up all the time)
+    order = sorted(range(len(keys)), key=lasts.__getitem__)
+    order.sort(key=counts.__getitem__)
+    for j in order[: max(1, len(keys) - cap * 3 // 4)]:
+        del t[keys[j]]
+
+
+_COUNT, _LAST = operator.itemgetter(0), operator.itemgetter(2)
+
+
+def _keys(ev: _View, row: Mapping[str, Any], kinds: tuple[str, ...]) -> list[str]:
+    """The keys of a row's entities (from its view), in the order of :data:`_KIND_RANK`;
+    service names as source are no IP entity."""
+    keys = []
+    if ev[4] and "ip" in kinds:
+        keys.append("ip:" + ev[2])
+    if ev[1] and "principal" in kinds:
+        keys.append("principal:" + ev[1])
+    if "account" in kinds:
+        keys.append("account:" + ev[12])
+    if "key" in kinds:  # read only when asked for: off by default
+        ak = row.get("UserIdentityAccessKeyId")
+        if ak.__class__ is str and ak.startswith("AKIA"):
+            keys.append("key:" + ak)
+    return keys
+
+
+def _combine(hits: list[tuple[int, str, list[tuple[float, str]]]], cfg: AnomalyConfig) -> Score:
+    """A row's score from the features that fired for each of its entities, (kind rank, key,
+    parts): the highest entity's, with the reasons of every entity (strongest first)."""
+    if len(hits) > 1:
+        hits.sort(key=lambda x: x[0])
+    best: tuple[float, list[tuple[float, str]], str] | None = None
+    more: list[tuple[float, list[tuple[float, str]], str]] = []
+    for _, key, parts in hits:
+        keep = 1.0
+        for s, _ in parts:
+            keep *= 1.0 - s
+        if best is None or 1.0 - keep > best[0]:
+            if best is not None:
+                more.append(best)
+            best = (1.0 - keep, parts, key)
+        else:
+            more.append((1.0 - keep, parts, key))
+    assert best is not None
+    sc = _score(best[1], best[2], cfg)
+    if not more:
+        return sc
+    more.sort(key=lambda m: -m[0])
+    extra = (r for m in more for r in _score(m[1], m[2], cfg).reasons)
+    return Score(sc.value, tuple(dict.fromkeys((*sc.reasons, *extra))), sc.entity)
 
 
 # ------------------------------------------------------------------------------------ scorer
+
+
 class AnomalyScorer:
     """Scores rows against every entity they touch, keeping at most ``max_entities``.
 
@@ -791,8 +985,6 @@ class AnomalyScorer:
         self.evicted = 0
         """Entities dropped (with their baselines) to stay within ``max_entities``."""
         self._entities: OrderedDict[str, EntityState] = OrderedDict()
-        self._last_time: Any = None
-        self._last_ts = 0.0
 
     def __len__(self) -> int:
         """Entities with state."""
@@ -805,32 +997,113 @@ class AnomalyScorer:
         :arg ts: Event time in epoch seconds; by default the row's TimeGenerated.
         """
         if ts is None:
-            tg = row.get("TimeGenerated")
-            if tg == self._last_time:
-                ts = self._last_ts
-            else:
-                ts = event_time(tg)
-                if ts is None:
-                    return Score(0.0, ("no usable TimeGenerated: not scored",), "")
-                self._last_time, self._last_ts = tg, ts
+            ts = _row_time(row)
+            if ts is None:
+                return Score(0.0, ("no usable TimeGenerated: not scored",), "")
+        return self._score_one(row, _view(row, ts, self.config))
+
+    def score_many(self, rows: Sequence[Mapping[str, Any]],
+                   times: Sequence[float | None] | None = None) -> list[Score]:
+        """:meth:`score` for each of ``rows`` in order, with the same results, for the cost of
+        one pass over the rows and one call per entity: the rows are grouped by entity, and
+        each entity learns from its rows in one go.
+
+        :arg times: Event times in epoch seconds, one per row (None: the row's TimeGenerated).
+        """
         cfg = self.config
-        ev = _Event(row, ts, cfg)
         kinds = cfg.entity_kinds
-        keys = []
-        if ev.is_ip and "ip" in kinds:
-            keys.append("ip:" + ev.ip)
-        if ev.principal and "principal" in kinds:
-            keys.append("principal:" + ev.principal)
-        if "account" in kinds:
-            keys.append("account:" + ev.account)
-        if "key" in kinds:  # read only when asked for: off by default
-            ak = row.get("UserIdentityAccessKeyId")
-            if ak.__class__ is str and ak.startswith("AKIA"):
-                keys.append("key:" + ak)
+        want_ip = "ip" in kinds
+        n = len(rows)
         ents = self._entities
-        best: tuple[float, list[tuple[float, str]], str] | None = None
-        more: list[tuple[float, list[tuple[float, str]], str]] = []
+        if len(ents) + 4 * n > cfg.max_entities:  # four entities a row at most
+            # Entities may be evicted on the way: row by row, so the same ones go as they would.
+            return [self.score(row, None if times is None else times[i])
+                    for i, row in enumerate(rows)]
+        out: list[Score | None] = [None] * n
+        views: list[Any] = [None] * n
+        first_key: list[str | None] = [None] * n  # the key of each row's first entity
+        groups: dict[str, list[int]] = {}  # entity key -> its rows, in order
+        for i, row in enumerate(rows):
+            ts = times[i] if times is not None else None
+            if ts is None:
+                ts = _row_time(row)
+                if ts is None:
+                    out[i] = Score(0.0, ("no usable TimeGenerated: not scored",), "")
+                    continue
+            ev = views[i] = _view(row, ts, cfg)
+            keys = _keys(ev, row, kinds)
+            for key in keys:
+                g = groups.get(key)
+                if g is None:
+                    groups[key] = [i]
+                else:
+                    g.append(i)
+            first = keys[0] if keys else None
+            first_key[i] = first
+        states: dict[str, EntityState] = {}
+        hits: dict[int, list[tuple[int, str, list[tuple[float, str]]]]] = {}
+        known = [False] * n if want_ip else None
+        found: list[tuple[int, list[tuple[float, str]]]] = []
+        for ips in (True, False) if want_ip else (False,):
+            for key, idx in groups.items():
+                if want_ip and key.startswith("ip:") is not ips:
+                    continue
+                st = ents.get(key)
+                if st is None:  # no eviction: there is room for every entity of the batch
+                    st = ents[key] = EntityState(key, cfg)
+                    created = True
+                else:
+                    ents.move_to_end(key)
+                    created = False
+                states[key] = st
+                if ips:  # an address in use for days is not a stranger's: tell the principals
+                    for j, i in enumerate(idx):
+                        if j or not created:
+                            known[i] = (st.n > cfg.warmup_events  # type: ignore[index]
+                                        and views[i][0] - st.first_ts >= cfg.warmup_secs)
+                        st.learn((i,), views, None, found)
+                else:
+                    st.learn(idx, views, known, found)
+                if found:
+                    rank = _KIND_RANK[st.kind]
+                    for i, parts in found:
+                        h = hits.get(i)
+                        if h is None:
+                            hits[i] = [(rank, key, parts)]
+                        else:
+                            h.append((rank, key, parts))
+                    found = []
+        if n > 1 and len(groups) > 1:  # least recently seen first, as row by row
+            for *_, key in sorted([(idx[-1], _KIND_RANK[states[k].kind], k)
+                                   for k, idx in groups.items()]):
+                ents.move_to_end(key)
+        for i, fk in enumerate(first_key):
+            if out[i] is not None:
+                continue
+            h = hits.get(i) if hits else None
+            if h is None:  # most rows: one shared Score per entity, not a new one per row
+                if fk is None:
+                    out[i] = _NOTHING
+                    continue
+                st = states[fk]
+                z = st.zero
+                if z is None:
+                    z = st.zero = Score(0.0, (), st.key)
+                out[i] = z
+                continue
+            out[i] = _combine(h, cfg)
+        return out  # type: ignore[return-value]
+
+    def _score_one(self, row: Mapping[str, Any], ev: _View) -> Score:
+        """:meth:`score_many` for one row (its view made): each entity is created, evicting
+        the least recently seen beyond ``max_entities``, and refreshed in the row's order."""
+        cfg = self.config
+        keys = _keys(ev, row, cfg.entity_kinds)
+        ents = self._entities
+        known = [False]
         first: EntityState | None = None
+        hits: list[tuple[int, str, list[tuple[float, str]]]] = []
+        found: list[tuple[int, list[tuple[float, str]]]] = []
         for key in keys:
             st = ents.get(key)
             if st is None:
@@ -841,33 +1114,22 @@ class AnomalyScorer:
             else:
                 ents.move_to_end(key)
                 if st.kind == "ip":  # an address in use for days is not a stranger's
-                    ev.ip_known = st.n > cfg.warmup_events and ts - st.first_ts >= cfg.warmup_secs
+                    known[0] = (st.n > cfg.warmup_events
+                                and ev[0] - st.first_ts >= cfg.warmup_secs)
             if first is None:
                 first = st
-            parts = st._observe(ev)
-            if parts:
-                keep = 1.0
-                for s, _ in parts:
-                    keep *= 1.0 - s
-                if best is None or 1.0 - keep > best[0]:
-                    if best is not None:
-                        more.append(best)
-                    best = (1.0 - keep, parts, key)
-                else:
-                    more.append((1.0 - keep, parts, key))
-        if best is None:  # most rows: one shared Score per entity, not a new one per row
-            if first is None:
-                return _NOTHING
-            z = first.zero
-            if z is None:
-                z = first.zero = Score(0.0, (), first.key)
-            return z
-        sc = _score(best[1], best[2], cfg)
-        if not more:
-            return sc
-        more.sort(key=lambda m: -m[0])
-        extra = (r for m in more for r in _score(m[1], m[2], cfg).reasons)
-        return Score(sc.value, tuple(dict.fromkeys((*sc.reasons, *extra))), sc.entity)
+            st.learn((0,), (ev,), known, found)
+            if found:
+                hits.append((_KIND_RANK[st.kind], key, found[0][1]))
+                found = []
+        if hits:
+            return _combine(hits, cfg)
+        if first is None:
+            return _NOTHING
+        z = first.zero
+        if z is None:
+            z = first.zero = Score(0.0, (), first.key)
+        return z
 
     def entity(self, key: str) -> EntityState | None:
         """The state of one entity (without refreshing its recency), or None."""

@@ -42,7 +42,7 @@ import orjson
 from operators.tabledef import load_tables
 
 __all__ = ["Pred", "Reason", "all_of", "compile_json_path", "compile_match", "compile_reason",
-           "load_entries", "pinned_event_names", "table_columns"]
+           "event_name_gate", "load_entries", "pinned_event_names", "table_columns"]
 
 Pred = Callable[[Mapping[str, Any]], bool]
 """A compiled condition over one row."""
@@ -408,6 +408,48 @@ def pinned_event_names(match: Mapping[str, Any]) -> frozenset[str] | None:
         if all(n is not None for n in names):
             return frozenset().union(*names)  # type: ignore[arg-type]
     return None
+
+
+def event_name_gate(match: Mapping[str, Any]) -> Callable[[Any], bool] | None:
+    """A test over a row's EventName alone that every row ``match`` takes passes, or None
+    when the match table takes any EventName. It lets a caller index conditions by the
+    EventName: what a regex, prefix or list of names cannot pass is never evaluated.
+
+    Conditions that read other columns than EventName itself (``equals_column``,
+    ``json_path``) give no gate: they cannot be decided from the name alone."""
+    gate = None
+    spec = match.get("EventName")
+    if spec is not None and not _reads_beyond(spec):
+        problems: list[str] = []
+        cond = _condition("EventName", spec, "", problems)
+        if cond is not None and not problems:
+            pred = cond[1]
+
+            def gate(name: Any) -> bool:
+                return pred({"EventName": name})
+    branches = match.get("any")
+    if isinstance(branches, list) and branches and all(isinstance(b, dict) for b in branches):
+        ors = [event_name_gate(b) for b in branches]
+        if all(g is not None for g in ors):
+            either = tuple(ors)
+
+            def any_gate(name: Any) -> bool:
+                return any(g(name) for g in either)  # type: ignore[misc]
+            if gate is None:
+                return any_gate
+            direct = gate
+            return lambda name: direct(name) and any_gate(name)
+    return gate
+
+
+def _reads_beyond(spec: Any) -> bool:
+    """Whether a column's condition reads anything but the column's own value."""
+    if isinstance(spec, list):
+        return any(_reads_beyond(s) for s in spec)
+    if isinstance(spec, dict):
+        return bool({"equals_column", "not_equals_column", "json_path"} & set(spec)) or (
+            _reads_beyond(spec["not"]) if "not" in spec else False)
+    return False
 
 
 # --------------------------------------------------------------------------- reasons

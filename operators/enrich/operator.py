@@ -17,7 +17,9 @@ With ``enrich.anomaly`` or ``enrich.sequences``, CloudTrail rows also go, bundle
 shard of their principal, to a stateful step (:func:`score_shard`) holding one bounded
 :class:`~operators.enrich.anomaly.AnomalyScorer` and one
 :class:`~operators.enrich.sequences.SequenceDetector` per shard, both in the recovery
-snapshots; anomalous rows and completed sequences come out as findings, in the fast lane.
+snapshots (each entity and principal packed again only once it changed); the scorer takes
+a shard's rows as one batch. Anomalous rows and completed sequences come out as findings, in
+the fast lane.
 That state names principals, source addresses and access key ids: with a keyring
 (``runtime.encryption_*``) a shard's snapshot is one AES-GCM envelope, opened again by
 :func:`score_shard` on restore; snapshots written without a key still restore.
@@ -48,7 +50,7 @@ from operators.enrich.columns import FINDINGS_TABLE, carries_columns, column_nam
 from operators.enrich.config import EnrichConfig
 from operators.enrich.intel import FIELDS, IntelWatcher
 from operators.enrich.rules import RuleSet
-from operators.enrich.sequences import SequenceDetector, load_sequences
+from operators.enrich.sequences import SequenceDetector, StepIndex, load_sequences
 from operators.schema import Mapper
 from operators.tabledef import TableDef
 
@@ -62,6 +64,7 @@ PRINCIPAL = "UserIdentityArn"
 _URGENT = frozenset({"critical"})
 _FINDING = frozenset({"critical", "high"})
 _PLAIN = frozenset({str, int, float, bool})
+_MAX_SHARD_KEYS = 8192
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
 
@@ -113,14 +116,18 @@ class Enricher:
                          for t in tables.values()}
         self._groups = {t.name: g for t in tables.values()
                         if cfg.sequences and (g := _groups(_sequence_specs(), t.name))}
-        """Per table: (group column, step predicates) of the sequences not grouped by the
-        principal, whose matching rows go to the shard of their group's value."""
+        """Per table: (group column, its sequences' steps indexed by EventName) of the
+        sequences not grouped by the principal, whose matching rows go to the shard of their
+        group's value."""
+        self._shards: dict[Any, str] = {}
+        """The shard of each principal (ARN or access key) recently seen."""
         self.reads |= frozenset(self._groups)
 
     def enrich_batch(self, items: list[Rows]) -> list[Rows | Observed]:
         out: list[Rows | Observed] = []
         side: dict[str, list[tuple[str, str, dict]]] = {}
         grouped: dict[str, list[tuple[str, str, str, str, dict]]] = {}
+        shards = self._shards
         for bundle in items:
             table = self._by_stream.get(bundle.stream)
             parsed = bundle.parsed
@@ -158,9 +165,23 @@ class Enricher:
                     rows[i] = splice(raw, values)  # type: ignore[index]
                 (fast if urgent else keep).append(i)
                 if self._side and table.name == CLOUDTRAIL:
-                    side.setdefault(_shard(row, self._cfg.shards), []).append(
-                        (rid, bundle.partition, row))
-                for column, preds in groups:
+                    who = row.get("UserIdentityArn") or row.get("UserIdentityAccessKeyId") or ""
+                    shard = shards.get(who) if who.__class__ is str else None
+                    if shard is None:
+                        shard = _shard(row, self._cfg.shards)
+                        if who.__class__ is str:
+                            if len(shards) >= _MAX_SHARD_KEYS:
+                                shards.clear()
+                            shards[who] = shard
+                    got = side.get(shard)
+                    if got is None:
+                        side[shard] = [(rid, bundle.partition, row)]
+                    else:
+                        got.append((rid, bundle.partition, row))
+                for column, steps in groups:
+                    preds = steps.of(row)  # by EventName: most rows match no step's name
+                    if not preds:
+                        continue
                     value = row.get(column)
                     if value is not None and value != "" and any(p(row) for p in preds):
                         grouped.setdefault(_group_shard(column, value, self._cfg.shards),
@@ -262,15 +283,17 @@ def _group_shard(column: str, value: Any, shards: int) -> str:
     return str(zlib.crc32(f"{column}={value}".encode()) % shards)
 
 
-def _groups(specs: tuple, table: str) -> tuple[tuple[str, tuple], ...]:
-    """(column, step predicates) per group column of the sequences of ``table`` that are
-    not grouped by the principal on CloudTrail (those follow the principal shards)."""
+def _groups(specs: tuple, table: str) -> tuple[tuple[str, StepIndex], ...]:
+    """(column, step predicates indexed by EventName) per group column of the sequences of
+    ``table`` that are not grouped by the principal on CloudTrail (those follow the
+    principal shards)."""
     by: dict[str, list] = {}
     for spec in specs:
         if spec.table in (table, "*") and not (table == CLOUDTRAIL
                                                and spec.principal == PRINCIPAL):
-            by.setdefault(spec.principal, []).extend(spec.step_preds)
-    return tuple((c, tuple(p)) for c, p in by.items())
+            by.setdefault(spec.principal, []).extend(zip(spec.step_preds, spec.step_gates,
+                                                         strict=True))
+    return tuple((c, StepIndex(p)) for c, p in by.items())
 
 
 @functools.lru_cache(maxsize=1)
@@ -309,7 +332,7 @@ class ShardState:
     def __getstate__(self) -> dict:
         return {"cfg": self.cfg,
                 "scorer": self.scorer.pack() if self.scorer is not None else None,
-                "detector": self.detector.snapshot() if self.detector is not None else None}
+                "detector": self.detector.pack() if self.detector is not None else None}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["cfg"], state)  # type: ignore[misc]
@@ -379,9 +402,11 @@ def score_shard(enricher: Enricher, cfg: EnrichConfig,
     else:
         state.keyring = keyring  # a plain snapshot is sealed from the next one on
     found: dict[str, list[tuple[bytes, str]]] = {}  # source partition -> findings
-    for rid, partition, row in obs.rows:
-        if state.scorer is not None:
-            score = state.scorer.score(row)
+    scores = (state.scorer.score_many([row for _, _, row in obs.rows])
+              if state.scorer is not None else None)
+    for k, (rid, partition, row) in enumerate(obs.rows):
+        if scores is not None:
+            score = scores[k]
             if score.value >= ANOMALOUS:
                 metrics.RECORDS_FLAGGED.labels(CLOUDTRAIL, "anomalous").inc()
                 found.setdefault(partition, []).append(enricher.finding(

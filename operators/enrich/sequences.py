@@ -41,7 +41,11 @@ does not extend it, except in a first step's count, where a late event is counte
 place (a burst's rows come from several objects, read in any order).
 :meth:`SequenceDetector.snapshot` gives plain JSON-able state and
 :meth:`SequenceDetector.restore` rebuilds it, so a detector can live in a bytewax stateful
-operator (keyed by principal, or one per worker).
+operator (keyed by principal, or one per worker); :meth:`SequenceDetector.pack` is what
+recovery snapshots hold, packed again only for the principals that changed since the last.
+
+Steps are indexed by the EventName their conditions accept (:class:`StepIndex`): a row
+whose EventName no step can take, as most rows, costs one dict lookup.
 """
 
 from __future__ import annotations
@@ -50,19 +54,20 @@ import bisect
 import logging
 import sys
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from dataflow.core.timeutil import event_time
+from operators.enrich import packing
 from operators.enrich.conditions import (
     Pred,
     Reason,
     compile_match,
     compile_reason,
+    event_name_gate,
     load_entries,
-    pinned_event_names,
     table_columns,
 )
 from operators.enrich.rules import (
@@ -75,6 +80,7 @@ __all__ = [
     "SequenceDetector",
     "SequenceMatch",
     "SequenceSpec",
+    "StepIndex",
     "event_time",
     "load_sequences",
 ]
@@ -120,7 +126,8 @@ class SequenceSpec:
     reason: str
     origin: str
     step_preds: tuple[Pred, ...] = field(repr=False)
-    step_pins: tuple[frozenset[str] | None, ...] = field(repr=False)
+    step_gates: tuple[Callable[[Any], bool] | None, ...] = field(repr=False)
+    """Each step's test of the EventName alone (:func:`event_name_gate`), or None."""
     counts: tuple[int, ...] = field(repr=False)
     """Each step's min_count."""
     render: Reason = field(repr=False)
@@ -160,7 +167,7 @@ def load_sequences(paths: Iterable[str | Path] | None = None, *,
         if not isinstance(steps, list) or not steps or not all(isinstance(s, dict) for s in steps):
             problems.append(f"{where}: 'steps' must be a non-empty list of tables with 'match'")
             steps = []
-        preds, pins, counts = [], [], []
+        preds, gates, counts = [], [], []
         distinct: list[tuple[str, int] | None] = []
         for i, step in enumerate(steps):
             swhere = f"{where}: steps[{i}]"
@@ -178,14 +185,14 @@ def load_sequences(paths: Iterable[str | Path] | None = None, *,
                 problems.append(f"{swhere}: min_count must be a whole number from 1 to 1000")
                 count = 1
             preds.append(compile_match(match, swhere, problems, cols))
-            pins.append(pinned_event_names(match))
+            gates.append(event_name_gate(match))
             counts.append(count)
             distinct.append(_min_distinct(step, count, swhere, problems, cols))
         if len(problems) > n or render is None:
             continue
         assert isinstance(window, (int, float))  # checked above: a positive number
         specs.append(SequenceSpec(e["id"], table, principal, float(window), priority,
-                                  e["reason"], origin, tuple(preds), tuple(pins), tuple(counts),
+                                  e["reason"], origin, tuple(preds), tuple(gates), tuple(counts),
                                   render, tuple(distinct) if any(distinct) else ()))
     if problems:
         raise RuleError(problems, what="sequence")
@@ -215,6 +222,31 @@ def _min_distinct(step: Mapping[str, Any], count: int, where: str, problems: lis
 
 
 _Candidate = tuple[int, int, Pred, str, str]  # spec index, step index, predicate, principal, id
+_T = TypeVar("_T")
+_MAX_NAMES = 4096
+"""EventNames whose candidate steps an index keeps (AWS has a few thousand APIs)."""
+
+
+class StepIndex(Generic[_T]):
+    """Steps (any item with its EventName gate) indexed by the EventName their gates let
+    through, one tuple per name made on first sight: a row whose EventName no step can take
+    costs one dict lookup, however the steps name it (a list, a prefix, a regex)."""
+
+    __slots__ = ("_by_name", "_gated")
+
+    def __init__(self, gated: Iterable[tuple[_T, Callable[[Any], bool] | None]]) -> None:
+        self._gated = tuple(gated)
+        self._by_name: dict[Any, tuple[_T, ...]] = {}
+
+    def of(self, row: Mapping[str, Any]) -> tuple[_T, ...]:
+        """The steps a row can match, judged by its EventName alone (in index order)."""
+        name = row.get("EventName")
+        got = self._by_name.get(name) if name is None or name.__class__ is str else None
+        if got is None:
+            got = tuple(c for c, gate in self._gated if gate is None or gate(name))
+            if (name is None or name.__class__ is str) and len(self._by_name) < _MAX_NAMES:
+                self._by_name[name] = got
+        return got
 
 
 class SequenceDetector:
@@ -235,24 +267,22 @@ class SequenceDetector:
         self.evicted = 0
         """Principals dropped (with their partial matches) to stay within max_principals."""
         self._state: OrderedDict[str, dict[str, list[Any]]] = OrderedDict()
-        self._index: dict[tuple[str, str | None], tuple[dict[str, tuple[_Candidate, ...]],
-                                                        tuple[_Candidate, ...]]] = {}
+        self._index: dict[tuple[str, str | None], StepIndex[_Candidate]] = {}
+        self._packed: dict[str, bytes] = {}
+        """Each principal's state as :meth:`pack` last pickled it, until it changes."""
 
     def __len__(self) -> int:
         """Principals with partial matches."""
         return len(self._state)
 
-    def _build(self, table: str, group: str | None = None
-               ) -> tuple[dict[str, tuple[_Candidate, ...]], tuple[_Candidate, ...]]:
-        mine = [((si, j, pred, spec.principal, spec.id), pin)
-                for si, spec in enumerate(self.specs) if spec.table in (table, "*")
-                and (group is None or spec.principal == group)
-                for j, (pred, pin) in enumerate(zip(spec.step_preds, spec.step_pins, strict=False))]
-        generic = tuple(c for c, pin in mine if pin is None)
-        names = {n for _, pin in mine if pin for n in pin}
-        by_event = {n: tuple(c for c, pin in mine if pin is None or n in pin) for n in names}
-        self._index[(table, group)] = (by_event, generic)
-        return by_event, generic
+    def _build(self, table: str, group: str | None = None) -> StepIndex[_Candidate]:
+        index: StepIndex[_Candidate] = StepIndex(
+            ((si, j, pred, spec.principal, spec.id), gate)
+            for si, spec in enumerate(self.specs) if spec.table in (table, "*")
+            and (group is None or spec.principal == group)
+            for j, (pred, gate) in enumerate(zip(spec.step_preds, spec.step_gates, strict=False)))
+        self._index[(table, group)] = index
+        return index
 
     def observe(self, table: str, row: Mapping[str, Any],
                 ts: float | None = None, *, group: str | None = None) -> list[SequenceMatch]:
@@ -265,11 +295,9 @@ class SequenceDetector:
             value feeds each shard the rows of the sequences grouped by that column.
         """
         index = self._index.get((table, group))
-        by_event, candidates = index if index is not None else self._build(table, group)
-        if by_event:
-            name = row.get("EventName")
-            if name.__class__ is str:
-                candidates = by_event.get(name, candidates)
+        candidates = (index if index is not None else self._build(table, group)).of(row)
+        if not candidates:  # the common case: no step takes this EventName
+            return []
         hits: dict[int, set[int]] | None = None
         state = self._state
         for si, j, pred, col, sid in candidates:
@@ -318,10 +346,12 @@ class SequenceDetector:
                 return None
             state = self._state[principal] = {}
             if len(self._state) > self.max_principals:
-                self._state.popitem(last=False)
+                gone, _ = self._state.popitem(last=False)
+                self._packed.pop(gone, None)
                 self.evicted += 1
         else:
             self._state.move_to_end(principal)
+        self._packed.pop(principal, None)  # changed: pickled again by the next pack()
         counts, window, last = spec.counts, spec.window_secs, len(spec.counts) - 1
         entries = state.get(spec.id)
         entries = [_EMPTY] * len(counts) if entries is None else _expire(entries, ts, window)
@@ -401,6 +431,20 @@ class SequenceDetector:
                  for sid, entries in state.items()}]
             for p, state in self._state.items()]}
 
+    def pack(self) -> dict[str, Any]:
+        """What recovery snapshots hold: :meth:`snapshot` with each principal's partial
+        matches as bytes (``packed`` instead of ``principals``), made again only for the
+        principals whose state changed since the last one, so snapshotting a detector costs
+        what changed, not what it holds. :meth:`restore` takes either."""
+        packed = self._packed
+        out = []
+        for p, state in self._state.items():
+            b = packed.get(p)
+            if b is None:
+                b = packed[p] = packing.pack(state)
+            out.append((p, b))
+        return {"version": SNAPSHOT_VERSION, "packed": out}
+
     @classmethod
     def restore(cls, specs: Iterable[SequenceSpec] | None, snapshot: Mapping[str, Any] | None,
                 max_principals: int = 100_000) -> SequenceDetector:
@@ -423,7 +467,10 @@ class SequenceDetector:
             raise ValueError(msg)
         by_id = {s.id: s for s in det.specs}
         dropped = 0
-        for principal, state in list(snapshot.get("principals", ()))[-max_principals:]:
+        packed = [(p, packing.unpack(b))
+                  for p, b in list(snapshot.get("packed", ()))[-max_principals:]]
+        for principal, state in [*list(snapshot.get("principals", ()))[-max_principals:],
+                                 *packed]:
             kept = {}
             for sid, entries in state.items():
                 spec = by_id.get(sid)

@@ -407,3 +407,42 @@ def test_a_novelty_counts_half_after_novelty_memory_events_events() -> None:
     nov = st.snapshot()["nov"]
     assert nov[1:5] == pytest.approx([0.5] * 4, rel=1e-9)
     assert nov[5] == 0.0  # never a new write
+
+
+def test_a_batch_scores_as_its_rows_do_one_by_one() -> None:
+    """score_many groups a batch's rows by entity: the scores, the state, and which entities
+    are evicted at the cap are those of score() row by row, whatever the batch sizes."""
+    wl = generate(6_000, seed=4)
+    every = ("principal", "ip", "account", "key")
+    for cfg in (AnomalyConfig(), AnomalyConfig(entity_kinds=every),
+                AnomalyConfig(entity_kinds=every, max_entities=40)):
+        one, many = AnomalyScorer(cfg), AnomalyScorer(cfg)
+        singly = [one.score(r) for r in wl.rows]
+        rng, batched, i = random.Random(1), [], 0
+        while i < len(wl.rows):
+            k = rng.choice((1, 3, 8, 64, 500))
+            batched += many.score_many(wl.rows[i:i + k])
+            i += k
+        assert batched == singly
+        assert many.snapshot() == one.snapshot()
+        assert many.evicted == one.evicted
+        if not one.evicted:
+            assert any(s.value >= ANOMALOUS for s in singly)  # real scores are compared
+    assert one.evicted > 0  # the last config evicts on the way
+    lost = AnomalyScorer().score_many([{"EventName": "ListUsers"}, row(T0)])
+    assert lost[0].reasons == ("no usable TimeGenerated: not scored",) and lost[1].value == 0
+
+
+def test_state_packed_by_pickle_before_still_restores() -> None:
+    from operators.enrich import packing
+
+    wl = generate(3_000, seed=4)
+    a = AnomalyScorer()
+    a.score_many(wl.rows)
+    now = a.pack()
+    assert all(b[:1] == b"M" for _, b in now["packed"])  # marshal, twice as fast as pickle
+    old = {**now, "packed": [(k, pickle.dumps(packing.unpack(b), protocol=5))
+                             for k, b in now["packed"]]}
+    b = AnomalyScorer()
+    b.restore(old)
+    assert b.snapshot() == a.snapshot()

@@ -479,3 +479,55 @@ def test_a_burst_counts_rows_that_arrive_out_of_order(specs: tuple[SequenceSpec,
     late = SequenceDetector(specs)  # the late half is older than the newest by > 60 s
     old = [alb(-2 + i / 120, lb) for i in range(25)]  # -120 s .. -108 s
     assert [m for r in second + old for m in late.observe(ALB, r, group="Alb")] == []
+
+
+def test_steps_are_indexed_by_event_name_whatever_names_them(
+        specs: tuple[SequenceSpec, ...]) -> None:
+    """A row whose EventName no step can take (a list, a regex, a prefix of names) costs one
+    lookup; the others are matched as before."""
+    index = SequenceDetector(specs)._build(CT, "UserIdentityArn")
+    assert index.of({"EventName": "PutObject"}) == ()
+    assert index.of({"EventName": "PutObject"}) is index.of({"EventName": "PutObject"})  # cached
+    steps = {(c[4], c[1]) for c in index.of({"EventName": "ListUsers"})}  # the recon regex
+    assert steps == {("recon_then_success", 0), ("recon_then_success", 1)}
+    assert {(c[4], c[1]) for c in index.of({"EventName": "StopLogging"})} == {
+        ("logging_tamper_after_login", 1)}
+    assert index.of({}) == ()  # no EventName: no step of these can hold
+    assert feed(SequenceDetector(specs), [*[probe(i, i * 0.1) for i in range(10)],
+                                          ev("PutObject", 1.5), ev("ListRoles", 2)]) != []
+
+
+def test_event_name_gates() -> None:
+    from operators.enrich.conditions import event_name_gate
+
+    gate = event_name_gate({"EventName": {"regex": "^(List|Get)"}, "ErrorCode": "AccessDenied"})
+    assert gate is not None and gate("ListUsers") and not gate("PutObject") and not gate(None)
+    either = event_name_gate({"any": [{"EventName": "A"}, {"EventName": {"prefix": "B"}}]})
+    assert either is not None and either("A") and either("Bx") and not either("C")
+    unless = event_name_gate({"EventName": {"not": {"prefix": "Get"}}})
+    assert unless is not None and unless("Put") and not unless("GetUser") and unless(None)
+    assert event_name_gate({"ErrorCode": "AccessDenied"}) is None  # takes any name
+    assert event_name_gate({"any": [{"EventName": "A"}, {"ErrorCode": "x"}]}) is None
+    assert event_name_gate({"EventName": {"equals_column": "Other"}}) is None  # reads more
+
+
+def test_a_packed_detector_resumes_and_repacks_only_what_changed(
+        specs: tuple[SequenceSpec, ...]) -> None:
+    import pickle
+
+    mallory = "arn:aws:iam::111122223333:user/mallory"
+    det = SequenceDetector(specs)
+    feed(det, [probe(i, i * 0.1) for i in range(6)] + [create_user(1, mallory)])
+    first = dict(det.pack()["packed"])
+    assert set(first) == {EVE, mallory}
+    feed(det, [probe(6, 1.2)])  # eve only
+    second = dict(det.pack()["packed"])
+    assert second[mallory] is first[mallory]  # not pickled again
+    assert second[EVE] != first[EVE]
+    stored = pickle.loads(pickle.dumps(det.pack()))  # as bytewax stores it
+    restored = SequenceDetector.restore(specs, stored)
+    assert restored.snapshot() == det.snapshot()
+    rest = [probe(i, 1.2 + i * 0.1) for i in range(7, 10)] + [ev("ListRoles", 3),
+                                                                attach(4, mallory),
+                                                                create_key(5, mallory)]
+    assert feed(restored, rest) == feed(det, rest) != []
