@@ -576,21 +576,8 @@ class EntityState:
         for i in idx:
             ev = views[i]
             ts = ev[0]
-            if self.n == 0:
-                self.first_ts = self.last_ts = ts
-            b = int(ts // bs)
-            if b > self.bucket:
-                self._roll(b)
+            n, warm = self._tick(ev, bs, warm_n, warm_secs)
             cur = self.cur
-            cur[0] += 1
-            if ev[11]:
-                cur[1] += 1
-            if ev[10]:
-                cur[2] += 1
-            n = self.n = self.n + 1
-            if ts > self.last_ts:
-                self.last_ts = ts
-            warm = n > warm_n and ts - self.first_ts >= warm_secs
             _, _, ip, net, _, agent, ua, api, _, tier, _, _, _, _ = ev
             ie = ae = None
             net_new = ip_new = agent_new = False
@@ -707,21 +694,7 @@ class EntityState:
         for i in idx:
             ev = views[i]
             ts = ev[0]
-            if self.n == 0:
-                self.first_ts = self.last_ts = ts
-            b = int(ts // bs)
-            if b > self.bucket:
-                self._roll(b)
-            cur = self.cur
-            cur[0] += 1
-            if ev[11]:
-                cur[1] += 1
-            if ev[10]:
-                cur[2] += 1
-            n = self.n = self.n + 1
-            if ts > self.last_ts:
-                self.last_ts = ts
-            warm = n > warm_n and ts - self.first_ts >= warm_secs
+            n, warm = self._tick(ev, bs, warm_n, warm_secs)
             principal = ev[1]
             parts: list[tuple[float, str]] = []
             if principal:
@@ -759,6 +732,26 @@ class EntityState:
                 found.append((i, parts))
 
     # ------------------------------------------------------------------------- baselines
+    def _tick(self, ev: _View, bs: float, warm_n: int, warm_secs: float) -> tuple[int, bool]:
+        """Count one event in the volume buckets (rolling them on); (events seen, whether
+        the entity is past its warm-up)."""
+        ts = ev[0]
+        if self.n == 0:
+            self.first_ts = self.last_ts = ts
+        b = int(ts // bs)
+        if b > self.bucket:
+            self._roll(b)
+        cur = self.cur
+        cur[0] += 1
+        if ev[11]:
+            cur[1] += 1
+        if ev[10]:
+            cur[2] += 1
+        n = self.n = self.n + 1
+        if ts > self.last_ts:
+            self.last_ts = ts
+        return n, n > warm_n and ts - self.first_ts >= warm_secs
+
     def _roll(self, b: int) -> None:
         """Close the current bucket into the baselines and start bucket ``b``."""
         cur, cfg = self.cur, self.config
