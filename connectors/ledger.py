@@ -55,12 +55,15 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from typing_extensions import override
 
 from dataflow.core import metrics
 from dataflow.core.files import atomic_write, open_private, private_dir
+from dataflow.core.messages import Settled
 
-__all__ = ["COMPACT_EVERY", "DEAD_LETTERED", "DELIVERED", "REST", "Ledger", "LedgerView",
-           "add_offset", "merge_ranges"]
+__all__ = ["COMPACT_EVERY", "DEAD_LETTERED", "DELIVERED", "REST", "SETTLED", "Ledger",
+           "LedgerView", "SettledSink", "add_offset", "merge_ranges"]
 
 COMPACT_EVERY = 1000
 """Appends between two compactions of a partition's own file."""
@@ -69,6 +72,9 @@ DELIVERED = "journal"
 """Journal of records the service accepted (the sink skips them on replay)."""
 DEAD_LETTERED = "deadletter"
 """Journal of records written to the dead-letter store (accounted for, not delivered)."""
+SETTLED = "settled"
+"""Journal of records a transform took away (dropped, sampled out, summarised): accounted
+for, with nothing to send."""
 
 REST = 2**62
 """End of the range that stands for "this offset and everything after it"."""
@@ -291,7 +297,7 @@ class LedgerView:
     """
 
     def __init__(self, directory: str | os.PathLike[str],
-                 names: tuple[str, ...] = (DELIVERED, DEAD_LETTERED),
+                 names: tuple[str, ...] = (DELIVERED, DEAD_LETTERED, SETTLED),
                  keyring: Any = None) -> None:
         self._dir = Path(directory)
         self._names = names
@@ -352,3 +358,36 @@ class LedgerView:
     def forget(self, object_id: str) -> None:
         """Drop an object once its message is deleted (keeps the view small)."""
         self._done.pop(object_id, None)
+
+
+class _SettledPartition(StatelessSinkPartition[Settled]):
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+
+    @override
+    def write_batch(self, items: list[Settled]) -> None:
+        self._ledger.record(rid for item in items for rid in item.record_ids)
+
+    @override
+    def close(self) -> None:
+        self._ledger.close()
+
+
+class SettledSink(DynamicSink[Settled]):
+    """Journals the records transforms took away (:data:`SETTLED`), one file per worker.
+
+    :arg directory: The journals' directory.
+    :arg retention_secs: How long an object's ranges are kept after its last entry.
+    :arg keyring: Authenticates the lines (see the module docstring).
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], retention_secs: float,
+                 keyring: Any = None) -> None:
+        self._dir = directory
+        self._retention = retention_secs
+        self._keyring = keyring
+
+    @override
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _SettledPartition:
+        return _SettledPartition(Ledger(self._dir, worker_index, self._retention, name=SETTLED,
+                                        keyring=self._keyring))

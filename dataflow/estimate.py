@@ -120,14 +120,15 @@ def estimate(cfg: Config, *, sample: int = 20, days: float = 1.0,
     rng = random.Random(seed)
 
     def count(bundles: list[Rows], scale: float) -> None:
+        """The rows of one object, before and after the transforms (summaries included)."""
         for b in bundles:
             before = _Count()
             before.add(b.rows)
             _scaled(est.before[by_stream[b.stream]], before, scale)
-            for out in transformer.apply(b) if transformer else [b]:
-                after = _Count()
-                after.add(out.rows)
-                _scaled(est.after[by_stream[out.stream]], after, scale)
+        for out in transformer.apply_whole(bundles) if transformer else bundles:
+            after = _Count()
+            after.add(out.rows)
+            _scaled(est.after[by_stream[out.stream]], after, scale)
 
     if files:
         src = cfg.source(source) if source else cfg.sources[0]

@@ -23,12 +23,13 @@ from bytewax.dataflow import Dataflow
 
 from connectors.aws import client_for, s3_client, sqs_client
 from connectors.deadletter import DeadLetterSink, DeadLetterStore
+from connectors.ledger import SettledSink
 from connectors.s3.source import S3Source
 from connectors.sentinel.sink import SentinelSink
 from dataflow import runtime
 from dataflow.config import Config, ConfigError, load_config
 from dataflow.core import metrics
-from dataflow.core.messages import ErrorRecord, RawRecord, Row, Rows
+from dataflow.core.messages import ErrorRecord, ObjectEnd, Partial, RawRecord, Row, Rows, Settled
 from dataflow.keys import keyring_for
 from dataflow.locality import ClusterShape, LocalKeys
 from dataflow.tables import tables_for
@@ -36,7 +37,7 @@ from dataflow.targets import Routing, check_targets, credentials_for, targets_of
 from operators.batch import batch_rows
 from operators.enrich.operator import Enricher, Observed, score_shard
 from operators.parse import RecordMapper
-from operators.transform import Transformer
+from operators.transform import Aggregator, Transformer
 from operators.transform import check as check_transforms
 
 __all__ = ["build_flow"]
@@ -70,17 +71,19 @@ def build_flow(cfg: Config, *, s3_factory: Callable[[], Any] | None = None,
     # Dead letters, pending batches and enrichment state in snapshots are encrypted at rest,
     # and journal lines are authenticated, with this keyring (None: no key configured).
     keyring = keyring_for(cfg)
+    transformer = Transformer(cfg.transforms, tables) if cfg.transforms else None
+    summarise = transformer is not None and transformer.aggregates
     source = S3Source(cfg.sources, s3_factory, catch_up=cfg.runtime.mode == "catch_up",
                       sqs_factory=functools.partial(sqs_client, cfg.aws),
                       journal_dir=cfg.runtime.journal_dir, client_for=per_source,
-                      keyring=keyring)
+                      keyring=keyring, mark_ends=summarise)
 
     flow = Dataflow("s3sentinel")
     items = op.input("s3", flow, source)
     # The outputs of a branch are cast to what the predicate let through (as bytewax's own
     # operators do), so the element types survive it.
-    read = op.branch("read_ok", items, lambda x: isinstance(x, RawRecord))
-    mapped = op.flat_map_batch("map", cast("op.Stream[RawRecord]", read.trues),
+    read = op.branch("read_ok", items, lambda x: not isinstance(x, ErrorRecord))
+    mapped = op.flat_map_batch("map", cast("op.Stream[RawRecord | ObjectEnd]", read.trues),
                                mapper.map_batch)
     rows = op.branch("map_ok", mapped, lambda x: isinstance(x, Rows))
     errors: op.Stream[ErrorRecord] = op.merge(
@@ -93,14 +96,15 @@ def build_flow(cfg: Config, *, s3_factory: Callable[[], Any] | None = None,
     good = cast("op.Stream[Rows]", rows.trues)
     if enricher is not None:
         good = _enrich(cfg, enricher, good, keyring)
-    if cfg.transforms:  # after enrichment: a row dropped here may still raise a finding
-        good = op.flat_map("transform", good, Transformer(cfg.transforms, tables).apply)
+    # Objects' end markers (only when rows are summarised per object) follow their rows.
+    local = LocalKeys(shape or ClusterShape.from_argv(sys.argv))
+    if transformer is not None:  # after enrichment: a row dropped here may still raise a finding
+        good = _transform(cfg, tables, transformer, good, local, keyring)
     if not routing.single:  # each bundle learns its target: batches never mix targets
         good = op.map("route", good, routing.stamp)
     lanes = op.branch("lane", good, lambda r: r.fast)
     # Batches are keyed so that bytewax keeps them on this process: an object's rows are
     # delivered (and journaled) where they were read, so hosts need share no disk.
-    local = LocalKeys(shape or ClusterShape.from_argv(sys.argv))
 
     def batch_key(rows: Rows) -> str:
         return local(f"{rows.target}|{rows.stream}|{rows.partition}")
@@ -126,6 +130,32 @@ def build_flow(cfg: Config, *, s3_factory: Callable[[], Any] | None = None,
                         dead_letters=dead_letters)
     op.output("sentinel", op.key_rm("unkey", batches), sink)
     return flow
+
+
+def _transform(cfg: Config, tables: Any, transformer: Transformer, rows: op.Stream[Rows],
+               local: LocalKeys, keyring: Any) -> op.Stream[Rows]:
+    """The ``[[transforms]]``: kept and routed rows go on; the ids of rows taken away are
+    journaled as settled; partial summaries merge per object (on this process) until the
+    object's end marker."""
+    out = op.flat_map("transform", rows, transformer.apply)
+    settled = op.branch("settled", out, lambda x: isinstance(x, Settled))
+    rt = cfg.runtime
+    if rt.journal_dir is not None:
+        op.output("settled_journal", cast("op.Stream[Settled]", settled.trues),
+                  SettledSink(rt.journal_dir, rt.journal_retention_secs, keyring))
+    rest = cast("op.Stream[Rows | Partial]", settled.falses)
+    if not transformer.aggregates:
+        return cast("op.Stream[Rows]", rest)
+    # Rows go on; partial summaries and end markers go to their object's merge.
+    split = op.branch("summaries", rest, lambda x: isinstance(x, Partial) or bool(x.end))
+
+    def object_key(x: Partial | Rows) -> str:
+        return local(x.object_id if isinstance(x, Partial) else x.end)
+
+    keyed = op.key_on("object", split.trues, object_key)
+    logic = functools.partial(Aggregator(cfg.transforms, tables).logic, keyring=keyring)
+    summaries = op.key_rm("unobject", op.stateful_batch("aggregate", keyed, logic))
+    return op.merge("with_summaries", cast("op.Stream[Rows]", split.falses), summaries)
 
 
 def _keyed(stream: op.KeyedStream[Rows]) -> op.KeyedStream[Row | Rows]:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 from connectors.s3.config import SourceConfig
 from dataflow.core.failures import failed
-from dataflow.core.messages import ErrorRecord, RawRecord, Row, Rows
+from dataflow.core.messages import ErrorRecord, ObjectEnd, RawRecord, Row, Rows
 from operators.formats import ParseError, TextFormat
 from operators.formats.registry import DEFAULT_TABLES, text_format
 from operators.schema import Mapper, MappingError, TableDef
@@ -120,11 +120,19 @@ class RecordMapper:
             return Row(res[0], rec.record_id, res[1], rec.obj.partition)
         return self._bounded(rec, res)  # type: ignore[arg-type,return-value]
 
-    def map_batch(self, records: list[RawRecord]) -> list[Rows | ErrorRecord]:
-        """Map a batch of raw records; rows come out bundled per (stream, partition), in order."""
+    def map_batch(self, records: list[RawRecord | ObjectEnd]) -> list[Rows | ErrorRecord]:
+        """Map a batch of raw records; rows come out bundled per (stream, partition), in order.
+
+        An :class:`~dataflow.core.messages.ObjectEnd` comes out as an end marker (an empty
+        bundle with :attr:`~dataflow.core.messages.Rows.end` set) after the rows."""
         out: list[Rows | ErrorRecord] = []
         groups: dict[tuple[str, str], tuple[list[bytes], list[str], list[dict]]] = {}
+        ends: list[Rows] = []
         for rec in records:
+            if type(rec) is ObjectEnd:
+                ends.append(Rows("", rec.obj.partition, (), (), end=rec.obj.id))
+                continue
+            assert isinstance(rec, RawRecord)
             res = self._map(rec)
             if type(res) is tuple:
                 obj = rec.obj
@@ -143,7 +151,7 @@ class RecordMapper:
         for (stream, partition), (rows, ids, parsed) in groups.items():
             out.append(Rows(stream, partition, tuple(rows), tuple(ids),
                             tuple(parsed) if parsed else None))
-        return out
+        return out + ends
 
     def _map(self, rec: RawRecord) -> tuple[str, bytes] | tuple[str, bytes, dict] | ErrorRecord:
         obj = rec.obj

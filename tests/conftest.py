@@ -21,7 +21,7 @@ TRAIL_BUCKET = "e2e-trail"
 APP_BUCKET = "e2e-app"
 
 
-APP_STREAMS = ("Custom-AppEvents_CL",)
+APP_STREAMS = ("Custom-AppEvents_CL", "Custom-TrailSummary_CL")
 """Streams of the tests' own tables (their columns vary by test): one DCR that takes any."""
 
 

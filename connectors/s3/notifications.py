@@ -198,7 +198,8 @@ class SqsPartition(StatefulSourcePartition[Item, dict[str, Any]]):
 
     def __init__(self, s3: Any, sqs: Any, src: SourceConfig, name: str, journal_dir: str, *,
                  catch_up: bool, clock: Clock, monotonic: Any = time.monotonic,
-                 keyring: Any = None, resume_state: dict[str, Any] | None = None) -> None:
+                 keyring: Any = None, resume_state: dict[str, Any] | None = None,
+                 mark_ends: bool = False) -> None:
         self._src = src
         self._name = name
         self._catch_up = catch_up
@@ -207,7 +208,7 @@ class SqsPartition(StatefulSourcePartition[Item, dict[str, Any]]):
         self._fetch = Prefetcher(s3, src.bucket, threads=src.fetch_threads,
                                  prefetch_max_bytes=src.prefetch_max_bytes)
         self._backoff = Backoff(base_secs=1.0, cap_secs=60.0)
-        self._reader = ObjectReader(src, name, self._fetch, self._backoff)
+        self._reader = ObjectReader(src, name, self._fetch, self._backoff, mark_ends=mark_ends)
         self._view = LedgerView(journal_dir, keyring=keyring)
         self._mono = monotonic
         self._wake_at: datetime | None = None

@@ -35,7 +35,7 @@ from connectors.s3.records import FormatUnknown, Record, object_records
 from dataflow.core import metrics
 from dataflow.core.backoff import Backoff
 from dataflow.core.failures import failed
-from dataflow.core.messages import ErrorRecord, ObjectRef, RawRecord
+from dataflow.core.messages import ErrorRecord, ObjectEnd, ObjectRef, RawRecord
 from operators.formats import TextFormat
 from operators.formats.registry import text_format
 
@@ -50,7 +50,7 @@ READ_ATTEMPTS = 8
 BATCH_RECORDS = 2000
 """Most records emitted by one ``next_batch`` call (keeps epochs and snapshots moving)."""
 
-Item = RawRecord | ErrorRecord
+Item = RawRecord | ErrorRecord | ObjectEnd
 Clock = Callable[[], datetime]
 
 _ENVELOPE_BYTES = 64
@@ -114,10 +114,13 @@ class ObjectReader:
     :arg partition: The partition's name (error records and logs carry it).
     :arg backoff: The partition's back-off: a transient failure here sets its ``wake_at``.
     :arg track: Keep the emitted offsets (for the journals' "accounted for" checks).
+    :arg mark_ends: Emit an :class:`~dataflow.core.messages.ObjectEnd` after the last item
+        of each object (completed or failed), for steps that aggregate per object.
     """
 
     def __init__(self, src: SourceConfig, partition: str, fetch: Prefetcher,
-                 backoff: Backoff, *, track: bool = True) -> None:
+                 backoff: Backoff, *, track: bool = True, mark_ends: bool = False) -> None:
+        self._mark_ends = mark_ends
         self._src = src
         self._name = partition
         self._fetch = fetch
@@ -125,6 +128,7 @@ class ObjectReader:
         self._track = track
         self._parsers: dict[str, TextFormat | None] = {}
         self._emitted: list[list[int]] = []
+        self._ended: list[ObjectEnd] = []
         self.reading: _Reading | None = None
         self.retry: Pending | None = None
         """The object to open again (after a transient failure, or a changed version)."""
@@ -211,6 +215,7 @@ class ObjectReader:
                     break
             else:
                 done = self._finish(r.ref, "completed", r.modified)
+                out += self._take_ends()
         except FramingError as ex:
             errs, done = self._fail(r.ref, ex.offset, ex.reason, r.modified)
             out.extend(errs)
@@ -231,7 +236,8 @@ class ObjectReader:
                     log.exception("%s: unexpected error at record %d", r.ref.uri, r.next_offset)
                 errs, done = self._fail(r.ref, r.next_offset, reason, r.modified)
                 out.extend(errs)
-        metrics.RECORDS_READ.labels(self._src.name).inc(len(out))
+        ends = 1 if out and type(out[-1]) is ObjectEnd else 0
+        metrics.RECORDS_READ.labels(self._src.name).inc(len(out) - ends)
         return out, done
 
     def _parser(self, fmt: str) -> TextFormat | None:
@@ -249,6 +255,8 @@ class ObjectReader:
         metrics.OBJECTS.labels(self._src.name, outcome).inc()
         metrics.OBJECT_BYTES.labels(self._src.name).inc(ref.size)
         done = Finished(ref, outcome, self._emitted, modified)
+        if self._mark_ends:
+            self._ended.append(ObjectEnd(ref))
         self._emitted = []
         self.reading = None
         self.retry = None
@@ -260,7 +268,12 @@ class ObjectReader:
         """An object that cannot be read from ``offset`` on: its error record, and done."""
         add_offset(self._emitted, offset or 0)  # the dead-letter journal marks it and the rest
         err = failed(ref, offset, "read", reason, "object_unreadable", level=logging.ERROR)
-        return [err], self._finish(ref, "failed", modified)
+        done = self._finish(ref, "failed", modified)
+        return [err, *self._take_ends()], done
+
+    def _take_ends(self) -> list[ObjectEnd]:
+        ended, self._ended = self._ended, []
+        return ended
 
 
 def retry_later(src: SourceConfig, partition: str, backoff: Backoff, operation: str,

@@ -63,7 +63,8 @@ class ListingPartition(StatefulSourcePartition[Item, dict[str, Any]]):
 
     def __init__(self, s3: Any, src: SourceConfig, name: str, shard: int, shards: int,
                  resume_state: dict[str, Any] | None, *, catch_up: bool, clock: Clock,
-                 journal_dir: str | None = None, keyring: Any = None) -> None:
+                 journal_dir: str | None = None, keyring: Any = None,
+                 mark_ends: bool = False) -> None:
         self._src = src
         self._name = name
         self._catch_up = catch_up
@@ -77,7 +78,7 @@ class ListingPartition(StatefulSourcePartition[Item, dict[str, Any]]):
         self._tracker = (DeliveryTracker(journal_dir, src.name, name, keyring=keyring)
                          if journal_dir else None)
         self._reader = ObjectReader(src, name, self._fetch, self._backoff,
-                                    track=self._tracker is not None)
+                                    track=self._tracker is not None, mark_ends=mark_ends)
         if state.key is not None:  # the object in work when the snapshot was taken
             self._reader.retry = Pending(state.key, state.etag, state.offset, 0, state.modified)
         self._queue: deque[ListedObject] = deque()
@@ -234,6 +235,8 @@ class S3Source(FixedPartitionedSource[Item, dict[str, Any]]):
         journal has all its records).
     :arg keyring: Checks the journal lines' MACs (a forged line must not make a message be
         deleted, or an object count as delivered); None when no key is configured.
+    :arg mark_ends: Emit an :class:`~dataflow.core.messages.ObjectEnd` after each object
+        (for a flow that aggregates rows per object).
     """
 
     def __init__(self, sources: list[SourceConfig], s3_factory: Callable[[], Any], *,
@@ -241,9 +244,10 @@ class S3Source(FixedPartitionedSource[Item, dict[str, Any]]):
                  sqs_factory: Callable[[], Any] | None = None,
                  journal_dir: str | None = None,
                  client_for: Callable[[SourceConfig, str], Any] | None = None,
-                 keyring: Any = None) -> None:
+                 keyring: Any = None, mark_ends: bool = False) -> None:
         self._sources = {s.name: s for s in sources}
         self._keyring = keyring
+        self._mark_ends = mark_ends
         self._client_for = client_for
         self._s3_factory = s3_factory
         self._sqs_factory = sqs_factory
@@ -286,7 +290,9 @@ class S3Source(FixedPartitionedSource[Item, dict[str, Any]]):
                 sqs = self._sqs_factory()
             return SqsPartition(s3, sqs, src, for_part, self._journal_dir,
                                 catch_up=self._catch_up, clock=self._clock,
-                                keyring=self._keyring, resume_state=resume_state)
+                                keyring=self._keyring, resume_state=resume_state,
+                                mark_ends=self._mark_ends)
         return ListingPartition(s3, src, for_part, int(index), int(count),
                             resume_state, catch_up=self._catch_up, clock=self._clock,
-                            journal_dir=self._journal_dir, keyring=self._keyring)
+                            journal_dir=self._journal_dir, keyring=self._keyring,
+                            mark_ends=self._mark_ends)

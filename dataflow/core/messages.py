@@ -13,10 +13,13 @@ from typing import Any
 __all__ = [
     "Batch",
     "ErrorRecord",
+    "ObjectEnd",
     "ObjectRef",
+    "Partial",
     "RawRecord",
     "Row",
     "Rows",
+    "Settled",
     "object_id",
 ]
 
@@ -76,6 +79,17 @@ class RawRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class ObjectEnd:
+    """An object was read to its end (or failed): every record it emits went before this.
+
+    Emitted by the source only when the flow aggregates rows per object
+    (``[[transforms.aggregate]]``); the map step turns it into an end marker (:attr:`Rows.end`).
+    """
+
+    obj: ObjectRef
+
+
+@dataclass(frozen=True, slots=True)
 class ErrorRecord:
     """A record or object that could not be read, parsed or mapped: kept as data, never dropped."""
 
@@ -132,6 +146,34 @@ class Rows:
     ``enrich.fast_lane_secs`` instead of ``batch.max_age_secs``."""
     target: str = ""
     """The delivery target (workspace and identity) the rows go to; empty: the only one."""
+    end: str = ""
+    """Set on an empty bundle that marks the end of the object with this id: every row of
+    that object went before it (see :class:`ObjectEnd`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """Records a transform took away (dropped, sampled out, summarised): nothing will be sent
+    under their ids, and the journals count them as accounted for, so an SQS message or a
+    freshness check does not wait for them."""
+
+    record_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Partial:
+    """Partial aggregates of rows of one object for one summary table, merged per object
+    until its end marker (``[[transforms.aggregate]]``)."""
+
+    object_id: str
+    partition: str
+    """The source partition of the object (the summary rows are batched with it)."""
+    stream: str
+    """The summary table's stream."""
+    spec: int
+    """Which aggregate of the flow (its summary rows' ids are numbered apart)."""
+    groups: tuple[tuple[tuple[Any, ...], tuple[Any, ...]], ...]
+    """(group key, accumulators) pairs: the key is the bucket start then the ``by`` values."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -84,3 +84,26 @@ def test_notifications_deliver_every_record_once_and_drain_the_queue(
     check()
     (entry,) = read_entries(errors)
     assert entry["code"] == "not_s3_event" and entry["data"] == "hello, not an event"
+
+
+def test_rows_a_transform_takes_away_are_accounted_for(clean: LocalStack, tmp_path: Path) -> None:
+    """Rows dropped or sampled out by [[transforms]] count as accounted for: the queue drains
+    (before, an object with a dropped row kept its message forever, read again at every
+    visibility timeout)."""
+    bucket = "e2e-sqs-transform"
+    url = clean.notify_queue(bucket, "e2e-sqs-transform-events")
+    manifest = seed_cloudtrail(clean.s3(), bucket, objects=12, records_per_object=(10, 40),
+                               seed=5)
+    errors = tmp_path / "errors"
+    config = sqs_config(tmp_path / "flow.toml", bucket, url, partitions=1)
+    config.write_text(config.read_text() + """
+[[transforms]]
+table = "AWSCloudTrail"
+where = "EventName NOT LIKE 'Describe%'"
+sample = 2
+""")
+    run_flow(clean, config, errors, timeout=90)
+    records = clean.admin().records(TRAIL)
+    assert 0 < len(records) < manifest.record_count
+    assert queue_depth(clean, url) == 0
+    assert not errors.exists() or read_entries(errors) == []
