@@ -4,7 +4,9 @@
   with ``python -m bytewax.run`` (other bytewax.run options may follow ``--``).
 - ``s3sentinel validate-config -c CONFIG``: report every problem in the config at once.
 - ``s3sentinel preview FILE_OR_S3_URI [--format F] [--table T]``: the rows a file would
-  become (NDJSON on stdout), errors on stderr; exit 0 only when every record mapped.
+  become (NDJSON on stdout), errors on stderr; exit 0 only when every record mapped. With
+  ``-c CONFIG`` declaring ``[[transforms]]``: per table, rows and bytes before and after and
+  the first rows after (``--json``, ``--rows N``, ``--source S``, ``--no-transforms``).
 - ``s3sentinel dcr [--tables T,...] [-o FILE]``: the Data Collection Rule (ARM template)
   for the table definitions, so the DCR declares exactly what the connector sends.
 - ``s3sentinel replay -c CONFIG [--since 6h] [--stream S] [--dry-run]``: send the
@@ -191,6 +193,18 @@ def _private_recovery(directory: Path) -> None:
             f.chmod(FILE_MODE)
 
 
+def _non_negative(text: str) -> int:
+    """``--rows``: a whole number of at least 0."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        msg = f"{text!r}: a whole number of at least 0"
+        raise argparse.ArgumentTypeError(msg)
+    return n
+
+
 def _preview(args: argparse.Namespace) -> int:
 
     cfg = None
@@ -203,7 +217,8 @@ def _preview(args: argparse.Namespace) -> int:
     fields = [f for f in (args.fields or "").split(",") if f]
     try:
         return preview(args.target, fmt=args.format, table=args.table, cfg=cfg, fields=fields,
-                       delimiter=args.delimiter, enrich=args.enrich)
+                       delimiter=args.delimiter, enrich=args.enrich, source=args.source,
+                       transforms=not args.no_transforms, as_json=args.json, show=args.rows)
     except BrokenPipeError:  # `s3sentinel preview x | head`
         sys.stderr.close()
         return 1
@@ -424,6 +439,16 @@ def main(argv: list[str] | None = None) -> int:
     pre.add_argument("-c", "--config", type=Path, help="config with custom tables and AWS access")
     pre.add_argument("--enrich", metavar="RULES", help="also show each row's priority and "
                      "reasons under a rules file (or 'default' for the shipped rules)")
+    pre.add_argument("--source", help="the config's source the object stands for: its "
+                     "[[transforms]] apply, its format, table and fields are the defaults "
+                     "(default: for s3://, the source whose bucket and prefix hold it)")
+    pre.add_argument("--no-transforms", action="store_true", help="show the rows as mapped, "
+                     "without the config's [[transforms]]")
+    pre.add_argument("--json", action="store_true", help="print, per table, rows and bytes "
+                     "before and after the transforms and the first rows after, as one JSON "
+                     "document")
+    pre.add_argument("--rows", type=_non_negative, default=5, metavar="N",
+                     help="rows shown per table with transforms or --json (default 5)")
     for spelling in ("deploy", "dcr"):  # `dcr`: the spelling of earlier versions
         dep = sub.add_parser(spelling, help="write the ARM template of a target: its tables, "
                              "DCRs and role assignments")

@@ -7,6 +7,10 @@ health beside its data and can alert on it in KQL, e.g.::
     | summarize arg_max(TimeGenerated, *) by Source, Computer
     | where Status != "Success" or TimeGenerated < ago(10m)
 
+Each row also carries what the ``[[transforms]]`` did in the interval (``Transforms``: per
+table, rows by outcome and bytes in and out: what they saved); transforms act per table, so
+these are the process's figures, repeated on each of its sources' rows.
+
 Rows are built from this process's metrics (deltas since the last row) and readiness,
 mapped through the table definition like any other row, and sent with the same
 Logs Ingestion client (its own, with its own retries off: a lost health row is
@@ -117,6 +121,7 @@ class HealthReporter:
         oldest: dict[str, float] = {}
         for lb, v in _samples(metrics.OLDEST_UNDELIVERED_SECONDS):
             oldest[lb["source"]] = max(v, oldest.get(lb["source"], 0.0))
+        transforms = self._transforms()
         failed = []
         if self._readiness is not None:
             failed = [f"{n}: {c.detail}" for n, c in self._readiness.run().items() if not c.ok]
@@ -145,8 +150,26 @@ class HealthReporter:
                 "RequestsByStatus": requests.get(stream, {}),
                 "LagSeconds": lag.get(src.name), "OldestUndeliveredSeconds": oldest.get(src.name),
                 "LastSuccess": _iso(last) if last else None,
+                "Transforms": transforms,
             })
         return out
+
+    def _transforms(self) -> dict[str, dict[str, int]]:
+        """What ``[[transforms]]`` did in the interval, per table: rows by outcome (``in``,
+        ``kept``, ``dropped``, ``sampled_out``, ``routed``, ... whatever outcomes the metric
+        has) and ``bytes_in``/``bytes_out``; tables with nothing in the interval left out.
+
+        Transforms act per table, not per source: these are the process's figures,
+        repeated on each of its sources' rows (as ``RecordsDeadLettered``)."""
+        per: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        for lb, v in _samples(metrics.TRANSFORM_ROWS):
+            per[lb["table"]][lb["outcome"]] += self._delta(
+                f"tr|{lb['table']}|{lb['outcome']}", v)
+        for lb, v in _samples(metrics.TRANSFORM_BYTES):
+            per[lb["table"]][f"bytes_{lb['direction']}"] += self._delta(
+                f"tb|{lb['table']}|{lb['direction']}", v)
+        return {table: {k: int(v) for k, v in sorted(counts.items())}
+                for table, counts in sorted(per.items()) if any(counts.values())}
 
     def send(self, rows: list[dict[str, Any]]) -> None:
         if self._service is None:

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
+import pytest
 
 from dataflow.preview import preview
 from devstack.samples import cloudtrail_event, cloudtrail_object
@@ -170,3 +171,136 @@ def test_empty_guardduty_envelopes_are_skipped_not_errors(tmp_path: Path) -> Non
     assert rc == 0, err
     assert [r["Id"] for r in rows] == [finding["id"]]
     assert "1 rows for stream Custom-AWSGuardDuty, 0 errors, 2 empty envelopes skipped" in err
+
+
+# ------------------------------------------------- [[transforms]]: before and after
+
+
+VPC_HEADER = ("version account-id interface-id srcaddr dstaddr srcport dstport protocol "
+              "packets bytes start end action log-status")
+
+
+def _vpc_file(tmp_path: Path, n: int = 40) -> Path:
+    """Row i: REJECT when i % 5 == 0, DstPort 53 when i % 4 == 0 (else 443)."""
+    lines = [f"2 111122223333 eni-1 10.0.0.{i % 9} 10.1.0.1 40000 {53 if i % 4 == 0 else 443} "
+             f"6 3 {100 + i} 1764547200 1764547260 {'REJECT' if i % 5 == 0 else 'ACCEPT'} OK"
+             for i in range(n)]
+    path = tmp_path / "fl.log.gz"
+    path.write_bytes(gzip.compress(("\n".join([VPC_HEADER, *lines]) + "\n").encode()))
+    return path
+
+
+def _transform_cfg(**transform: object):
+    from dataflow.config import parse_config
+
+    cols = [("TimeGenerated", "datetime"), ("SrcAddr", "string"), ("DstAddr", "string"),
+            ("DstPort", "int"), ("Bytes", "long"), ("Action", "string")]
+    return parse_config({
+        "sentinel": {"endpoint": "https://x", "rule_id": "r"},
+        "sources": [{"name": "vpc", "bucket": "b", "format": "vpcflow"},
+                    {"name": "trail", "bucket": "t", "format": "cloudtrail"}],
+        "tables": [{"name": "VpcAux_CL", "plan": "Auxiliary",
+                    "columns": [{"name": c, "type": t} for c, t in cols]}],
+        "transforms": [{"table": "AWSVPCFlow", "sources": ["vpc"], **transform}]})
+
+
+ROUTE = {"where": "Action <> 'REJECT'", "route": [{"table": "VpcAux_CL", "where": "DstPort = 53"}],
+         "drop": ["AccountId"]}
+
+
+def test_transforms_show_rows_and_bytes_before_and_after_per_table(tmp_path: Path) -> None:
+    path = _vpc_file(tmp_path)
+    out, err = io.StringIO(), io.StringIO()
+    assert preview(str(path), cfg=_transform_cfg(**ROUTE), source="vpc", as_json=True, show=3,
+                   out=out, err=err) == 0, err.getvalue()
+    doc = orjson.loads(out.getvalue())
+    vpc, aux = doc["tables"]["AWSVPCFlow"], doc["tables"]["VpcAux_CL"]
+    dropped = [i for i in range(40) if i % 5 == 0]
+    routed = [i for i in range(40) if i % 5 != 0 and i % 4 == 0]
+    kept = 40 - len(dropped) - len(routed)
+    assert vpc["transformed"] and vpc["rows_in"] == 40 and vpc["rows_out"] == kept
+    assert vpc["outcomes"] == {"in": 40, "kept": kept, "dropped": len(dropped),
+                               "routed": len(routed)}
+    assert vpc["to"] == {"VpcAux_CL": len(routed)} and aux["from"] == {"AWSVPCFlow": len(routed)}
+    assert aux["rows_in"] == 0 and aux["rows_out"] == len(routed)
+    # The first rows after, routed ones under their table; dropped columns gone.
+    assert len(vpc["rows"]) == len(aux["rows"]) == 3
+    assert all(r["Action"] == "ACCEPT" and "AccountId" not in r for r in vpc["rows"])
+    assert [r["DstPort"] for r in aux["rows"]] == [53] * 3 and "Version" not in aux["rows"][0]
+    assert 0 < vpc["bytes_out"] < vpc["bytes_in"] and aux["bytes_out"] > 0
+    assert doc["bytes_in"] == vpc["bytes_in"]
+    assert doc["bytes_out"] == vpc["bytes_out"] + aux["bytes_out"]
+    assert doc["saved"] == round(1 - doc["bytes_out"] / doc["bytes_in"], 4) > 0
+    assert "40 rows for stream Custom-AWSVPCFlow, 0 errors (format vpcflow)" in err.getvalue()
+
+    # The text form: a line per table, then its first rows (routed rows under their table).
+    out = io.StringIO()
+    assert preview(str(path), cfg=_transform_cfg(**ROUTE), source="vpc", show=2, out=out,
+                   err=io.StringIO()) == 0
+    lines = out.getvalue().splitlines()
+    head = lines.index(next(x for x in lines if x.startswith("# AWSVPCFlow ")))
+    assert lines[head].startswith(
+        f"# AWSVPCFlow (Custom-AWSVPCFlow): 40 rows in, {kept} kept, {len(dropped)} dropped, "
+        f"{len(routed)} routed; {len(routed)} rows to VpcAux_CL; ")
+    assert f"{vpc['bytes_in']:,} bytes before, {vpc['bytes_out']:,} after (" in lines[head]
+    assert [orjson.loads(x)["Action"] for x in lines[head + 1:head + 3]] == ["ACCEPT"] * 2
+    aux_at = lines.index(next(x for x in lines if x.startswith("# VpcAux_CL ")))
+    assert f"{len(routed)} rows from AWSVPCFlow" in lines[aux_at]
+    assert [orjson.loads(x)["DstPort"] for x in lines[aux_at + 1:aux_at + 3]] == [53, 53]
+    assert lines[-1].startswith(f"# all tables: {doc['bytes_in']:,} bytes before, "
+                                f"{doc['bytes_out']:,} after (")
+
+
+def test_sampled_rows_are_counted_and_the_kept_ones_are_the_flows(tmp_path: Path) -> None:
+    import zlib
+
+    path = _vpc_file(tmp_path)
+    out = io.StringIO()
+    assert preview(str(path), cfg=_transform_cfg(sample=3), source="vpc", as_json=True,
+                   show=40, out=out, err=io.StringIO()) == 0
+    vpc = orjson.loads(out.getvalue())["tables"]["AWSVPCFlow"]
+    ids = [r["RecordId_CF"] for r in vpc["rows"]]
+    assert ids and all(zlib.crc32(i.encode()) % 3 == 0 for i in ids)  # by record id
+    assert vpc["outcomes"]["kept"] == len(ids) == vpc["rows_out"]
+    assert vpc["outcomes"]["sampled_out"] == 40 - len(ids)
+
+
+def test_transforms_of_another_source_do_not_apply_and_can_be_turned_off(tmp_path: Path) -> None:
+    path = _vpc_file(tmp_path)
+    out = io.StringIO()
+    # The file stands for no source: a transform of source "vpc" does not apply.
+    assert preview(str(path), cfg=_transform_cfg(**ROUTE), out=out, err=io.StringIO()) == 0
+    head = out.getvalue().splitlines()[0]
+    assert head.startswith("# AWSVPCFlow (Custom-AWSVPCFlow): 40 rows in, 40 kept (no "
+                           "transforms apply; name the source with --source);")
+    # --no-transforms: the mapped rows, NDJSON, as without a config.
+    rc, rows, _ = run(path, cfg=_transform_cfg(**ROUTE), source="vpc", transforms=False)
+    assert rc == 0 and len(rows) == 40 and rows[0]["Action"] == "REJECT"
+    rc, _, err = run(path, cfg=_transform_cfg(**ROUTE), source="nope")
+    assert rc == 2 and "--source nope: no such source in the config" in err
+
+
+def test_the_cli_previews_transforms_as_json(tmp_path: Path, capsys) -> None:
+    from dataflow.cli import main
+
+    path = _vpc_file(tmp_path)
+    config = tmp_path / "c.toml"
+    config.write_text("""
+[sentinel]
+endpoint = "https://x"
+rule_id = "r"
+[[sources]]
+name = "vpc"
+bucket = "b"
+format = "vpcflow"
+[[transforms]]
+table = "AWSVPCFlow"
+where = "Action = 'REJECT'"
+""")
+    assert main(["preview", "-c", str(config), "--json", "--rows", "1", str(path)]) == 0
+    doc = orjson.loads(capsys.readouterr().out)
+    vpc = doc["tables"]["AWSVPCFlow"]
+    assert vpc["outcomes"] == {"in": 40, "kept": 8, "dropped": 32}
+    assert [r["Action"] for r in vpc["rows"]] == ["REJECT"] and doc["rows_out"] == 8
+    with pytest.raises(SystemExit):
+        main(["preview", "--rows", "-1", str(path)])

@@ -197,3 +197,25 @@ def test_reference_check_catches_wrong_names() -> None:
     assert bad == {"s3sentinel_requests", "s3sentinel_lag_seconds_total",
                    "s3sentinel_request_seconds_total"}
     assert not bad & exposed
+
+
+def test_dashboard_shows_what_the_transforms_save() -> None:
+    """A row of panels for [[transforms]]: rows per table by outcome, bytes in vs out per
+    table, and the share of bytes saved (1 - out/in)."""
+    d = dashboard()
+    titles = [p["title"] for p in d["panels"]]
+    row = titles.index("Cost control (transforms)")
+    assert d["panels"][row]["type"] == "row"
+    below = {p["title"]: p for p in d["panels"][row + 1:row + 4]}
+    exprs = {title: [t["expr"] for t in p["targets"]] for title, p in below.items()}
+    rows = exprs["Transform rows / s by table and outcome"]
+    assert any("sum by (table, outcome)" in e and "s3sentinel_transform_rows_total" in e
+               for e in rows)
+    assert any("sum by (table, direction)" in e and "s3sentinel_transform_bytes_total" in e
+               for e in exprs["Transform bytes / s in vs out by table"])
+    saved = below["Bytes saved by transforms"]
+    assert saved["fieldConfig"]["defaults"]["unit"] == "percentunit"
+    by_table = next(e for e in exprs["Bytes saved by transforms"] if "by (table)" in e)
+    assert re.fullmatch(r'1 - \(.*direction="out".*\) / \(.*direction="in".*\)', by_table)
+    for p in below.values():  # below the row, side by side
+        assert p["gridPos"]["y"] == d["panels"][row]["gridPos"]["y"] + 1
