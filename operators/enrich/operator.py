@@ -14,8 +14,10 @@ row (``S3SentinelFindings_CL``) that references the record id, and the table kee
 exact schema.
 
 With ``enrich.anomaly`` or ``enrich.sequences``, CloudTrail rows also go, bundled per hash
-shard of their principal, to a stateful step (:func:`score_shard`) holding one bounded
-:class:`~operators.enrich.anomaly.AnomalyScorer` and one
+shard of their principal (:func:`principal_shard`: the principal entity the scorer keeps
+baselines for, assumed-role sessions with machine-made names folded to their role, so one
+principal's whole baseline lives in one shard), to a stateful step (:func:`score_shard`)
+holding one bounded :class:`~operators.enrich.anomaly.AnomalyScorer` and one
 :class:`~operators.enrich.sequences.SequenceDetector` per shard, both in the recovery
 snapshots (each entity and principal packed again only once it changed); the scorer takes
 a shard's rows as one batch. Anomalous rows and completed sequences come out as findings, in
@@ -45,7 +47,7 @@ import orjson
 
 from dataflow.core import metrics
 from dataflow.core.messages import Rows
-from operators.enrich.anomaly import ANOMALOUS, AnomalyConfig, AnomalyScorer
+from operators.enrich.anomaly import ANOMALOUS, AnomalyConfig, AnomalyScorer, principal_of
 from operators.enrich.columns import FINDINGS_TABLE, carries_columns, column_names, splice
 from operators.enrich.config import EnrichConfig
 from operators.enrich.intel import FIELDS, IntelWatcher
@@ -54,13 +56,14 @@ from operators.enrich.sequences import SequenceDetector, StepIndex, load_sequenc
 from operators.schema import Mapper
 from operators.tabledef import TableDef
 
-__all__ = ["Enricher", "Observed", "SealedShard", "ShardState", "score_shard"]
+__all__ = ["Enricher", "Observed", "SealedShard", "ShardState", "principal_shard", "score_shard"]
 
 log = logging.getLogger(__name__)
 
 CLOUDTRAIL = "AWSCloudTrail"
 PRINCIPAL = "UserIdentityArn"
-"""The column CloudTrail rows are sharded by (with the access key when it is missing)."""
+"""The column CloudTrail sequences group by; rows are sharded by the principal entity made
+from it (:func:`principal_shard`), the same for every row of one ARN."""
 _URGENT = frozenset({"critical"})
 _FINDING = frozenset({"critical", "high"})
 _PLAIN = frozenset({str, int, float, bool})
@@ -119,8 +122,8 @@ class Enricher:
         """Per table: (group column, its sequences' steps indexed by EventName) of the
         sequences not grouped by the principal, whose matching rows go to the shard of their
         group's value."""
-        self._shards: dict[Any, str] = {}
-        """The shard of each principal (ARN or access key) recently seen."""
+        self._shards: dict[str, str] = {}
+        """The shard of each principal (as :func:`principal_of` names it) recently seen."""
         self.reads |= frozenset(self._groups)
 
     def enrich_batch(self, items: list[Rows]) -> list[Rows | Observed]:
@@ -165,14 +168,15 @@ class Enricher:
                     rows[i] = splice(raw, values)  # type: ignore[index]
                 (fast if urgent else keep).append(i)
                 if self._side and table.name == CLOUDTRAIL:
-                    who = row.get("UserIdentityArn") or row.get("UserIdentityAccessKeyId") or ""
-                    shard = shards.get(who) if who.__class__ is str else None
+                    # The scorer's principal entity, not the raw ARN: two sessions of one
+                    # role folded to ``role/*`` must share a shard (and so one baseline).
+                    who = principal_of(row) or ""
+                    shard = shards.get(who)
                     if shard is None:
-                        shard = _shard(row, self._cfg.shards)
-                        if who.__class__ is str:
-                            if len(shards) >= _MAX_SHARD_KEYS:
-                                shards.clear()
-                            shards[who] = shard
+                        shard = _principal_shard(who, self._cfg.shards)
+                        if len(shards) >= _MAX_SHARD_KEYS:
+                            shards.clear()
+                        shards[who] = shard
                     got = side.get(shard)
                     if got is None:
                         side[shard] = [(rid, bundle.partition, row)]
@@ -274,9 +278,18 @@ def _subset(bundle: Rows, idx: list[int], partition: str, *, fast: bool = False)
                 tuple(bundle.record_ids[i] for i in idx), fast=fast)
 
 
-def _shard(row: dict, shards: int) -> str:
-    who = row.get("UserIdentityArn") or row.get("UserIdentityAccessKeyId") or ""
-    return str(zlib.crc32(str(who).encode()) % shards)
+def principal_shard(row: dict, shards: int) -> str:
+    """The side-branch shard of a CloudTrail row: a hash of the principal entity the anomaly
+    scorer keeps the row's baselines under (:func:`~operators.enrich.anomaly.principal_of`:
+    the ARN, an assumed role's machine-made session names folded to ``role/*``; else the
+    access key; else the invoking service), so every row of one entity, whichever session
+    made it, reaches the one shard (and worker) that holds its whole baseline. Rows of one
+    ARN always share a shard, as the sequences grouped by the principal need."""
+    return _principal_shard(principal_of(row) or "", shards)
+
+
+def _principal_shard(principal: str, shards: int) -> str:
+    return str(zlib.crc32(principal.encode()) % shards)
 
 
 def _group_shard(column: str, value: Any, shards: int) -> str:
