@@ -9,17 +9,40 @@ Seeds N CloudTrail objects into the local stack once, then:
 2. runs the real flow (``python -m bytewax.run dataflow.flow:flow``) with 1 worker, and
    with 2 processes, to catch-up against moto S3 and the HTTPS Sentinel emulator.
 
-The local servers share the machine's cores with the flow (the emulator decompresses
-and parses every request), so pipeline figures are a lower bound of the connector's own.
+The local servers (moto, the emulator: processes of their own) share the machine's cores
+with the flow (the emulator decompresses and parses every request), so pipeline figures
+are a lower bound of the connector's own. Their CPU time during each run is read from
+/proc, as is this process's own (it only polls), and the two-process speed-up is given
+both as measured and with the servers' CPU taken out of the two-process run's time (what
+two processes would do on two cores of their own; see :func:`speedups`).
 
-    python bench/throughput.py [--objects 400] [--json]
+Peak RSS is each flow process's own high-water mark, VmHWM, as the process reads it at
+exit (an ``atexit`` hook a ``sitecustomize`` on the flow's PYTHONPATH installs: the last one
+to run), and as this process polls it every 50 ms (a fallback, should a process end
+without running its hooks; the larger is taken: both are lower bounds of the one peak).
+Not ``ru_maxrss``: Linux's counts the memory of the process the child was spawned from
+(exec records the old address space's high-water mark, and ``subprocess`` spawns with
+vfork, so that is this process's, with every seeded object in it), nor polled VmRSS, which
+misses what comes and goes between two polls. The flow's CPU time is exact: each process is
+reaped with ``os.wait4`` and its rusage read (the flow starts no child processes).
+
+``--long N`` runs the flow again over N times the objects (the same first ones, then N - 1
+times as many later deliveries) and checks that the peak RSS stays within 10% of the 1x
+run's: state must not grow with run length. ``--py-spy DIR`` profiles a further (untimed)
+run of each mode with py-spy and prints the functions with the most own time.
+
+    python bench/throughput.py [--objects 400] [--enrich-all] [--long N] [--py-spy DIR] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import resource
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,7 +62,10 @@ from devstack.stack import LocalStack, free_port  # noqa: E402 (after the sys.pa
 from operators.schema import Mapper, load_tables  # noqa: E402 (after the sys.path line above)
 
 BUCKET = "bench-trail"
+LONG_BUCKET = "bench-trail-long"
 STREAM = "Custom-AWSCloudTrail"
+RSS_TOLERANCE = 0.10
+"""A run N times longer must keep its peak RSS within this share of the 1x run's."""
 
 
 def bare_work(objects: list[bytes], mapper: Mapper, seconds: float = 3.0) -> dict[str, float]:
@@ -67,36 +93,93 @@ def bare_work(objects: list[bytes], mapper: Mapper, seconds: float = 3.0) -> dic
     return out
 
 
-def _cpu_secs(pid: int) -> float:
-    """User + system CPU time of a running process, in seconds (0 once it has exited)."""
+_AT_EXIT = """\
+import atexit, os
+
+
+def _s3sentinel_bench_hwm():
+    # Last atexit hook (registered first): the process's peak RSS as it ends.
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
+        with open("/proc/self/status") as f:
+            kb = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
+        out = os.path.join(os.environ["S3SENTINEL_BENCH_HWM_DIR"], str(os.getpid()))
+        with open(out, "w") as f:
+            f.write(kb)
+    except Exception:
+        pass
 
 
-def _rss_mb(pid: int) -> float:
-    """Resident set size of a running process, in MB (0 once it has exited)."""
+if os.environ.get("S3SENTINEL_BENCH_HWM_DIR"):
+    atexit.register(_s3sentinel_bench_hwm)
+"""
+
+
+def _hwm_mb(pid: int) -> float:
+    """Peak resident set size so far (VmHWM) of a running process, in MB (0 once gone)."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
     return 0.0
 
 
+def _tree_cpu_secs(pid: int) -> float:
+    """CPU time of a running process, its live descendants and the children it reaped."""
+    total = 0.0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def servers_cpu_secs(stack: LocalStack) -> float:
+    """CPU time the local servers (moto, the emulator) used so far."""
+    return sum(_tree_cpu_secs(p.pid) for p in getattr(stack, "_procs", ()))
+
+
+def _machine_cpu_secs() -> float:
+    """CPU time every process on the machine used so far (busy time in /proc/stat)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _self_cpu_secs() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
 def run_flow(stack: LocalStack, workdir: Path, processes: int, partitions: int,
-             epoch_secs: int, enrich: str = "") -> dict:
-    """Run the flow to catch-up; wall time, and the peak RSS of the largest process.
+             epoch_secs: int, enrich: str = "", *, bucket: str = BUCKET, tag: str = "",
+             wrap: list[str] | None = None) -> dict:
+    """Run the flow to catch-up: wall time, the flow's CPU time and exact peak RSS (per
+    process, from ``os.wait4``), and the CPU time the local servers and this process used
+    meanwhile.
 
     :arg enrich: ``""`` (off), ``rules`` (rules, fast lane, findings) or ``all`` (and
         anomaly scores and sequences).
+    :arg bucket: Where the objects are (the seeded bucket by default).
+    :arg tag: Distinguishes runs of one mode (each run has its own journal).
+    :arg wrap: A command to run each flow process under (a profiler); its CPU and RSS
+        figures then include the wrapper's.
     """
-    name = f"{processes}{('-' + enrich) if enrich else ''}"
+    name = f"{processes}{('-' + enrich) if enrich else ''}{('-' + tag) if tag else ''}"
     cfg = workdir / f"bench-{name}.toml"
     extra = ""
     if enrich:
@@ -113,7 +196,7 @@ max_age_secs = 2.0
 mode = "catch_up"
 [[sources]]
 name = "trail"
-bucket = "{BUCKET}"
+bucket = "{bucket}"
 prefix = "AWSLogs/"
 format = "cloudtrail"
 table = "AWSCloudTrail"
@@ -122,6 +205,11 @@ fetch_threads = 4
 {extra}""")
     env = flow_env(stack, workdir / f"run-{name}p" / "errors", cfg)  # own journal per run
     env["S3SENTINEL__OPS__PORT"] = "0"
+    hooks = workdir / f"hwm-{name}"  # the flow processes' peak RSS, written as they exit
+    hooks.mkdir(parents=True, exist_ok=True)
+    (hooks / "sitecustomize.py").write_text(_AT_EXIT)
+    env["S3SENTINEL_BENCH_HWM_DIR"] = str(hooks)
+    env["PYTHONPATH"] = os.pathsep.join([str(hooks), *filter(None, [env.get("PYTHONPATH")])])
     base = [sys.executable, "-m", "bytewax.run", "dataflow.flow:flow", "-s", str(epoch_secs)]
     if processes == 1:
         cmds = [base]
@@ -131,15 +219,34 @@ fetch_threads = 4
     before = stack.admin().summary()["streams"].get(STREAM, {}).get("records", 0)
     started_at = time.time()
     t0 = time.perf_counter()
-    procs = [subprocess.Popen(c, env=env, cwd=ROOT, stderr=subprocess.DEVNULL) for c in cmds]
-    rss = [0.0] * len(procs)
-    cpu = [0.0] * len(procs)
-    while any(p.poll() is None for p in procs):
+    servers0, self0, machine0 = servers_cpu_secs(stack), _self_cpu_secs(), _machine_cpu_secs()
+    procs = [subprocess.Popen([*(wrap or ()), *c], env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
+             for c in cmds]
+    hwm = [0.0] * len(procs)  # VmHWM as last polled
+    usage: list[resource.struct_rusage | None] = [None] * len(procs)
+    while any(u is None for u in usage):
         for i, p in enumerate(procs):
-            rss[i] = max(rss[i], _rss_mb(p.pid))
-            cpu[i] = max(cpu[i], _cpu_secs(p.pid))
+            if usage[i] is not None:
+                continue
+            hwm[i] = max(hwm[i], _hwm_mb(p.pid))
+            # Reaped here, not by Popen.poll(), for the process's own rusage: its CPU time
+            # up to its exit.
+            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+            if pid:
+                p.returncode = os.waitstatus_to_exitcode(status)
+                usage[i] = ru
         time.sleep(0.05)
     wall = time.perf_counter() - t0
+    servers = servers_cpu_secs(stack) - servers0
+    own = _self_cpu_secs() - self0
+    machine = _machine_cpu_secs() - machine0
+    cpu = [u.ru_utime + u.ru_stime for u in usage if u is not None]
+    at_exit = [0.0] * len(procs)
+    for i, p in enumerate(procs):
+        # None for a wrapper's pid (a profiler), or when no hook ran: the polled figure stands.
+        with contextlib.suppress(OSError, ValueError):
+            at_exit[i] = int((hooks / str(p.pid)).read_text()) / 1024
+    rss = [max(a, h) for a, h in zip(at_exit, hwm, strict=True)]
     if any(p.returncode for p in procs):
         raise SystemExit(f"the flow failed: exit statuses {[p.returncode for p in procs]}")
     delivered = stack.admin().summary()["streams"].get(STREAM, {}).get("records", 0) - before
@@ -149,7 +256,142 @@ fetch_threads = 4
     span = reqs[-1]["time"] - reqs[0]["time"] if len(reqs) > 1 else 0.0
     steady = (sum(r["record_count"] for r in reqs[1:]) / span) if span > 0 else 0.0
     return {"wall_secs": wall, "records": delivered, "peak_rss_mb": max(rss),
-            "cpu_secs": sum(cpu), "steady_eps": steady}
+            "peak_rss_mb_each": rss, "polled_hwm_mb_each": hwm, "exit_hwm_mb_each": at_exit,
+            "cpu_secs": sum(cpu), "cpu_secs_each": cpu, "steady_eps": steady,
+            "servers_cpu_secs": servers, "bench_cpu_secs": own,
+            "others_cpu_secs": max(0.0, machine - servers - own - sum(cpu))}
+
+
+def speedups(one: dict, two: dict, cores: int) -> dict[str, float]:
+    """The two-process run against the one-process run, with the local servers' CPU (and
+    this process's) excluded from the time of each: during a run the servers took ``S``
+    CPU-seconds; what they took beyond the cores the flow left free (``cores - processes``)
+    displaced the flow, by ``excess / cores`` seconds of wall time on a busy machine, so the
+    flow's own time is ``wall - excess / cores`` (never below its CPU time spread over the
+    cores it can use). With one process the servers mostly run on the other core and little
+    is taken out; with two, nearly all of ``S / cores`` is: the denominator of the speed-up.
+
+    Also the machine's busy share during the two-process run (near 1: CPU-bound, so the
+    exclusion is sound), the cores the servers used then, the cores unrelated processes
+    used then (a shared machine: not excluded), and the flow's CPU time, one process
+    against two (1.0: the second process adds no work)."""
+    def own_wall(r: dict, processes: int) -> float:
+        others = r["servers_cpu_secs"] + r["bench_cpu_secs"]
+        excess = max(0.0, others - (cores - min(processes, cores)) * r["wall_secs"])
+        floor = r["cpu_secs"] / min(processes, cores)
+        return min(r["wall_secs"], max(r["wall_secs"] - excess / cores, floor, 1e-9))
+
+    others2 = two["servers_cpu_secs"] + two["bench_cpu_secs"]
+    return {
+        "speedup_2p_excl_servers": own_wall(one, 1) / own_wall(two, 2),
+        "flow_wall_secs_1p": own_wall(one, 1), "flow_wall_secs_2p": own_wall(two, 2),
+        "servers_cores_2p": others2 / two["wall_secs"],
+        "machine_busy_2p": (two["cpu_secs"] + others2) / (cores * two["wall_secs"]),
+        "unrelated_cores_2p": two["others_cpu_secs"] / two["wall_secs"],
+        "cpu_efficiency_2p": one["cpu_secs"] / two["cpu_secs"],
+    }
+
+
+_WAITS = frozenset({
+    "_worker (concurrent/futures/thread.py)",  # an idle pool thread, in queue.get()
+    "Condition.wait (threading.py)", "Event.wait (threading.py)",
+    "Thread._wait_for_tstate_lock (threading.py)", "Thread.join (threading.py)",
+    "EpollSelector.select (selectors.py)", "PollSelector.select (selectors.py)"})
+"""Leaf frames of threads blocked in C (py-spy's idle detection misses futex waits): their
+samples are counted apart, not as CPU."""
+
+
+def profile_summary(raw: Path, top: int = 15) -> tuple[int, int, list[tuple[str, int, int]]]:
+    """Samples in a ``py-spy record --format raw --nolineno`` file (but those of threads
+    waiting, :data:`_WAITS`), those waiting, and the ``top`` functions by own samples:
+    (function (file), own samples, samples with it on the stack)."""
+    own: dict[str, int] = {}
+    total: dict[str, int] = {}
+    samples = waits = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = [_short(f) for f in stack.split(";")]
+        if frames[-1] in _WAITS:
+            waits += n
+            continue
+        samples += n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for f in set(frames):
+            total[f] = total.get(f, 0) + n
+    ranked = sorted(own.items(), key=lambda kv: -kv[1])[:top]
+    return samples, waits, [(f, n, total[f]) for f, n in ranked]
+
+
+def _short(frame: str) -> str:
+    """A py-spy frame with its file relative to the checkout or to site-packages."""
+    for cut in (str(ROOT) + "/", "site-packages/", "/lib/python3"):
+        at = frame.find(cut)
+        if at >= 0:
+            return frame[:frame.rfind("(", 0, at) + 1] + frame[at + len(cut):]
+    return frame
+
+
+def _py_spy_version() -> str:
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    try:
+        return subprocess.run([spy, "--version"], capture_output=True, text=True,
+                              check=True).stdout.split()[-1]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        return "?"
+
+
+def profile(stack: LocalStack, workdir: Path, out_dir: Path, enrich: str, epoch_secs: int,
+            rate: int = 250) -> dict:
+    """One more single-process run of the flow under ``py-spy record`` (not timed): its
+    samples and top functions by own time."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    raw = out_dir / f"flow-{enrich or 'plain'}.txt"
+    run_flow(stack, workdir, 1, 4, epoch_secs, enrich=enrich, tag="profile",
+             wrap=[spy, "record", "--format", "raw", "--nolineno", "-r", str(rate),
+                   "-o", str(raw), "--"])
+    samples, waits, top = profile_summary(raw)
+    return {"file": str(raw), "samples": samples, "waits": waits, "top": top}
+
+
+def _median_run(rs: list[dict]) -> dict:
+    """One run's figures from several: the median of each number (lists: the first run's)."""
+    out = dict(rs[0])
+    for k, v in rs[0].items():
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            out[k] = statistics.median(r[k] for r in rs)
+    out["rounds"] = len(rs)
+    return out
+
+
+def _run_text(mode: int | str, r: dict, ref: dict | None) -> str:
+    """The summary line of a run (``ref``: the one-process run without enrichment)."""
+    if isinstance(mode, int):
+        return (f"pipeline, {mode} process{'es' if mode > 1 else ''} "
+                f"({'1 worker' if mode == 1 else '1 worker each'}): "
+                f"{r['events_per_sec']:,.0f} ev/s, {r['mb_per_sec']:.1f} MB/s, "
+                f"{r['wall_secs']:.1f}s wall (incl. start-up), "
+                f"steady state {r['steady_eps']:,.0f} ev/s, "
+                f"{r['events_per_cpu_sec']:,.0f} ev per CPU-second of the flow, "
+                f"peak RSS {_rss_text(r)}; local servers {r['servers_cpu_secs']:.1f} "
+                f"CPU-s, this process {r['bench_cpu_secs']:.1f} CPU-s, unrelated processes "
+                f"{r['others_cpu_secs']:.1f} CPU-s")
+    assert ref is not None
+    return (f"pipeline, 1 process, enrichment {mode}: {r['events_per_sec']:,.0f} ev/s "
+            f"({r['events_per_sec'] / ref['events_per_sec']:.2f} of without), "
+            f"steady state {r['steady_eps']:,.0f} ev/s, "
+            f"{r['events_per_cpu_sec']:,.0f} ev per CPU-second "
+            f"({r['events_per_cpu_sec'] / ref['events_per_cpu_sec']:.2f} of without), "
+            f"peak RSS {_rss_text(r)}  (target >= 0.75 of without, by CPU)")
+
+
+def _rss_text(r: dict) -> str:
+    each = r["peak_rss_mb_each"]
+    return (f"{r['peak_rss_mb']:.0f} MB" if len(each) == 1
+            else f"{r['peak_rss_mb']:.0f} MB (each: {', '.join(f'{x:.0f}' for x in each)})")
 
 
 def main() -> int:
@@ -160,8 +402,22 @@ def main() -> int:
                     help="bytewax epoch length (-s): bounds how much is read ahead of delivery")
     ap.add_argument("--enrich-all", action="store_true",
                     help="also run with anomaly scores and sequences (slow: see the README)")
+    ap.add_argument("--long", type=int, default=0, metavar="N",
+                    help="also run the flow (and with --enrich-all, the flow with every "
+                    "detector) over N times the objects, and check its peak RSS against "
+                    "the 1x run's")
+    ap.add_argument("--py-spy", type=Path, metavar="DIR",
+                    help="profile one more run of each mode with py-spy (raw files in DIR)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run every mode this many times, alternating, and report medians")
     ap.add_argument("--json", action="store_true", help="end with one JSON object of the figures")
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds needs at least 1")
+    if args.long == 1 or args.long < 0:
+        ap.error("--long needs N >= 2")
+    cores = len(os.sched_getaffinity(0))
+    profiles: dict[str, dict] = {}
 
     tables = load_tables()
     streams = {t.stream: None for t in tables.values()}
@@ -185,45 +441,89 @@ def main() -> int:
         print(f"bare work, one core: msgspec {bare['msgspec']:,.0f} ev/s, "
               f"orjson {bare['orjson']:,.0f} ev/s (baseline: the faster)")
 
-        runs = {}
-        for procs, parts in ((1, 4), (2, 4)):
-            r = run_flow(stack, Path(tmp), procs, parts, args.epoch_secs)
-            assert r["records"] == events, f"{procs} process(es): {r['records']} of {events}"
-            r["events_per_sec"] = events / r["wall_secs"]
-            r["mb_per_sec"] = mb / r["wall_secs"]
-            r["events_per_cpu_sec"] = events / r["cpu_secs"]
-            runs[procs] = r
-            print(f"pipeline, {procs} process{'es' if procs > 1 else ''} "
-                  f"({'1 worker' if procs == 1 else '1 worker each'}): "
-                  f"{r['events_per_sec']:,.0f} ev/s, {r['mb_per_sec']:.1f} MB/s, "
-                  f"{r['wall_secs']:.1f}s wall (incl. start-up), "
-                  f"steady state {r['steady_eps']:,.0f} ev/s, "
-                  f"{r['events_per_cpu_sec']:,.0f} ev per CPU-second of the flow, "
-                  f"peak RSS {r['peak_rss_mb']:.0f} MB")
+        modes: list[int | str] = [1, 2, "rules", *(["all"] if args.enrich_all else [])]
+        rounds: list[dict] = []
+        for rnd in range(args.rounds):  # modes alternate: a noisy spell hits every mode alike
+            this: dict = {}
+            for mode in modes:
+                procs, enrich = (mode, "") if isinstance(mode, int) else (1, mode)
+                r = run_flow(stack, Path(tmp), procs, 4, args.epoch_secs, enrich=enrich,
+                             tag=f"r{rnd}" if args.rounds > 1 else "")
+                assert r["records"] == events, f"{mode}: {r['records']} of {events}"
+                r["events_per_sec"] = events / r["wall_secs"]
+                r["mb_per_sec"] = mb / r["wall_secs"]
+                r["events_per_cpu_sec"] = events / r["cpu_secs"]
+                this[mode] = r
+                print(("" if args.rounds == 1 else f"round {rnd + 1}: ")
+                      + _run_text(mode, r, this.get(1)))
+            rounds.append(this)
+        runs: dict = {m: _median_run([rd[m] for rd in rounds]) for m in modes}
+        if args.rounds > 1:
+            print(f"medians of {args.rounds} rounds:")
+            for mode in modes:
+                print("  " + _run_text(mode, runs[mode], runs[1]))
 
-        for mode in ("rules", "all") if args.enrich_all else ("rules",):
-            r = run_flow(stack, Path(tmp), 1, 4, args.epoch_secs, enrich=mode)
-            assert r["records"] == events, f"enrich {mode}: {r['records']} of {events}"
-            r["events_per_sec"] = events / r["wall_secs"]
-            r["events_per_cpu_sec"] = events / r["cpu_secs"]
-            runs[mode] = r
-            print(f"pipeline, 1 process, enrichment {mode}: {r['events_per_sec']:,.0f} ev/s "
-                  f"({r['events_per_sec'] / runs[1]['events_per_sec']:.2f} of without), "
-                  f"steady state {r['steady_eps']:,.0f} ev/s, "
-                  f"{r['events_per_cpu_sec']:,.0f} ev per CPU-second "
-                  f"({r['events_per_cpu_sec'] / runs[1]['events_per_cpu_sec']:.2f} of without), "
-                  f"peak RSS {r['peak_rss_mb']:.0f} MB  (target >= 0.75 of without, by CPU)")
+        if args.long:
+            t0 = time.perf_counter()
+            long_manifest = seed_cloudtrail(s3, LONG_BUCKET, objects=args.objects * args.long,
+                                            records_per_object=tuple(args.records),
+                                            digests=False)
+            long_events = long_manifest.record_count
+            print(f"seeded {long_events} events in {args.objects * args.long} objects for "
+                  f"the {args.long}x run in {time.perf_counter() - t0:.1f}s")
+            for mode in ("", "all") if args.enrich_all else ("",):
+                ref = runs[mode or 1]
+                r = run_flow(stack, Path(tmp), 1, 4, args.epoch_secs, enrich=mode,
+                             bucket=LONG_BUCKET, tag=f"long{args.long}")
+                assert r["records"] == long_events, \
+                    f"{args.long}x {mode or 'plain'}: {r['records']} of {long_events}"
+                r["events"] = long_events
+                r["events_per_sec"] = long_events / r["wall_secs"]
+                r["events_per_cpu_sec"] = long_events / r["cpu_secs"]
+                r["rss_ratio"] = r["peak_rss_mb"] / ref["peak_rss_mb"]
+                r["rss_ok"] = abs(r["rss_ratio"] - 1) <= RSS_TOLERANCE
+                runs[f"long-{mode or 'plain'}"] = r
+                print(f"pipeline, 1 process, {mode and 'enrichment ' + mode or 'no enrichment'}"
+                      f", {args.long}x the objects: {r['events_per_sec']:,.0f} ev/s, "
+                      f"{r['events_per_cpu_sec']:,.0f} ev per CPU-second, "
+                      f"{r['wall_secs']:.1f}s wall; peak RSS {_rss_text(r)} = "
+                      f"{r['rss_ratio']:.2f} of the 1x run's "
+                      f"({'within' if r['rss_ok'] else 'NOT within'} "
+                      f"{RSS_TOLERANCE:.0%}: target, no growth with run length)")
+
+        if args.py_spy:
+            for mode in ("", "all") if args.enrich_all else ("",):
+                pr = profiles[mode or "plain"] = profile(stack, Path(tmp), args.py_spy, mode,
+                                                         args.epoch_secs)
+                print(f"profile, 1 process, {mode and 'enrichment ' + mode or 'no enrichment'}"
+                      f" (py-spy {_py_spy_version()}, {pr['samples']} samples of running "
+                      f"threads, {pr['waits']} more of pool threads waiting left out; "
+                      f"{pr['file']}); top functions by own time: own% total% function")
+                for fn, own_n, total_n in pr["top"]:
+                    print(f"  {100 * own_n / pr['samples']:5.1f} "
+                          f"{100 * total_n / pr['samples']:6.1f}  {fn}")
 
     ratio = runs[1]["events_per_sec"] / baseline
     steady_ratio = runs[1]["steady_eps"] / baseline
     cpu_ratio = runs[1]["events_per_cpu_sec"] / baseline
-    speedup = runs[2]["events_per_sec"] / runs[1]["events_per_sec"]
-    steady_speedup = runs[2]["steady_eps"] / runs[1]["steady_eps"]
+    speedup = statistics.median(rd[2]["events_per_sec"] / rd[1]["events_per_sec"]
+                                for rd in rounds)  # each round's own pair, then the median
+    steady_speedup = statistics.median(rd[2]["steady_eps"] / rd[1]["steady_eps"]
+                                       for rd in rounds)
     print(f"pipeline / bare work (1 process): {ratio:.2f} by wall time incl. start-up, "
           f"{steady_ratio:.2f} in steady state, {cpu_ratio:.2f} by the flow's own CPU time "
           "(target >= 0.5)")
     print(f"2 processes / 1 process: {speedup:.2f}x by wall time, {steady_speedup:.2f}x in steady "
           "state  (target >= 1.3)")
+    each = [speedups(rd[1], rd[2], cores) for rd in rounds]
+    sp = {k: statistics.median(e[k] for e in each) for k in each[0]}
+    print(f"2 processes / 1 process, the local servers' CPU excluded: "
+          f"{sp['speedup_2p_excl_servers']:.2f}x (flow's own time {sp['flow_wall_secs_1p']:.1f}s "
+          f"vs {sp['flow_wall_secs_2p']:.1f}s; the servers and this process used "
+          f"{sp['servers_cores_2p']:.2f} of the {cores} cores during the 2-process run, "
+          f"the flow and they kept the machine {sp['machine_busy_2p']:.0%} busy, unrelated "
+          f"processes used {sp['unrelated_cores_2p']:.2f} cores; flow CPU time 1p/2p "
+          f"{sp['cpu_efficiency_2p']:.2f})  (target >= 1.8)")
     figures = {
         "events": events, "objects": len(blobs), "uncompressed_mb": round(mb, 1),
         "bare_msgspec_eps": round(bare["msgspec"]), "bare_orjson_eps": round(bare["orjson"]),
@@ -248,6 +548,21 @@ def main() -> int:
         "enrich_rules_ratio_cpu": round(runs["rules"]["events_per_cpu_sec"]
                                         / runs[1]["events_per_cpu_sec"], 3),
         "enrich_rules_peak_rss_mb": round(runs["rules"]["peak_rss_mb"]),
+        "cores": cores,
+        "pipeline_2p_peak_rss_mb_each": [round(x) for x in runs[2]["peak_rss_mb_each"]],
+        "servers_cpu_secs_1p": round(runs[1]["servers_cpu_secs"], 2),
+        "servers_cpu_secs_2p": round(runs[2]["servers_cpu_secs"], 2),
+        "bench_cpu_secs_1p": round(runs[1]["bench_cpu_secs"], 2),
+        "bench_cpu_secs_2p": round(runs[2]["bench_cpu_secs"], 2),
+        "pipeline_1p_cpu_secs": round(runs[1]["cpu_secs"], 2),
+        "pipeline_2p_cpu_secs": round(runs[2]["cpu_secs"], 2),
+        "pipeline_1p_wall_secs": round(runs[1]["wall_secs"], 2),
+        "pipeline_2p_wall_secs": round(runs[2]["wall_secs"], 2),
+        "speedup_2p_excl_servers": round(sp["speedup_2p_excl_servers"], 3),
+        "servers_cores_2p": round(sp["servers_cores_2p"], 3),
+        "machine_busy_2p": round(sp["machine_busy_2p"], 3),
+        "unrelated_cores_2p": round(sp["unrelated_cores_2p"], 3),
+        "cpu_efficiency_2p": round(sp["cpu_efficiency_2p"], 3),
     }
     if "all" in runs:
         figures["enrich_all_1p_eps"] = round(runs["all"]["events_per_sec"])
@@ -259,6 +574,24 @@ def main() -> int:
         figures["enrich_all_ratio_cpu_to_bare"] = round(runs["all"]["events_per_cpu_sec"]
                                                         / baseline, 3)
         figures["enrich_all_peak_rss_mb"] = round(runs["all"]["peak_rss_mb"])
+    for mode in ("plain", "all"):
+        r = runs.get(f"long-{mode}")
+        if r is None:
+            continue
+        key = f"long_{'1p' if mode == 'plain' else 'enrich_all'}"
+        figures["long_factor"] = args.long
+        figures[f"{key}_events"] = r["events"]
+        figures[f"{key}_eps"] = round(r["events_per_sec"])
+        figures[f"{key}_eps_per_cpu"] = round(r["events_per_cpu_sec"])
+        figures[f"{key}_peak_rss_mb"] = round(r["peak_rss_mb"])
+        figures[f"{key}_rss_ratio"] = round(r["rss_ratio"], 3)
+        figures[f"{key}_rss_within_10pct"] = r["rss_ok"]
+    if profiles:
+        figures["profiles"] = {mode: {"samples": pr["samples"], "waits": pr["waits"], "top_own": [
+            {"function": fn, "own_pct": round(100 * o / pr["samples"], 1),
+             "total_pct": round(100 * t / pr["samples"], 1)} for fn, o, t in pr["top"]]}
+            for mode, pr in profiles.items()}
+    figures["rounds"] = args.rounds
     if args.json:
         print(json.dumps(figures))
     return 0
