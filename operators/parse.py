@@ -12,12 +12,17 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping
+from typing import cast
+
+import orjson
 
 from connectors.s3.config import SourceConfig
 from dataflow.core.failures import failed
 from dataflow.core.messages import ErrorRecord, ObjectEnd, RawRecord, Row, Rows
+from operators.columnar import MIN_RUN, VpcFlowColumns
 from operators.formats import ParseError, TextFormat
 from operators.formats.registry import DEFAULT_TABLES, text_format
+from operators.formats.vpcflow import VpcFlowFormat
 from operators.schema import Mapper, MappingError, TableDef
 
 __all__ = ["ERROR_SAMPLE_BYTES", "RecordMapper"]
@@ -47,14 +52,17 @@ class _Bad:
 class _Route:
     """How records of one (source, format) are mapped."""
 
-    __slots__ = ("keep", "mapper", "parser", "stream")
+    __slots__ = ("columns", "keep", "mapper", "parser", "stream")
 
-    def __init__(self, mapper: Mapper, parser: TextFormat | None, keep: bool = False) -> None:
+    def __init__(self, mapper: Mapper, parser: TextFormat | None, keep: bool = False,
+                 columns: VpcFlowColumns | None = None) -> None:
         self.mapper = mapper
         self.parser = parser
         self.stream = mapper.table.stream
         self.keep = keep
         """Hand the row dicts on with the encoded rows (:attr:`Rows.parsed`)."""
+        self.columns = columns
+        """The columnar path of this route's runs of lines, when it has one."""
 
 
 class RecordMapper:
@@ -65,11 +73,15 @@ class RecordMapper:
     :arg max_row_bytes: Largest encoded row accepted (one row must fit in one request).
     :arg keep_parsed: Tables whose rows the next step reads: their bundles carry the row
         dicts too (:attr:`~dataflow.core.messages.Rows.parsed`).
+    :arg columnar: Map runs of VPC flow log lines with polars (:mod:`operators.columnar`),
+        which gives the same rows; False keeps every record on the line path.
     :raises KeyError: A source names a table that is not defined.
     """
 
     def __init__(self, sources: list[SourceConfig], tables: Mapping[str, TableDef],
-                 max_row_bytes: int, keep_parsed: frozenset[str] = frozenset()) -> None:
+                 max_row_bytes: int, keep_parsed: frozenset[str] = frozenset(),
+                 columnar: bool = True) -> None:
+        self._columnar = columnar
         self._sources = {s.name: s for s in sources}
         self._tables = tables
         self._keep = keep_parsed
@@ -99,7 +111,11 @@ class RecordMapper:
                 except ValueError as ex:  # e.g. a vpcflow field list an auto source cannot use
                     route = f"source {source!r} cannot read format {fmt!r}: {ex}"
                 else:
-                    route = _Route(Mapper(self._tables[name]), parser, keep=name in self._keep)
+                    table = self._tables[name]
+                    columns = (VpcFlowColumns(table, self._max_row) if self._columnar
+                               and isinstance(parser, VpcFlowFormat) else None)
+                    route = _Route(Mapper(table), parser, keep=name in self._keep,
+                                   columns=columns)
             self._routes[(source, fmt)] = route
         return route  # type: ignore[return-value]
 
@@ -128,30 +144,93 @@ class RecordMapper:
         out: list[Rows | ErrorRecord] = []
         groups: dict[tuple[str, str], tuple[list[bytes], list[str], list[dict]]] = {}
         ends: list[Rows] = []
-        for rec in records:
+        i, n = 0, len(records)
+        while i < n:
+            rec = records[i]
             if type(rec) is ObjectEnd:
                 ends.append(Rows("", rec.obj.partition, (), (), end=rec.obj.id))
+                i += 1
                 continue
             assert isinstance(rec, RawRecord)
-            res = self._map(rec)
-            if type(res) is tuple:
+            if self._columnar:
+                end, route, rows = self._run(records, i)
+                if rows is None:  # the line path for the whole run
+                    for r in records[i:end]:
+                        self._one(r, groups, out)  # type: ignore[arg-type]
+                    i = end
+                    continue
+                # The run's rows from the columnar path, b"" where the line path must do it.
                 obj = rec.obj
-                key = (res[0], obj.partition)
-                group = groups.get(key)
-                if group is None:
-                    group = groups[key] = ([], [], [])
-                group[0].append(res[1])
-                group[1].append(f"{obj.id}-{rec.offset}")
-                if len(res) == 3:
-                    group[2].append(res[2])
-            else:
-                err = self._bounded(rec, res)  # type: ignore[arg-type]
-                if err is not None:
-                    out.append(err)
-        for (stream, partition), (rows, ids, parsed) in groups.items():
-            out.append(Rows(stream, partition, tuple(rows), tuple(ids),
+                key = (route.stream, obj.partition)
+                prefix = f"{obj.id}-"
+                for r, row in zip(records[i:end], rows, strict=True):
+                    if row:
+                        group = groups.get(key)
+                        if group is None:
+                            group = groups[key] = ([], [], [])
+                        group[0].append(row)
+                        group[1].append(prefix + str(r.offset))  # type: ignore[union-attr]
+                        if route.keep:
+                            group[2].append(orjson.loads(row))
+                    else:
+                        self._one(r, groups, out)  # type: ignore[arg-type]
+                i = end
+                continue
+            self._one(rec, groups, out)
+            i += 1
+        for (stream, partition), (rows_, ids, parsed) in groups.items():
+            out.append(Rows(stream, partition, tuple(rows_), tuple(ids),
                             tuple(parsed) if parsed else None))
         return out + ends
+
+    def _one(self, rec: RawRecord, groups: dict[tuple[str, str], tuple[list[bytes], list[str],
+                                                                      list[dict]]],
+             out: list[Rows | ErrorRecord]) -> None:
+        """The line path for one record: its row into its group, or its error into ``out``."""
+        res = self._map(rec)
+        if type(res) is tuple:
+            obj = rec.obj
+            key = (res[0], obj.partition)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = ([], [], [])
+            group[0].append(res[1])
+            group[1].append(f"{obj.id}-{rec.offset}")
+            if len(res) == 3:
+                group[2].append(res[2])
+        else:
+            err = self._bounded(rec, res)  # type: ignore[arg-type]
+            if err is not None:
+                out.append(err)
+
+    def _run(self, records: list[RawRecord | ObjectEnd],
+             start: int) -> tuple[int, _Route, list[bytes] | None]:
+        """The run of records from ``start`` (one object, one header): where it ends, its
+        route, and the rows the columnar path gives for it (``b""`` for a line it leaves to
+        the line path); None when the run takes the line path (another format, shorter than
+        :data:`~operators.columnar.MIN_RUN`, a field list the columnar path does not
+        cover)."""
+        rec = records[start]
+        assert isinstance(rec, RawRecord)
+        obj, header = rec.obj, rec.header
+        end = start + 1
+        while end < len(records):
+            nxt = records[end]
+            if (type(nxt) is not RawRecord or nxt.obj is not obj  # type: ignore[union-attr]
+                    or (nxt.header is not header and nxt.header != header)):  # type: ignore[union-attr]
+                break
+            end += 1
+        route = self._route(obj.source, obj.format or self._sources[obj.source].format)
+        if type(route) is not _Route or route.columns is None or end - start < MIN_RUN:
+            return end, route, None  # type: ignore[return-value]
+        assert isinstance(route.parser, VpcFlowFormat)
+        names = route.parser.field_names(header)
+        plan = route.columns.plan(names) if names is not None else None
+        if plan is None:
+            return end, route, None
+        run = cast("list[RawRecord]", records[start:end])
+        return end, route, route.columns.map_run([r.data for r in run], plan, f"{obj.id}-",
+                                                 [r.offset for r in run])
 
     def _map(self, rec: RawRecord) -> tuple[str, bytes] | tuple[str, bytes, dict] | ErrorRecord:
         obj = rec.obj

@@ -162,6 +162,14 @@ class VpcFlowFormat:
         known = sum(1 for n in names if n in _KNOWN)
         return known * 2 >= len(names) and len(set(names)) == len(names)
 
+    def field_names(self, header: tuple[bytes, ...]) -> tuple[str, ...] | None:
+        """The field list of every record under ``header``: the header line's, else the
+        declared one; None when each record's own field count decides (no header, nothing
+        declared)."""
+        if header:
+            return tuple(name for name, _ in self._layout_of(header, []))
+        return tuple(name for name, _ in self._declared) if self._declared is not None else None
+
     def _layout_of(self, header: tuple[bytes, ...], values: list[str]) -> _Layout:
         if not header:
             if self._declared is not None:

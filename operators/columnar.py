@@ -1,0 +1,179 @@
+"""The columnar path: runs of VPC flow log lines decoded, mapped and encoded by polars.
+
+The line path (:meth:`VpcFlowFormat.parse <operators.formats.vpcflow.VpcFlowFormat.parse>`,
+then :meth:`Mapper.row_dict <operators.schema.Mapper.row_dict>` and
+:meth:`~operators.schema.Mapper.encode`) does one line at a time in Python. For a run of
+lines of one object read against one field list, :class:`VpcFlowColumns` does the same
+work as polars expressions over the whole run: split the fields, turn ``-`` into no value,
+numbers into ints and epoch seconds into ISO 8601, and write each row's JSON with the
+columns in the table's order, the fields no column reads in the ``*`` column and the
+record id, so that the rows are the line path's byte for byte.
+
+A line it cannot vouch for is left to the line path, which gives its row or its error record
+with the reason exactly as before: anything but printable ASCII (or a ``"`` or ``\\``, which
+JSON escapes), other whitespace than single spaces, a ``{"message": ...}`` line, a field
+count that differs from the field list, a number field that is not digits (or has a leading
+zero, or more than 18), a required column without a value, epoch milliseconds, a string value the mapper would
+cut (over 16 KiB), a row over the largest one a request takes. A field list the plan does
+not cover (a column reading a nested path, a number column fed by a string field, ...)
+leaves the whole run to the line path.
+
+Which path a run takes is decided per run (:data:`MIN_RUN`): for a few lines the fixed cost
+of building frames is more than the line path's work (``bench/formats.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from operators.formats.vpcflow import INT_FIELDS
+from operators.tabledef import TableDef
+
+__all__ = ["MIN_RUN", "VpcFlowColumns"]
+
+MIN_RUN = 48
+"""Fewest lines a run needs for the columnar path (fewer: the line path is faster)."""
+
+_MAX_FIELD = 16384
+"""The mapper cuts longer strings (with a marker): such a line takes the line path."""
+_TEXT = r"[!#-\[\]-~]+"
+"""A text field the columnar path takes: printable ASCII but space, quote and backslash
+(which JSON escapes); anything else (other whitespace, which the line path's ``split()``
+splits on, or bytes that are not ASCII) leaves the line to the line path."""
+_NUMBER = r"(?:0|[1-9][0-9]{0,17}|-)"
+"""A number field the columnar path takes: digits without a leading zero (so the text is the
+int's JSON as it is), at most 18 of them, or ``-``."""
+_SECONDS = r"(?:0|[1-9][0-9]{0,10}|-)"
+"""A number field read as epoch seconds: below the mapper's milliseconds threshold."""
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How the fields of one field list become one table's row."""
+
+    names: tuple[str, ...]
+    pieces: tuple[tuple[str, int, str], ...]
+    """(column, field position, how: ``str``, ``int``, ``int_str`` (a number kept as text)
+    or ``time``), in the table's column order."""
+    required: tuple[int, ...]
+    """Positions of fields that feed a required column."""
+    rest: tuple[int, ...]
+    """Positions of fields no column reads (into the ``*`` column, in field order)."""
+
+
+class VpcFlowColumns:
+    """Maps runs of VPC flow log lines onto rows of one table, as the line path would.
+
+    :arg table: The table (AWSVPCFlow, or a custom table fed by ``vpcflow``).
+    :arg max_row: Largest encoded row; a longer one takes the line path (which refuses it).
+    """
+
+    def __init__(self, table: TableDef, max_row: int) -> None:
+        self._table = table
+        self._max_row = max_row
+        self._plans: dict[tuple[str, ...], _Plan | None] = {}
+        self._rest = next((c.name for c in table.columns if c.source == ("*",)), None)
+
+    def plan(self, names: tuple[str, ...]) -> _Plan | None:
+        """The plan of a field list; None when the line path must do it (see the module)."""
+        if names not in self._plans:
+            if len(self._plans) >= 256:  # one per distinct field list; bounded anyway
+                self._plans.clear()
+            self._plans[names] = self._make(names)
+        return self._plans[names]
+
+    def _make(self, names: tuple[str, ...]) -> _Plan | None:
+        if len(set(names)) != len(names):
+            return None
+        where = {n: i for i, n in enumerate(names)}
+        pieces: list[tuple[str, int, str]] = []
+        required: list[int] = []
+        read: set[str] = set()
+        for c in self._table.columns:
+            if c.source == ("*",):
+                continue
+            if len(c.source) != 1 or c.json or c.allowed is not None:
+                return None
+            field = c.source[0]
+            read.add(field)
+            pos = where.get(field)
+            if pos is None:
+                if c.required:
+                    return None  # every line is an error record: the line path says why
+                continue
+            number = field in INT_FIELDS
+            if c.type == "string":
+                how = "int_str" if number else "str"
+            elif c.type in ("int", "long") and number:
+                how = "int"
+            elif c.type == "datetime" and number:
+                how = "time"
+            else:
+                return None
+            pieces.append((c.name, pos, how))
+            if c.required:
+                required.append(pos)
+        rest = tuple(i for i, n in enumerate(names) if n not in read) if self._rest else ()
+        return _Plan(names, tuple(pieces), tuple(required), rest)
+
+    def map_run(self, lines: list[bytes], plan: _Plan, id_prefix: str,
+                offsets: list[int]) -> list[bytes]:
+        """The rows of ``lines`` (record ids ``id_prefix + offset``); ``b""`` for a line
+        left to the line path."""
+        n = len(plan.names)
+        text = b"\n".join(lines).decode("latin-1")  # not ASCII: refused below, line path
+        fields = [f"f{i}" for i in range(n)]
+        numbers = {i for i, name in enumerate(plan.names) if name in INT_FIELDS}
+        times = sorted({i for _, i, how in plan.pieces if how == "time"})
+        # One pattern checks a line whole: the field count, single spaces, printable ASCII
+        # without quote or backslash, digits (or -) in the number fields, seconds (not
+        # milliseconds, which the mapper reads otherwise) in the time fields.
+        shape = "^" + " ".join(_SECONDS if i in times else _NUMBER if i in numbers else _TEXT
+                               for i in range(n)) + "$"
+        line = pl.col("l")
+        # Each step is materialised once: the fields ("-": no value), the times, the row,
+        # and only then which lines the line path must take.
+        frame = pl.DataFrame({"l": pl.Series([text]).str.split("\n").explode(empty_as_null=False),
+                              "o": pl.Series(offsets, dtype=pl.Int64)}).with_columns(
+            line.str.split_exact(" ", n - 1).struct.rename_fields(fields).alias("s"),
+            (~line.str.contains(shape) | (line.str.len_bytes() > _MAX_FIELD)
+             | line.str.starts_with("{")).alias("bad"),
+        ).unnest("s").with_columns(
+            pl.when(pl.col(f) != "-").then(pl.col(f)).alias(f) for f in fields)
+        bad = pl.col("bad")
+        for i in plan.required:
+            bad = bad | pl.col(fields[i]).is_null()
+        if times:  # epoch seconds, as the mapper writes them
+            frame = frame.with_columns(
+                pl.from_epoch(pl.col(fields[i]).cast(pl.Int64, strict=False), time_unit="s")
+                .dt.strftime("%Y-%m-%dT%H:%M:%SZ").alias(f"t{i}") for i in times)
+        pieces: list[pl.Expr] = []
+        for name, i, how in plan.pieces:
+            if how in ("str", "int_str"):  # a number's text is its JSON (no leading zero)
+                pieces.append(pl.concat_str([pl.lit(f'"{name}":"'), pl.col(fields[i]),
+                                             pl.lit('"')]))
+            elif how == "int":
+                pieces.append(pl.concat_str([pl.lit(f'"{name}":'), pl.col(fields[i])]))
+            else:
+                pieces.append(pl.concat_str([pl.lit(f'"{name}":"'), pl.col(f"t{i}"),
+                                             pl.lit('"')]))
+        if plan.rest:
+            parts = [pl.concat_str([pl.lit(f'"{plan.names[i]}":'), pl.col(fields[i])])
+                     if i in numbers else
+                     pl.concat_str([pl.lit(f'"{plan.names[i]}":"'), pl.col(fields[i]),
+                                    pl.lit('"')])
+                     for i in plan.rest]
+            body = pl.concat_str(parts, separator=",", ignore_nulls=True)
+            pieces.append(pl.when(body != "").then(
+                pl.concat_str([pl.lit(f'"{self._rest}":{{'), body, pl.lit("}")])))
+        pieces.append(pl.concat_str([pl.lit(f'"{self._table.record_id_column}":"{id_prefix}'),
+                                     pl.col("o").cast(pl.String), pl.lit('"')]))
+        frame = frame.with_columns(bad.alias("bad"), pl.concat_str(
+            [pl.lit("{"), pl.concat_str(pieces, separator=",", ignore_nulls=True), pl.lit("}")])
+            .alias("r"))
+        row = pl.col("r")
+        out = frame.select(pl.when(pl.col("bad") | (row.str.len_bytes() > self._max_row))
+                           .then(pl.lit("")).otherwise(row).alias("r"))
+        return out["r"].str.join("\n").item().encode().split(b"\n")
