@@ -30,6 +30,7 @@ with its key path). ``datetime`` columns are ISO-8601 UTC text (so ``TimeGenerat
 
 from __future__ import annotations
 
+import io
 import re
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -343,7 +344,19 @@ class _Plan:
         self.routes = [(r.where, tables[r.table]) for r in t.route]
         self.drop = frozenset(t.drop)
         self.table = table
-        self.schema = _schema(table)
+        schema = _schema(table)
+        # The frame holds only the columns the expressions read (and what aggregates key
+        # and sum): read by polars' JSON reader straight from the rows, unless one of them
+        # is dynamic (its JSON text must be orjson's, as documented, not polars' spelling).
+        wanted = {table.record_id_column}
+        for sql in [t.where, *(r.where for r in t.route), *(a.where for a in specs)]:
+            if sql:
+                wanted |= set(pl.sql_expr(sql).meta.root_names())
+        for a in specs:
+            wanted |= {"TimeGenerated", *a.by, *(v.column for v in a.values if v.column != "*")}
+        self.schema = {c: tp for c, tp in schema.items() if c in wanted}
+        dynamic = {c.name for c in (*table.columns, *table.added) if c.type == "dynamic"}
+        self.by_polars = not (wanted & dynamic)
 
 
 def _specs(transforms: Sequence[TransformConfig],
@@ -436,11 +449,11 @@ class Transformer:
              gone: list[str]) -> tuple[Rows, list[Rows | Partial]]:
         table = plan.table.name
         n_in = len(rows.rows)
-        dicts = [orjson.loads(r) for r in rows.rows]
         keep = list(range(n_in))
         ids = rows.record_ids
         if plan.where or plan.routes or plan.aggregates:
-            frame = _frame(dicts, plan.schema)
+            frame = (_read(rows.rows, plan.schema) if plan.by_polars else
+                     _frame([orjson.loads(r) for r in rows.rows], plan.schema))
         if plan.where:
             kept = _matching(frame, plan.where, keep)
             gone += _taken(ids, keep, kept)
@@ -468,19 +481,20 @@ class Transformer:
                 idx = [i for i in keep if i in hits]
                 keep = [i for i in keep if i not in hits]
                 cols = frozenset(_schema(target))
-                moved = [{k: v for k, v in _rename_id(dicts[i], plan.table, target).items()
-                          if k in cols} for i in idx]
-                routed.append(self._bundle(rows, target.stream, moved, idx, plan.drop))
+                moved = [orjson.dumps({k: v for k, v in _rename_id(
+                    orjson.loads(rows.rows[i]), plan.table, target).items()
+                    if k in cols and k not in plan.drop}) for i in idx]
+                routed.append(replace(rows, stream=target.stream, rows=tuple(moved),
+                                      record_ids=tuple(ids[i] for i in idx), parsed=None))
                 metrics.TRANSFORM_ROWS.labels(table, "routed").inc(len(idx))
-        return self._bundle(rows, rows.stream, [dicts[i] for i in keep], keep, plan.drop), routed
-
-    @staticmethod
-    def _bundle(rows: Rows, stream: str, dicts: list[dict[str, Any]], idx: list[int],
-                drop: frozenset[str]) -> Rows:
-        if drop:
-            dicts = [{k: v for k, v in d.items() if k not in drop} for d in dicts]
-        return replace(rows, stream=stream, rows=tuple(orjson.dumps(d) for d in dicts),
-                       record_ids=tuple(rows.record_ids[i] for i in idx), parsed=None)
+        if len(keep) == n_in and not plan.drop:
+            return rows, routed
+        # Kept rows go on as the mapper wrote them; only a column dropped means re-encoding.
+        kept_rows = ([orjson.dumps({k: v for k, v in orjson.loads(rows.rows[i]).items()
+                                    if k not in plan.drop}) for i in keep] if plan.drop
+                     else [rows.rows[i] for i in keep])
+        return replace(rows, rows=tuple(kept_rows), record_ids=tuple(ids[i] for i in keep),
+                       parsed=None), routed
 
 
 def _taken(ids: Sequence[str], before: list[int], after: list[int]) -> list[str]:
@@ -612,6 +626,13 @@ class AggregateLogic(StatefulBatchLogic[Partial | Rows, Rows, dict]):
         if self._keyring is not None:
             return {"sealed": self._keyring.encrypt(orjson.dumps(state), _AAD).to_bytes()}
         return state
+
+
+def _read(rows: Sequence[bytes], schema: Mapping[str, Any]) -> pl.DataFrame:
+    """The rows' ``schema`` columns as a frame, read by polars' JSON reader (no dynamic
+    column among them: see :class:`_Plan`)."""
+    frame = pl.read_ndjson(io.BytesIO(b"\n".join(rows)), schema=dict(schema))
+    return frame.with_row_index(_INDEX).with_columns(pl.col(_INDEX).cast(pl.Int64))
 
 
 def _frame(dicts: list[dict[str, Any]], schema: Mapping[str, Any]) -> pl.DataFrame:
