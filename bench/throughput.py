@@ -26,6 +26,11 @@ vfork, so that is this process's, with every seeded object in it), nor polled Vm
 misses what comes and goes between two polls. The flow's CPU time is exact: each process is
 reaped with ``os.wait4`` and its rusage read (the flow starts no child processes).
 
+``--vpc N`` (40 by default) seeds N VPC flow log objects of 5,000 rows and runs the flow over
+them without transforms and with a realistic cost policy (:data:`VPC_POLICY`: health checks
+dropped, accepted flows summarised per minute, rejected ones but SSH and RDP routed to an
+Auxiliary table): rows per second, and the bytes sent per byte read.
+
 ``--long N`` runs the flow again over N times the objects (the same first ones, then N - 1
 times as many later deliveries) and checks that the peak RSS stays within 10% of the 1x
 run's: state must not grow with run length. ``--py-spy DIR`` profiles a further (untimed)
@@ -38,8 +43,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gzip
 import json
 import os
+import random
 import resource
 import shutil
 import statistics
@@ -48,6 +55,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import orjson
@@ -167,7 +175,7 @@ def _self_cpu_secs() -> float:
 
 def run_flow(stack: LocalStack, workdir: Path, processes: int, partitions: int,
              epoch_secs: int, enrich: str = "", *, bucket: str = BUCKET, tag: str = "",
-             wrap: list[str] | None = None) -> dict:
+             wrap: list[str] | None = None, config: str | None = None) -> dict:
     """Run the flow to catch-up: wall time, the flow's CPU time and exact peak RSS (per
     process, from ``os.wait4``), and the CPU time the local servers and this process used
     meanwhile.
@@ -178,6 +186,8 @@ def run_flow(stack: LocalStack, workdir: Path, processes: int, partitions: int,
     :arg tag: Distinguishes runs of one mode (each run has its own journal).
     :arg wrap: A command to run each flow process under (a profiler); its CPU and RSS
         figures then include the wrapper's.
+    :arg config: The flow's config instead of the CloudTrail one (``records`` then counts
+        only CloudTrail rows: read the emulator's requests for others).
     """
     name = f"{processes}{('-' + enrich) if enrich else ''}{('-' + tag) if tag else ''}"
     cfg = workdir / f"bench-{name}.toml"
@@ -202,7 +212,7 @@ format = "cloudtrail"
 table = "AWSCloudTrail"
 partitions = {partitions}
 fetch_threads = 4
-{extra}""")
+{extra}""" if config is None else config)
     env = flow_env(stack, workdir / f"run-{name}p" / "errors", cfg)  # own journal per run
     env["S3SENTINEL__OPS__PORT"] = "0"
     hooks = workdir / f"hwm-{name}"  # the flow processes' peak RSS, written as they exit
@@ -260,6 +270,121 @@ fetch_threads = 4
             "cpu_secs": sum(cpu), "cpu_secs_each": cpu, "steady_eps": steady,
             "servers_cpu_secs": servers, "bench_cpu_secs": own,
             "others_cpu_secs": max(0.0, machine - servers - own - sum(cpu))}
+
+
+VPC_BUCKET = "bench-vpc"
+VPC_STREAMS = ("Custom-AWSVPCFlow", "Custom-AWSVPCFlowAux_CL", "Custom-VPCFlowSummary_CL")
+VPC_HEADER = ("version account-id interface-id srcaddr dstaddr srcport dstport protocol packets "
+              "bytes start end action log-status")
+VPC_POLICY = """
+[[tables]]
+name = "AWSVPCFlowAux_CL"
+plan = "Auxiliary"
+columns = [
+  { name = "TimeGenerated", type = "datetime" }, { name = "SrcAddr", type = "string" },
+  { name = "DstAddr", type = "string" }, { name = "SrcPort", type = "int" },
+  { name = "DstPort", type = "int" }, { name = "Protocol", type = "int" },
+  { name = "Action", type = "string" }, { name = "Bytes", type = "long" },
+]
+
+[[tables]]
+name = "VPCFlowSummary_CL"
+columns = [
+  { name = "TimeGenerated", type = "datetime" }, { name = "SrcAddr", type = "string" },
+  { name = "DstAddr", type = "string" }, { name = "DstPort", type = "int" },
+  { name = "Protocol", type = "int" }, { name = "Bytes", type = "long" },
+  { name = "Packets", type = "long" }, { name = "Flows", type = "long" },
+]
+
+# Drop the load balancer's health checks; summarise accepted flows per minute; rejected
+# flows but SSH and RDP to the Auxiliary table (SSH and RDP probes stay in AWSVPCFlow).
+[[transforms]]
+table = "AWSVPCFlow"
+where = "NOT (DstPort = 8080 AND SrcAddr LIKE '10.0.255.%')"
+route = [{ table = "AWSVPCFlowAux_CL", where = "DstPort NOT IN (22, 3389)" }]
+[[transforms.aggregate]]
+table = "VPCFlowSummary_CL"
+where = "Action = 'ACCEPT'"
+by = ["SrcAddr", "DstAddr", "DstPort", "Protocol"]
+values = ["sum(Bytes) AS Bytes", "sum(Packets) AS Packets", "count(*) AS Flows"]
+bucket_secs = 60
+"""
+
+
+def seed_vpc(s3: Any, objects: int, rows: int) -> tuple[int, int]:
+    """VPC flow log objects shaped like a busy VPC's: a few hundred hosts talking to a few
+    dozen services, a few talkers carrying most flows (so flows repeat per minute), health checks from the load balancer's
+    subnet every few seconds, scans of SSH and RDP rejected. (rows, uncompressed bytes)."""
+    rng = random.Random(7)
+    s3.create_bucket(Bucket=VPC_BUCKET)
+    hosts = [f"10.0.{rng.randrange(8)}.{rng.randrange(1, 255)}" for _ in range(300)]
+    services = [(f"10.1.{rng.randrange(4)}.{rng.randrange(1, 255)}", port)
+                for port in (443, 5432, 6379, 53, 80) for _ in range(8)]
+    # A few talkers carry most flows (connection pools, busy services): Zipf-like weights.
+    host_w = [1 / (i + 1) for i in range(len(hosts))]
+    service_w = [1 / (i + 1) for i in range(len(services))]
+    total = nbytes = 0
+    for k in range(objects):
+        lines = [VPC_HEADER]
+        t0 = 1764547200 + k * 300
+        for i in range(rows):
+            start = t0 + i * 300 // rows
+            roll = rng.random()
+            if roll < 0.25:  # health checks
+                src, dst, port, action = f"10.0.255.{rng.randrange(1, 4)}", rng.choice(
+                    hosts), 8080, "ACCEPT"
+            elif roll < 0.35:  # scans
+                src, dst, port, action = (f"198.51.100.{rng.randrange(256)}", rng.choice(hosts),
+                                          rng.choice([22, 3389, 23, 445]), "REJECT")
+            else:
+                (dst, port), src, action = (rng.choices(services, service_w)[0],
+                                            rng.choices(hosts, host_w)[0], "ACCEPT")
+            lines.append(f"2 111122223333 eni-{rng.randrange(16**8):08x} {src} {dst} "
+                         f"{rng.randrange(1024, 65536)} {port} {17 if port == 53 else 6} "
+                         f"{rng.randrange(1, 200)} {rng.randrange(40, 10**6)} {start} "
+                         f"{start + 60} {action} OK")
+        body = ("\n".join(lines) + "\n").encode()
+        s3.put_object(Bucket=VPC_BUCKET, Key=f"AWSLogs/111122223333/vpcflowlogs/us-east-1/2025/"
+                      f"12/01/111122223333_vpcflowlogs_us-east-1_fl-0_{k:05d}.log.gz",
+                      Body=gzip.compress(body, 1))
+        total += rows
+        nbytes += len(body)
+    return total, nbytes
+
+
+def run_vpc(stack: LocalStack, workdir: Path, epoch_secs: int, policy: bool, rows: int,
+            read_bytes: int, tag: str = "") -> dict:
+    """The flow over the VPC flow objects, with or without the cost policy: rows read per
+    second (wall and CPU) and the bytes sent (uncompressed request bodies) per byte read."""
+    config = f"""
+[sentinel]
+endpoint = "https://127.0.0.1:1"
+rule_id = "dcr-00000000000000000000000000000000"
+credential = "managed_identity"
+[batch]
+max_age_secs = 2.0
+[runtime]
+mode = "catch_up"
+[[sources]]
+name = "vpc"
+bucket = "{VPC_BUCKET}"
+prefix = "AWSLogs/"
+format = "vpcflow"
+partitions = 4
+fetch_threads = 4
+""" + (VPC_POLICY if policy else "")
+    started_at = time.time()
+    r = run_flow(stack, workdir, 1, 4, epoch_secs, tag=f"vpc-{'policy' if policy else 'all'}{tag}",
+                 config=config)
+    reqs = [q for q in stack.admin().requests() if q["status"] == 204
+            and q["time"] >= started_at and q["stream"] in VPC_STREAMS]
+    sent = {s: sum(q["record_count"] for q in reqs if q["stream"] == s) for s in VPC_STREAMS}
+    r["rows_sent"] = sent
+    r["bytes_sent"] = sum(q["uncompressed_bytes"] for q in reqs)
+    r["bytes_ratio"] = r["bytes_sent"] / read_bytes
+    r["rows_per_sec"] = rows / r["wall_secs"]
+    r["rows_per_cpu_sec"] = rows / r["cpu_secs"]
+    return r
 
 
 def speedups(one: dict, two: dict, cores: int) -> dict[str, float]:
@@ -410,6 +535,8 @@ def main() -> int:
                     help="profile one more run of each mode with py-spy (raw files in DIR)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="run every mode this many times, alternating, and report medians")
+    ap.add_argument("--vpc", type=int, default=40, metavar="N",
+                    help="VPC flow objects (5,000 rows each) for the cost-policy run (0: none)")
     ap.add_argument("--json", action="store_true", help="end with one JSON object of the figures")
     args = ap.parse_args()
     if args.rounds < 1:
@@ -420,7 +547,7 @@ def main() -> int:
     profiles: dict[str, dict] = {}
 
     tables = load_tables()
-    streams = {t.stream: None for t in tables.values()}
+    streams = {t.stream: None for t in tables.values()} | dict.fromkeys(VPC_STREAMS)
     with tempfile.TemporaryDirectory() as tmp, \
             LocalStack(Path(tmp) / "stack", streams, store_records=False) as stack:
         s3 = stack.s3()
@@ -491,6 +618,25 @@ def main() -> int:
                       f"({'within' if r['rss_ok'] else 'NOT within'} "
                       f"{RSS_TOLERANCE:.0%}: target, no growth with run length)")
 
+        vpc: dict = {}
+        if args.vpc:
+            vpc_rows, vpc_bytes = seed_vpc(s3, args.vpc, 5000)
+            print(f"seeded {vpc_rows} VPC flow rows in {args.vpc} objects "
+                  f"({vpc_bytes / 1e6:.1f} MB uncompressed)")
+            got: dict[bool, list[dict]] = {False: [], True: []}
+            for rnd in range(args.rounds):
+                for policy in (False, True):
+                    got[policy].append(run_vpc(stack, Path(tmp), args.epoch_secs, policy,
+                                               vpc_rows, vpc_bytes, tag=f"r{rnd}"))
+            for policy in (False, True):
+                r = vpc["policy" if policy else "plain"] = _median_run(got[policy])
+                r["rows_sent"] = got[policy][0]["rows_sent"]
+                print(f"VPC flow, 1 process, {'cost policy' if policy else 'no transforms'}: "
+                      f"{r['rows_per_sec']:,.0f} rows/s, {r['rows_per_cpu_sec']:,.0f} rows per "
+                      f"CPU-second, bytes sent / bytes read {r['bytes_ratio']:.2f}; rows sent "
+                      + ", ".join(f"{s.removeprefix('Custom-')} {n:,}"
+                                  for s, n in r["rows_sent"].items() if n))
+
         if args.py_spy:
             for mode in ("", "all") if args.enrich_all else ("",):
                 pr = profiles[mode or "plain"] = profile(stack, Path(tmp), args.py_spy, mode,
@@ -548,6 +694,9 @@ def main() -> int:
         "enrich_rules_ratio_cpu": round(runs["rules"]["events_per_cpu_sec"]
                                         / runs[1]["events_per_cpu_sec"], 3),
         "enrich_rules_peak_rss_mb": round(runs["rules"]["peak_rss_mb"]),
+        **({f"vpc_{k}_{m}": round(vpc[m][k], 3 if k == "bytes_ratio" else 0)
+            for m in vpc for k in ("rows_per_sec", "rows_per_cpu_sec", "bytes_ratio")}),
+        **({f"vpc_rows_sent_{m}": vpc[m]["rows_sent"] for m in vpc}),
         "cores": cores,
         "pipeline_2p_peak_rss_mb_each": [round(x) for x in runs[2]["peak_rss_mb_each"]],
         "servers_cpu_secs_1p": round(runs[1]["servers_cpu_secs"], 2),
