@@ -6,7 +6,9 @@ as the connector would read it from S3.
 What reading one object may raise is the project's own: :class:`FormatUnknown`,
 :class:`~connectors.s3.errors.ObjectReadError` (corrupt, truncated or oversized compressed
 data) and :class:`~connectors.s3.framing.FramingError` (the records from its offset on
-cannot be found); an unexpected error of a framer becomes a FramingError. Exceptions
+cannot be found); an unexpected error of a framer becomes a FramingError. Parquet objects
+(``parquet`` framing) are not framed from a stream: :mod:`connectors.s3.parquet` spools
+them and reads their rows, with the same offsets, errors and unreadable records. Exceptions
 raised by the stored chunks' own iterator (network errors) pass unchanged, for the caller
 to classify as transient or not.
 """
@@ -27,6 +29,7 @@ from connectors.s3.framing import (
 )
 from connectors.s3.jsonarray import JsonArrayFramer
 from connectors.s3.objects import decompress
+from connectors.s3.parquet import parquet_records
 from dataflow.core.errors import TerminalError
 from operators.formats import TextFormat
 from operators.formats.registry import detect, expander_of, framing_of
@@ -103,6 +106,8 @@ def object_records(key: str, stored: Iterable[bytes], fmt: str, *, max_bytes: in
                    "set the source's format")
             raise FormatUnknown(msg)
         fmt = found
+    if framing_of(fmt) == "parquet":  # random access to its footer: spooled, read by rows
+        return fmt, parquet_records(chunks, skip=skip, max_record_bytes=max_record_bytes)
     return fmt, _records(chunks, fmt, parser_for(fmt), skip, max_record_bytes)
 
 

@@ -32,8 +32,9 @@ __all__ = ["JSON_FORMATS", "Expand", "ParseError", "TextFormat"]
 
 JSON_FORMATS = frozenset(
     {"cloudtrail", "ndjson", "json_array", "guardduty", "waf", "route53resolver",
-     "cloudwatchlogs", "securityhub", "nfwflow", "eksaudit"})
-"""Formats whose records are JSON objects, mapped straight from their bytes."""
+     "cloudwatchlogs", "securityhub", "nfwflow", "eksaudit", "parquet"})
+"""Formats whose records are JSON objects, mapped straight from their bytes (``parquet``:
+each row of a Parquet object is a record as a JSON object of its columns)."""
 
 Expand = Callable[[bytes], list[bytes]]
 """One JSON document of a ``documents`` format -> the records it holds (JSON objects), in

@@ -40,10 +40,12 @@ class FormatSpec:
     """Everything about one format, in one place."""
 
     name: str
-    framing: Literal["records", "array", "lines", "documents"] = "lines"
-    """``records`` (CloudTrail's ``{"Records": [...]}``), ``array`` (``[...]``), ``lines``, or
+    framing: Literal["records", "array", "lines", "documents", "parquet"] = "lines"
+    """``records`` (CloudTrail's ``{"Records": [...]}``), ``array`` (``[...]``), ``lines``,
     ``documents``: concatenated JSON documents (``{...}{...}``, whitespace between them or
-    none), each turned into its records by ``expand``."""
+    none), each turned into its records by ``expand``, or ``parquet``: an Apache Parquet
+    file, each row a record (as a JSON object of the file's columns, see
+    :mod:`connectors.s3.parquet`)."""
     table: str | None = None
     """The table it maps onto when the source names none (None: the source must name one)."""
     parser: tuple[str, str] | None = None
@@ -58,6 +60,13 @@ class FormatSpec:
 
 SPECS: tuple[FormatSpec, ...] = (
     # In the order the key rules are tried (the classic ELB rule last: it matches all ELBs).
+    # Parquet first: a .parquet object is never text, whichever layout its key follows (VPC
+    # flow logs in Parquet share the text ones' /vpcflowlogs/ layout, or use Hive-compatible
+    # prefixes: aws-service=vpcflowlogs/).
+    FormatSpec("vpcflow_parquet", "parquet", "AWSVPCFlow",
+               parser=("operators.formats.vpcflow", "VpcFlowParquetFormat"),
+               key=r"vpcflowlogs.*\.parquet(\.gz|\.zst)?$", key_flags=re.I),
+    FormatSpec("parquet", "parquet", key=r"\.parquet(\.gz|\.zst)?$", key_flags=re.I),
     FormatSpec("cloudtrail", "records", "AWSCloudTrail", key=r"/CloudTrail(-Insight)?/"),
     FormatSpec("vpcflow", table="AWSVPCFlow", parser=("operators.formats.vpcflow", "VpcFlowFormat"),
                key=r"/vpcflowlogs/", key_flags=re.I),
@@ -127,6 +136,8 @@ def detect(key: str, head: bytes = b"") -> str | None:
     for pattern, fmt in _KEY_RULES:
         if pattern.search(key):
             return fmt
+    if head.startswith(b"PAR1"):  # the magic number of Apache Parquet
+        return "parquet"
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if re.match(rb'\{\s*"Records"\s*:', text):
         return "cloudtrail"
@@ -146,7 +157,8 @@ def detect(key: str, head: bytes = b"") -> str | None:
 
 
 def framing_of(fmt: str) -> str:
-    """``records`` (CloudTrail's ``{"Records": [...]}``), ``array``, ``lines`` or ``documents``."""
+    """``records`` (CloudTrail's ``{"Records": [...]}``), ``array``, ``lines``, ``documents``
+    or ``parquet``."""
     spec = _BY_NAME.get(fmt)
     return spec.framing if spec is not None else "lines"
 

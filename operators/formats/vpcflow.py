@@ -40,6 +40,15 @@ service named ``region``). At least half rather than all, so a header naming fie
 than this list is still recognised. The header is the first line of an object; if several
 lines qualify, records are read against the first.
 
+Flow logs delivered as Apache Parquet (``vpcflow_parquet``, :class:`VpcFlowParquetFormat`)
+come as one record per row, a JSON object of the file's columns
+(:mod:`connectors.s3.parquet`). Their columns are the field names with ``_`` for ``-``
+(``account_id``, ``interface_id``, ``log_status``, ``pkt_src_aws_service``, ...: the
+Athena tables AWS documents for Parquet flow logs), typed as "Available fields" says
+(version, srcport, dstport, protocol, tcp-flags and traffic-path INT_32; packets, bytes,
+start and end INT_64; the rest STRING). A row is read into the same dict as the text record
+of the same flow, so both map through the same AWSVPCFlow columns.
+
 Sources: "Flow log records" and "Flow log record examples" in the Amazon VPC User Guide
 (https://docs.aws.amazon.com/vpc/latest/userguide/flow-log-records.html), and "Transit
 Gateway Flow Log records" in the Transit Gateways guide
@@ -57,7 +66,7 @@ import orjson
 from operators.formats import ParseError
 
 __all__ = ["DEFAULT_FIELDS", "FIELDS", "INT_FIELDS", "TGW_FIELDS", "VpcFlowFormat",
-           "parse_field_list"]
+           "VpcFlowParquetFormat", "parse_field_list"]
 
 DEFAULT_FIELDS = ("version", "account-id", "interface-id", "srcaddr", "dstaddr", "srcport",
                   "dstport", "protocol", "packets", "bytes", "start", "end", "action",
@@ -246,3 +255,64 @@ def _message(line: bytes) -> bytes:
         msg = 'a JSON line that is not {"message": "<flow log record>"}'
         raise ParseError(msg, "malformed")
     return message.encode()
+
+
+class VpcFlowParquetFormat:
+    """VPC Flow Logs delivered as Parquet: one row (a JSON object of the file's columns) per
+    record, read into the dict :class:`VpcFlowFormat` gives for the same flow: the AWS field
+    names (``account_id`` -> ``account-id``), numbers as ints, no value (null, or ``-`` in
+    a string column) left out. A column this module does not know is kept under its name
+    with ``-`` for ``_``, as the text format keeps an unknown field."""
+
+    name = "vpcflow_parquet"
+
+    def __init__(self) -> None:
+        self._names: dict[str, tuple[str, bool]] = {}
+
+    def is_header(self, line: bytes) -> bool:
+        """Rows have no header lines."""
+        return False
+
+    def _name(self, column: str) -> tuple[str, bool]:
+        got = self._names.get(column)
+        if got is None:
+            if len(self._names) >= 1024:  # column names of the files read; bounded anyway
+                self._names.clear()
+            name = column.replace("_", "-")
+            got = self._names[column] = (name, name in INT_FIELDS)
+        return got
+
+    def parse(self, line: bytes, header: tuple[bytes, ...]) -> dict[str, Any]:
+        """The fields of one row.
+
+        :raises ParseError: The row is not a JSON object, or a numeric field holds a value
+            that is not a whole number (a string column of digits is read as the number).
+        """
+        try:
+            row = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict):
+            msg = "not a Parquet row (a JSON object of its columns)"
+            raise ParseError(msg, "malformed")
+        rec: dict[str, Any] = {}
+        for column, value in row.items():
+            if value is None or value == "-":
+                continue
+            name, number = self._name(column)
+            if number and type(value) is not int:
+                value = _whole_number(name, value)
+            rec[name] = value
+        return rec
+
+
+def _whole_number(name: str, value: Any) -> int:
+    """A numeric field's value as an int: digits in a string column, or a float without a
+    fraction (a writer that stored the column as floating point)."""
+    if isinstance(value, str) and value.isdigit() and value.isascii():
+        return int(value)
+    if type(value) is float and value.is_integer():
+        return int(value)
+    shown = orjson.dumps(value)[:40].decode("utf-8", "replace")
+    msg = f"field {name!r} = {shown} is not a number"
+    raise ParseError(msg, "not_a_number")
