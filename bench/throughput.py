@@ -313,8 +313,10 @@ bucket_secs = 60
 
 def seed_vpc(s3: Any, objects: int, rows: int) -> tuple[int, int]:
     """VPC flow log objects shaped like a busy VPC's: a few hundred hosts talking to a few
-    dozen services, a few talkers carrying most flows (so flows repeat per minute), health checks from the load balancer's
-    subnet every few seconds, scans of SSH and RDP rejected. (rows, uncompressed bytes)."""
+    dozen services, a few talkers carrying most flows (so flows repeat per minute), health
+    checks from the load balancer's subnet, scans of SSH and RDP rejected.
+
+    :returns: (rows, uncompressed bytes)."""
     rng = random.Random(7)
     s3.create_bucket(Bucket=VPC_BUCKET)
     hosts = [f"10.0.{rng.randrange(8)}.{rng.randrange(1, 255)}" for _ in range(300)]

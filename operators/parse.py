@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import cast
 
 import orjson
@@ -136,7 +136,7 @@ class RecordMapper:
             return Row(res[0], rec.record_id, res[1], rec.obj.partition)
         return self._bounded(rec, res)  # type: ignore[arg-type,return-value]
 
-    def map_batch(self, records: list[RawRecord | ObjectEnd]) -> list[Rows | ErrorRecord]:
+    def map_batch(self, records: Sequence[RawRecord | ObjectEnd]) -> list[Rows | ErrorRecord]:
         """Map a batch of raw records; rows come out bundled per (stream, partition), in order.
 
         An :class:`~dataflow.core.messages.ObjectEnd` comes out as an end marker (an empty
@@ -203,7 +203,7 @@ class RecordMapper:
             if err is not None:
                 out.append(err)
 
-    def _run(self, records: list[RawRecord | ObjectEnd],
+    def _run(self, records: Sequence[RawRecord | ObjectEnd],
              start: int) -> tuple[int, _Route, list[bytes] | None]:
         """The run of records from ``start`` (one object, one header): where it ends, its
         route, and the rows the columnar path gives for it (``b""`` for a line it leaves to
@@ -216,8 +216,8 @@ class RecordMapper:
         end = start + 1
         while end < len(records):
             nxt = records[end]
-            if (type(nxt) is not RawRecord or nxt.obj is not obj  # type: ignore[union-attr]
-                    or (nxt.header is not header and nxt.header != header)):  # type: ignore[union-attr]
+            if (type(nxt) is not RawRecord or nxt.obj is not obj
+                    or (nxt.header is not header and nxt.header != header)):
                 break
             end += 1
         route = self._route(obj.source, obj.format or self._sources[obj.source].format)

@@ -289,7 +289,7 @@ class _Spec:
         self.target = target
 
     def exprs(self) -> list[pl.Expr]:
-        out = []
+        out: list[pl.Expr] = []
         for v in self.values:
             col = pl.col(v.column) if v.column != "*" else None
             if col is None:
