@@ -79,12 +79,16 @@ def sent_streams(cfg: Config, tables: Mapping[str, TableDef]) -> dict[str, dict[
             stream = tables[table].stream
             out.setdefault(routing.target(source, stream), {}).setdefault(stream, why)
 
-    routes = {t.table: [r.table for r in t.route] for t in cfg.transforms}
+    moved: dict[str, list[tuple[str, str]]] = {}  # table -> (table its rows go to, how)
+    for t in cfg.transforms:
+        moved.setdefault(t.table, []).extend(
+            [(r.table, "routed to") for r in t.route]
+            + [(a.table, "summarised into") for a in t.aggregate])
     for src in cfg.sources:
         for table in source_tables(src):
             add(src.name, table, f"source {src.name!r} -> {table}")
-            for routed in routes.get(table, ()):
-                add(src.name, routed, f"source {src.name!r} -> {table} -> routed to {routed}")
+            for other, how in moved.get(table, ()):
+                add(src.name, other, f"source {src.name!r} -> {table} -> {how} {other}")
         if cfg.enrich.enabled:  # findings follow the rows they are about
             add(src.name, FINDINGS_TABLE, f"enrich (findings of source {src.name!r})")
     if cfg.ops.health_table:

@@ -72,6 +72,27 @@ def test_a_stream_on_no_dcr_is_refused_with_its_key_path() -> None:
                               "App_CL) is on no DCR")
 
 
+def test_tables_transforms_write_must_be_on_a_dcr_of_the_target() -> None:
+    """Routed and summary tables are sent streams too, for every transform of a table."""
+    raw = _raw(tables=[
+        {"name": "App_CL", "columns": [{"name": "TimeGenerated", "type": "datetime"}]},
+        {"name": "Aux_CL", "columns": [{"name": "TimeGenerated", "type": "datetime"}]},
+        {"name": "Sum_CL", "columns": [{"name": "TimeGenerated", "type": "datetime"},
+                                       {"name": "EventName", "type": "string"},
+                                       {"name": "Events", "type": "long"}]}],
+        transforms=[{"table": "AWSCloudTrail", "route": [{"table": "Aux_CL", "where": "true"}]},
+                    {"table": "AWSCloudTrail", "aggregate": [{
+                        "table": "Sum_CL", "by": ["EventName"],
+                        "values": ["count(*) AS Events"]}]}])
+    problems = _problems(raw)
+    assert any("stream Custom-Aux_CL (source 'trail' -> AWSCloudTrail -> routed to Aux_CL)"
+               in p for p in problems), problems
+    assert any("stream Custom-Sum_CL (source 'trail' -> AWSCloudTrail -> summarised into "
+               "Sum_CL)" in p for p in problems), problems
+    raw["targets"][0]["dcrs"][0]["streams"] += ["Custom-Aux_CL", "Custom-Sum_CL"]
+    assert _problems(raw) == []
+
+
 def test_a_dcr_with_eleven_streams_is_refused() -> None:
     raw = _raw()
     raw["targets"][0]["dcrs"][0]["streams"] = [f"Custom-T{i}_CL" for i in range(11)]
