@@ -37,8 +37,8 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -51,12 +51,14 @@ from connectors.s3.records import UnreadableRecord, object_records
 from connectors.sentinel.sink import SentinelSink, _SentinelPartition
 from dataflow.config import Config, SourceConfig
 from dataflow.core import metrics
-from dataflow.core.messages import Batch, ErrorRecord, ObjectRef, RawRecord, Rows
+from dataflow.core.messages import Batch, ErrorRecord, ObjectRef, Partial, RawRecord, Rows, Settled
 from dataflow.keys import keyring_for
 from dataflow.tables import tables_for
 from dataflow.targets import Routing, credentials_for, targets_of
 from operators.formats.registry import text_format
 from operators.parse import RecordMapper
+from operators.tabledef import TableDef
+from operators.transform import Transformer
 
 __all__ = ["ReplaySummary", "parse_since", "replay"]
 
@@ -151,7 +153,7 @@ def replay(cfg: Config, *, since: float | None = None, stream: str | None = None
         client_for = functools.partial(_source_client, cfg)
     tables = tables_for(cfg)
     mapper = RecordMapper(cfg.sources, tables, cfg.batch.max_bytes)
-    rebuild = _Rebuilder(cfg, mapper, client_for, Routing(cfg, tables))
+    rebuild = _Rebuilder(cfg, mapper, client_for, Routing(cfg, tables), tables)
     journal = Ledger(rt.journal_dir, "replay", rt.journal_retention_secs,
                             keyring=keyring)
     summary = ReplaySummary(dry_run=dry_run)
@@ -265,7 +267,14 @@ class _Rebuilder:
     """Turns one dead-letter entry back into rows (or a new entry saying why not)."""
 
     def __init__(self, cfg: Config, mapper: RecordMapper,
-                 client_for: Callable[[SourceConfig], Any], routing: Routing) -> None:
+                 client_for: Callable[[SourceConfig], Any], routing: Routing,
+                 tables: Mapping[str, TableDef]) -> None:
+        # Rows mapped again go through the transforms as the flow's would (where, sample,
+        # route, drop), but for the summaries: their objects' summaries were sent already
+        # (under the ids a replay's would take), so a row an aggregate would take goes to
+        # its table as a row.
+        self._transformer = Transformer([replace(t, aggregate=[]) for t in cfg.transforms],
+                                        tables) if cfg.transforms else None
         self._cfg = cfg
         self._mapper = mapper
         self._client_for = client_for
@@ -299,15 +308,19 @@ class _Rebuilder:
 
     def _map(self, records: list[RawRecord]) -> _Work:
         work = _Work()
-        for item in self._mapper.map_batch(records):
+        mapped: list[Rows | ErrorRecord | Settled | Partial] = list(
+            self._mapper.map_batch(records))
+        if self._transformer is not None:  # no aggregate: no Partial comes out
+            mapped = [out for item in mapped for out in (
+                self._transformer.apply(item) if isinstance(item, Rows) else [item])]
+        for item in mapped:
             if isinstance(item, Rows):
                 source = item.partition.rpartition(":")[0]
                 target = self._routing.target(source, item.stream)
                 self.target_of.update(dict.fromkeys(item.record_ids, target))
                 work.rows.extend(zip([item.stream] * len(item.rows), item.record_ids, item.rows,
                                      strict=True))
-            else:
-                assert isinstance(item, ErrorRecord)
+            elif isinstance(item, ErrorRecord):
                 work.remaining.append(error_entry(item))
         return work
 

@@ -307,3 +307,48 @@ columns = [
     assert assumed == [{"RoleArn": role, "RoleSessionName": "s3sentinel",
                         "ExternalId": "replay-ext-7"}]
     assert [m for n, _, m in calls if n == "GetObject"] == ["assume-role"]
+
+
+def test_replayed_rows_go_through_the_transforms(tmp_path: Path) -> None:
+    """A record mapped again by replay is kept, dropped, routed or trimmed as the flow would;
+    a row an aggregate would take goes to its table as a row (the object's summaries were
+    sent already)."""
+    from dataflow.config import load_config
+    from dataflow.replay import _Rebuilder
+    from dataflow.tables import tables_for
+    from dataflow.targets import Routing
+    from operators.parse import RecordMapper
+
+    config = _config(tmp_path / "t.toml", fixed=True)
+    config.write_text(config.read_text() + """
+[[tables]]
+name = "Errors_CL"
+columns = [{ name = "TimeGenerated", type = "datetime" }, { name = "Message", type = "string" }]
+[[tables]]
+name = "Counts_CL"
+columns = [{ name = "TimeGenerated", type = "datetime" }, { name = "Rows", type = "long" }]
+[[transforms]]
+table = "AppEvents_CL"
+where = "Message <> 'noise'"
+route = [{ table = "Errors_CL", where = "Status = '500'" }]
+[[transforms.aggregate]]
+table = "Counts_CL"
+where = "Status = '204'"
+by = ["Message"]
+values = ["count(*) AS Rows"]
+""")
+    cfg = load_config(config, environ={}, need_target=False)
+    tables = tables_for(cfg)
+    rebuild = _Rebuilder(cfg, RecordMapper(cfg.sources, tables, cfg.batch.max_bytes),
+                         lambda src: None, Routing(cfg, tables), tables)
+
+    def entry(msg: str, status: int) -> dict:
+        data = orjson.dumps({"ts": "2026-11-28T10:00:00Z", "msg": msg, "status": status})
+        return {"stage": "map", "source": "app", "bucket": BUCKET, "key": "app/a.ndjson",
+                "etag": "e", "offset": 3, "data": data.decode(), "format": "ndjson"}
+
+    assert rebuild(entry("noise", 200)).rows == []  # dropped, as the flow drops it
+    ((stream, _, row),) = rebuild(entry("boom", 500)).rows
+    assert stream == "Custom-Errors_CL" and orjson.loads(row)["Message"] == "boom"
+    ((stream, _, row),) = rebuild(entry("fine", 204)).rows
+    assert stream == STREAM and orjson.loads(row)["Status"] == "204"
