@@ -5,9 +5,9 @@ Each run reads one object from a local file in 256 KiB chunks (as a streamed S3 
 through the connector's own path, ``object_records`` (decompress, detect, frame; for Parquet:
 spool, then rows in bounded slices) and ``RecordMapper.map_batch`` in batches of 2000 records
 (as the source hands them on), onto AWSVPCFlow; the flows are those of versions 2 to 5 (29
-fields, AWS's column names and types in Parquet). The text runs map on the line path; where
-this tree has the polars columnar path for text (``RecordMapper(columnar=...)``, issue 15 item
-3), a third run reports the text through it too. Every run is a fresh process on one CPU
+fields, AWS's column names and types in Parquet). Both map on the line path, then on the
+polars columnar path (``RecordMapper(columnar=...)``: Parquet flow log rows are handed on as
+the text records of the same flows, so the columnar path reads both). Every run is a fresh process on one CPU
 (``POLARS_MAX_THREADS=1``, CPU affinity), warmed up on a 2,000-row object of its kind, so
 its memory figures are its own: the peak resident memory of the read above what the process
 held before it (``VmHWM`` reset through ``/proc/self/clear_refs``), and Python's own heap
@@ -137,10 +137,10 @@ def child(kind: str, path: Path, rows: int, mode: str) -> dict[str, Any]:
     src = SourceConfig(name="vpc", bucket="bench", format="auto")
     # The text line path: with the polars columnar path for text (issue 15, item 3) where this
     # tree has it, only for the run that asks for it.
-    options = ({"columnar": kind == "text_columnar"} if COLUMNAR else {})
+    options = ({"columnar": kind.endswith("_columnar")} if COLUMNAR else {})
     mapper = RecordMapper([src], load_tables(), 1_000_000, **options)
+    kind = kind.removesuffix("_columnar")
     key = KEY_PARQUET if kind == "parquet" else KEY_TEXT
-    kind = "text" if kind == "text_columnar" else kind
 
     def chunks() -> Any:
         with path.open("rb") as fh:
@@ -229,9 +229,10 @@ def main() -> int:
             for kind, warm in objects(WARM_ROWS, Path(tmp)).items():
                 warm.rename(paths[kind].with_name(paths[kind].name.replace(f"-{n}.", "-warm.")))
             runs: dict[str, Any] = {}
-            for kind in ("text", "parquet", *(("text_columnar",) if COLUMNAR else ())):
+            for kind in ("text", "parquet", *(("text_columnar", "parquet_columnar")
+                                              if COLUMNAR else ())):
                 best: dict[str, Any] | None = None
-                path = paths["text" if kind == "text_columnar" else kind]
+                path = paths[kind.removesuffix("_columnar")]
                 for _ in range(args.repeat):
                     got = run_child(kind, path, n)
                     assert got["rows"] == n and got["bad"] == 0, got
@@ -245,11 +246,15 @@ def main() -> int:
             runs["whole_file_read_parquet"] = run_child("whole", paths["parquet"], n, "memory")
             runs["parquet_vs_text"] = round(runs["parquet"]["rows_per_s"]
                                             / runs["text"]["rows_per_s"], 2)
+            if "parquet_columnar" in runs:
+                runs["parquet_columnar_vs_text"] = round(
+                    runs["parquet_columnar"]["rows_per_s"] / runs["text"]["rows_per_s"], 2)
             figures["runs"][str(n)] = runs
             print(f"  {n:>7,} rows")
             for kind, label in (("text", "gzip text, line path"),
                                 ("parquet", "Parquet, row slices"),
-                                ("text_columnar", "gzip text, columnar")):
+                                ("text_columnar", "gzip text, columnar"),
+                                ("parquet_columnar", "Parquet, columnar")):
                 if kind not in runs:
                     continue
                 r = runs[kind]
@@ -259,7 +264,10 @@ def main() -> int:
             w = runs["whole_file_read_parquet"]
             print(f"    {'(pl.read_parquet whole)':<22} {'':>9}         {'':>6}      "
                   f"    peak RSS +{w['peak_rss_mb']:6.1f} MB   (decoding only)")
-            print(f"    Parquet / text: {runs['parquet_vs_text']}x")
+            print(f"    Parquet / text, line path: {runs['parquet_vs_text']}x"
+                  + (f"; Parquet columnar / text line path: "
+                     f"{runs['parquet_columnar_vs_text']}x" if "parquet_columnar" in runs
+                     else ""))
     if args.json:
         print(json.dumps(figures))
     return 0

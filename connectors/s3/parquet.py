@@ -30,7 +30,7 @@ import datetime
 import decimal
 import math
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
 import orjson
@@ -44,18 +44,22 @@ __all__ = ["MAGIC", "SLICE_BYTES", "SLICE_ROWS", "parquet_records"]
 MAGIC = b"PAR1"
 """The first and last four bytes of a Parquet file (``PARE``: encrypted footer)."""
 
-SLICE_ROWS = 2048
-"""Most rows read (decoded and encoded) at once. Encoding a slice as JSON takes about ten
-times its decoded size (a column of JSON members per column, then the rows), a few MB here;
-larger slices are no faster (``bench/parquet.py``)."""
+SLICE_ROWS = 8192
+"""Most rows read (decoded and encoded) at once. polars decodes a row group from its start
+to reach a slice, so small slices of a large row group (AWS's files often have one) cost
+that again and again: reading 1M VPC flow rows in row groups of 64k, one core, 2,048-row
+slices ~0.2M rows per CPU-second, 8,192 ~0.66M, 16,384 ~1.2M, 65,536 ~2.9M; peak RSS
+78, 111, 87 and 125 MB. Encoding a slice as JSON takes about ten times its decoded size."""
 
-SLICE_BYTES = 4 * 1024 * 1024
+SLICE_BYTES = 16 * 1024 * 1024
 """About the most decoded bytes read at once: wide rows make smaller slices."""
 
 FIRST_SLICE_ROWS = 1024
 """Rows of the first slice, which measures how large the rows are."""
 
 _Item = tuple[int, bytes, tuple[bytes, ...]] | UnreadableRecord
+Lines = Callable[[pl.DataFrame], tuple[bytes, list[bytes]]]
+"""A slice of rows as a text format's ``(header line, lines)``."""
 
 try:  # raised by polars (pyo3) for a panic in Rust; a BaseException, not an Exception
     from polars.exceptions import PanicException as _Panic
@@ -66,16 +70,20 @@ _FAILURES: tuple[type[BaseException], ...] = (Exception, _Panic)
 
 
 def parquet_records(chunks: Iterable[bytes], *, skip: int = 0,
-                    max_record_bytes: int, spool_dir: str | None = None) -> Iterator[_Item]:
+                    max_record_bytes: int, spool_dir: str | None = None,
+                    lines: Lines | None = None) -> Iterator[_Item]:
     """The rows of a Parquet object from row ``skip`` on, as records.
 
-    Yields ``(row index, row as JSON, ())`` and, for a row that cannot be handed on (larger
-    than ``max_record_bytes``, or holding a value that cannot be encoded), an
+    Yields ``(row index, row as JSON, ())`` (with ``lines``: ``(row index, the row's text
+    line, (header line,))``) and, for a row that cannot be handed on (larger than
+    ``max_record_bytes``, or holding a value that cannot be encoded), an
     :class:`UnreadableRecord` in its place. An empty object has no rows.
 
     :arg chunks: The object's decompressed bytes, in chunks (spooled to a temporary file
         in ``spool_dir``, default the system's temporary directory, deleted when the
         iterator ends or is dropped).
+    :arg lines: Turns a slice of rows into a format's text records, ``(header line,
+        lines)`` (VPC flow logs: the text format's, so both are read by the same code).
     :raises FramingError: Not a Parquet file, or corrupt or truncated (at the offset of the
         first row that could not be read).
     :raises ObjectReadError: The temporary file cannot be written (transient: the disk may
@@ -110,7 +118,7 @@ def parquet_records(chunks: Iterable[bytes], *, skip: int = 0,
                        f"{offset} on cannot be found")
                 raise FramingError(msg, offset)
             try:
-                items = _records(df, offset, max_record_bytes)
+                items = _records(df, offset, max_record_bytes, lines)
             except Exception as ex:  # a bug here must fail this object, never the flow
                 msg = f"unexpected error while reading rows: {type(ex).__name__}: {ex}"
                 raise FramingError(msg, offset) from ex
@@ -186,12 +194,30 @@ def _corrupt(what: str, ex: BaseException) -> str:
 # --------------------------------------------------------------------------- rows as JSON
 
 
-def _records(df: pl.DataFrame, offset: int, limit: int) -> list[_Item]:
+def _records(df: pl.DataFrame, offset: int, limit: int, lines: Lines | None) -> list[_Item]:
     out: list[_Item] = []
-    try:
-        rows: list[bytes | UnreadableRecord] = list(_fast_json(df))
-    except _FAILURES:  # a value polars cannot write as JSON: row by row, to find which
-        rows = _slow_json(df, offset)
+    header: tuple[bytes, ...] = ()
+    rows: list[bytes | UnreadableRecord]
+    if lines is not None:
+        try:
+            head, text = lines(df)
+            header, rows = (head,), list(text)
+        except _FAILURES:  # a value that cannot be text: row by row, to find which
+            rows = [_slow_json(df.slice(k, 1), offset + k)[0] for k in range(df.height)]
+            for k, row in enumerate(rows):
+                if not isinstance(row, UnreadableRecord):
+                    try:
+                        head, text = lines(df.slice(k, 1))
+                        header, rows[k] = (head,), text[0]
+                    except _FAILURES as ex:
+                        reason = f"row {offset + k} holds a value that cannot be read: {ex}"
+                        rows[k] = UnreadableRecord(offset + k, reason, "unreadable_value",
+                                                   row[:SAMPLE_BYTES], len(row))
+    else:
+        try:
+            rows = list(_fast_json(df))
+        except _FAILURES:  # a value polars cannot write as JSON: row by row, to find which
+            rows = _slow_json(df, offset)
     for i, data in enumerate(rows, offset):
         if isinstance(data, UnreadableRecord):
             out.append(data)
@@ -202,7 +228,7 @@ def _records(df: pl.DataFrame, offset: int, limit: int) -> list[_Item]:
             out.append(UnreadableRecord(i, reason, "record_too_large", data[:SAMPLE_BYTES],
                                         len(data)))
         else:
-            out.append((i, data, ()))
+            out.append((i, data, header))
     return out
 
 

@@ -32,7 +32,7 @@ from connectors.s3.objects import decompress
 from connectors.s3.parquet import parquet_records
 from dataflow.core.errors import TerminalError
 from operators.formats import TextFormat
-from operators.formats.registry import detect, expander_of, framing_of
+from operators.formats.registry import detect, expander_of, framing_of, lines_of
 
 __all__ = ["FormatUnknown", "Record", "UnreadableRecord", "framer_for", "object_records"]
 
@@ -107,7 +107,8 @@ def object_records(key: str, stored: Iterable[bytes], fmt: str, *, max_bytes: in
             raise FormatUnknown(msg)
         fmt = found
     if framing_of(fmt) == "parquet":  # random access to its footer: spooled, read by rows
-        return fmt, parquet_records(chunks, skip=skip, max_record_bytes=max_record_bytes)
+        return fmt, parquet_records(chunks, skip=skip, max_record_bytes=max_record_bytes,
+                                    lines=lines_of(fmt))
     return fmt, _records(chunks, fmt, parser_for(fmt), skip, max_record_bytes)
 
 

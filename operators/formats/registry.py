@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import importlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 from operators.formats import JSON_FORMATS, Expand, TextFormat
 from operators.formats.delimited import CsvFormat, DelimitedFormat
@@ -32,6 +33,7 @@ __all__ = [
     "detect",
     "expander_of",
     "framing_of",
+    "lines_of",
     "text_format",
 ]
 
@@ -56,6 +58,9 @@ class FormatSpec:
     key_flags: int = 0
     expand: tuple[str, str] | None = None
     """(module, function) of its :data:`~operators.formats.Expand` (``documents`` framing)."""
+    lines: tuple[str, str] | None = None
+    """(module, function) turning a slice of a ``parquet`` format's rows into its text
+    records: ``(header line, lines)``; None: each row is a record as a JSON object."""
 
 
 SPECS: tuple[FormatSpec, ...] = (
@@ -64,7 +69,8 @@ SPECS: tuple[FormatSpec, ...] = (
     # flow logs in Parquet share the text ones' /vpcflowlogs/ layout, or use Hive-compatible
     # prefixes: aws-service=vpcflowlogs/).
     FormatSpec("vpcflow_parquet", "parquet", "AWSVPCFlow",
-               parser=("operators.formats.vpcflow", "VpcFlowParquetFormat"),
+               parser=("operators.formats.vpcflow", "VpcFlowFormat"),
+               lines=("operators.formats.vpcflow", "parquet_lines"),
                key=r"vpcflowlogs.*\.parquet(\.gz|\.zst)?$", key_flags=re.I),
     FormatSpec("parquet", "parquet", key=r"\.parquet(\.gz|\.zst)?$", key_flags=re.I),
     FormatSpec("cloudtrail", "records", "AWSCloudTrail", key=r"/CloudTrail(-Insight)?/"),
@@ -161,6 +167,17 @@ def framing_of(fmt: str) -> str:
     or ``parquet``."""
     spec = _BY_NAME.get(fmt)
     return spec.framing if spec is not None else "lines"
+
+
+def lines_of(fmt: str) -> Callable[[Any], tuple[bytes, list[bytes]]] | None:
+    """The function that turns a slice of a ``parquet`` format's rows into text records
+    (see :attr:`FormatSpec.lines`); None when its rows are JSON records."""
+    spec = _BY_NAME.get(fmt)
+    if spec is None or spec.lines is None:
+        return None
+    module, func = spec.lines
+    return cast("Callable[[Any], tuple[bytes, list[bytes]]]",
+                getattr(importlib.import_module(module), func))
 
 
 def expander_of(fmt: str) -> Expand:

@@ -40,14 +40,14 @@ service named ``region``). At least half rather than all, so a header naming fie
 than this list is still recognised. The header is the first line of an object; if several
 lines qualify, records are read against the first.
 
-Flow logs delivered as Apache Parquet (``vpcflow_parquet``, :class:`VpcFlowParquetFormat`)
-come as one record per row, a JSON object of the file's columns
-(:mod:`connectors.s3.parquet`). Their columns are the field names with ``_`` for ``-``
-(``account_id``, ``interface_id``, ``log_status``, ``pkt_src_aws_service``, ...: the
-Athena tables AWS documents for Parquet flow logs), typed as "Available fields" says
-(version, srcport, dstport, protocol, tcp-flags and traffic-path INT_32; packets, bytes,
-start and end INT_64; the rest STRING). A row is read into the same dict as the text record
-of the same flow, so both map through the same AWSVPCFlow columns.
+Flow logs delivered as Apache Parquet (``vpcflow_parquet``) are read by rows
+(:mod:`connectors.s3.parquet`) and handed on as the text records of the same flows
+(:func:`parquet_lines`), with a header line of their columns: the field names with ``_``
+for ``-`` (``account_id``, ``interface_id``, ``log_status``, ``pkt_src_aws_service``,
+...: the Athena tables AWS documents for Parquet flow logs), typed as "Available fields"
+says (version, srcport, dstport, protocol, tcp-flags and traffic-path INT_32; packets,
+bytes, start and end INT_64; the rest STRING). So both map through the same AWSVPCFlow
+columns, by the same code.
 
 Sources: "Flow log records" and "Flow log record examples" in the Amazon VPC User Guide
 (https://docs.aws.amazon.com/vpc/latest/userguide/flow-log-records.html), and "Transit
@@ -62,11 +62,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
+import polars as pl
 
 from operators.formats import ParseError
 
 __all__ = ["DEFAULT_FIELDS", "FIELDS", "INT_FIELDS", "TGW_FIELDS", "VpcFlowFormat",
-           "VpcFlowParquetFormat", "parse_field_list"]
+           "parquet_lines", "parse_field_list"]
 
 DEFAULT_FIELDS = ("version", "account-id", "interface-id", "srcaddr", "dstaddr", "srcport",
                   "dstport", "protocol", "packets", "bytes", "start", "end", "action",
@@ -257,62 +258,33 @@ def _message(line: bytes) -> bytes:
     return message.encode()
 
 
-class VpcFlowParquetFormat:
-    """VPC Flow Logs delivered as Parquet: one row (a JSON object of the file's columns) per
-    record, read into the dict :class:`VpcFlowFormat` gives for the same flow: the AWS field
-    names (``account_id`` -> ``account-id``), numbers as ints, no value (null, or ``-`` in
-    a string column) left out. A column this module does not know is kept under its name
-    with ``-`` for ``_``, as the text format keeps an unknown field."""
+def parquet_lines(frame: pl.DataFrame) -> tuple[bytes, list[bytes]]:
+    """A slice of a Parquet flow log as the text format's header line and one line per row,
+    so that its rows are read (and mapped, on the columnar path too) as the text records of
+    the same flows are: the column names with ``-`` for ``_`` (``account_id`` ->
+    ``account-id``; a column this module does not know is kept under that name, as the text
+    format keeps an unknown field), numbers as digits (a float without a fraction, from a
+    writer that stored a number column as floating point, as its whole number), no value
+    (null or an empty string) as ``-``.
 
-    name = "vpcflow_parquet"
+    A value with whitespace in it cannot be one field of a line: its row gets a field count
+    the header does not have, an error record with the reason (AWS writes none: ids,
+    addresses, names without spaces).
 
-    def __init__(self) -> None:
-        self._names: dict[str, tuple[str, bool]] = {}
-
-    def is_header(self, line: bytes) -> bool:
-        """Rows have no header lines."""
-        return False
-
-    def _name(self, column: str) -> tuple[str, bool]:
-        got = self._names.get(column)
-        if got is None:
-            if len(self._names) >= 1024:  # column names of the files read; bounded anyway
-                self._names.clear()
-            name = column.replace("_", "-")
-            got = self._names[column] = (name, name in INT_FIELDS)
-        return got
-
-    def parse(self, line: bytes, header: tuple[bytes, ...]) -> dict[str, Any]:
-        """The fields of one row.
-
-        :raises ParseError: The row is not a JSON object, or a numeric field holds a value
-            that is not a whole number (a string column of digits is read as the number).
-        """
-        try:
-            row = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            row = None
-        if not isinstance(row, dict):
-            msg = "not a Parquet row (a JSON object of its columns)"
-            raise ParseError(msg, "malformed")
-        rec: dict[str, Any] = {}
-        for column, value in row.items():
-            if value is None or value == "-":
-                continue
-            name, number = self._name(column)
-            if number and type(value) is not int:
-                value = _whole_number(name, value)
-            rec[name] = value
-        return rec
-
-
-def _whole_number(name: str, value: Any) -> int:
-    """A numeric field's value as an int: digits in a string column, or a float without a
-    fraction (a writer that stored the column as floating point)."""
-    if isinstance(value, str) and value.isdigit() and value.isascii():
-        return int(value)
-    if type(value) is float and value.is_integer():
-        return int(value)
-    shown = orjson.dumps(value)[:40].decode("utf-8", "replace")
-    msg = f"field {name!r} = {shown} is not a number"
-    raise ParseError(msg, "not_a_number")
+    :raises Exception: A value that cannot be text (bytes that are not UTF-8).
+    """
+    names = [c.replace("_", "-") for c in frame.columns]
+    cols = []
+    for column, dtype in frame.schema.items():
+        col = pl.col(column)
+        if dtype.is_float():
+            text = pl.when(col.is_finite() & (col == col.floor())).then(
+                col.cast(pl.Int64, strict=False).cast(pl.String)).otherwise(col.cast(pl.String))
+        else:
+            text = col.cast(pl.String)  # bytes that are not UTF-8 raise
+        text = text.str.replace_all(r"[\r\n]", " ")  # one line per row, whatever a value holds
+        cols.append(pl.when(text.is_null() | (text == "")).then(pl.lit("-")).otherwise(text))
+    if not cols:
+        return b"", [b""] * frame.height
+    lines = frame.select(pl.concat_str(cols, separator=" ").alias("l"))["l"]
+    return " ".join(names).encode(), lines.str.join("\n").item().encode().split(b"\n")

@@ -29,7 +29,7 @@ from dataflow.config import SourceConfig, TableColumnConfig, TableConfig
 from dataflow.core.messages import ErrorRecord, ObjectRef, RawRecord, Rows
 from operators.formats import JSON_FORMATS
 from operators.formats.registry import DEFAULT_TABLES, detect, framing_of, text_format
-from operators.formats.vpcflow import FIELDS, INT_FIELDS, VpcFlowParquetFormat
+from operators.formats.vpcflow import FIELDS, INT_FIELDS, VpcFlowFormat
 from operators.parse import RecordMapper
 from operators.schema import load_tables
 
@@ -137,7 +137,7 @@ def mapped(fmt: str, key: str, data: bytes, table: str | None = None,
 def test_the_formats_are_declared_and_detected() -> None:
     assert DEFAULT_TABLES["vpcflow_parquet"] == "AWSVPCFlow" and "parquet" not in DEFAULT_TABLES
     assert framing_of("vpcflow_parquet") == framing_of("parquet") == "parquet"
-    assert isinstance(text_format("vpcflow_parquet"), VpcFlowParquetFormat)
+    assert isinstance(text_format("vpcflow_parquet"), VpcFlowFormat)  # read as text
     assert "parquet" in JSON_FORMATS and text_format("parquet") is None  # rows map as JSON
     assert detect(HIVE_KEY) == "vpcflow_parquet"  # Hive-compatible prefixes
     assert detect(HIVE_KEY.replace("aws-account-id=", "").replace("aws-service=", "")) \
@@ -152,7 +152,7 @@ def test_decompress_leaves_parquet_alone_and_unwraps_gzipped_parquet() -> None:
     data = parquet_object(flows(50))
     assert data[:4] == b"PAR1"
     assert b"".join(decompress([data[:3], data[3:]], max_bytes=1 << 30)) == data
-    assert frame(gzip.compress(data), key="x/flows.parquet.gz") == frame(data)
+    assert frame(gzip.compress(data), key="x/flows.parquet.gz") == frame(data, key="x/flows.parquet")
 
 
 # --------------------------------------------------------------------------- VPC flow logs
@@ -172,15 +172,20 @@ def test_vpc_flow_parquet_rows_equal_the_text_rows_of_the_same_flows() -> None:
     assert all(type(r["Bytes"]) is int for r in pq_rows if "Bytes" in r)
 
 
-def test_a_row_is_the_flows_fields_as_the_text_parser_gives_them() -> None:
-    row = frame(parquet_object(flows(1)))[0]
-    assert row[0] == 0 and row[2] == ()
-    fields = orjson.loads(row[1])
-    assert {"account_id", "interface_id", "log_status", "srcport"} <= set(fields)
-    assert None not in fields.values()  # nulls are left out of the record
-    parsed = VpcFlowParquetFormat().parse(row[1], ())
-    assert parsed["account-id"] == ACCT and type(parsed["srcport"]) is int
-    assert "log_status" not in parsed and parsed["log-status"] == "OK"
+def test_a_row_is_the_flows_text_line_under_a_header_of_its_columns() -> None:
+    """VPC flow Parquet rows are handed on as the text records of the same flows (so the
+    text format's code, columnar path included, reads both)."""
+    sample = flows(3)
+    sample[1]["srcport"] = None
+    offset, line, header = frame(parquet_object(sample), key=HIVE_KEY)[1]
+    assert offset == 1 and len(header) == 1
+    names = header[0].decode().split()
+    assert {"account-id", "interface-id", "log-status", "srcport"} <= set(names)
+    values = dict(zip(names, line.decode().split(" "), strict=True))
+    assert values["srcport"] == "-"  # no value, as the text format writes it
+    parsed = VpcFlowFormat().parse(line, header)
+    assert parsed["account-id"] == ACCT and "srcport" not in parsed
+    assert type(parsed["dstport"]) is int and parsed["log-status"] == "OK"
 
 
 def test_a_value_that_does_not_fit_its_column_fails_that_row_only() -> None:
@@ -191,7 +196,7 @@ def test_a_value_that_does_not_fit_its_column_fails_that_row_only() -> None:
         sample, srcport=pl.Series(ports, dtype=pl.String)))
     assert len(rows) == 29
     assert [(e.offset, e.stage, e.code) for e in errors] == [(7, "parse", "not_a_number")]
-    assert orjson.loads(errors[0].data)["srcport"] == "http"  # the row, readable, kept
+    assert b" http " in errors[0].data and errors[0].header  # the row, readable, kept
     assert "srcport" in errors[0].reason
 
 
@@ -414,3 +419,16 @@ def test_a_source_resumes_mid_object_and_fails_a_corrupt_one_alone(
     assert (b[0].stage, b[0].offset, b[0].code) == ("read", 0, "object_unreadable")
     assert "truncated Parquet file" in b[0].reason
     assert {i.obj.format for i in items} == {"vpcflow_parquet"}
+
+
+def test_vpc_flow_parquet_takes_the_columnar_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    from operators.columnar import VpcFlowColumns
+
+    taken: list[int] = []
+    real = VpcFlowColumns.map_run
+    monkeypatch.setattr(VpcFlowColumns, "map_run",
+                        lambda self, lines, *a: taken.append(len(lines)) or real(self, lines, *a))
+    sample = flows(3000)
+    rows, errors, _ = mapped("auto", HIVE_KEY, parquet_object(sample, row_group_size=1000))
+    assert errors == [] and len(rows) == 3000
+    assert sum(taken) == 3000  # every row mapped by polars
