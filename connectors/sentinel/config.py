@@ -22,6 +22,7 @@ __all__ = [
     "MAX_BYTES_PER_MIN",
     "MAX_REQUESTS_PER_MIN",
     "MAX_STREAMS_PER_DCR",
+    "Client",
     "Credential",
     "DcrConfig",
     "SentinelConfig",
@@ -38,6 +39,9 @@ DEFAULT_TARGET = "default"
 """The target of a config with no ``[[targets]]`` (the ``[sentinel]`` endpoint and rule)."""
 
 Credential = Literal["default", "managed_identity", "workload_identity", "service_principal"]
+Client = Literal["lean", "sdk"]
+"""How requests are sent (see :mod:`connectors.sentinel.service`)."""
+CLIENTS: tuple[Client, ...] = ("lean", "sdk")
 
 _DCR_ID = re.compile(r"^dcr-[0-9a-f]{32}$")
 _STREAM = re.compile(r"^Custom-[A-Za-z0-9_]{1,100}$")
@@ -182,6 +186,11 @@ class SentinelConfig:
     """Longest single back-off (a Retry-After from the service is honoured even if longer)."""
     gzip_level: int = 1
     """Request body gzip level (1 is ~10x faster than 6 at ~30% more bytes)."""
+    client: Client = "sdk"
+    """``sdk``: through the official ``LogsIngestionClient``; ``lean``: the official
+    credential gives the token, the request is one POST on a pooled connection (~0.65-0.9 ms
+    less CPU per request).
+    The same retries, timeouts, TLS trust, proxies and error mapping either way."""
 
     def validate(self, problems: list[str], where: str = "sentinel") -> None:
         """Append what is wrong with this section to ``problems``."""
@@ -195,6 +204,9 @@ class SentinelConfig:
                             "bundle of the CAs that sign the endpoint's certificate)")
         if not 0 <= self.gzip_level <= 9:
             problems.append(f"{where}.gzip_level: must be 0..9")
+        if self.client not in CLIENTS:
+            problems.append(f"{where}.client: {self.client!r} is not one of "
+                            f"{', '.join(map(repr, CLIENTS))}")
 
     def legacy_target(self) -> TargetConfig | None:
         """The one target of the single-DCR form (its DCR carries every stream: ``streams``

@@ -28,8 +28,10 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelEmula
         yield em
 
 
-@pytest.fixture
-def cfg(emulator: SentinelEmulator, monkeypatch: pytest.MonkeyPatch) -> SentinelConfig:
+@pytest.fixture(params=["lean", "sdk"])
+def cfg(emulator: SentinelEmulator, monkeypatch: pytest.MonkeyPatch,
+        request: pytest.FixtureRequest) -> SentinelConfig:
+    """The sink's settings, once with each client (``[sentinel] client``)."""
     for var in ("IDENTITY_SERVER_THUMBPRINT", "IMDS_ENDPOINT", "MSI_ENDPOINT", "MSI_SECRET"):
         monkeypatch.delenv(var, raising=False)
     for key, value in emulator.client_env().items():
@@ -37,7 +39,7 @@ def cfg(emulator: SentinelEmulator, monkeypatch: pytest.MonkeyPatch) -> Sentinel
     emulator.reset()
     return SentinelConfig(endpoint=emulator.endpoint, rule_id=RULE, credential="managed_identity",
                           ca_file=emulator.ca_file, retry_max_secs=20, retry_base_secs=0.01,
-                          retry_cap_secs=0.05)
+                          retry_cap_secs=0.05, client=request.param)
 
 
 class Sleeps(list):

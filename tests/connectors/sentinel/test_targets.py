@@ -37,15 +37,16 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelEmula
         yield em
 
 
-@pytest.fixture
-def settings(emulator: SentinelEmulator, monkeypatch: pytest.MonkeyPatch) -> SentinelConfig:
+@pytest.fixture(params=["lean", "sdk"])
+def settings(emulator: SentinelEmulator, monkeypatch: pytest.MonkeyPatch,
+             request: pytest.FixtureRequest) -> SentinelConfig:
     for var in ("IDENTITY_SERVER_THUMBPRINT", "IMDS_ENDPOINT", "MSI_ENDPOINT", "MSI_SECRET"):
         monkeypatch.delenv(var, raising=False)
     for key, value in emulator.client_env().items():
         monkeypatch.setenv(key, value)
     emulator.reset()
     return SentinelConfig(ca_file=emulator.ca_file, retry_max_secs=30, retry_base_secs=0.01,
-                          retry_cap_secs=0.05)
+                          retry_cap_secs=0.05, client=request.param)
 
 
 def _target(name: str, client: str, em: SentinelEmulator, *dcrs: tuple[str, str]) -> TargetConfig:
