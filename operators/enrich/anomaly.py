@@ -184,7 +184,8 @@ class AnomalyConfig:
     max_agents: int = 16
     max_apis: int = 160
     max_principals: int = 256
-    """Pair-table caps per entity (beyond them the least used entries are evicted)."""
+    """Pair-table caps per entity: a table may grow a quarter over its cap, then its least
+    used entries are evicted down to three quarters of it (in bulk, so rarely)."""
     entity_kinds: tuple[str, ...] = KINDS
     critical_apis: frozenset[str] = _CRITICAL
     """``source:EventName`` (source without .amazonaws.com) alarming alone while rare."""
@@ -280,7 +281,7 @@ def principal_of(row: Mapping[str, Any]) -> str | None:
         p = _principal_cache.get(arn)
         if p is None:
             head, _, session = arn.rpartition("/")
-            p = head + "/*" if _MACHINE.search(session) or session.startswith("i-") else arn
+            p = head + "/*" if session.startswith("i-") or _MACHINE.search(session) else arn
             if len(_principal_cache) >= _CACHE_MAX:
                 _principal_cache.clear()
             _principal_cache[arn] = p
@@ -359,8 +360,10 @@ _KIND_RANK = {"ip": 0, "principal": 1, "account": 2, "key": 3}
 the first (the IP, then the principal, the account, the access key)."""
 
 
-def _view(row: Mapping[str, Any], ts: float, cfg: AnomalyConfig) -> _View:
-    """The view of one row at event time ``ts``."""
+def _view(row: Mapping[str, Any], ts: float, cfg: AnomalyConfig,
+          who: str | None = None) -> _View:
+    """The view of one row at event time ``ts`` (``who``: its :func:`principal_of`, when
+    the caller made it already)."""
     g = row.get
     ip = g("SourceIpAddress") or ""
     net, is_ip = _ip_view(ip) if ip else ("", False)
@@ -379,9 +382,10 @@ def _view(row: Mapping[str, Any], ts: float, cfg: AnomalyConfig) -> _View:
         if len(views) < _CACHE_MAX:
             views[(acct, region)] = account
     api, name, tier, data = api_view
-    arn = g("UserIdentityArn")
-    principal = arn if arn and ":assumed-role/" not in arn else principal_of(row)
-    return (ts, principal, ip, net, is_ip, agent_family(ua) if ua else "", ua, api, name,
+    if who is None:
+        arn = g("UserIdentityArn")
+        who = arn if arn and ":assumed-role/" not in arn else principal_of(row)
+    return (ts, who, ip, net, is_ip, agent_family(ua) if ua else "", ua, api, name,
             tier, data, g("ErrorCode") or None, account, g("UserIdentityType") == "Root")
 
 
@@ -576,8 +580,20 @@ class EntityState:
         for i in idx:
             ev = views[i]
             ts = ev[0]
-            n, warm = self._tick(ev, bs, warm_n, warm_secs)
+            if self.n == 0:  # _tick, inlined: once per row and entity
+                self.first_ts = self.last_ts = ts
+            if int(ts // bs) > self.bucket:
+                self._roll(int(ts // bs))
             cur = self.cur
+            cur[0] += 1
+            if ev[11]:
+                cur[1] += 1
+            if ev[10]:
+                cur[2] += 1
+            n = self.n = self.n + 1
+            if ts > self.last_ts:
+                self.last_ts = ts
+            warm = n > warm_n and ts - self.first_ts >= warm_secs
             _, _, ip, net, _, agent, ua, api, _, tier, _, _, _, _ = ev
             ie = ae = None
             net_new = ip_new = agent_new = False
@@ -586,7 +602,7 @@ class EntityState:
                     t_net = pairs["net"] = {}
                 e = t_net.get(net)
                 if e is None:
-                    if len(t_net) >= max_net:
+                    if len(t_net) >= max_net + (max_net >> 2):  # amortised: a quarter over, then half go
                         _evict(t_net, max_net)
                     t_net[net] = (1, ts, ts, 0)
                     net_new = True
@@ -596,7 +612,7 @@ class EntityState:
                     t_ip = pairs["ip"] = {}
                 ie = t_ip.get(ip)
                 if ie is None:
-                    if len(t_ip) >= max_ip:
+                    if len(t_ip) >= max_ip + (max_ip >> 2):  # amortised: a quarter over, then half go
                         _evict(t_ip, max_ip)
                     # 2: its network was new too; 1: new, but a known address elsewhere
                     ie = t_ip[ip] = (1, ts, ts, 0 if not net_new else 1 if known and known[i]
@@ -609,7 +625,7 @@ class EntityState:
                     t_agent = pairs["agent"] = {}
                 ae = t_agent.get(agent)
                 if ae is None:
-                    if len(t_agent) >= max_agent:
+                    if len(t_agent) >= max_agent + (max_agent >> 2):  # amortised, as above
                         _evict(t_agent, max_agent)
                     ae = t_agent[agent] = (1, ts, ts, 0)
                     agent_new = True
@@ -619,7 +635,7 @@ class EntityState:
                 t_api = pairs["api"] = {}
             pe = t_api.get(api)
             if pe is None:
-                if len(t_api) >= max_api:
+                if len(t_api) >= max_api + (max_api >> 2):  # amortised: a quarter over, then half go
                     _evict(t_api, max_api)
                 pe = t_api[api] = (1, ts, ts, 0)
                 api_new = True
@@ -694,7 +710,20 @@ class EntityState:
         for i in idx:
             ev = views[i]
             ts = ev[0]
-            n, warm = self._tick(ev, bs, warm_n, warm_secs)
+            if self.n == 0:  # _tick, inlined: once per row and entity
+                self.first_ts = self.last_ts = ts
+            if int(ts // bs) > self.bucket:
+                self._roll(int(ts // bs))
+            cur = self.cur
+            cur[0] += 1
+            if ev[11]:
+                cur[1] += 1
+            if ev[10]:
+                cur[2] += 1
+            n = self.n = self.n + 1
+            if ts > self.last_ts:
+                self.last_ts = ts
+            warm = n > warm_n and ts - self.first_ts >= warm_secs
             principal = ev[1]
             parts: list[tuple[float, str]] = []
             if principal:
@@ -702,7 +731,7 @@ class EntityState:
                     t = pairs["principal"] = {}
                 e = t.get(principal)
                 if e is None:
-                    if len(t) >= cap:
+                    if len(t) >= cap + (cap >> 2):
                         _evict(t, cap)
                     e = t[principal] = (1, ts, ts, int(ev[13]))
                     new = True
@@ -906,8 +935,10 @@ class EntityState:
 
 
 def _evict(t: dict[str, Any], cap: int) -> None:
-    """Drop the least used quarter of a full pair table (ties: the least recently seen,
-    then the first inserted)."""
+    """Drop the least used entries of a pair table down to three quarters of its cap (ties:
+    the least recently seen, then the first inserted). Tables are let grow a quarter over
+    their cap first, so that each eviction drops half the cap: one sort per cap / 2 new
+    values, not per cap / 4 (tables of new addresses fill up all the time)."""
     entries, keys = t.values(), list(t)
     counts, lasts = list(map(_COUNT, entries)), list(map(_LAST, entries))
     # (count, last seen, position) order as two stable sorts on plain numbers: compared in
@@ -977,7 +1008,8 @@ class AnomalyScorer:
         self.config = config or DEFAULT_CONFIG
         self.evicted = 0
         """Entities dropped (with their baselines) to stay within ``max_entities``."""
-        self._entities: OrderedDict[str, EntityState] = OrderedDict()
+        self._entities: OrderedDict[str, EntityState | bytes] = OrderedDict()
+        """Live entities, and those idle since the last :meth:`pack` as its bytes."""
 
     def __len__(self) -> int:
         """Entities with state."""
@@ -996,22 +1028,33 @@ class AnomalyScorer:
         return self._score_one(row, _view(row, ts, self.config))
 
     def score_many(self, rows: Sequence[Mapping[str, Any]],
-                   times: Sequence[float | None] | None = None) -> list[Score]:
+                   times: Sequence[float | None] | None = None,
+                   principals: Sequence[str | None] | None = None) -> list[Score]:
         """:meth:`score` for each of ``rows`` in order, with the same results, for the cost of
         one pass over the rows and one call per entity: the rows are grouped by entity, and
         each entity learns from its rows in one go.
 
+        At the ``max_entities`` cap, the least recently seen entities are evicted in bulk
+        before the batch (down to a sixteenth of the cap below what the batch may add), not
+        one per new entity: which entities go may then differ from :meth:`score` row by row,
+        never the scores of the entities kept.
+
         :arg times: Event times in epoch seconds, one per row (None: the row's TimeGenerated).
+        :arg principals: Each row's :func:`principal_of` (``""`` for none), when the caller
+            made it already (the flow shards rows by it).
         """
         cfg = self.config
         kinds = cfg.entity_kinds
         want_ip = "ip" in kinds
         n = len(rows)
         ents = self._entities
-        if len(ents) + 4 * n > cfg.max_entities:  # four entities a row at most
-            # Entities may be evicted on the way: row by row, so the same ones go as they would.
-            return [self.score(row, None if times is None else times[i])
-                    for i, row in enumerate(rows)]
+        cap = cfg.max_entities
+        if len(ents) + 4 * n > cap:  # four entities a row at most
+            keep = cap - 4 * n - cap // 16
+            if keep < cap // 2:  # a batch of the order of the cap: row by row
+                return [self.score(row, None if times is None else times[i])
+                        for i, row in enumerate(rows)]
+            self._evict_to(keep)
         out: list[Score | None] = [None] * n
         views: list[Any] = [None] * n
         first_key: list[str | None] = [None] * n  # the key of each row's first entity
@@ -1023,7 +1066,7 @@ class AnomalyScorer:
                 if ts is None:
                     out[i] = Score(0.0, ("no usable TimeGenerated: not scored",), "")
                     continue
-            ev = views[i] = _view(row, ts, cfg)
+            ev = views[i] = _view(row, ts, cfg, None if principals is None else principals[i])
             keys = _keys(ev, row, kinds)
             for key in keys:
                 g = groups.get(key)
@@ -1041,11 +1084,15 @@ class AnomalyScorer:
             for key, idx in groups.items():
                 if want_ip and key.startswith("ip:") is not ips:
                     continue
-                st = ents.get(key)
-                if st is None:  # no eviction: there is room for every entity of the batch
+                got = ents.get(key)
+                if got is None:  # no eviction: there is room for every entity of the batch
                     st = ents[key] = EntityState(key, cfg)
                     created = True
                 else:
+                    if isinstance(got, bytes):  # idle since the last snapshot: kept packed
+                        st = ents[key] = EntityState.unpack(key, got, cfg)
+                    else:
+                        st = got
                     ents.move_to_end(key)
                     created = False
                 states[key] = st
@@ -1098,13 +1145,17 @@ class AnomalyScorer:
         hits: list[tuple[int, str, list[tuple[float, str]]]] = []
         found: list[tuple[int, list[tuple[float, str]]]] = []
         for key in keys:
-            st = ents.get(key)
-            if st is None:
+            got = ents.get(key)
+            if got is None:
                 st = ents[key] = EntityState(key, cfg)
                 if len(ents) > cfg.max_entities:
                     ents.popitem(last=False)
                     self.evicted += 1
             else:
+                if isinstance(got, bytes):  # idle since the last snapshot: kept packed
+                    st = ents[key] = EntityState.unpack(key, got, cfg)
+                else:
+                    st = got
                 ents.move_to_end(key)
                 if st.kind == "ip":  # an address in use for days is not a stranger's
                     known[0] = (st.n > cfg.warmup_events
@@ -1124,23 +1175,59 @@ class AnomalyScorer:
             z = first.zero = Score(0.0, (), first.key)
         return z
 
+    def _evict_to(self, keep: int) -> None:
+        """Evict the least recently seen entities down to ``keep`` (at least 0)."""
+        ents = self._entities
+        gone = len(ents) - max(0, keep)
+        if gone > 0:
+            pop = ents.popitem
+            for _ in range(gone):
+                pop(last=False)
+            self.evicted += gone
+
+    def _live(self, key: str) -> EntityState | None:
+        got = self._entities.get(key)
+        if isinstance(got, bytes):
+            st = self._entities[key] = EntityState.unpack(key, got, self.config)
+            return st
+        return got
+
     def entity(self, key: str) -> EntityState | None:
         """The state of one entity (without refreshing its recency), or None."""
-        return self._entities.get(key)
+        return self._live(key)
 
     def snapshot(self) -> dict[str, Any]:
         """Every entity's state as plain JSON-able data, least recently seen first."""
-        return {"version": SNAPSHOT_VERSION, "bucket_secs": self.config.bucket_secs,
+        cfg = self.config
+        return {"version": SNAPSHOT_VERSION, "bucket_secs": cfg.bucket_secs,
                 "evicted": self.evicted,
-                "entities": [[k, st.snapshot()] for k, st in self._entities.items()]}
+                "entities": [[k, (EntityState.unpack(k, st, cfg) if isinstance(st, bytes)
+                                  else st).snapshot()]
+                             for k, st in self._entities.items()]}
 
     def pack(self) -> dict[str, Any]:
         """What recovery snapshots hold: :meth:`snapshot` with each entity as
         :meth:`EntityState.pack` bytes (``packed`` instead of ``entities``); :meth:`restore`
-        takes either."""
+        takes either.
+
+        An entity that learnt nothing since the previous pack is from then on kept as these
+        bytes only (unpacked again when it next sees a row): entities seen once, or long ago,
+        cost the few hundred bytes of their packed state in memory, not the kilobytes of
+        their live tables."""
+        ents = self._entities
+        out = []
+        for k, st in ents.items():
+            if isinstance(st, bytes):
+                out.append((k, st))
+                continue
+            b = st.packed
+            if b is not None:  # unchanged since the last pack: keep the bytes only
+                ents[k] = b
+            else:
+                b = st.pack()
+            out.append((k, b))
         return {"version": SNAPSHOT_VERSION, "bucket_secs": self.config.bucket_secs,
-                "evicted": self.evicted,
-                "packed": [(k, st.pack()) for k, st in self._entities.items()]}
+                "evicted": self.evicted, "packed": out}
 
     def restore(self, snapshot: Mapping[str, Any] | None) -> None:
         """Replace the state with a :meth:`snapshot` or :meth:`pack` (None: start empty).

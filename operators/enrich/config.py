@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["EnrichConfig"]
+__all__ = ["DEFAULT_MAX_ENTITIES", "EnrichConfig"]
+
+DEFAULT_MAX_ENTITIES = 128_000
+"""Entities kept per flow process by default (a few hundred MB of state at most)."""
 
 
 @dataclass(frozen=True)
@@ -30,8 +33,14 @@ class EnrichConfig:
     """Batch age of critical, intel-matching and anomalous rows and of findings."""
     shards: int = 64
     """Principal hash shards of the stateful anomaly/sequence step."""
-    max_entities_per_shard: int = 20_000
-    """Entities (and principals) kept per shard; the least recently seen go first."""
+    max_entities: int = DEFAULT_MAX_ENTITIES
+    """Anomaly entities, and principals with partial sequence matches, kept per flow process
+    (each bounded on its own): the budget is split over the shards, a shard keeping
+    ``max_entities / shards`` (rounded up; 2,000 with 64 shards), the least recently seen
+    going first. A process holds at most ``shards`` shards, so at most this many."""
+    max_entities_per_shard: int = 0
+    """The bound of old configs, per shard: when set (> 0) it replaces ``max_entities /
+    shards``, and a process may hold ``shards`` times as many."""
     standard_tables: Literal["findings", "columns"] = "findings"
     """Where rule and intel results on Azure's own tables (AWSCloudTrail, ...) go: rows in
     S3SentinelFindings_CL (the tables keep their schema), or ``_CF`` columns on the row
@@ -50,3 +59,18 @@ class EnrichConfig:
                             "account, key")
         if self.fast_lane_secs <= 0 or self.shards < 1:
             problems.append(f"{where}: fast_lane_secs must be > 0 and shards >= 1")
+        if self.max_entities < 1:
+            problems.append(f"{where}.max_entities must be >= 1 (entities kept per process), "
+                            f"got {self.max_entities}")
+        if self.max_entities_per_shard < 0:
+            problems.append(f"{where}.max_entities_per_shard must be >= 0 (0: max_entities / "
+                            f"shards), got {self.max_entities_per_shard}")
+        elif self.max_entities_per_shard and self.max_entities != DEFAULT_MAX_ENTITIES:
+            problems.append(f"{where}: set max_entities (per process) or the older "
+                            "max_entities_per_shard, not both")
+
+    def shard_cap(self) -> int:
+        """Entities (and principals) one shard keeps."""
+        if self.max_entities_per_shard > 0:
+            return self.max_entities_per_shard
+        return max(1, -(-self.max_entities // max(1, self.shards)))

@@ -83,6 +83,9 @@ class Observed:
     grouped: tuple[tuple[str, str, str, str, dict], ...] = ()
     """(table, group column, record id, source partition, row) of each row sharded by the
     value of a sequence's group column other than the principal."""
+    principals: tuple[str, ...] = ()
+    """The principal entity (:func:`~operators.enrich.anomaly.principal_of`, ``""`` for
+    none) of each of ``rows``, as the shard was chosen by; empty: not given."""
 
 
 class Enricher:
@@ -129,6 +132,7 @@ class Enricher:
     def enrich_batch(self, items: list[Rows]) -> list[Rows | Observed]:
         out: list[Rows | Observed] = []
         side: dict[str, list[tuple[str, str, dict]]] = {}
+        side_who: dict[str, list[str]] = {}  # the principal of each row in side
         grouped: dict[str, list[tuple[str, str, str, str, dict]]] = {}
         shards = self._shards
         for bundle in items:
@@ -180,8 +184,10 @@ class Enricher:
                     got = side.get(shard)
                     if got is None:
                         side[shard] = [(rid, bundle.partition, row)]
+                        side_who[shard] = [who]
                     else:
                         got.append((rid, bundle.partition, row))
+                        side_who[shard].append(who)
                 for column, steps in groups:
                     preds = steps.of(row)  # by EventName: most rows match no step's name
                     if not preds:
@@ -203,7 +209,8 @@ class Enricher:
                                 tuple(r for r, _ in findings), tuple(i for _, i in findings),
                                 fast=True))
         for shard in dict.fromkeys([*side, *grouped]):  # in order of first row, as before
-            out.append(Observed(shard, tuple(side.get(shard, ())), tuple(grouped.get(shard, ()))))
+            out.append(Observed(shard, tuple(side.get(shard, ())), tuple(grouped.get(shard, ())),
+                                tuple(side_who.get(shard, ()))))
         return out
 
     def _flag(self, table: str, row: dict, rid: str, findings: list[tuple[bytes, str]],
@@ -333,14 +340,14 @@ class ShardState:
         snapshot = snapshot or {}
         if cfg.anomaly:
 
-            self.scorer = AnomalyScorer(AnomalyConfig(max_entities=cfg.max_entities_per_shard,
+            self.scorer = AnomalyScorer(AnomalyConfig(max_entities=cfg.shard_cap(),
                                                       entity_kinds=tuple(cfg.anomaly_entities)))
             if snapshot.get("scorer") is not None:
                 self.scorer.restore(snapshot["scorer"])
         if cfg.sequences:
 
             self.detector = SequenceDetector.restore(_sequence_specs(), snapshot.get("detector"),
-                                                     max_principals=cfg.max_entities_per_shard)
+                                                     max_principals=cfg.shard_cap())
 
     def __getstate__(self) -> dict:
         return {"cfg": self.cfg,
@@ -415,7 +422,8 @@ def score_shard(enricher: Enricher, cfg: EnrichConfig,
     else:
         state.keyring = keyring  # a plain snapshot is sealed from the next one on
     found: dict[str, list[tuple[bytes, str]]] = {}  # source partition -> findings
-    scores = (state.scorer.score_many([row for _, _, row in obs.rows])
+    scores = (state.scorer.score_many([row for _, _, row in obs.rows],
+                                      principals=obs.principals or None)
               if state.scorer is not None else None)
     for k, (rid, partition, row) in enumerate(obs.rows):
         if scores is not None:

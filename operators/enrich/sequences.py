@@ -270,6 +270,14 @@ class SequenceDetector:
         self._index: dict[tuple[str, str | None], StepIndex[_Candidate]] = {}
         self._packed: dict[str, bytes] = {}
         """Each principal's state as :meth:`pack` last pickled it, until it changes."""
+        self._newest: dict[str, float] = {}
+        """The newest event time in each principal's state."""
+        self._horizon = 2.0 * max((s.window_secs for s in self.specs), default=0.0)
+        """A principal whose newest event is this much older than a new principal's event
+        holds only expired partial matches (twice the longest window: rows come roughly in
+        time order, not exactly): it is dropped."""
+        self.expired = 0
+        """Principals dropped because every partial match they held had expired."""
 
     def __len__(self) -> int:
         """Principals with partial matches."""
@@ -341,16 +349,22 @@ class SequenceDetector:
     def _advance(self, spec: SequenceSpec, principal: str, steps: set[int],
                  ts: float, row: Mapping[str, Any]) -> _Chain | None:
         state = self._state.get(principal)
+        seen = self._newest
         if state is None:
             if 0 not in steps:  # nothing to advance: no state for this principal
                 return None
+            self._sweep(ts)
             state = self._state[principal] = {}
+            seen[principal] = ts
             if len(self._state) > self.max_principals:
                 gone, _ = self._state.popitem(last=False)
                 self._packed.pop(gone, None)
+                seen.pop(gone, None)
                 self.evicted += 1
         else:
             self._state.move_to_end(principal)
+            if ts > seen.get(principal, ts - 1.0):
+                seen[principal] = ts
         self._packed.pop(principal, None)  # changed: pickled again by the next pack()
         counts, window, last = spec.counts, spec.window_secs, len(spec.counts) - 1
         entries = state.get(spec.id)
@@ -414,9 +428,26 @@ class SequenceDetector:
             state.pop(spec.id, None)
             if not state:
                 del self._state[principal]
+                seen.pop(principal, None)
         else:
             state[spec.id] = entries
         return done_chain
+
+    def _sweep(self, ts: float) -> None:
+        """Drop the least recently seen principals whose partial matches have all expired
+        by event time ``ts`` (from the front, up to the first that may hold a live one):
+        principals seen once (a session name made per run, an address) do not stay until
+        the ``max_principals`` bound evicts them."""
+        state, newest, packed = self._state, self._newest, self._packed
+        horizon = self._horizon
+        while state:
+            p = next(iter(state))
+            if ts - newest.get(p, ts) <= horizon:
+                return
+            del state[p]
+            newest.pop(p, None)
+            packed.pop(p, None)
+            self.expired += 1
 
     def snapshot(self) -> dict[str, Any]:
         """The partial matches as plain JSON-able data, least recently seen principal first.
@@ -481,6 +512,7 @@ class SequenceDetector:
                              for j, e in enumerate(entries)]
             if kept:
                 det._state[str(principal)] = kept
+                det._newest[str(principal)] = _newest_of(kept)
         if dropped:
             log.warning("dropped %d partial sequence matches whose sequence is gone or changed",
                         dropped)
@@ -535,6 +567,12 @@ def _entry(e: list[Any], distinct: bool) -> _Entry:
     if len(vals) != len(times):  # no values recorded: the counted events are of unknown value
         vals = (None,) * len(times)
     return done, anchor, times, vals
+
+
+def _newest_of(state: Mapping[str, list[_Entry]]) -> float:
+    """The newest event time in a principal's partial matches."""
+    return max((t for entries in state.values() for done, anchor, times, _ in entries
+                for chain in (done, anchor, times) if chain for t in chain), default=0.0)
 
 
 def _list(chain: _Chain | None) -> list[float] | None:

@@ -351,3 +351,28 @@ def test_the_recovery_store_of_a_real_flow_holds_no_principal(tmp_path: Path) ->
         else:
             data = stored(recovery)
             assert ALICE.encode() not in data and SECRET_IP.encode() not in data
+
+
+def test_the_entity_budget_is_per_process_split_over_the_shards() -> None:
+    """enrich.max_entities bounds a process (each shard keeps its share); the older
+    max_entities_per_shard still works, and setting both is reported."""
+    cfg = EnrichConfig(enabled=True, anomaly=True, sequences=True, shards=64)
+    assert cfg.shard_cap() == 2_000  # 128,000 / 64
+    assert EnrichConfig(max_entities=1_000, shards=3).shard_cap() == 334
+    old = EnrichConfig(enabled=True, anomaly=True, sequences=True, max_entities_per_shard=500)
+    assert old.shard_cap() == 500
+    from operators.enrich.operator import ShardState
+
+    state = ShardState(old)
+    assert state.scorer.config.max_entities == 500 and state.detector.max_principals == 500
+    assert ShardState(cfg).scorer.config.max_entities == 2_000
+    problems: list[str] = []
+    old.validate(problems)
+    assert problems == []
+    EnrichConfig(max_entities=0).validate(problems)
+    EnrichConfig(max_entities_per_shard=-1).validate(problems)
+    EnrichConfig(max_entities=10, max_entities_per_shard=5).validate(problems)
+    assert len(problems) == 3
+    assert "max_entities must be >= 1" in problems[0]
+    assert "max_entities_per_shard must be >= 0" in problems[1]
+    assert "not both" in problems[2]

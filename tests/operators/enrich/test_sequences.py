@@ -531,3 +531,28 @@ def test_a_packed_detector_resumes_and_repacks_only_what_changed(
                                                                 attach(4, mallory),
                                                                 create_key(5, mallory)]
     assert feed(restored, rest) == feed(det, rest) != []
+
+
+def test_principals_whose_partial_matches_expired_are_dropped(
+        specs: tuple[SequenceSpec, ...]) -> None:
+    """A principal seen once (a session name made per run) holds partial matches that
+    expire with their window: it is dropped once it is twice the longest window old, as
+    new principals come, not kept until max_principals evicts it."""
+    det = SequenceDetector(specs, max_principals=100_000)
+    longest = max(s.window_secs for s in specs)
+    ts = T0.timestamp()
+    for i in range(2_000):  # one principal a minute, each starting a partial match
+        row = create_user(0, f"arn:aws:sts::111122223333:assumed-role/r/s{i}")
+        det.observe(CT, row, ts + i * 60)
+    assert det.evicted == 0 and det.expired > 0
+    assert len(det) <= 2 * longest / 60 + 2
+    assert len(det) + det.expired == 2_000
+    # a live partial match is never dropped: the newest principals complete theirs
+    who = "arn:aws:sts::111122223333:assumed-role/r/s1999"
+    done = feed(det, [attach(2_000, who), create_key(2_000.5, who)])
+    assert [m.principal for m in done] == [who]
+    # and a restored detector knows how old its principals are
+    again = SequenceDetector.restore(specs, det.pack())
+    row = create_user(0, "arn:aws:iam::111122223333:user/late")
+    again.observe(CT, row, ts + 2_000 * 60 + 10 * longest)
+    assert len(again) == 1
