@@ -31,6 +31,7 @@ a 3xx is a refusal like any other status but 204.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import json
@@ -41,7 +42,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import urllib3
@@ -149,14 +150,8 @@ class IngestionService:
             self._lean.send(stream, body, rid)
             return rid
         assert self._client is not None
-        try:
+        with _azure_failures(rid):
             self._client.upload(self._rule_id, stream, io.BytesIO(body), request_id=rid)
-        except HttpResponseError as ex:
-            raise _classify(ex, rid) from ex
-        except (ServiceRequestError, ServiceResponseError) as ex:
-            msg = f"no response: {ex}"
-            raise DeliveryError(msg, status=None, code="connection",
-                                transient=True, request_id=rid) from ex
         return rid
 
     def close(self) -> None:
@@ -239,6 +234,20 @@ def _refusal(resp: urllib3.BaseHTTPResponse, request_id: str) -> DeliveryError:
                          retry_after=_retry_after(headers), request_id=request_id,
                          service_request_id=headers.get("x-ms-request-id") or "",
                          correlation_id=headers.get("x-ms-correlation-request-id") or "")
+
+
+@contextlib.contextmanager
+def _azure_failures(request_id: str) -> Iterator[None]:
+    """What the SDK (or the credential) raises, as the :class:`DeliveryError` the sink acts
+    on: a refusal by its status, no response as a transient connection failure."""
+    try:
+        yield
+    except HttpResponseError as ex:
+        raise _classify(ex, request_id) from ex
+    except (ServiceRequestError, ServiceResponseError) as ex:
+        msg = f"no response: {ex}"
+        raise DeliveryError(msg, status=None, code="connection", transient=True,
+                            request_id=request_id) from ex
 
 
 def _should_refresh(token: Any, jitter: int, now: float) -> bool:
@@ -324,18 +333,12 @@ class _LeanClient:
     def _authorize(self, headers: dict[str, str], request_id: str) -> str:
         """Put a bearer token on ``headers`` (a new one when due) and return it; credential
         failures map as the SDK's do."""
-        try:
+        with _azure_failures(request_id):
             if not self._https:
                 msg = ("Bearer token authentication is not permitted for non-TLS protected "
                        "(non-https) URLs.")
                 raise ServiceRequestError(msg)
             token = self._bearer()
-        except HttpResponseError as ex:
-            raise _classify(ex, request_id) from ex
-        except (ServiceRequestError, ServiceResponseError) as ex:
-            msg = f"no response: {ex}"
-            raise DeliveryError(msg, status=None, code="connection",
-                                transient=True, request_id=request_id) from ex
         headers["Authorization"] = f"Bearer {token}"
         return token
 

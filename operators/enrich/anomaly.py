@@ -580,20 +580,8 @@ class EntityState:
         for i in idx:
             ev = views[i]
             ts = ev[0]
-            if self.n == 0:  # _tick, inlined: once per row and entity
-                self.first_ts = self.last_ts = ts
-            if int(ts // bs) > self.bucket:
-                self._roll(int(ts // bs))
+            n, warm = self._tick(ev, bs, warm_n, warm_secs)
             cur = self.cur
-            cur[0] += 1
-            if ev[11]:
-                cur[1] += 1
-            if ev[10]:
-                cur[2] += 1
-            n = self.n = self.n + 1
-            if ts > self.last_ts:
-                self.last_ts = ts
-            warm = n > warm_n and ts - self.first_ts >= warm_secs
             _, _, ip, net, _, agent, ua, api, _, tier, _, _, _, _ = ev
             ie = ae = None
             net_new = ip_new = agent_new = False
@@ -710,20 +698,7 @@ class EntityState:
         for i in idx:
             ev = views[i]
             ts = ev[0]
-            if self.n == 0:  # _tick, inlined: once per row and entity
-                self.first_ts = self.last_ts = ts
-            if int(ts // bs) > self.bucket:
-                self._roll(int(ts // bs))
-            cur = self.cur
-            cur[0] += 1
-            if ev[11]:
-                cur[1] += 1
-            if ev[10]:
-                cur[2] += 1
-            n = self.n = self.n + 1
-            if ts > self.last_ts:
-                self.last_ts = ts
-            warm = n > warm_n and ts - self.first_ts >= warm_secs
+            n, warm = self._tick(ev, bs, warm_n, warm_secs)
             principal = ev[1]
             parts: list[tuple[float, str]] = []
             if principal:
