@@ -110,7 +110,7 @@ def test_every_problem_reported_at_once_with_its_key_path() -> None:
     raw["sources"][0]["buckett"] = "typo"                    # unknown, inside a list item
     raw["sentinel"]["timeout_secs"] = "30"                   # wrong type
     raw["runtime"] = {"mode": "forever"}                     # bad Literal
-    raw["sources"][1]["format"] = "parquet"                  # bad Literal in a list item
+    raw["sources"][1]["format"] = "orc"                      # bad Literal in a list item
     raw["targets"] = [{"name": "t", "dcrs": [{"name": "d", "id": "dcr-" + "0" * 32}]}]
     del raw["sources"][1]["bucket"]                          # missing required in a list item
     raw["tables"] = [{"name": "X_CL", "columns": [{"name": "C", "type": "text"}]}]
@@ -124,7 +124,7 @@ def test_every_problem_reported_at_once_with_its_key_path() -> None:
     assert "sentinel.timeout_secs: expected float, got '30'" in problems
     assert "runtime.mode: 'forever' is not one of 'continuous', 'catch_up'" in problems
     (fmt,) = [p for p in problems if p.startswith("sources[app].format:")]
-    assert fmt.startswith("sources[app].format: 'parquet' is not one of ")
+    assert fmt.startswith("sources[app].format: 'orc' is not one of ")
     assert "'cloudtrail'" in fmt and "'ndjson'" in fmt and "'json_array'" in fmt
     assert "targets[t].dcrs[d].streams: required key is missing" in problems
     assert "sources[app].bucket: required key is missing" in problems
