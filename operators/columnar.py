@@ -29,10 +29,10 @@ from typing import Any
 
 import polars as pl
 
-from operators.formats.vpcflow import INT_FIELDS
+from operators.formats.vpcflow import INT_FIELDS, VpcFlowFormat
 from operators.tabledef import TableDef
 
-__all__ = ["MIN_RUN", "VpcFlowColumns"]
+__all__ = ["MIN_RUN", "AlbColumns", "VpcFlowColumns", "columns_for"]
 
 MIN_RUN = 80
 """Fewest lines a run needs for the columnar path: it has a fixed cost of about a
@@ -79,6 +79,12 @@ class VpcFlowColumns:
         self._plans: dict[tuple[str, ...], _Plan | None] = {}
         self._steps: dict[tuple[str, ...], tuple[Any, ...]] = {}
         self._rest = next((c.name for c in table.columns if c.source == ("*",)), None)
+
+    def plan_for(self, parser: VpcFlowFormat, header: tuple[bytes, ...]) -> _Plan | None:
+        """The plan of the lines under ``header`` (None: the line path; each record's own
+        field count decides its fields when there is no header and nothing declared)."""
+        names = parser.field_names(header)
+        return self.plan(names) if names is not None else None
 
     def plan(self, names: tuple[str, ...]) -> _Plan | None:
         """The plan of a field list; None when the line path must do it (see the module)."""
@@ -194,3 +200,171 @@ class VpcFlowColumns:
             pieces.append(pl.when(body != "").then(
                 pl.concat_str([pl.lit(f'"{self._rest}":{{'), body, pl.lit("}")])))
         return split, nulls, time_exprs, pieces, bad
+
+
+class AlbColumns:
+    """Maps runs of Application Load Balancer access log lines onto AWSALBAccessLogs rows,
+    as the line path would (:class:`~operators.formats.elb.AlbFormat`, whose records for
+    that standard table keep AWS's own text: numbers and times as written, the request line
+    whole, addresses split into address and port).
+
+    One pattern takes a line whole: every field of its field list (the 17 of the first
+    format, then those AWS added, in order), bare ones without a quote, quoted ones without
+    a quote inside, single spaces between. Anything else takes the line path: a backslash
+    (escapes), a character below space (tabs, which its split treats as spaces), bytes that
+    are not UTF-8, a bracketed IPv6 address, a number or port with a leading zero, a time
+    without its ``Z``, more fields than the list, a line over 16 KiB or a row over the
+    request limit; and so does a time that does not exist (checked by polars).
+
+    :arg table: The table (the plan needs AWSALBAccessLogs' columns).
+    :arg max_row: Largest encoded row; a longer one takes the line path.
+    """
+
+    def __init__(self, table: TableDef, max_row: int) -> None:
+        self._table = table
+        self._max_row = max_row
+        self._steps: tuple[str, list[pl.Expr], list[pl.Expr], list[pl.Expr]] | None = None
+        self._plan: object | None = _UNPLANNED
+        self._rest = next((c.name for c in table.columns if c.source == ("*",)), None)
+
+    def plan_for(self, parser: object, header: tuple[bytes, ...]) -> object | None:
+        """The plan (one for every line: ALB logs have no header), or None when the table's
+        columns are not what it covers."""
+        if self._plan is _UNPLANNED:
+            self._plan = self._make()
+        return self._plan
+
+    def _make(self) -> object | None:
+        from operators.formats.elb import ALB_FIELDS, ALB_MIN_FIELDS
+
+        # (group names per field: how its text is read) -> pattern and value expressions
+        kinds = dict(ALB_FIELDS)
+        parts: list[str] = []
+        values: dict[str, pl.Expr] = {}  # parser key -> its text (null: no value)
+        times: list[str] = []
+        for i, (name, kind) in enumerate(ALB_FIELDS):
+            g = f"g{i}"
+            if kind in ("bare",):
+                part = f"(?P<{g}>[^ \"]+)"
+                values[name] = _no_dash(pl.col(g))
+            elif kind in ("quoted", "request"):
+                part = f'(?:"(?P<{g}>[^"]*)"|(?P<{g}b>-))'
+                values[name] = _no_dash(pl.col(g))
+            elif kind == "str":
+                part = f'(?:"(?P<{g}>[^"]*)"|(?P<{g}b>[^ "]+))'
+                values[name] = _no_dash(pl.coalesce(pl.col(g), pl.col(f"{g}b")))
+            elif kind == "int":
+                part = f"(?P<{g}>-?(?:0|[1-9][0-9]{{0,17}})|-)"
+                values[name] = _no_dash(pl.col(g))
+            elif kind == "real":
+                part = f"(?P<{g}>-?[0-9]+(?:\\.[0-9]+)?|-)"
+                values[name] = _no_dash(pl.col(g))
+            elif kind == "time":
+                part = f"(?P<{g}>{_ALB_TIME}|-)"
+                values[name] = _no_dash(pl.col(g))
+                times.append(name)
+            elif kind == "addr":
+                part = f"(?:(?P<{g}>[0-9A-Fa-f:.]+):(?P<{g}p>0|[1-9][0-9]{{0,4}})|-)"
+                values[f"{name}_ip"] = pl.col(g)
+                values[f"{name}_port"] = pl.col(f"{g}p")
+            else:
+                return None
+            parts.append(part)
+        required = " ".join(parts[:ALB_MIN_FIELDS])
+        tail = ""
+        for part in reversed(parts[ALB_MIN_FIELDS:]):
+            tail = f"(?: {part}{tail})?"
+        shape = f"^{required}{tail}$"
+        # The request line is kept when some part of it is not "-" (a Classic TCP listener's
+        # "- - - " is no request).
+        values["request"] = pl.when(values["request"].str.contains(r"(?:^| )(?:[^ \-]|-[^ ])")
+                                    ).then(values["request"])
+        ints = {n for n, k in kinds.items() if k == "int"} | {"client_port", "target_port"}
+        pieces: list[pl.Expr] = []
+        read: set[str] = set()
+        bad: list[pl.Expr] = []
+        for c in self._table.columns:
+            if c.source == ("*",):
+                continue
+            if len(c.source) != 1 or c.json or c.allowed is not None or c.truncate:
+                return None
+            key = c.source[0]
+            read.add(key)
+            v = values.get(key)
+            if v is None:
+                if c.required:
+                    return None
+                continue
+            if c.type == "string":
+                pieces.append(pl.concat_str([pl.lit(f'"{c.name}":"'), v, pl.lit('"')]))
+            elif c.type in ("int", "long") and key in ints:
+                pieces.append(pl.concat_str([pl.lit(f'"{c.name}":'), v]))
+            elif c.type == "datetime" and key in times:
+                pieces.append(pl.concat_str([pl.lit(f'"{c.name}":"'), v, pl.lit('"')]))
+            else:
+                return None
+            if c.required:
+                bad.append(v.is_null())
+        for name in times:  # a time that does not exist is the line path's error
+            v = values[name]
+            bad.append(v.is_not_null() & v.str.to_datetime(
+                "%Y-%m-%dT%H:%M:%S%.fZ", strict=False).is_null())
+        rest = [(n, v) for n, v in values.items() if n not in read]
+        if self._rest is not None and rest:
+            if any(n.endswith(("_ip", "_port")) for n, _ in rest):
+                return None  # a port is an int there: not what the pieces below write
+            # As written: the fields no column reads are text in the record.
+            body = pl.concat_str([pl.concat_str([pl.lit(f'"{n}":"'), v, pl.lit('"')])
+                                  for n, v in rest], separator=",", ignore_nulls=True)
+            pieces.append(pl.when(body != "").then(
+                pl.concat_str([pl.lit(f'"{self._rest}":{{'), body, pl.lit("}")])))
+        self._steps = (shape, pieces, bad, [])
+        return self._steps
+
+    def map_run(self, lines: list[bytes], plan: object, id_prefix: str,
+                offsets: list[int]) -> list[bytes]:
+        """The rows of ``lines`` (record ids ``id_prefix + offset``); ``b""`` for a line
+        left to the line path."""
+        shape, pieces, bad, _ = self._steps  # type: ignore[misc]
+        try:
+            text = b"\n".join(lines).decode("utf-8")
+        except UnicodeDecodeError:  # the line path keeps such bytes as \xNN escapes
+            return [b""] * len(lines)
+        line = pl.col("l")
+        record_id = pl.concat_str([pl.lit(f'"{self._table.record_id_column}":"{id_prefix}'),
+                                   pl.col("o").cast(pl.String), pl.lit('"')])
+        row = pl.concat_str([pl.lit("{"), pl.concat_str([*pieces, record_id], separator=",",
+                                                        ignore_nulls=True), pl.lit("}")])
+        unsafe = (line.str.contains(r"[\x00-\x1f\x7f\\]") | (line.str.len_bytes() > _MAX_FIELD))
+        query = pl.LazyFrame({
+            "l": pl.Series([text]).str.split("\n").explode(empty_as_null=False),
+            "o": pl.Series(offsets, dtype=pl.Int64)}).with_columns(
+            line.str.extract_groups(shape).alias("s"), unsafe.alias("unsafe")).unnest("s")
+        refused = pl.col("unsafe") | pl.col("g0").is_null()
+        for b in bad:
+            refused = refused | b.fill_null(False)
+        out = query.with_columns(row.alias("r")).select(
+            pl.when(refused | (pl.col("r").str.len_bytes() > self._max_row))
+            .then(pl.lit("")).otherwise(pl.col("r")).alias("r")).collect()
+        return out["r"].str.join("\n").item().encode().split(b"\n")
+
+
+_UNPLANNED = object()
+_ALB_TIME = (r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?Z")
+
+
+def _no_dash(v: pl.Expr) -> pl.Expr:
+    """No value for ``-`` (and an empty quoted value), as the parser leaves such fields out."""
+    return pl.when((v != "-") & (v != "")).then(v)
+
+
+def columns_for(parser: object, table: TableDef,
+                max_row: int) -> VpcFlowColumns | AlbColumns | None:
+    """The columnar path of a route's records, when its format and table have one."""
+    from operators.formats.elb import AlbFormat
+
+    if isinstance(parser, VpcFlowFormat):
+        return VpcFlowColumns(table, max_row)
+    if isinstance(parser, AlbFormat) and parser.table == parser.standard_table == table.name:
+        return AlbColumns(table, max_row)
+    return None

@@ -19,10 +19,9 @@ import orjson
 from connectors.s3.config import SourceConfig
 from dataflow.core.failures import failed
 from dataflow.core.messages import ErrorRecord, ObjectEnd, RawRecord, Row, Rows
-from operators.columnar import MIN_RUN, VpcFlowColumns
+from operators.columnar import MIN_RUN, AlbColumns, VpcFlowColumns, columns_for
 from operators.formats import ParseError, TextFormat
 from operators.formats.registry import DEFAULT_TABLES, text_format
-from operators.formats.vpcflow import VpcFlowFormat
 from operators.schema import Mapper, MappingError, TableDef
 
 __all__ = ["ERROR_SAMPLE_BYTES", "RecordMapper"]
@@ -55,7 +54,7 @@ class _Route:
     __slots__ = ("columns", "keep", "mapper", "parser", "stream")
 
     def __init__(self, mapper: Mapper, parser: TextFormat | None, keep: bool = False,
-                 columns: VpcFlowColumns | None = None) -> None:
+                 columns: VpcFlowColumns | AlbColumns | None = None) -> None:
         self.mapper = mapper
         self.parser = parser
         self.stream = mapper.table.stream
@@ -112,8 +111,8 @@ class RecordMapper:
                     route = f"source {source!r} cannot read format {fmt!r}: {ex}"
                 else:
                     table = self._tables[name]
-                    columns = (VpcFlowColumns(table, self._max_row) if self._columnar
-                               and isinstance(parser, VpcFlowFormat) else None)
+                    columns = (columns_for(parser, table, self._max_row)
+                               if self._columnar else None)
                     route = _Route(Mapper(table), parser, keep=name in self._keep,
                                    columns=columns)
             self._routes[(source, fmt)] = route
@@ -223,14 +222,12 @@ class RecordMapper:
         route = self._route(obj.source, obj.format or self._sources[obj.source].format)
         if type(route) is not _Route or route.columns is None or end - start < MIN_RUN:
             return end, route, None  # type: ignore[return-value]
-        assert isinstance(route.parser, VpcFlowFormat)
-        names = route.parser.field_names(header)
-        plan = route.columns.plan(names) if names is not None else None
+        plan = route.columns.plan_for(route.parser, header)  # type: ignore[arg-type]
         if plan is None:
             return end, route, None
         run = cast("list[RawRecord]", records[start:end])
-        return end, route, route.columns.map_run([r.data for r in run], plan, f"{obj.id}-",
-                                                 [r.offset for r in run])
+        return end, route, route.columns.map_run([r.data for r in run], plan,  # type: ignore[arg-type]
+                                                 f"{obj.id}-", [r.offset for r in run])
 
     def _map(self, rec: RawRecord) -> tuple[str, bytes] | tuple[str, bytes, dict] | ErrorRecord:
         obj = rec.obj

@@ -148,3 +148,87 @@ def test_rows_over_the_request_limit_are_the_line_paths_errors() -> None:
     cols = RecordMapper([SOURCE], TABLES, 700, columnar=True).map_batch(recs)
     assert cols == line
     assert any(isinstance(x, ErrorRecord) and x.code == "row_too_large" for x in line)
+
+
+# --------------------------------------------------------------------------- ALB access logs
+
+ALB = SourceConfig(name="alb", bucket="b", format="alb")
+ALB_OBJ = ObjectRef("alb", "alb:0/1", "b", "AWSLogs/x/elasticloadbalancing/x.log.gz", "e", 1,
+                    "alb", id="0a1b2c3d")
+
+
+def _alb_value(rng: random.Random, kind: str) -> str:
+    if rng.random() < 0.08:
+        return "-" if kind not in ("quoted", "request") or rng.random() < 0.5 else '"-"'
+    if kind == "time":
+        return rng.choice(["2026-11-01T22:23:00.186641Z", "2026-11-01T22:22:48Z",
+                           "2026-02-28T23:59:59.123456789Z"])
+    if kind == "addr":
+        return rng.choice(["192.168.131.39:2817", "10.0.0.1:80", "2001:db8::1:443",
+                           "10.0.0.2:0"])
+    if kind == "real":
+        return rng.choice(["0.000", "0.086", "-1", "12.5", "3"])
+    if kind == "int":
+        return rng.choice(["200", "502", "0", "-1", "34", "366", "1234567"])
+    if kind == "request":
+        return rng.choice(['"GET https://www.example.com:443/a?b=1 HTTP/1.1"', '"- - - "',
+                           '"POST http://x.example:80/ HTTP/2.0"', '"--"', '""'])
+    if kind == "quoted":
+        return rng.choice(['"curl/7.46.0"', '"Mozilla/5.0 (X11; Linux) é ü"', '""'])
+    text = rng.choice(["forward", "authenticate,forward", "arn:aws:acm:us-east-2:1:cert/x",
+                       "Root=1-5833", "www.example.com", "TID_1234", "Ambiguous", "h2"])
+    if kind == "str":
+        return f'"{text}"' if rng.random() < 0.7 else text
+    return text  # bare
+
+
+_ALB_NASTY = ['"a\\"b"', "\t", "  ", '"x"y', "[2001:db8::1]:443", "010", "2026-02-30T00:00:00Z",
+              "2026-11-01T22:23:00", "\x01", "x\"", "10.0.0.1:0080", "-0.5.5"]
+
+
+def _alb_line(rng: random.Random) -> bytes:
+    from operators.formats.elb import ALB_FIELDS, ALB_MIN_FIELDS
+
+    n = rng.choice([ALB_MIN_FIELDS, 29, len(ALB_FIELDS), len(ALB_FIELDS)])
+    values = [_alb_value(rng, kind) for _, kind in ALB_FIELDS[:n]]
+    roll = rng.random()
+    if roll < 0.12:
+        values[rng.randrange(n)] = rng.choice(_ALB_NASTY)
+    elif roll < 0.14:
+        values.append("extra")
+    elif roll < 0.15:
+        return b"http \xff\xfe 2026"
+    return " ".join(values).encode("utf-8")
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10**6), n=st.integers(MIN_RUN, 300))
+def test_alb_lines_map_as_on_the_line_path(seed: int, n: int) -> None:
+    rng = random.Random(seed)
+    recs = [RawRecord(ALB_OBJ, i, _alb_line(rng)) for i in range(n)]
+    line = RecordMapper([ALB], TABLES, 1_000_000, columnar=False).map_batch(recs)
+    cols = RecordMapper([ALB], TABLES, 1_000_000, columnar=True).map_batch(recs)
+    assert cols == line
+    for a, b in zip(line, cols, strict=True):
+        if isinstance(a, Rows):
+            assert a.rows == b.rows
+
+
+def test_clean_alb_lines_all_take_the_columnar_path() -> None:
+    from operators.columnar import AlbColumns
+
+    rng = random.Random(2)
+    clean = []
+    while len(clean) < 200:
+        data = _alb_line(rng)
+        if not any(x.encode() in data for x in _ALB_NASTY) and b"extra" not in data \
+                and b"\xff" not in data and data.split(b" ")[1] != b"-":  # time: required
+            clean.append(data)
+    cols = AlbColumns(TABLES["AWSALBAccessLogs"], 1_000_000)
+    plan = cols.plan_for(None, ())
+    assert plan is not None
+    rows = cols.map_run(clean, plan, "o-", list(range(len(clean))))
+    assert all(rows)
+    nasty = [b"http 2026-11-01T22:23:00Z app/x " + x.encode() + b" 10.0.0.1:80 0 0 0 200 200 1 2 "
+             b'"GET / HTTP/1.1" "ua" - - arn' for x in ("1.2.3.4:080", "[::1]:80", "a\\\"b")]
+    assert not any(cols.map_run(nasty, plan, "o-", [0, 1, 2]))
