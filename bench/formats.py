@@ -11,8 +11,8 @@ off and on, in alternating rounds (the machine is shared: medians of the rounds)
 CPU seconds are the process's (polars' threads included), so figures are per core. Each
 case runs in its own process, which also gives its peak RSS (the objects are held
 compressed; rows are produced batch by batch and dropped, as in the flow). The columnar
-path covers VPC Flow Logs and ALB access logs (onto AWSALBAccessLogs); CloudFront and S3
-access logs keep the line path, and their figure shows what the run detection costs them.
+path covers VPC Flow Logs, ALB access logs (onto AWSALBAccessLogs) and S3 server access
+logs; CloudFront keeps the line path, and its figure shows what the run detection costs.
 Parquet has its own bench (``bench/parquet.py``).
 
     python bench/formats.py [--rounds 3] [--sizes 10000 200000] [--json]

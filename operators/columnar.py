@@ -32,7 +32,7 @@ import polars as pl
 from operators.formats.vpcflow import INT_FIELDS, VpcFlowFormat
 from operators.tabledef import TableDef
 
-__all__ = ["MIN_RUN", "AlbColumns", "VpcFlowColumns", "columns_for"]
+__all__ = ["MIN_RUN", "AlbColumns", "S3AccessColumns", "VpcFlowColumns", "columns_for"]
 
 MIN_RUN = 80
 """Fewest lines a run needs for the columnar path: it has a fixed cost of about a
@@ -326,29 +326,143 @@ class AlbColumns:
         """The rows of ``lines`` (record ids ``id_prefix + offset``); ``b""`` for a line
         left to the line path."""
         shape, pieces, bad, _ = self._steps  # type: ignore[misc]
-        try:
-            text = b"\n".join(lines).decode("utf-8")
-        except UnicodeDecodeError:  # the line path keeps such bytes as \xNN escapes
-            return [b""] * len(lines)
-        line = pl.col("l")
-        record_id = pl.concat_str([pl.lit(f'"{self._table.record_id_column}":"{id_prefix}'),
-                                   pl.col("o").cast(pl.String), pl.lit('"')])
-        row = pl.concat_str([pl.lit("{"), pl.concat_str([*pieces, record_id], separator=",",
-                                                        ignore_nulls=True), pl.lit("}")])
-        unsafe = (line.str.contains(r"[\x00-\x1f\x7f\\]") | (line.str.len_bytes() > _MAX_FIELD))
-        query = pl.LazyFrame({
-            "l": pl.Series([text]).str.split("\n").explode(empty_as_null=False),
-            "o": pl.Series(offsets, dtype=pl.Int64)}).with_columns(
-            line.str.extract_groups(shape).alias("s"), unsafe.alias("unsafe")).unnest("s")
-        refused = pl.col("unsafe") | pl.col("g0").is_null()
-        for b in bad:
-            refused = refused | b.fill_null(False)
-        out = query.with_columns(row.alias("r")).select(
-            pl.when(refused | (pl.col("r").str.len_bytes() > self._max_row))
-            .then(pl.lit("")).otherwise(pl.col("r")).alias("r")).collect()
-        return out["r"].str.join("\n").item().encode().split(b"\n")
+        return _pattern_rows(lines, offsets, shape, pieces, bad, "g0",
+                             f'"{self._table.record_id_column}":"{id_prefix}', self._max_row)
 
 
+def _pattern_rows(lines: list[bytes], offsets: list[int], shape: str, pieces: list[pl.Expr],
+                  bad: list[pl.Expr], first: str, id_head: str, max_row: int) -> list[bytes]:
+    """The rows of lines a pattern with named groups takes whole: ``pieces`` write the row's
+    JSON members from the groups, ``bad`` says which lines the line path takes anyway (as do
+    lines the pattern does not take, whose group ``first`` is null, and lines with a
+    backslash, a control character, more than 16 KiB or bytes that are not UTF-8)."""
+    try:
+        text = b"\n".join(lines).decode("utf-8")
+    except UnicodeDecodeError:  # the line paths keep such bytes as \xNN escapes
+        return [b""] * len(lines)
+    line = pl.col("l")
+    record_id = pl.concat_str([pl.lit(id_head), pl.col("o").cast(pl.String), pl.lit('"')])
+    row = pl.concat_str([pl.lit("{"), pl.concat_str([*pieces, record_id], separator=",",
+                                                    ignore_nulls=True), pl.lit("}")])
+    unsafe = line.str.contains(r"[\x00-\x1f\x7f\\]") | (line.str.len_bytes() > _MAX_FIELD)
+    query = pl.LazyFrame({
+        "l": pl.Series([text]).str.split("\n").explode(empty_as_null=False),
+        "o": pl.Series(offsets, dtype=pl.Int64)}).with_columns(
+        line.str.extract_groups(shape).alias("s"), unsafe.alias("unsafe")).unnest("s")
+    refused = pl.col("unsafe") | pl.col(first).is_null()
+    for b in bad:
+        refused = refused | b.fill_null(False)
+    out = query.with_columns(row.alias("r")).select(
+        pl.when(refused | (pl.col("r").str.len_bytes() > max_row))
+        .then(pl.lit("")).otherwise(pl.col("r")).alias("r")).collect()
+    return out["r"].str.join("\n").item().encode().split(b"\n")
+
+
+class S3AccessColumns:
+    """Maps runs of S3 server access log lines onto their table's rows, as the line path
+    would (:class:`~operators.formats.s3access.S3AccessFormat`).
+
+    One pattern takes a line whole: the 17 fields through the user agent, then those AWS
+    added, bare fields without a quote or bracket, the time in brackets at ``+0000`` (S3
+    writes UTC), the request line, referrer and user agent quoted without a quote inside
+    (or a bare ``-``), single spaces; fields past the known ones are ignored, as there.
+    Anything else takes the line path: escapes, other offsets, a time out of range, a
+    number with a leading zero, bytes that are not UTF-8, control characters.
+
+    :arg table: The table (AWSS3ServerAccess_CL, or one with columns of the same sources).
+    :arg max_row: Largest encoded row; a longer one takes the line path.
+    """
+
+    def __init__(self, table: TableDef, max_row: int) -> None:
+        self._table = table
+        self._max_row = max_row
+        self._plan: object | None = _UNPLANNED
+        self._steps: tuple[str, list[pl.Expr], list[pl.Expr]] | None = None
+
+    def plan_for(self, parser: object, header: tuple[bytes, ...]) -> object | None:
+        """The plan (one for every line: no header), or None when a column is not what it
+        covers."""
+        if self._plan is _UNPLANNED:
+            self._plan = self._make()
+        return self._plan
+
+    def _make(self) -> object | None:
+        from operators.formats.s3access import FIELDS, MIN_FIELDS
+
+        quoted = {"request_uri", "referer", "user_agent"}
+        numbers = {"http_status", "bytes_sent", "object_size", "total_time",
+                   "turn_around_time"}
+        parts: list[str] = []
+        values: dict[str, pl.Expr] = {}
+        for i, name in enumerate(FIELDS):
+            g = f"g{i}"
+            if name == "time":
+                # As the line path writes a +0000 time: the fields in range, as they are
+                # (it checks no more than that at +0000: 31/Feb is written as it comes).
+                part = (r"\[(?P<td>0[1-9]|[12][0-9]|3[01])/(?P<tm>[A-Z][a-z]{2})/"
+                        r"(?P<ty>[0-9]{4}):(?P<th>[01][0-9]|2[0-3]):(?P<tn>[0-5][0-9]):"
+                        r"(?P<ts>[0-5][0-9]) \+0000\]")
+                month = pl.col("tm").replace_strict(_MONTHS, default=None)
+                values[name] = pl.concat_str(
+                    [pl.col("ty"), pl.lit("-"), month, pl.lit("-"), pl.col("td"), pl.lit("T"),
+                     pl.col("th"), pl.lit(":"), pl.col("tn"), pl.lit(":"), pl.col("ts"),
+                     pl.lit("Z")])
+                parts.append(part)
+                continue
+            if name in quoted:
+                part = f'(?:"(?P<{g}>[^"]*)"|(?P<{g}b>-))'
+            elif name in numbers:
+                part = f"(?P<{g}>0|[1-9][0-9]{{0,17}}|-)"
+            else:
+                part = f'(?P<{g}>[^ "\\[\\]]+)'
+            value = pl.col(g)
+            if name == "bytes_sent":  # "-" is zero bytes sent (AWS's definition)
+                values[name] = pl.when(value.is_null() | (value == "-") | (value == "")
+                                       ).then(pl.lit("0")).otherwise(value)
+            else:
+                values[name] = pl.when((value != "-") & (value != "")).then(value)
+            parts.append(part)
+        # Fields past the known ones are ignored (as there), only after all of them: a
+        # later field that does not fit must fail the line, not end it early.
+        tail = "(?: .*)?"
+        for part in reversed(parts[MIN_FIELDS:]):
+            tail = f"(?: {part}{tail})?"
+        shape = "^" + " ".join(parts[:MIN_FIELDS]) + tail + "$"
+        pieces: list[pl.Expr] = []
+        bad: list[pl.Expr] = [values["time"].is_null()]
+        for c in self._table.columns:
+            if len(c.source) != 1 or c.json or c.allowed is not None or c.truncate:
+                return None
+            key = c.source[0]
+            v = values.get(key)
+            if v is None:
+                if c.required:
+                    return None
+                continue
+            if c.type == "string":
+                pieces.append(pl.concat_str([pl.lit(f'"{c.name}":"'), v, pl.lit('"')]))
+            elif c.type in ("int", "long") and key in numbers:
+                pieces.append(pl.concat_str([pl.lit(f'"{c.name}":'), v]))
+            elif c.type == "datetime" and key == "time":
+                pieces.append(pl.concat_str([pl.lit(f'"{c.name}":"'), v, pl.lit('"')]))
+            else:
+                return None
+            if c.required:
+                bad.append(v.is_null())
+        self._steps = (shape, pieces, bad)
+        return self._steps
+
+    def map_run(self, lines: list[bytes], plan: object, id_prefix: str,
+                offsets: list[int]) -> list[bytes]:
+        """The rows of ``lines`` (record ids ``id_prefix + offset``); ``b""`` for a line
+        left to the line path."""
+        shape, pieces, bad = self._steps  # type: ignore[misc]
+        return _pattern_rows(lines, offsets, shape, pieces, bad, "td",
+                             f'"{self._table.record_id_column}":"{id_prefix}', self._max_row)
+
+
+_MONTHS = {m: f"{i:02d}" for i, m in enumerate(
+    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
 _UNPLANNED = object()
 _ALB_TIME = (r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?Z")
 
@@ -359,12 +473,15 @@ def _no_dash(v: pl.Expr) -> pl.Expr:
 
 
 def columns_for(parser: object, table: TableDef,
-                max_row: int) -> VpcFlowColumns | AlbColumns | None:
+                max_row: int) -> VpcFlowColumns | AlbColumns | S3AccessColumns | None:
     """The columnar path of a route's records, when its format and table have one."""
     from operators.formats.elb import AlbFormat
+    from operators.formats.s3access import S3AccessFormat
 
     if isinstance(parser, VpcFlowFormat):
         return VpcFlowColumns(table, max_row)
     if isinstance(parser, AlbFormat) and parser.table == parser.standard_table == table.name:
         return AlbColumns(table, max_row)
+    if isinstance(parser, S3AccessFormat):
+        return S3AccessColumns(table, max_row)
     return None

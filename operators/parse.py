@@ -19,7 +19,13 @@ import orjson
 from connectors.s3.config import SourceConfig
 from dataflow.core.failures import failed
 from dataflow.core.messages import ErrorRecord, ObjectEnd, RawRecord, Row, Rows
-from operators.columnar import MIN_RUN, AlbColumns, VpcFlowColumns, columns_for
+from operators.columnar import (
+    MIN_RUN,
+    AlbColumns,
+    S3AccessColumns,
+    VpcFlowColumns,
+    columns_for,
+)
 from operators.formats import ParseError, TextFormat
 from operators.formats.registry import DEFAULT_TABLES, text_format
 from operators.schema import Mapper, MappingError, TableDef
@@ -54,7 +60,7 @@ class _Route:
     __slots__ = ("columns", "keep", "mapper", "parser", "stream")
 
     def __init__(self, mapper: Mapper, parser: TextFormat | None, keep: bool = False,
-                 columns: VpcFlowColumns | AlbColumns | None = None) -> None:
+                 columns: VpcFlowColumns | AlbColumns | S3AccessColumns | None = None) -> None:
         self.mapper = mapper
         self.parser = parser
         self.stream = mapper.table.stream

@@ -232,3 +232,75 @@ def test_clean_alb_lines_all_take_the_columnar_path() -> None:
     nasty = [b"http 2026-11-01T22:23:00Z app/x " + x.encode() + b" 10.0.0.1:80 0 0 0 200 200 1 2 "
              b'"GET / HTTP/1.1" "ua" - - arn' for x in ("1.2.3.4:080", "[::1]:80", "a\\\"b")]
     assert not any(cols.map_run(nasty, plan, "o-", [0, 1, 2]))
+
+
+# --------------------------------------------------------------------------- S3 access logs
+
+S3A = SourceConfig(name="s3a", bucket="b", format="s3access")
+S3A_OBJ = ObjectRef("s3a", "s3a:0/1", "b", "logs/2026-02-06-00-00-38-1", "e", 1, "s3access",
+                    id="5a6b7c8d")
+
+
+def _s3a_value(rng: random.Random, name: str) -> str:
+    if rng.random() < 0.08:
+        return "-"
+    if name == "time":
+        return rng.choice(["[06/Feb/2026:00:00:38 +0000]", "[31/Dec/2025:23:59:59 +0000]",
+                           "[31/Feb/2026:10:00:00 +0000]"])
+    if name in ("request_uri", "referer", "user_agent"):
+        return rng.choice(['"GET /bucket?versioning HTTP/1.1"', '"S3Console/0.4"', '""',
+                           '"aws-cli/2.15 Python/3.11 é"', '"-"'])
+    if name in ("http_status", "bytes_sent", "object_size", "total_time", "turn_around_time"):
+        return rng.choice(["200", "0", "113", "7", "4096"])
+    return rng.choice(["79a59df900b949e5", "amzn-s3-demo-bucket1", "192.0.2.3",
+                       "REST.GET.VERSIONING", "photos/2026/a%20b.jpg", "SigV4", "TLSv1.2",
+                       "arn:aws:s3:us-west-1:1:accesspoint/x", "Yes"])
+
+
+_S3A_NASTY = ['"a\\"b"', "\t", "  ", "[1]", "[06/Feb/2026:00:00:38 -0700]", "007", "x\"",
+              "[00/Feb/2026:00:00:38 +0000]", "[06/Foo/2026:00:00:38 +0000]", '"q"z', "\x02"]
+
+
+def _s3a_line(rng: random.Random) -> bytes:
+    from operators.formats.s3access import FIELDS, MIN_FIELDS
+
+    n = rng.choice([MIN_FIELDS, 20, len(FIELDS), len(FIELDS)])
+    values = [_s3a_value(rng, name) for name in FIELDS[:n]]
+    roll = rng.random()
+    if roll < 0.12:
+        values[rng.randrange(n)] = rng.choice(_S3A_NASTY)
+    elif roll < 0.15:
+        values.append(rng.choice(["extra", '"quoted extra"', "[x y]"]))
+    elif roll < 0.16:
+        return b"79a59df9 bucket \xff\xfe"
+    return " ".join(values).encode("utf-8")
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10**6), n=st.integers(MIN_RUN, 300))
+def test_s3_access_lines_map_as_on_the_line_path(seed: int, n: int) -> None:
+    rng = random.Random(seed)
+    recs = [RawRecord(S3A_OBJ, i, _s3a_line(rng)) for i in range(n)]
+    line = RecordMapper([S3A], TABLES, 1_000_000, columnar=False).map_batch(recs)
+    cols = RecordMapper([S3A], TABLES, 1_000_000, columnar=True).map_batch(recs)
+    assert cols == line
+    for a, b in zip(line, cols, strict=True):
+        if isinstance(a, Rows):
+            assert a.rows == b.rows
+
+
+def test_clean_s3_access_lines_all_take_the_columnar_path() -> None:
+    from operators.columnar import S3AccessColumns
+
+    rng = random.Random(4)
+    clean = []
+    while len(clean) < 200:
+        data = _s3a_line(rng)
+        if not any(x.encode() in data for x in _S3A_NASTY) and b"\xff" not in data \
+                and b"extra" not in data and b"[x y]" not in data \
+                and data.split(b" ")[2][:1] == b"[":  # the time: required
+            clean.append(data)
+    cols = S3AccessColumns(TABLES["AWSS3ServerAccess_CL"], 1_000_000)
+    plan = cols.plan_for(None, ())
+    assert plan is not None
+    assert all(cols.map_run(clean, plan, "o-", list(range(len(clean)))))
