@@ -11,8 +11,9 @@ off and on, in alternating rounds (the machine is shared: medians of the rounds)
 CPU seconds are the process's (polars' threads included), so figures are per core. Each
 case runs in its own process, which also gives its peak RSS (the objects are held
 compressed; rows are produced batch by batch and dropped, as in the flow). The columnar
-path covers VPC Flow Logs, ALB access logs (onto AWSALBAccessLogs) and S3 server access
-logs; CloudFront keeps the line path, and its figure shows what the run detection costs.
+path covers VPC Flow Logs, ALB and NLB access logs (onto AWSALBAccessLogs and
+AWSNLBAccessLogs) and S3 server access logs; CloudFront keeps the line path, and its figure
+shows what the run detection costs.
 Parquet has its own bench (``bench/parquet.py``).
 
     python bench/formats.py [--rounds 3] [--sizes 10000 200000] [--json]
@@ -35,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 BATCH = 2000
-FORMATS = ["vpcflow", "vpcflow_v5", "alb", "cloudfront", "s3access"]
+FORMATS = ["vpcflow", "vpcflow_v5", "alb", "nlb", "cloudfront", "s3access"]
 
 
 def _vpc_line(rng: random.Random, i: int) -> bytes:
@@ -79,6 +80,18 @@ def _alb_line(rng: random.Random, i: int) -> bytes:
             ).encode()
 
 
+def _nlb_line(rng: random.Random, i: int) -> bytes:
+    """An NLB (TLS listener) access log line of its 22 fields."""
+    return (f"tls 2.0 2026-11-01T22:{i // 6000 % 60:02d}:{i // 100 % 60:02d} "
+            f"net/my-nlb/c6e77e28c25b2234 listener/net/my-nlb/c6e77e28c25b2234/5b8f2c1d "
+            f"192.168.{rng.randrange(256)}.{rng.randrange(256)}:{rng.randrange(1024, 65536)} "
+            f"10.0.0.{rng.randrange(1, 20)}:443 {rng.randrange(1, 9000)} {rng.randrange(1, 90)} "
+            f"{rng.randrange(100, 9000)} {rng.randrange(200, 90000)} - "
+            f"arn:aws:acm:us-east-2:111122223333:certificate/1234 - "
+            f"ECDHE-RSA-AES128-SHA tlsv12 - my-network-loadbalancer.example.com "
+            f'h2 h2 "h2","http/1.1" 2026-11-01T22:00:0{i % 10}').encode()
+
+
 def make_object(fmt: str, rows: int, seed: int = 1) -> tuple[str, bytes]:
     """(source format, gzip object of ``rows`` records) for one bench format."""
     from devstack import formatsamples as fs
@@ -92,8 +105,9 @@ def make_object(fmt: str, rows: int, seed: int = 1) -> tuple[str, bytes]:
         header = " ".join(FIELDS[:29]).encode()
         return "vpcflow", gzip.compress(b"\n".join(
             [header, *(_vpc_v5_line(rng, i) for i in range(rows))]) + b"\n", 1)
-    if fmt == "alb":
-        return "alb", gzip.compress(b"\n".join(_alb_line(rng, i) for i in range(rows)) + b"\n", 1)
+    if fmt in ("alb", "nlb"):
+        line = _alb_line if fmt == "alb" else _nlb_line
+        return fmt, gzip.compress(b"\n".join(line(rng, i) for i in range(rows)) + b"\n", 1)
     lines = {"cloudfront": fs.CF_LINES, "s3access": fs.S3ACCESS_LINES}[fmt]
     head = fs.CF_HEADER if fmt == "cloudfront" else []
     body = [*head, *(lines[i % len(lines)] for i in range(rows))]

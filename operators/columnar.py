@@ -25,14 +25,15 @@ of building frames is more than the line path's work (``bench/formats.py``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import polars as pl
 
 from operators.formats.vpcflow import INT_FIELDS, VpcFlowFormat
 from operators.tabledef import TableDef
 
-__all__ = ["MIN_RUN", "AlbColumns", "S3AccessColumns", "VpcFlowColumns", "columns_for"]
+__all__ = ["MIN_RUN", "AlbColumns", "Columns", "NlbColumns", "S3AccessColumns", "VpcFlowColumns",
+           "columns_for"]
 
 MIN_RUN = 80
 """Fewest lines a run needs for the columnar path: it has a fixed cost of about a
@@ -461,6 +462,102 @@ class S3AccessColumns:
                              f'"{self._table.record_id_column}":"{id_prefix}', self._max_row)
 
 
+class NlbColumns:
+    """Maps runs of Network Load Balancer (TLS) access log lines onto AWSNLBAccessLogs rows,
+    as the line path would (:class:`~operators.formats.elb.NlbFormat`: that standard table
+    keeps AWS's text, numbers, addresses and times as written, and TimeGenerated is the
+    time as ISO 8601 UTC).
+
+    One pattern takes a line whole: the 21 fields every line has, then
+    ``tls_connection_creation_time``, bare values without a quote (but the ALPN preference
+    list, written with quotes of its own, escaped for JSON here), numbers, ``address:port``
+    (or ``[address]:port``), times to the second (with or without ``Z``), single spaces;
+    fields past the known ones are ignored, as there. Anything else takes the line path.
+
+    :arg table: The table (AWSNLBAccessLogs).
+    :arg max_row: Largest encoded row; a longer one takes the line path.
+    """
+
+    def __init__(self, table: TableDef, max_row: int) -> None:
+        self._table = table
+        self._max_row = max_row
+        self._plan: object | None = _UNPLANNED
+        self._steps: tuple[str, list[pl.Expr], list[pl.Expr]] | None = None
+
+    def plan_for(self, parser: object, header: tuple[bytes, ...]) -> object | None:
+        """The plan (one for every line: no header), or None when a column is not what it
+        covers."""
+        if self._plan is _UNPLANNED:
+            self._plan = self._make()
+        return self._plan
+
+    def _make(self) -> object | None:
+        from operators.formats.elb import NLB_FIELDS, NLB_MIN_FIELDS
+
+        parts: list[str] = []
+        values: dict[str, pl.Expr] = {}
+        times: list[str] = []
+        for i, (name, kind) in enumerate(NLB_FIELDS):
+            g = f"g{i}"
+            if kind == "time":
+                part = f"(?P<{g}>{_SECOND}Z?|-)"
+                times.append(name)
+            elif kind == "int":
+                part = f"(?P<{g}>-?[0-9]+|-)"
+            elif kind == "addr":
+                part = (f"(?P<{g}>(?:\\[[0-9A-Fa-f:.]+\\]|[0-9A-Fa-f:.]+):[0-9]{{1,5}}|-)")
+            elif name == "alpn_client_preference_list":
+                part = f"(?P<{g}>[^ ]+)"
+            elif kind == "bare":
+                part = f'(?P<{g}>[^ "]+)'
+            else:
+                return None
+            value: pl.Expr = pl.when(pl.col(g) != "-").then(pl.col(g))
+            if name == "alpn_client_preference_list":  # its own quotes, escaped for JSON
+                value = value.str.replace_all('"', '\\"', literal=True)
+            values[name] = value
+            parts.append(part)
+        tail = "(?: .*)?"
+        for part in reversed(parts[NLB_MIN_FIELDS:]):
+            tail = f"(?: {part}{tail})?"
+        shape = "^" + " ".join(parts[:NLB_MIN_FIELDS]) + tail + "$"
+        pieces: list[pl.Expr] = []
+        bad: list[pl.Expr] = []
+        for name in times:  # a time that does not exist is the line path's error
+            v = values[name]
+            bad.append(v.is_not_null() & v.str.strip_suffix("Z").str.to_datetime(
+                "%Y-%m-%dT%H:%M:%S", strict=False).is_null())
+        for c in self._table.columns:
+            if len(c.source) != 1 or c.json or c.allowed is not None or c.truncate:
+                return None
+            got = values.get(c.source[0])
+            if got is None:
+                if c.required:
+                    return None
+                continue
+            v = got
+            if c.type == "datetime" and c.source[0] in times:  # as ISO 8601 UTC: with its Z
+                v = pl.when(v.str.ends_with("Z")).then(v).otherwise(v + "Z")
+            elif c.type != "string":
+                return None
+            pieces.append(pl.concat_str([pl.lit(f'"{c.name}":"'), v, pl.lit('"')]))
+            if c.required:
+                bad.append(v.is_null())
+        self._steps = (shape, pieces, bad)
+        return self._steps
+
+    def map_run(self, lines: list[bytes], plan: object, id_prefix: str,
+                offsets: list[int]) -> list[bytes]:
+        """The rows of ``lines`` (record ids ``id_prefix + offset``); ``b""`` for a line
+        left to the line path."""
+        shape, pieces, bad = self._steps  # type: ignore[misc]
+        return _pattern_rows(lines, offsets, shape, pieces, bad, "g0",
+                             f'"{self._table.record_id_column}":"{id_prefix}', self._max_row)
+
+
+_SECOND = r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}"
+
+
 _MONTHS = {m: f"{i:02d}" for i, m in enumerate(
     ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
 _UNPLANNED = object()
@@ -472,10 +569,22 @@ def _no_dash(v: pl.Expr) -> pl.Expr:
     return pl.when((v != "-") & (v != "")).then(v)
 
 
+class Columns(Protocol):
+    """A format's columnar path (:class:`VpcFlowColumns`, :class:`AlbColumns`,
+    :class:`NlbColumns`, :class:`S3AccessColumns`)."""
+
+    def plan_for(self, parser: Any, header: tuple[bytes, ...]) -> Any:
+        """How the lines under ``header`` are mapped; None: the line path."""
+
+    def map_run(self, lines: list[bytes], plan: Any, id_prefix: str,
+                offsets: list[int]) -> list[bytes]:
+        """The rows of ``lines``; ``b""`` for a line left to the line path."""
+
+
 def columns_for(parser: object, table: TableDef,
-                max_row: int) -> VpcFlowColumns | AlbColumns | S3AccessColumns | None:
+                max_row: int) -> Columns | None:
     """The columnar path of a route's records, when its format and table have one."""
-    from operators.formats.elb import AlbFormat
+    from operators.formats.elb import AlbFormat, NlbFormat
     from operators.formats.s3access import S3AccessFormat
 
     if isinstance(parser, VpcFlowFormat):
@@ -484,4 +593,6 @@ def columns_for(parser: object, table: TableDef,
         return AlbColumns(table, max_row)
     if isinstance(parser, S3AccessFormat):
         return S3AccessColumns(table, max_row)
+    if isinstance(parser, NlbFormat) and parser.table == parser.standard_table == table.name:
+        return NlbColumns(table, max_row)
     return None

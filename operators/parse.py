@@ -19,13 +19,7 @@ import orjson
 from connectors.s3.config import SourceConfig
 from dataflow.core.failures import failed
 from dataflow.core.messages import ErrorRecord, ObjectEnd, RawRecord, Row, Rows
-from operators.columnar import (
-    MIN_RUN,
-    AlbColumns,
-    S3AccessColumns,
-    VpcFlowColumns,
-    columns_for,
-)
+from operators.columnar import MIN_RUN, Columns, columns_for
 from operators.formats import ParseError, TextFormat
 from operators.formats.registry import DEFAULT_TABLES, text_format
 from operators.schema import Mapper, MappingError, TableDef
@@ -60,7 +54,7 @@ class _Route:
     __slots__ = ("columns", "keep", "mapper", "parser", "stream")
 
     def __init__(self, mapper: Mapper, parser: TextFormat | None, keep: bool = False,
-                 columns: VpcFlowColumns | AlbColumns | S3AccessColumns | None = None) -> None:
+                 columns: Columns | None = None) -> None:
         self.mapper = mapper
         self.parser = parser
         self.stream = mapper.table.stream
@@ -228,12 +222,12 @@ class RecordMapper:
         route = self._route(obj.source, obj.format or self._sources[obj.source].format)
         if type(route) is not _Route or route.columns is None or end - start < MIN_RUN:
             return end, route, None  # type: ignore[return-value]
-        plan = route.columns.plan_for(route.parser, header)  # type: ignore[arg-type]
+        plan = route.columns.plan_for(route.parser, header)
         if plan is None:
             return end, route, None
         run = cast("list[RawRecord]", records[start:end])
-        return end, route, route.columns.map_run([r.data for r in run], plan,  # type: ignore[arg-type]
-                                                 f"{obj.id}-", [r.offset for r in run])
+        return end, route, route.columns.map_run([r.data for r in run], plan, f"{obj.id}-",
+                                                 [r.offset for r in run])
 
     def _map(self, rec: RawRecord) -> tuple[str, bytes] | tuple[str, bytes, dict] | ErrorRecord:
         obj = rec.obj
