@@ -5,6 +5,11 @@ NDJSON, GuardDuty, ...) are decoded and mapped in one pass by the table's
 :class:`~operators.schema.Mapper`; text formats are parsed into a dict first by their
 :class:`~operators.formats.TextFormat`. Which table a record goes to follows from its
 source and its object's format (``auto`` sources resolve the format per object).
+
+Runs of lines of the tabular formats with a columnar path (VPC flow logs, ALB and NLB
+access logs onto their standard tables, S3 server access logs) are mapped by polars
+instead (:mod:`operators.columnar`), with the same rows byte for byte; a line it cannot
+vouch for, and a run too short to pay for it, take the line path.
 """
 
 from __future__ import annotations
