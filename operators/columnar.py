@@ -1,22 +1,29 @@
-"""The columnar path: runs of VPC flow log lines decoded, mapped and encoded by polars.
+"""The columnar path: runs of tabular log lines decoded, mapped and encoded by polars.
 
-The line path (:meth:`VpcFlowFormat.parse <operators.formats.vpcflow.VpcFlowFormat.parse>`,
-then :meth:`Mapper.row_dict <operators.schema.Mapper.row_dict>` and
+The line path (a :class:`~operators.formats.TextFormat`'s ``parse``, then
+:meth:`Mapper.row_dict <operators.schema.Mapper.row_dict>` and
 :meth:`~operators.schema.Mapper.encode`) does one line at a time in Python. For a run of
-lines of one object read against one field list, :class:`VpcFlowColumns` does the same
-work as polars expressions over the whole run: split the fields, turn ``-`` into no value,
-numbers into ints and epoch seconds into ISO 8601, and write each row's JSON with the
-columns in the table's order, the fields no column reads in the ``*`` column and the
-record id, so that the rows are the line path's byte for byte.
+lines of one object, a format's columns class does the same work as polars expressions
+over the whole run and writes each row's JSON with the columns in the table's order, the
+fields no column reads in the ``*`` column and the record id, so that the rows are the
+line path's byte for byte:
+
+- :class:`VpcFlowColumns`: VPC flow logs read against one field list (a header line or the
+  declared fields): split the fields, ``-`` as no value, numbers, epoch seconds as ISO 8601;
+- :class:`AlbColumns`, :class:`NlbColumns`: load balancer access logs onto their standard
+  tables (AWS's text as written; addresses split for ALB), and :class:`S3AccessColumns`:
+  S3 server access logs. One pattern with named groups takes a line whole
+  (:func:`_pattern_rows`).
 
 A line it cannot vouch for is left to the line path, which gives its row or its error record
-with the reason exactly as before: anything but printable ASCII (or a ``"`` or ``\\``, which
-JSON escapes), other whitespace than single spaces, a ``{"message": ...}`` line, a field
-count that differs from the field list, a number field that is not digits (or has a leading
-zero, or more than 18), a required column without a value, epoch milliseconds, a string value the mapper would
-cut (over 16 KiB), a row over the largest one a request takes. A field list the plan does
-not cover (a column reading a nested path, a number column fed by a string field, ...)
-leaves the whole run to the line path.
+with the reason exactly as before. For VPC flow logs: anything but printable ASCII (or a
+``"`` or ``\\``, which JSON escapes), other whitespace than single spaces, a
+``{"message": ...}`` line, a field count that differs from the field list, a number field
+that is not digits (or has a leading zero, or more than 18), a required column without a
+value, epoch milliseconds, a string value the mapper would cut (over 16 KiB), a row over the
+largest one a request takes. A field list the plan does not cover (a column reading a
+nested path, a number column fed by a string field, ...) leaves the whole run to the line
+path. The pattern-based formats say what they refuse in their own docstrings.
 
 Which path a run takes is decided per run (:data:`MIN_RUN`): for a few lines the fixed cost
 of building frames is more than the line path's work (``bench/formats.py``).
