@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import random
 import resource
 import statistics
@@ -164,9 +165,11 @@ def run_case(fmt: str, rows: int, columnar: bool, stage: str) -> dict[str, float
 
 
 def _child(fmt: str, rows: int, columnar: bool, stage: str) -> dict[str, float]:
+    # polars with one thread, as in a flow process (dataflow/__init__.py says why).
     out = subprocess.run([sys.executable, __file__, "--case", fmt, str(rows),
                           "columnar" if columnar else "line", stage],
-                         capture_output=True, text=True, check=True, cwd=ROOT)
+                         capture_output=True, text=True, check=True, cwd=ROOT,
+                         env={**os.environ, "POLARS_MAX_THREADS": "1"})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
