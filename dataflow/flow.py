@@ -29,7 +29,16 @@ from connectors.sentinel.sink import SentinelSink
 from dataflow import runtime
 from dataflow.config import Config, ConfigError, load_config
 from dataflow.core import metrics
-from dataflow.core.messages import ErrorRecord, ObjectEnd, Partial, RawRecord, Row, Rows, Settled
+from dataflow.core.messages import (
+    ErrorRecord,
+    ObjectEnd,
+    ObjectStart,
+    Partial,
+    RawRecord,
+    Row,
+    Rows,
+    Settled,
+)
 from dataflow.keys import keyring_for
 from dataflow.locality import ClusterShape, LocalKeys
 from dataflow.tables import tables_for
@@ -83,7 +92,7 @@ def build_flow(cfg: Config, *, s3_factory: Callable[[], Any] | None = None,
     # The outputs of a branch are cast to what the predicate let through (as bytewax's own
     # operators do), so the element types survive it.
     read = op.branch("read_ok", items, lambda x: not isinstance(x, ErrorRecord))
-    mapped = op.flat_map_batch("map", cast("op.Stream[RawRecord | ObjectEnd]", read.trues),
+    mapped = op.flat_map_batch("map", cast("op.Stream[RawRecord | ObjectEnd | ObjectStart]", read.trues),
                                mapper.map_batch)
     rows = op.branch("map_ok", mapped, lambda x: isinstance(x, Rows))
     errors: op.Stream[ErrorRecord] = op.merge(
@@ -146,11 +155,12 @@ def _transform(cfg: Config, tables: Any, transformer: Transformer, rows: op.Stre
     rest = cast("op.Stream[Rows | Partial]", settled.falses)
     if not transformer.aggregates:
         return cast("op.Stream[Rows]", rest)
-    # Rows go on; partial summaries and end markers go to their object's merge.
-    split = op.branch("summaries", rest, lambda x: isinstance(x, Partial) or bool(x.end))
+    # Rows go on; partial summaries and start and end markers go to their object's merge.
+    split = op.branch("summaries", rest,
+                      lambda x: isinstance(x, Partial) or bool(x.end or x.begin))
 
     def object_key(x: Partial | Rows) -> str:
-        return local(x.object_id if isinstance(x, Partial) else x.end)
+        return local(x.object_id if isinstance(x, Partial) else x.end or x.begin)
 
     keyed = op.key_on("object", split.trues, object_key)
     logic = functools.partial(Aggregator(cfg.transforms, tables).logic, keyring=keyring)

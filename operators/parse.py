@@ -23,7 +23,7 @@ import orjson
 
 from connectors.s3.config import SourceConfig
 from dataflow.core.failures import failed
-from dataflow.core.messages import ErrorRecord, ObjectEnd, RawRecord, Row, Rows
+from dataflow.core.messages import ErrorRecord, ObjectEnd, ObjectStart, RawRecord, Row, Rows
 from operators.columnar import MIN_RUN, Columns, columns_for
 from operators.formats import ParseError, TextFormat
 from operators.formats.registry import DEFAULT_TABLES, text_format
@@ -140,19 +140,26 @@ class RecordMapper:
             return Row(res[0], rec.record_id, res[1], rec.obj.partition)
         return self._bounded(rec, res)  # type: ignore[arg-type,return-value]
 
-    def map_batch(self, records: Sequence[RawRecord | ObjectEnd]) -> list[Rows | ErrorRecord]:
+    def map_batch(self, records: Sequence[RawRecord | ObjectEnd | ObjectStart]
+                  ) -> list[Rows | ErrorRecord]:
         """Map a batch of raw records; rows come out bundled per (stream, partition), in order.
 
-        An :class:`~dataflow.core.messages.ObjectEnd` comes out as an end marker (an empty
-        bundle with :attr:`~dataflow.core.messages.Rows.end` set) after the rows."""
+        An :class:`~dataflow.core.messages.ObjectStart` comes out as a start marker (an
+        empty bundle with :attr:`~dataflow.core.messages.Rows.begin` set) before the rows,
+        an :class:`~dataflow.core.messages.ObjectEnd` as an end marker after them."""
         out: list[Rows | ErrorRecord] = []
         groups: dict[tuple[str, str], tuple[list[bytes], list[str], list[dict]]] = {}
+        begins: list[Rows] = []
         ends: list[Rows] = []
         i, n = 0, len(records)
         while i < n:
             rec = records[i]
             if type(rec) is ObjectEnd:
                 ends.append(Rows("", rec.obj.partition, (), (), end=rec.obj.id))
+                i += 1
+                continue
+            if type(rec) is ObjectStart:
+                begins.append(Rows("", rec.obj.partition, (), (), begin=rec.obj.id))
                 i += 1
                 continue
             assert isinstance(rec, RawRecord)
@@ -185,7 +192,7 @@ class RecordMapper:
         for (stream, partition), (rows_, ids, parsed) in groups.items():
             out.append(Rows(stream, partition, tuple(rows_), tuple(ids),
                             tuple(parsed) if parsed else None))
-        return out + ends
+        return begins + out + ends
 
     def _one(self, rec: RawRecord, groups: dict[tuple[str, str], tuple[list[bytes], list[str],
                                                                       list[dict]]],
@@ -207,7 +214,7 @@ class RecordMapper:
             if err is not None:
                 out.append(err)
 
-    def _run(self, records: Sequence[RawRecord | ObjectEnd],
+    def _run(self, records: Sequence[RawRecord | ObjectEnd | ObjectStart],
              start: int) -> tuple[int, _Route, list[bytes] | None]:
         """The run of records from ``start`` (one object, one header): where it ends, its
         route, and the rows the columnar path gives for it (``b""`` for a line it leaves to

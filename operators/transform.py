@@ -549,7 +549,9 @@ _AAD = b"s3sentinel-aggregate-snapshot"
 
 class AggregateLogic(StatefulBatchLogic[Partial | Rows, Rows, dict]):
     """Merges one object's partial summaries until its end marker, then emits the summary
-    rows (one bundle per summary table) and forgets the object.
+    rows (one bundle per summary table) and forgets the object. A start marker (the object
+    read from its first record again: SQS reads a taken-back object from the start) drops
+    what an earlier read merged.
 
     The state is part of the snapshot, taken with the source's position: after a restart
     the rows read again are merged into the summaries as they stood, so a summary counts
@@ -581,9 +583,13 @@ class AggregateLogic(StatefulBatchLogic[Partial | Rows, Rows, dict]):
     def on_batch(self, values: list[Partial | Rows]) -> tuple[Iterable[Rows], bool]:
         out: list[Rows] = []
         for item in values:
-            if isinstance(item, Rows):  # the object's end marker
-                out += [self._emit(k) for k in list(self._held)]
-                return [b for b in out if b.rows], StatefulBatchLogic.DISCARD
+            if isinstance(item, Rows):
+                if item.begin:  # read again from its first record: an earlier read's sums
+                    self._held, self._sent = {}, {}  # count for nothing (ids start over)
+                else:  # the object's end: its summaries go out, and it is forgotten
+                    out += [self._emit(k) for k in list(self._held)]
+                    self._held, self._sent = {}, {}
+                continue
             self._object, self._partition = item.object_id, item.partition
             spec = self._specs[item.spec]
             held = self._held.setdefault(item.spec, {})
@@ -596,7 +602,8 @@ class AggregateLogic(StatefulBatchLogic[Partial | Rows, Rows, dict]):
                     held[key] = list(acc)
                 else:
                     spec.merge(have, acc)
-        return [b for b in out if b.rows], StatefulBatchLogic.RETAIN
+        done = StatefulBatchLogic.RETAIN if self._held or self._sent else StatefulBatchLogic.DISCARD
+        return [b for b in out if b.rows], done
 
     @override
     def on_eof(self) -> tuple[Iterable[Rows], bool]:

@@ -35,7 +35,7 @@ from connectors.s3.records import FormatUnknown, Record, object_records
 from dataflow.core import metrics
 from dataflow.core.backoff import Backoff
 from dataflow.core.failures import failed
-from dataflow.core.messages import ErrorRecord, ObjectEnd, ObjectRef, RawRecord
+from dataflow.core.messages import ErrorRecord, ObjectEnd, ObjectRef, ObjectStart, RawRecord
 from operators.formats import TextFormat
 from operators.formats.registry import text_format
 
@@ -50,7 +50,7 @@ READ_ATTEMPTS = 8
 BATCH_RECORDS = 2000
 """Most records emitted by one ``next_batch`` call (keeps epochs and snapshots moving)."""
 
-Item = RawRecord | ErrorRecord | ObjectEnd
+Item = RawRecord | ErrorRecord | ObjectEnd | ObjectStart
 Clock = Callable[[], datetime]
 
 _ENVELOPE_BYTES = 64
@@ -115,7 +115,9 @@ class ObjectReader:
     :arg backoff: The partition's back-off: a transient failure here sets its ``wake_at``.
     :arg track: Keep the emitted offsets (for the journals' "accounted for" checks).
     :arg mark_ends: Emit an :class:`~dataflow.core.messages.ObjectEnd` after the last item
-        of each object (completed or failed), for steps that aggregate per object.
+        of each object (completed or failed), and an
+        :class:`~dataflow.core.messages.ObjectStart` before the first when it is read from
+        its first record, for steps that aggregate per object.
     """
 
     def __init__(self, src: SourceConfig, partition: str, fetch: Prefetcher,
@@ -184,7 +186,9 @@ class ObjectReader:
         ref = ObjectRef(src.name, self._name, src.bucket, p.key, body.etag, body.size, fmt)
         self.reading = _Reading(ref, recs, p.offset, p.modified)
         self.retry = None
-        return [], None
+        # Read from its first record (SQS reads a taken-back object again from the start):
+        # what an earlier read summed of it must not count twice.
+        return ([ObjectStart(ref)] if self._mark_ends and p.offset == 0 else []), None
 
     def read(self, limit: int, now: datetime) -> tuple[list[Item], Finished | None]:
         """Up to ``limit`` items of the object being read, and :class:`Finished` when it ended

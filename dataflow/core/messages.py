@@ -15,6 +15,7 @@ __all__ = [
     "ErrorRecord",
     "ObjectEnd",
     "ObjectRef",
+    "ObjectStart",
     "Partial",
     "RawRecord",
     "Row",
@@ -90,6 +91,17 @@ class ObjectEnd:
 
 
 @dataclass(frozen=True, slots=True)
+class ObjectStart:
+    """An object is read from its first record: a read of it before (a restart's, an SQS
+    message received again) counts for nothing in what is summed per object.
+
+    Emitted, like :class:`ObjectEnd`, only when the flow aggregates rows per object.
+    """
+
+    obj: ObjectRef
+
+
+@dataclass(frozen=True, slots=True)
 class ErrorRecord:
     """A record or object that could not be read, parsed or mapped: kept as data, never dropped."""
 
@@ -149,6 +161,9 @@ class Rows:
     end: str = ""
     """Set on an empty bundle that marks the end of the object with this id: every row of
     that object went before it (see :class:`ObjectEnd`)."""
+    begin: str = ""
+    """Set on an empty bundle that marks that the object with this id is read from its
+    first record: its rows come after it (see :class:`ObjectStart`)."""
 
 
 @dataclass(frozen=True, slots=True)

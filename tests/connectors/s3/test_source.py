@@ -343,3 +343,27 @@ def test_cloudtrail_digest_files_are_skipped_for_cloudtrail_and_auto_sources(
               "111122223333_CloudTrail-Digest_us-east-1_trail_us-east-1_20261101T010000Z.json.gz")
     assert skip_reason(src(format=fmt), digest) == "CloudTrail digest file"
     assert skip_reason(src(format="ndjson"), digest) is None  # another format: not ours to skip
+
+
+def test_objects_are_marked_at_their_start_and_end_when_the_flow_summarises(
+        s3: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With mark_ends, an object read from its first record is preceded by ObjectStart and
+    followed by ObjectEnd; one resumed mid-object gets no start marker (the summaries held
+    in the snapshot go on)."""
+    from dataflow.core.messages import ObjectEnd, ObjectStart
+
+    monkeypatch.setattr(source_mod, "BATCH_RECORDS", 3)
+    put_lines(s3, "logs/a.ndjson", [b'{"n": %d}' % i for i in range(5)])
+
+    def part(state: dict | None = None) -> Any:
+        return S3Source([src()], lambda: s3, catch_up=True, clock=Clock(),
+                        mark_ends=True).build_part("s3", S3Source.part_name("app", 0, 1), state)
+
+    first = part()
+    got = first.next_batch()
+    assert type(got[0]) is ObjectStart and [type(x) for x in got[1:]] == [RawRecord] * 3
+    snap = first.snapshot()
+    first.close()
+    rest = drain(part(snap))
+    assert [type(x) for x in rest] == [RawRecord, RawRecord, ObjectEnd]
+    assert rest[-1].obj.key == "logs/a.ndjson" and got[0].obj.key == "logs/a.ndjson"
