@@ -10,10 +10,10 @@ line path's byte for byte:
 
 - :class:`VpcFlowColumns`: VPC flow logs read against one field list (a header line or the
   declared fields): split the fields, ``-`` as no value, numbers, epoch seconds as ISO 8601;
-- :class:`AlbColumns`, :class:`NlbColumns`: load balancer access logs onto their standard
-  tables (AWS's text as written; addresses split for ALB), and :class:`S3AccessColumns`:
-  S3 server access logs. One pattern with named groups takes a line whole
-  (:func:`_pattern_rows`).
+- :class:`PatternColumns` (:func:`alb_columns`, :func:`nlb_columns`: load balancer access
+  logs onto their standard tables, AWS's text as written, addresses split for ALB;
+  :func:`s3access_columns`: S3 server access logs): one pattern with named groups takes a
+  line whole (:func:`_pattern_rows`).
 
 A line it cannot vouch for is left to the line path, which gives its row or its error record
 with the reason exactly as before. For VPC flow logs: anything but printable ASCII (or a
@@ -31,6 +31,7 @@ of building frames is more than the line path's work (``bench/formats.py``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -39,8 +40,8 @@ import polars as pl
 from operators.formats.vpcflow import INT_FIELDS, VpcFlowFormat
 from operators.tabledef import TableDef
 
-__all__ = ["MIN_RUN", "AlbColumns", "Columns", "NlbColumns", "S3AccessColumns", "VpcFlowColumns",
-           "columns_for"]
+__all__ = ["MIN_RUN", "Columns", "PatternColumns", "VpcFlowColumns", "alb_columns", "columns_for",
+           "nlb_columns", "s3access_columns"]
 
 MIN_RUN = 80
 """Fewest lines a run needs for the columnar path: it has a fixed cost of about a
@@ -210,11 +211,55 @@ class VpcFlowColumns:
         return split, nulls, time_exprs, pieces, bad
 
 
-class AlbColumns:
-    """Maps runs of Application Load Balancer access log lines onto AWSALBAccessLogs rows,
-    as the line path would (:class:`~operators.formats.elb.AlbFormat`, whose records for
-    that standard table keep AWS's own text: numbers and times as written, the request line
-    whole, addresses split into address and port).
+@dataclass(frozen=True)
+class _Pattern:
+    """A pattern with named groups that takes a format's lines whole, and the row's JSON
+    members it writes from them."""
+
+    shape: str
+    pieces: list[pl.Expr]
+    bad: list[pl.Expr]
+    """Which lines the line path takes anyway, though the pattern took them."""
+    first: str
+    """A group every line the pattern takes has (null: the pattern did not take it)."""
+
+
+class PatternColumns:
+    """The columnar path of a format whose lines one pattern takes whole (load balancer and
+    S3 server access logs), built once from the table by ``make``.
+
+    :arg table: The table the rows are for.
+    :arg max_row: Largest encoded row; a longer one takes the line path.
+    :arg make: The format's pattern for ``table``; None when the table has a column it
+        does not cover (the line path then takes every run).
+    """
+
+    def __init__(self, table: TableDef, max_row: int,
+                 make: Callable[[TableDef], _Pattern | None]) -> None:
+        self._table = table
+        self._max_row = max_row
+        self._make = make
+        self._pattern: _Pattern | None | object = _UNPLANNED
+
+    def plan_for(self, parser: object, header: tuple[bytes, ...]) -> _Pattern | None:
+        """The pattern (one for every line: these formats have no header)."""
+        if self._pattern is _UNPLANNED:
+            self._pattern = self._make(self._table)
+        return self._pattern  # type: ignore[return-value]
+
+    def map_run(self, lines: list[bytes], plan: _Pattern, id_prefix: str,
+                offsets: list[int]) -> list[bytes]:
+        """The rows of ``lines`` (record ids ``id_prefix + offset``); ``b""`` for a line
+        left to the line path."""
+        return _pattern_rows(lines, offsets, plan,
+                             f'"{self._table.record_id_column}":"{id_prefix}', self._max_row)
+
+
+def alb_columns(table: TableDef, max_row: int) -> PatternColumns:
+    """Application Load Balancer access log lines onto AWSALBAccessLogs, as the line path
+    maps them (:class:`~operators.formats.elb.AlbFormat`, whose records for that standard
+    table keep AWS's own text: numbers and times as written, the request line whole,
+    addresses split into address and port).
 
     One pattern takes a line whole: every field of its field list (the 17 of the first
     format, then those AWS added, in order), bare ones without a quote, quoted ones without
@@ -223,127 +268,149 @@ class AlbColumns:
     are not UTF-8, a bracketed IPv6 address, a number or port with a leading zero, a time
     without its ``Z``, more fields than the list, a line over 16 KiB or a row over the
     request limit; and so does a time that does not exist (checked by polars).
-
-    :arg table: The table (the plan needs AWSALBAccessLogs' columns).
-    :arg max_row: Largest encoded row; a longer one takes the line path.
     """
+    return PatternColumns(table, max_row, _alb_pattern)
 
-    def __init__(self, table: TableDef, max_row: int) -> None:
-        self._table = table
-        self._max_row = max_row
-        self._steps: tuple[str, list[pl.Expr], list[pl.Expr], list[pl.Expr]] | None = None
-        self._plan: object | None = _UNPLANNED
-        self._rest = next((c.name for c in table.columns if c.source == ("*",)), None)
 
-    def plan_for(self, parser: object, header: tuple[bytes, ...]) -> object | None:
-        """The plan (one for every line: ALB logs have no header), or None when the table's
-        columns are not what it covers."""
-        if self._plan is _UNPLANNED:
-            self._plan = self._make()
-        return self._plan
+def s3access_columns(table: TableDef, max_row: int) -> PatternColumns:
+    """S3 server access log lines onto their table's rows, as the line path maps them
+    (:class:`~operators.formats.s3access.S3AccessFormat`).
 
-    def _make(self) -> object | None:
-        from operators.formats.elb import ALB_FIELDS, ALB_MIN_FIELDS
+    One pattern takes a line whole: the 17 fields through the user agent, then those AWS
+    added, bare fields without a quote or bracket, the time in brackets at ``+0000`` (S3
+    writes UTC), the request line, referrer and user agent quoted without a quote inside
+    (or a bare ``-``), single spaces; fields past the known ones are ignored, as there.
+    Anything else takes the line path: escapes, other offsets, a time out of range, a
+    number with a leading zero, bytes that are not UTF-8, control characters.
+    """
+    return PatternColumns(table, max_row, _s3access_pattern)
 
-        # (group names per field: how its text is read) -> pattern and value expressions
-        kinds = dict(ALB_FIELDS)
-        parts: list[str] = []
-        values: dict[str, pl.Expr] = {}  # parser key -> its text (null: no value)
-        times: list[str] = []
-        for i, (name, kind) in enumerate(ALB_FIELDS):
-            g = f"g{i}"
-            if kind in ("bare",):
-                part = f"(?P<{g}>[^ \"]+)"
-                values[name] = _no_dash(pl.col(g))
-            elif kind in ("quoted", "request"):
-                part = f'(?:"(?P<{g}>[^"]*)"|(?P<{g}b>-))'
-                values[name] = _no_dash(pl.col(g))
-            elif kind == "str":
-                part = f'(?:"(?P<{g}>[^"]*)"|(?P<{g}b>[^ "]+))'
-                values[name] = _no_dash(pl.coalesce(pl.col(g), pl.col(f"{g}b")))
-            elif kind == "int":
-                part = f"(?P<{g}>-?(?:0|[1-9][0-9]{{0,17}})|-)"
-                values[name] = _no_dash(pl.col(g))
-            elif kind == "real":
-                part = f"(?P<{g}>-?[0-9]+(?:\\.[0-9]+)?|-)"
-                values[name] = _no_dash(pl.col(g))
-            elif kind == "time":
-                part = f"(?P<{g}>{_ALB_TIME}|-)"
-                values[name] = _no_dash(pl.col(g))
-                times.append(name)
-            elif kind == "addr":
-                part = f"(?:(?P<{g}>[0-9A-Fa-f:.]+):(?P<{g}p>0|[1-9][0-9]{{0,4}})|-)"
-                values[f"{name}_ip"] = pl.col(g)
-                values[f"{name}_port"] = pl.col(f"{g}p")
-            else:
-                return None
-            parts.append(part)
-        required = " ".join(parts[:ALB_MIN_FIELDS])
-        tail = ""
-        for part in reversed(parts[ALB_MIN_FIELDS:]):
-            tail = f"(?: {part}{tail})?"
-        shape = f"^{required}{tail}$"
-        # The request line is kept when some part of it is not "-" (a Classic TCP listener's
-        # "- - - " is no request).
-        values["request"] = pl.when(values["request"].str.contains(r"(?:^| )(?:[^ \-]|-[^ ])")
-                                    ).then(values["request"])
-        ints = {n for n, k in kinds.items() if k == "int"} | {"client_port", "target_port"}
-        pieces: list[pl.Expr] = []
-        read: set[str] = set()
-        bad: list[pl.Expr] = []
-        for c in self._table.columns:
-            if c.source == ("*",):
-                continue
-            if len(c.source) != 1 or c.json or c.allowed is not None or c.truncate:
-                return None
-            key = c.source[0]
-            read.add(key)
-            v = values.get(key)
-            if v is None:
-                if c.required:
-                    return None
-                continue
-            if c.type == "string":
-                pieces.append(pl.concat_str([pl.lit(f'"{c.name}":"'), v, pl.lit('"')]))
-            elif c.type in ("int", "long") and key in ints:
-                pieces.append(pl.concat_str([pl.lit(f'"{c.name}":'), v]))
-            elif c.type == "datetime" and key in times:
-                pieces.append(pl.concat_str([pl.lit(f'"{c.name}":"'), v, pl.lit('"')]))
-            else:
-                return None
+
+def nlb_columns(table: TableDef, max_row: int) -> PatternColumns:
+    """Network Load Balancer (TLS) access log lines onto AWSNLBAccessLogs, as the line path
+    maps them (:class:`~operators.formats.elb.NlbFormat`: that standard table keeps AWS's
+    text, numbers, addresses and times as written; TimeGenerated is the time as ISO 8601 UTC).
+
+    One pattern takes a line whole: the 21 fields every line has, then
+    ``tls_connection_creation_time``, bare values without a quote (but the ALPN preference
+    list, written with quotes of its own, escaped for JSON here), numbers, ``address:port``
+    (or ``[address]:port``), times to the second (with or without ``Z``), single spaces;
+    fields past the known ones are ignored, as there. Anything else takes the line path.
+    """
+    return PatternColumns(table, max_row, _nlb_pattern)
+
+
+def _alb_pattern(table: TableDef) -> _Pattern | None:
+    """The pattern of ALB access log lines onto AWSALBAccessLogs (see
+    :func:`alb_columns`)."""
+    from operators.formats.elb import ALB_FIELDS, ALB_MIN_FIELDS
+
+    rest_column = next((c.name for c in table.columns if c.source == ("*",)), None)
+
+    # (group names per field: how its text is read) -> pattern and value expressions
+    kinds = dict(ALB_FIELDS)
+    parts: list[str] = []
+    values: dict[str, pl.Expr] = {}  # parser key -> its text (null: no value)
+    times: list[str] = []
+    for i, (name, kind) in enumerate(ALB_FIELDS):
+        g = f"g{i}"
+        if kind in ("bare",):
+            part = f"(?P<{g}>[^ \"]+)"
+            values[name] = _no_dash(pl.col(g))
+        elif kind in ("quoted", "request"):
+            part = f'(?:"(?P<{g}>[^"]*)"|(?P<{g}b>-))'
+            values[name] = _no_dash(pl.col(g))
+        elif kind == "str":
+            part = f'(?:"(?P<{g}>[^"]*)"|(?P<{g}b>[^ "]+))'
+            values[name] = _no_dash(pl.coalesce(pl.col(g), pl.col(f"{g}b")))
+        elif kind == "int":
+            part = f"(?P<{g}>-?(?:0|[1-9][0-9]{{0,17}})|-)"
+            values[name] = _no_dash(pl.col(g))
+        elif kind == "real":
+            part = f"(?P<{g}>-?[0-9]+(?:\\.[0-9]+)?|-)"
+            values[name] = _no_dash(pl.col(g))
+        elif kind == "time":
+            part = f"(?P<{g}>{_ALB_TIME}|-)"
+            values[name] = _no_dash(pl.col(g))
+            times.append(name)
+        elif kind == "addr":
+            part = f"(?:(?P<{g}>[0-9A-Fa-f:.]+):(?P<{g}p>0|[1-9][0-9]{{0,4}})|-)"
+            values[f"{name}_ip"] = pl.col(g)
+            values[f"{name}_port"] = pl.col(f"{g}p")
+        else:
+            return None
+        parts.append(part)
+    required = " ".join(parts[:ALB_MIN_FIELDS])
+    tail = ""
+    for part in reversed(parts[ALB_MIN_FIELDS:]):
+        tail = f"(?: {part}{tail})?"
+    shape = f"^{required}{tail}$"
+    # The request line is kept when some part of it is not "-" (a Classic TCP listener's
+    # "- - - " is no request).
+    values["request"] = pl.when(values["request"].str.contains(r"(?:^| )(?:[^ \-]|-[^ ])")
+                                ).then(values["request"])
+    ints = {n for n, k in kinds.items() if k == "int"} | {"client_port", "target_port"}
+    members = _members(table, values, ints, {n: values[n] for n in times})
+    if members is None:
+        return None
+    pieces, bad, read = members
+    for name in times:  # a time that does not exist is the line path's error
+        v = values[name]
+        bad.append(v.is_not_null() & v.str.to_datetime(
+            "%Y-%m-%dT%H:%M:%S%.fZ", strict=False).is_null())
+    rest = [(n, v) for n, v in values.items() if n not in read]
+    if rest_column is not None and rest:
+        if any(n.endswith(("_ip", "_port")) for n, _ in rest):
+            return None  # a port is an int there: not what the pieces below write
+        # As written: the fields no column reads are text in the record.
+        body = pl.concat_str([pl.concat_str([pl.lit(f'"{n}":"'), v, pl.lit('"')])
+                              for n, v in rest], separator=",", ignore_nulls=True)
+        pieces.append(pl.when(body != "").then(
+            pl.concat_str([pl.lit(f'"{rest_column}":{{'), body, pl.lit("}")])))
+    return _Pattern(shape, pieces, bad, "g0")
+
+
+def _members(table: TableDef, values: dict[str, pl.Expr], ints: set[str],
+             times: dict[str, pl.Expr]) -> tuple[list[pl.Expr], list[pl.Expr], set[str]] | None:
+    """The row's JSON members, in the table's column order, from the record's text
+    ``values`` (by record key): a string column quoted, an int/long column of a key in
+    ``ints`` as the number it is, a datetime column of a key in ``times`` as that ISO 8601
+    text; with which lines the line path takes (a required column without a value) and the
+    keys the columns read. None when a column is none of those (the line path then)."""
+    pieces: list[pl.Expr] = []
+    bad: list[pl.Expr] = []
+    read: set[str] = set()
+    for c in table.columns:
+        if c.source == ("*",):
+            continue
+        if len(c.source) != 1 or c.json or c.allowed is not None or c.truncate:
+            return None
+        key = c.source[0]
+        read.add(key)
+        v = values.get(key)
+        if v is None:
             if c.required:
-                bad.append(v.is_null())
-        for name in times:  # a time that does not exist is the line path's error
-            v = values[name]
-            bad.append(v.is_not_null() & v.str.to_datetime(
-                "%Y-%m-%dT%H:%M:%S%.fZ", strict=False).is_null())
-        rest = [(n, v) for n, v in values.items() if n not in read]
-        if self._rest is not None and rest:
-            if any(n.endswith(("_ip", "_port")) for n, _ in rest):
-                return None  # a port is an int there: not what the pieces below write
-            # As written: the fields no column reads are text in the record.
-            body = pl.concat_str([pl.concat_str([pl.lit(f'"{n}":"'), v, pl.lit('"')])
-                                  for n, v in rest], separator=",", ignore_nulls=True)
-            pieces.append(pl.when(body != "").then(
-                pl.concat_str([pl.lit(f'"{self._rest}":{{'), body, pl.lit("}")])))
-        self._steps = (shape, pieces, bad, [])
-        return self._steps
-
-    def map_run(self, lines: list[bytes], plan: object, id_prefix: str,
-                offsets: list[int]) -> list[bytes]:
-        """The rows of ``lines`` (record ids ``id_prefix + offset``); ``b""`` for a line
-        left to the line path."""
-        shape, pieces, bad, _ = self._steps  # type: ignore[misc]
-        return _pattern_rows(lines, offsets, shape, pieces, bad, "g0",
-                             f'"{self._table.record_id_column}":"{id_prefix}', self._max_row)
+                return None
+            continue
+        if c.type == "datetime" and key in times:
+            v = times[key]
+        elif c.type in ("int", "long") and key in ints:
+            pieces.append(pl.concat_str([pl.lit(f'"{c.name}":'), v]))
+            v = None
+        elif c.type != "string":
+            return None
+        if v is not None:
+            pieces.append(pl.concat_str([pl.lit(f'"{c.name}":"'), v, pl.lit('"')]))
+        if c.required:
+            bad.append(values[key].is_null())
+    return pieces, bad, read
 
 
-def _pattern_rows(lines: list[bytes], offsets: list[int], shape: str, pieces: list[pl.Expr],
-                  bad: list[pl.Expr], first: str, id_head: str, max_row: int) -> list[bytes]:
-    """The rows of lines a pattern with named groups takes whole: ``pieces`` write the row's
-    JSON members from the groups, ``bad`` says which lines the line path takes anyway (as do
-    lines the pattern does not take, whose group ``first`` is null, and lines with a
-    backslash, a control character, more than 16 KiB or bytes that are not UTF-8)."""
+def _pattern_rows(lines: list[bytes], offsets: list[int], pattern: _Pattern, id_head: str,
+                  max_row: int) -> list[bytes]:
+    """The rows of the lines ``pattern`` takes whole; ``b""`` for the others, and for lines
+    with a backslash, a control character, more than 16 KiB or bytes that are not UTF-8."""
+    shape, pieces, bad, first = pattern.shape, pattern.pieces, pattern.bad, pattern.first
     try:
         text = b"\n".join(lines).decode("utf-8")
     except UnicodeDecodeError:  # the line paths keep such bytes as \xNN escapes
@@ -366,200 +433,101 @@ def _pattern_rows(lines: list[bytes], offsets: list[int], shape: str, pieces: li
     return out["r"].str.join("\n").item().encode().split(b"\n")
 
 
-class S3AccessColumns:
-    """Maps runs of S3 server access log lines onto their table's rows, as the line path
-    would (:class:`~operators.formats.s3access.S3AccessFormat`).
+def _s3access_pattern(table: TableDef) -> _Pattern | None:
+    """The pattern of S3 server access log lines (see :func:`s3access_columns`)."""
+    from operators.formats.s3access import FIELDS, MIN_FIELDS
 
-    One pattern takes a line whole: the 17 fields through the user agent, then those AWS
-    added, bare fields without a quote or bracket, the time in brackets at ``+0000`` (S3
-    writes UTC), the request line, referrer and user agent quoted without a quote inside
-    (or a bare ``-``), single spaces; fields past the known ones are ignored, as there.
-    Anything else takes the line path: escapes, other offsets, a time out of range, a
-    number with a leading zero, bytes that are not UTF-8, control characters.
-
-    :arg table: The table (AWSS3ServerAccess_CL, or one with columns of the same sources).
-    :arg max_row: Largest encoded row; a longer one takes the line path.
-    """
-
-    def __init__(self, table: TableDef, max_row: int) -> None:
-        self._table = table
-        self._max_row = max_row
-        self._plan: object | None = _UNPLANNED
-        self._steps: tuple[str, list[pl.Expr], list[pl.Expr]] | None = None
-
-    def plan_for(self, parser: object, header: tuple[bytes, ...]) -> object | None:
-        """The plan (one for every line: no header), or None when a column is not what it
-        covers."""
-        if self._plan is _UNPLANNED:
-            self._plan = self._make()
-        return self._plan
-
-    def _make(self) -> object | None:
-        from operators.formats.s3access import FIELDS, MIN_FIELDS
-
-        quoted = {"request_uri", "referer", "user_agent"}
-        numbers = {"http_status", "bytes_sent", "object_size", "total_time",
-                   "turn_around_time"}
-        parts: list[str] = []
-        values: dict[str, pl.Expr] = {}
-        for i, name in enumerate(FIELDS):
-            g = f"g{i}"
-            if name == "time":
-                # As the line path writes a +0000 time: the fields in range, as they are
-                # (it checks no more than that at +0000: 31/Feb is written as it comes).
-                part = (r"\[(?P<td>0[1-9]|[12][0-9]|3[01])/(?P<tm>[A-Z][a-z]{2})/"
-                        r"(?P<ty>[0-9]{4}):(?P<th>[01][0-9]|2[0-3]):(?P<tn>[0-5][0-9]):"
-                        r"(?P<ts>[0-5][0-9]) \+0000\]")
-                month = pl.col("tm").replace_strict(_MONTHS, default=None)
-                values[name] = pl.concat_str(
-                    [pl.col("ty"), pl.lit("-"), month, pl.lit("-"), pl.col("td"), pl.lit("T"),
-                     pl.col("th"), pl.lit(":"), pl.col("tn"), pl.lit(":"), pl.col("ts"),
-                     pl.lit("Z")])
-                parts.append(part)
-                continue
-            if name in quoted:
-                part = f'(?:"(?P<{g}>[^"]*)"|(?P<{g}b>-))'
-            elif name in numbers:
-                part = f"(?P<{g}>0|[1-9][0-9]{{0,17}}|-)"
-            else:
-                part = f'(?P<{g}>[^ "\\[\\]]+)'
-            value = pl.col(g)
-            if name == "bytes_sent":  # "-" is zero bytes sent (AWS's definition)
-                values[name] = pl.when(value.is_null() | (value == "-") | (value == "")
-                                       ).then(pl.lit("0")).otherwise(value)
-            else:
-                values[name] = pl.when((value != "-") & (value != "")).then(value)
+    quoted = {"request_uri", "referer", "user_agent"}
+    numbers = {"http_status", "bytes_sent", "object_size", "total_time",
+               "turn_around_time"}
+    parts: list[str] = []
+    values: dict[str, pl.Expr] = {}
+    for i, name in enumerate(FIELDS):
+        g = f"g{i}"
+        if name == "time":
+            # As the line path writes a +0000 time: the fields in range, as they are
+            # (it checks no more than that at +0000: 31/Feb is written as it comes).
+            part = (r"\[(?P<td>0[1-9]|[12][0-9]|3[01])/(?P<tm>[A-Z][a-z]{2})/"
+                    r"(?P<ty>[0-9]{4}):(?P<th>[01][0-9]|2[0-3]):(?P<tn>[0-5][0-9]):"
+                    r"(?P<ts>[0-5][0-9]) \+0000\]")
+            month = pl.col("tm").replace_strict(_MONTHS, default=None)
+            values[name] = pl.concat_str(
+                [pl.col("ty"), pl.lit("-"), month, pl.lit("-"), pl.col("td"), pl.lit("T"),
+                 pl.col("th"), pl.lit(":"), pl.col("tn"), pl.lit(":"), pl.col("ts"),
+                 pl.lit("Z")])
             parts.append(part)
-        # Fields past the known ones are ignored (as there), only after all of them: a
-        # later field that does not fit must fail the line, not end it early.
-        tail = "(?: .*)?"
-        for part in reversed(parts[MIN_FIELDS:]):
-            tail = f"(?: {part}{tail})?"
-        shape = "^" + " ".join(parts[:MIN_FIELDS]) + tail + "$"
-        pieces: list[pl.Expr] = []
-        bad: list[pl.Expr] = [values["time"].is_null()]
-        for c in self._table.columns:
-            if len(c.source) != 1 or c.json or c.allowed is not None or c.truncate:
-                return None
-            key = c.source[0]
-            v = values.get(key)
-            if v is None:
-                if c.required:
-                    return None
-                continue
-            if c.type == "string":
-                pieces.append(pl.concat_str([pl.lit(f'"{c.name}":"'), v, pl.lit('"')]))
-            elif c.type in ("int", "long") and key in numbers:
-                pieces.append(pl.concat_str([pl.lit(f'"{c.name}":'), v]))
-            elif c.type == "datetime" and key == "time":
-                pieces.append(pl.concat_str([pl.lit(f'"{c.name}":"'), v, pl.lit('"')]))
-            else:
-                return None
-            if c.required:
-                bad.append(v.is_null())
-        self._steps = (shape, pieces, bad)
-        return self._steps
-
-    def map_run(self, lines: list[bytes], plan: object, id_prefix: str,
-                offsets: list[int]) -> list[bytes]:
-        """The rows of ``lines`` (record ids ``id_prefix + offset``); ``b""`` for a line
-        left to the line path."""
-        shape, pieces, bad = self._steps  # type: ignore[misc]
-        return _pattern_rows(lines, offsets, shape, pieces, bad, "td",
-                             f'"{self._table.record_id_column}":"{id_prefix}', self._max_row)
+            continue
+        if name in quoted:
+            part = f'(?:"(?P<{g}>[^"]*)"|(?P<{g}b>-))'
+        elif name in numbers:
+            part = f"(?P<{g}>0|[1-9][0-9]{{0,17}}|-)"
+        else:
+            part = f'(?P<{g}>[^ "\\[\\]]+)'
+        value = pl.col(g)
+        if name == "bytes_sent":  # "-" is zero bytes sent (AWS's definition)
+            values[name] = pl.when(value.is_null() | (value == "-") | (value == "")
+                                   ).then(pl.lit("0")).otherwise(value)
+        else:
+            values[name] = pl.when((value != "-") & (value != "")).then(value)
+        parts.append(part)
+    # Fields past the known ones are ignored (as there), only after all of them: a
+    # later field that does not fit must fail the line, not end it early.
+    tail = "(?: .*)?"
+    for part in reversed(parts[MIN_FIELDS:]):
+        tail = f"(?: {part}{tail})?"
+    shape = "^" + " ".join(parts[:MIN_FIELDS]) + tail + "$"
+    members = _members(table, values, numbers, {"time": values["time"]})
+    if members is None:
+        return None
+    pieces, bad, _ = members
+    return _Pattern(shape, pieces, [values["time"].is_null(), *bad], "td")
 
 
-class NlbColumns:
-    """Maps runs of Network Load Balancer (TLS) access log lines onto AWSNLBAccessLogs rows,
-    as the line path would (:class:`~operators.formats.elb.NlbFormat`: that standard table
-    keeps AWS's text, numbers, addresses and times as written, and TimeGenerated is the
-    time as ISO 8601 UTC).
+def _nlb_pattern(table: TableDef) -> _Pattern | None:
+    """The pattern of NLB access log lines onto AWSNLBAccessLogs (see
+    :func:`nlb_columns`)."""
+    from operators.formats.elb import NLB_FIELDS, NLB_MIN_FIELDS
 
-    One pattern takes a line whole: the 21 fields every line has, then
-    ``tls_connection_creation_time``, bare values without a quote (but the ALPN preference
-    list, written with quotes of its own, escaped for JSON here), numbers, ``address:port``
-    (or ``[address]:port``), times to the second (with or without ``Z``), single spaces;
-    fields past the known ones are ignored, as there. Anything else takes the line path.
-
-    :arg table: The table (AWSNLBAccessLogs).
-    :arg max_row: Largest encoded row; a longer one takes the line path.
-    """
-
-    def __init__(self, table: TableDef, max_row: int) -> None:
-        self._table = table
-        self._max_row = max_row
-        self._plan: object | None = _UNPLANNED
-        self._steps: tuple[str, list[pl.Expr], list[pl.Expr]] | None = None
-
-    def plan_for(self, parser: object, header: tuple[bytes, ...]) -> object | None:
-        """The plan (one for every line: no header), or None when a column is not what it
-        covers."""
-        if self._plan is _UNPLANNED:
-            self._plan = self._make()
-        return self._plan
-
-    def _make(self) -> object | None:
-        from operators.formats.elb import NLB_FIELDS, NLB_MIN_FIELDS
-
-        parts: list[str] = []
-        values: dict[str, pl.Expr] = {}
-        times: list[str] = []
-        for i, (name, kind) in enumerate(NLB_FIELDS):
-            g = f"g{i}"
-            if kind == "time":
-                part = f"(?P<{g}>{_SECOND}Z?|-)"
-                times.append(name)
-            elif kind == "int":
-                part = f"(?P<{g}>-?[0-9]+|-)"
-            elif kind == "addr":
-                part = (f"(?P<{g}>(?:\\[[0-9A-Fa-f:.]+\\]|[0-9A-Fa-f:.]+):[0-9]{{1,5}}|-)")
-            elif name == "alpn_client_preference_list":
-                part = f"(?P<{g}>[^ ]+)"
-            elif kind == "bare":
-                part = f'(?P<{g}>[^ "]+)'
-            else:
-                return None
-            value: pl.Expr = pl.when(pl.col(g) != "-").then(pl.col(g))
-            if name == "alpn_client_preference_list":  # its own quotes, escaped for JSON
-                value = value.str.replace_all('"', '\\"', literal=True)
-            values[name] = value
-            parts.append(part)
-        tail = "(?: .*)?"
-        for part in reversed(parts[NLB_MIN_FIELDS:]):
-            tail = f"(?: {part}{tail})?"
-        shape = "^" + " ".join(parts[:NLB_MIN_FIELDS]) + tail + "$"
-        pieces: list[pl.Expr] = []
-        bad: list[pl.Expr] = []
-        for name in times:  # a time that does not exist is the line path's error
-            v = values[name]
-            bad.append(v.is_not_null() & v.str.strip_suffix("Z").str.to_datetime(
-                "%Y-%m-%dT%H:%M:%S", strict=False).is_null())
-        for c in self._table.columns:
-            if len(c.source) != 1 or c.json or c.allowed is not None or c.truncate:
-                return None
-            got = values.get(c.source[0])
-            if got is None:
-                if c.required:
-                    return None
-                continue
-            v = got
-            if c.type == "datetime" and c.source[0] in times:  # as ISO 8601 UTC: with its Z
-                v = pl.when(v.str.ends_with("Z")).then(v).otherwise(v + "Z")
-            elif c.type != "string":
-                return None
-            pieces.append(pl.concat_str([pl.lit(f'"{c.name}":"'), v, pl.lit('"')]))
-            if c.required:
-                bad.append(v.is_null())
-        self._steps = (shape, pieces, bad)
-        return self._steps
-
-    def map_run(self, lines: list[bytes], plan: object, id_prefix: str,
-                offsets: list[int]) -> list[bytes]:
-        """The rows of ``lines`` (record ids ``id_prefix + offset``); ``b""`` for a line
-        left to the line path."""
-        shape, pieces, bad = self._steps  # type: ignore[misc]
-        return _pattern_rows(lines, offsets, shape, pieces, bad, "g0",
-                             f'"{self._table.record_id_column}":"{id_prefix}', self._max_row)
+    parts: list[str] = []
+    values: dict[str, pl.Expr] = {}
+    times: list[str] = []
+    for i, (name, kind) in enumerate(NLB_FIELDS):
+        g = f"g{i}"
+        if kind == "time":
+            part = f"(?P<{g}>{_SECOND}Z?|-)"
+            times.append(name)
+        elif kind == "int":
+            part = f"(?P<{g}>-?[0-9]+|-)"
+        elif kind == "addr":
+            part = (f"(?P<{g}>(?:\\[[0-9A-Fa-f:.]+\\]|[0-9A-Fa-f:.]+):[0-9]{{1,5}}|-)")
+        elif name == "alpn_client_preference_list":
+            part = f"(?P<{g}>[^ ]+)"
+        elif kind == "bare":
+            part = f'(?P<{g}>[^ "]+)'
+        else:
+            return None
+        value: pl.Expr = pl.when(pl.col(g) != "-").then(pl.col(g))
+        if name == "alpn_client_preference_list":  # its own quotes, escaped for JSON
+            value = value.str.replace_all('"', '\\"', literal=True)
+        values[name] = value
+        parts.append(part)
+    tail = "(?: .*)?"
+    for part in reversed(parts[NLB_MIN_FIELDS:]):
+        tail = f"(?: {part}{tail})?"
+    shape = "^" + " ".join(parts[:NLB_MIN_FIELDS]) + tail + "$"
+    bad: list[pl.Expr] = []
+    for name in times:  # a time that does not exist is the line path's error
+        v = values[name]
+        bad.append(v.is_not_null() & v.str.strip_suffix("Z").str.to_datetime(
+            "%Y-%m-%dT%H:%M:%S", strict=False).is_null())
+    # A datetime column gets the time as ISO 8601 UTC: with its Z.
+    members = _members(table, values, set(), {
+        n: pl.when(values[n].str.ends_with("Z")).then(values[n]).otherwise(values[n] + "Z")
+        for n in times})
+    if members is None:
+        return None
+    pieces, more, _ = members
+    return _Pattern(shape, pieces, bad + more, "g0")
 
 
 _SECOND = r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}"
@@ -577,8 +545,7 @@ def _no_dash(v: pl.Expr) -> pl.Expr:
 
 
 class Columns(Protocol):
-    """A format's columnar path (:class:`VpcFlowColumns`, :class:`AlbColumns`,
-    :class:`NlbColumns`, :class:`S3AccessColumns`)."""
+    """A format's columnar path (:class:`VpcFlowColumns`, :class:`PatternColumns`)."""
 
     def plan_for(self, parser: Any, header: tuple[bytes, ...]) -> Any:
         """How the lines under ``header`` are mapped; None: the line path."""
@@ -589,7 +556,7 @@ class Columns(Protocol):
 
 
 def columns_for(parser: object, table: TableDef,
-                max_row: int) -> Columns | None:
+                max_row: int) -> VpcFlowColumns | PatternColumns | None:
     """The columnar path of a route's records, when its format and table have one."""
     from operators.formats.elb import AlbFormat, NlbFormat
     from operators.formats.s3access import S3AccessFormat
@@ -597,9 +564,9 @@ def columns_for(parser: object, table: TableDef,
     if isinstance(parser, VpcFlowFormat):
         return VpcFlowColumns(table, max_row)
     if isinstance(parser, AlbFormat) and parser.table == parser.standard_table == table.name:
-        return AlbColumns(table, max_row)
+        return alb_columns(table, max_row)
     if isinstance(parser, S3AccessFormat):
-        return S3AccessColumns(table, max_row)
+        return s3access_columns(table, max_row)
     if isinstance(parser, NlbFormat) and parser.table == parser.standard_table == table.name:
-        return NlbColumns(table, max_row)
+        return nlb_columns(table, max_row)
     return None

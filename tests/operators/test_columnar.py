@@ -215,7 +215,7 @@ def test_alb_lines_map_as_on_the_line_path(seed: int, n: int) -> None:
 
 
 def test_clean_alb_lines_all_take_the_columnar_path() -> None:
-    from operators.columnar import AlbColumns
+    from operators.columnar import alb_columns
 
     rng = random.Random(2)
     clean = []
@@ -224,7 +224,7 @@ def test_clean_alb_lines_all_take_the_columnar_path() -> None:
         if not any(x.encode() in data for x in _ALB_NASTY) and b"extra" not in data \
                 and b"\xff" not in data and data.split(b" ")[1] != b"-":  # time: required
             clean.append(data)
-    cols = AlbColumns(TABLES["AWSALBAccessLogs"], 1_000_000)
+    cols = alb_columns(TABLES["AWSALBAccessLogs"], 1_000_000)
     plan = cols.plan_for(None, ())
     assert plan is not None
     rows = cols.map_run(clean, plan, "o-", list(range(len(clean))))
@@ -290,7 +290,7 @@ def test_s3_access_lines_map_as_on_the_line_path(seed: int, n: int) -> None:
 
 
 def test_clean_s3_access_lines_all_take_the_columnar_path() -> None:
-    from operators.columnar import S3AccessColumns
+    from operators.columnar import s3access_columns
 
     rng = random.Random(4)
     clean = []
@@ -300,7 +300,7 @@ def test_clean_s3_access_lines_all_take_the_columnar_path() -> None:
                 and b"extra" not in data and b"[x y]" not in data \
                 and data.split(b" ")[2][:1] == b"[":  # the time: required
             clean.append(data)
-    cols = S3AccessColumns(TABLES["AWSS3ServerAccess_CL"], 1_000_000)
+    cols = s3access_columns(TABLES["AWSS3ServerAccess_CL"], 1_000_000)
     plan = cols.plan_for(None, ())
     assert plan is not None
     assert all(cols.map_run(clean, plan, "o-", list(range(len(clean)))))
@@ -356,8 +356,8 @@ def test_nlb_lines_map_as_on_the_line_path(seed: int, n: int) -> None:
         if isinstance(a, Rows):
             assert a.rows == b.rows
     # Not a test that passes because every line fell back: most rows came from polars.
-    from operators.columnar import NlbColumns
+    from operators.columnar import nlb_columns
 
-    plan = NlbColumns(TABLES["AWSNLBAccessLogs"], 1_000_000)
+    plan = nlb_columns(TABLES["AWSNLBAccessLogs"], 1_000_000)
     got = plan.map_run([r.data for r in recs], plan.plan_for(None, ()), "x-", list(range(n)))
     assert sum(1 for r in got if r) > n // 2
