@@ -524,35 +524,15 @@ class EntityState:
         elif self.kind == "account":
             self._learn_account(idx, views, found)
         else:
+            cfg = self.config
             for i in idx:
                 ev = views[i]
-                warm = self._count(ev)
+                _, warm = self._tick(ev, cfg.bucket_secs, cfg.warmup_events, cfg.warmup_secs)
                 if warm and self.base[_NB]:
                     parts: list[tuple[float, str]] = []
                     self._volume_check(ev, parts)
                     if parts:
                         found.append((i, parts))
-
-    def _count(self, ev: _View) -> bool:
-        """Count ``ev`` in the current bucket (closing the bucket before it first); whether
-        the entity is warm."""
-        ts = ev[0]
-        cfg = self.config
-        if self.n == 0:
-            self.first_ts = self.last_ts = ts
-        b = int(ts // cfg.bucket_secs)
-        if b > self.bucket:
-            self._roll(b)
-        cur = self.cur
-        cur[0] += 1
-        if ev[11]:
-            cur[1] += 1
-        if ev[10]:
-            cur[2] += 1
-        n = self.n = self.n + 1
-        if ts > self.last_ts:
-            self.last_ts = ts
-        return n > cfg.warmup_events and ts - self.first_ts >= cfg.warmup_secs
 
     def _volume_check(self, ev: _View, parts: list[tuple[float, str]]) -> None:
         """The volume features, when the counts of the last ``bucket_secs`` could make one."""
