@@ -361,3 +361,41 @@ def test_nlb_lines_map_as_on_the_line_path(seed: int, n: int) -> None:
     plan = nlb_columns(TABLES["AWSNLBAccessLogs"], 1_000_000)
     got = plan.map_run([r.data for r in recs], plan.plan_for(None, ()), "x-", list(range(n)))
     assert sum(1 for r in got if r) > n // 2
+
+
+# --------------------------------------------------------------------------- hostile input
+
+_HOSTILE_FORMATS = [(SOURCE, OBJ, (" ".join(DEFAULT_FIELDS).encode(),)), (ALB, ALB_OBJ, ()),
+                    (NLB, NLB_OBJ, ()), (S3A, S3A_OBJ, ())]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(which=st.integers(0, len(_HOSTILE_FORMATS) - 1),
+       junk=st.lists(st.binary(max_size=200), min_size=1, max_size=40),
+       seed=st.integers(0, 10**6))
+def test_arbitrary_bytes_deep_nesting_and_huge_lines_map_as_on_the_line_path(
+        which: int, junk: list[bytes], seed: int) -> None:
+    """Whatever the bytes, the columnar path gives the line path's rows and error records
+    (nothing dropped, nothing raised), mixed into runs of good lines."""
+    source, obj, header = _HOSTILE_FORMATS[which]
+    rng = random.Random(seed)
+    good = {0: lambda: _line(rng, DEFAULT_FIELDS).encode(), 1: lambda: _alb_line(rng),
+            2: lambda: _nlb_line(rng), 3: lambda: _s3a_line(rng)}[which]
+    lines = [good() for _ in range(MIN_RUN)]
+    hostile = [*(j.replace(b"\n", b" ") for j in junk),
+               b"[" * 5000 + b"]" * 5000,  # deep nesting
+               b'{"message": ' + b"[" * 3000 + b"]" * 3000 + b"}",
+               b"x" * 300_000,  # a huge record
+               good() + b" " + b"y" * 70_000]
+    for h in hostile:
+        lines.insert(rng.randrange(len(lines) + 1), h)
+    recs = [RawRecord(obj, i, data, header) for i, data in enumerate(lines)]
+    line = RecordMapper([source], TABLES, 1_000_000, columnar=False).map_batch(recs)
+    cols = RecordMapper([source], TABLES, 1_000_000, columnar=True).map_batch(recs)
+    assert cols == line
+    for a, b in zip(line, cols, strict=True):
+        if isinstance(a, Rows):
+            assert a.rows == b.rows
+    mapped = sum(len(x.rows) for x in cols if isinstance(x, Rows))
+    errors = sum(1 for x in cols if isinstance(x, ErrorRecord))
+    assert mapped + errors == len(recs)  # every record is a row or an error record
