@@ -33,12 +33,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import polars as pl
-
+from dataflow.core.lazy import lazy_import
 from operators.formats.vpcflow import INT_FIELDS, VpcFlowFormat
 from operators.tabledef import TableDef
+
+if TYPE_CHECKING:
+    import polars as pl
+else:
+    pl = lazy_import("polars")  # imported on first use: most flows never need it
 
 __all__ = ["MIN_RUN", "Columns", "PatternColumns", "VpcFlowColumns", "alb_columns", "columns_for",
            "nlb_columns", "s3access_columns"]

@@ -36,22 +36,28 @@ import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-import polars as pl
 from bytewax.operators import StatefulBatchLogic
 from typing_extensions import override
 
 from dataflow.core import metrics
+from dataflow.core.lazy import lazy_import
 from dataflow.core.messages import Partial, Rows, Settled
 from operators.tabledef import TableDef
+
+if TYPE_CHECKING:
+    import polars as pl
+else:
+    pl = lazy_import("polars")  # imported on first use: most flows never need it
 
 __all__ = ["AGGREGATE_OFFSET", "AggregateConfig", "AggregateLogic", "Aggregator", "RouteConfig",
            "TransformConfig", "Transformer", "check"]
 
-_POLARS = {"string": pl.String, "int": pl.Int64, "long": pl.Int64, "real": pl.Float64,
-           "bool": pl.Boolean, "datetime": pl.String, "dynamic": pl.String}
+_POLARS = {"string": "String", "int": "Int64", "long": "Int64", "real": "Float64",
+           "bool": "Boolean", "datetime": "String", "dynamic": "String"}
+"""The polars type of each column type, by name (polars is imported on first use)."""
 _INDEX = "__row"
 
 
@@ -120,7 +126,7 @@ class TransformConfig:
 
 
 def _schema(table: TableDef) -> dict[str, Any]:
-    cols = {c.name: _POLARS[c.type] for c in (*table.columns, *table.added)}
+    cols = {c.name: getattr(pl, _POLARS[c.type]) for c in (*table.columns, *table.added)}
     return cols | {table.record_id_column: pl.String}
 
 

@@ -28,16 +28,22 @@ from __future__ import annotations
 import contextlib
 import datetime
 import decimal
+import functools
 import math
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
-import polars as pl
 
 from connectors.s3.errors import ObjectReadError
 from connectors.s3.framing import SAMPLE_BYTES, FramingError, UnreadableRecord
+from dataflow.core.lazy import lazy_import
+
+if TYPE_CHECKING:
+    import polars as pl
+else:
+    pl = lazy_import("polars")  # imported on first use: most flows never need it
 
 __all__ = ["MAGIC", "SLICE_BYTES", "SLICE_ROWS", "parquet_records"]
 
@@ -58,15 +64,15 @@ FIRST_SLICE_ROWS = 1024
 """Rows of the first slice, which measures how large the rows are."""
 
 _Item = tuple[int, bytes, tuple[bytes, ...]] | UnreadableRecord
-Lines = Callable[[pl.DataFrame], tuple[bytes, list[bytes]]]
+Lines = Callable[["pl.DataFrame"], tuple[bytes, list[bytes]]]
 """A slice of rows as a text format's ``(header line, lines)``."""
 
-try:  # raised by polars (pyo3) for a panic in Rust; a BaseException, not an Exception
-    from polars.exceptions import PanicException as _Panic
-except ImportError:  # pragma: no cover  (every polars this project pins has it)
-    _Panic = Exception  # type: ignore[assignment,misc]
-
-_FAILURES: tuple[type[BaseException], ...] = (Exception, _Panic)
+@functools.cache
+def _failures() -> tuple[type[BaseException], ...]:
+    """What reading a slice may raise: any Exception, and polars' (pyo3's) PanicException
+    for a panic in Rust, a BaseException (looked up when one is raised: polars is imported
+    on first use)."""
+    return (Exception, pl.exceptions.PanicException)
 
 
 def parquet_records(chunks: Iterable[bytes], *, skip: int = 0,
@@ -102,14 +108,14 @@ def parquet_records(chunks: Iterable[bytes], *, skip: int = 0,
         try:
             lf = pl.scan_parquet(spool.name, hive_partitioning=False)
             total = int(lf.select(pl.len()).collect().item())
-        except _FAILURES as ex:
+        except _failures() as ex:
             raise FramingError(_corrupt("its footer cannot be read", ex), skip) from None
         offset = skip
         rows = FIRST_SLICE_ROWS
         while offset < total:
             try:
                 df = _collect(lf, offset, rows)
-            except _FAILURES as ex:
+            except _failures() as ex:
                 msg = _corrupt(f"rows {offset}..{min(offset + rows, total) - 1} cannot be read",
                                ex)
                 raise FramingError(msg, offset) from None
@@ -202,21 +208,21 @@ def _records(df: pl.DataFrame, offset: int, limit: int, lines: Lines | None) -> 
         try:
             head, text = lines(df)
             header, rows = (head,), list(text)
-        except _FAILURES:  # a value that cannot be text: row by row, to find which
+        except _failures():  # a value that cannot be text: row by row, to find which
             rows = [_slow_json(df.slice(k, 1), offset + k)[0] for k in range(df.height)]
             for k, row in enumerate(rows):
                 if not isinstance(row, UnreadableRecord):
                     try:
                         head, text = lines(df.slice(k, 1))
                         header, rows[k] = (head,), text[0]
-                    except _FAILURES as ex:
+                    except _failures() as ex:
                         reason = f"row {offset + k} holds a value that cannot be read: {ex}"
                         rows[k] = UnreadableRecord(offset + k, reason, "unreadable_value",
                                                    row[:SAMPLE_BYTES], len(row))
     else:
         try:
             rows = list(_fast_json(df))
-        except _FAILURES:  # a value polars cannot write as JSON: row by row, to find which
+        except _failures():  # a value polars cannot write as JSON: row by row, to find which
             rows = _slow_json(df, offset)
     for i, data in enumerate(rows, offset):
         if isinstance(data, UnreadableRecord):

@@ -59,12 +59,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-import polars as pl
 
+from dataflow.core.lazy import lazy_import
 from operators.formats import ParseError
+
+if TYPE_CHECKING:
+    import polars as pl
+else:
+    pl = lazy_import("polars")  # imported on first use: most flows never need it
 
 __all__ = ["DEFAULT_FIELDS", "FIELDS", "INT_FIELDS", "TGW_FIELDS", "VpcFlowFormat",
            "parquet_lines", "parse_field_list"]
