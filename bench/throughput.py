@@ -31,6 +31,11 @@ stopping a flow process costs (imports, tables, rules, connecting the cluster), 
 CPU-second per process, paid once however long it runs. The figures "excluding start-up"
 leave it out of the CPU time: what a long-running flow spends per event. Both are reported.
 
+``--small N`` runs the flow (one process, no enrichment) over N objects of 20-60 events, as
+a quiet region's CloudTrail files or S3 server access logs are: the CPU per object beyond
+the bare work of its events is what each object costs (its GET, its share of the listings,
+the bookkeeping), which bounds a flow over many small objects.
+
 ``--vpc N`` (40 by default) seeds N VPC flow log objects of 5,000 rows and runs the flow over
 them without transforms and with a realistic cost policy (:data:`VPC_POLICY`: health checks
 dropped, accepted flows summarised per minute, rejected ones but SSH and RDP routed to an
@@ -76,6 +81,9 @@ from operators.schema import Mapper, load_tables  # noqa: E402 (after the sys.pa
 
 BUCKET = "bench-trail"
 LONG_BUCKET = "bench-trail-long"
+SMALL_BUCKET = "bench-trail-small"
+SMALL_RECORDS = (20, 60)
+"""Events per object of the ``--small`` run: a quiet region's CloudTrail file, or more."""
 EMPTY_BUCKET = "bench-empty"
 """Where the flow finds nothing: a run over it is the flow's start-up and shut-down alone."""
 STREAM = "Custom-AWSCloudTrail"
@@ -555,6 +563,9 @@ def main() -> int:
                     help="run every mode this many times, alternating, and report medians")
     ap.add_argument("--vpc", type=int, default=40, metavar="N",
                     help="VPC flow objects (5,000 rows each) for the cost-policy run (0: none)")
+    ap.add_argument("--small", type=int, default=0, metavar="N",
+                    help="also run the flow over N objects of 20-60 events (what each object "
+                    "costs beyond its events: S3 requests, listing, bookkeeping)")
     ap.add_argument("--json", action="store_true", help="end with one JSON object of the figures")
     args = ap.parse_args()
     if args.rounds < 1:
@@ -644,6 +655,28 @@ def main() -> int:
                       f"{r['rss_ratio']:.2f} of the 1x run's "
                       f"({'within' if r['rss_ok'] else 'NOT within'} "
                       f"{RSS_TOLERANCE:.0%}: target, no growth with run length)")
+
+        small: dict = {}
+        if args.small:
+            sm = seed_cloudtrail(s3, SMALL_BUCKET, objects=args.small,
+                                 records_per_object=SMALL_RECORDS, digests=False)
+            got_small = []
+            for rnd in range(args.rounds):
+                r = run_flow(stack, Path(tmp), 1, 4, args.epoch_secs, bucket=SMALL_BUCKET,
+                             tag=f"small{rnd}")
+                assert r["records"] == sm.record_count, f"small: {r['records']}"
+                got_small.append(r)
+            small = _median_run(got_small)
+            own = small["cpu_secs"] - runs[1]["startup_cpu_secs"]
+            small.update(events=sm.record_count, objects=args.small,
+                         events_per_cpu_sec=sm.record_count / small["cpu_secs"],
+                         ms_per_object=1000 * own / args.small,
+                         bare_ms_per_object=1000 * sm.record_count / args.small / baseline)
+            print(f"small objects, 1 process: {args.small} objects of {SMALL_RECORDS[0]}-"
+                  f"{SMALL_RECORDS[1]} events ({sm.record_count} events): "
+                  f"{small['events_per_cpu_sec']:,.0f} ev per CPU-second; "
+                  f"{small['ms_per_object']:.2f} ms of CPU per object excluding start-up, of "
+                  f"which the bare work of its events is {small['bare_ms_per_object']:.2f} ms")
 
         vpc: dict = {}
         if args.vpc:
@@ -743,6 +776,9 @@ def main() -> int:
         **({f"vpc_{k}_{m}": round(vpc[m][k], 3 if k == "bytes_ratio" else 0)
             for m in vpc for k in ("rows_per_sec", "rows_per_cpu_sec", "bytes_ratio")}),
         **({f"vpc_rows_sent_{m}": vpc[m]["rows_sent"] for m in vpc}),
+        **({f"small_{k}": round(small[k], 3 if "ms" in k else 0)
+            for k in ("objects", "events", "events_per_cpu_sec", "ms_per_object",
+                      "bare_ms_per_object")} if small else {}),
         "cores": cores,
         "pipeline_2p_peak_rss_mb_each": [round(x) for x in runs[2]["peak_rss_mb_each"]],
         "servers_cpu_secs_1p": round(runs[1]["servers_cpu_secs"], 2),
