@@ -29,9 +29,44 @@ def test_a_module_runs_on_first_attribute_access_not_before(tmp_path: Path,
     assert builtins.S3S_LAZY_RAN == 0  # type: ignore[attr-defined]
     assert mod.VALUE == 42
     assert builtins.S3S_LAZY_RAN == 1  # type: ignore[attr-defined]
-    assert lazy_import("s3s_lazy_probe") is mod  # imported already: the module itself
+    assert mod.VALUE == 42 and builtins.S3S_LAZY_RAN == 1  # type: ignore[attr-defined]
+    # Imported already: the module itself.
+    assert lazy_import("s3s_lazy_probe") is sys.modules["s3s_lazy_probe"]
     assert builtins.S3S_LAZY_RAN == 1  # type: ignore[attr-defined]
     monkeypatch.delitem(sys.modules, "s3s_lazy_probe")
+
+
+def test_threads_that_first_use_a_module_at_once_import_it_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers are threads of one process: the first look-ups may come at the same time."""
+    import builtins
+    import threading
+
+    (tmp_path / "s3s_lazy_slow.py").write_text(textwrap.dedent("""
+        import builtins, time
+        builtins.S3S_LAZY_SLOW_RAN = getattr(builtins, "S3S_LAZY_SLOW_RAN", 0) + 1
+        time.sleep(0.2)  # a window for the other threads
+        VALUE = 7
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "s3s_lazy_slow", raising=False)
+    monkeypatch.setattr(builtins, "S3S_LAZY_SLOW_RAN", 0, raising=False)
+    mod = lazy_import("s3s_lazy_slow")
+    got: list[int] = []
+    start = threading.Barrier(8)
+
+    def use() -> None:
+        start.wait()
+        got.append(mod.VALUE)
+
+    threads = [threading.Thread(target=use) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == [7] * 8
+    assert builtins.S3S_LAZY_SLOW_RAN == 1  # type: ignore[attr-defined]
+    monkeypatch.delitem(sys.modules, "s3s_lazy_slow")
 
 
 def test_a_missing_module_fails_at_once() -> None:
