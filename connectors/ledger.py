@@ -47,12 +47,16 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
+import itertools
 import logging
 import os
+import threading
 import time
-from collections.abc import Iterable
+import weakref
+from array import array
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeAlias
 
 import orjson
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -63,7 +67,7 @@ from dataflow.core.files import atomic_write, open_private, private_dir
 from dataflow.core.messages import Settled
 
 __all__ = ["COMPACT_EVERY", "DEAD_LETTERED", "DELIVERED", "REST", "SETTLED", "Ledger",
-           "LedgerView", "SettledSink", "add_offset", "merge_ranges"]
+           "LedgerView", "RETENTION_SECS", "SettledSink", "add_offset", "merge_ranges"]
 
 COMPACT_EVERY = 1000
 """Appends between two compactions of a partition's own file."""
@@ -75,6 +79,10 @@ DEAD_LETTERED = "deadletter"
 SETTLED = "settled"
 """Journal of records a transform took away (dropped, sampled out, summarised): accounted
 for, with nothing to send."""
+
+RETENTION_SECS = 7 * 24 * 3600.0
+"""How long an object's ranges are kept after its last entry, unless configured
+(``runtime.journal_retention_secs``)."""
 
 REST = 2**62
 """End of the range that stands for "this offset and everything after it"."""
@@ -180,6 +188,52 @@ def _ranges(offsets: Iterable[int]) -> list[list[int]]:
     return merge_ranges([o, o + 1] for o in offsets)
 
 
+Flat: TypeAlias = "array[int]"
+"""Merged half-open ranges as one flat ``array('q')``: ``[start0, end0, start1, end1, ...]``,
+strictly increasing (ranges that touch are merged, empty ones left out). An offset is in
+them when ``bisect_right(flat, offset)`` is odd. A range costs 16 bytes this way, against
+~130 as a list of two-int lists; an object's findings make dozens of one-record ranges, and
+the ledgers hold a week of objects. Never changed in place once stored: a ledger's two
+tables share them."""
+
+_EMPTY: Flat = array("q")
+
+
+def _flat_add(flat: Flat | None, ranges: Iterable[Sequence[int]]) -> Flat:
+    """``flat`` with ``ranges`` added, as a new array (``flat`` itself is not changed)."""
+    new = sorted((s, e) for s, e in ranges if e > s)
+    if not new:
+        return flat if flat is not None else _EMPTY
+    if flat and new[0][0] < flat[-1]:  # not after the last range: merged as pairs
+        merged = merge_ranges([*_pairs(flat), *map(list, new)])
+        return array("q", itertools.chain.from_iterable(merged))
+    out = array("q", flat or ())
+    for s, e in new:  # the usual case: after (or touching) what is there
+        if out and s <= out[-1]:
+            if e > out[-1]:
+                out[-1] = e
+        else:
+            out.append(s)
+            out.append(e)
+    return out
+
+
+def _pairs(flat: Flat) -> list[list[int]]:
+    """A :data:`Flat` as ``[[start, end], ...]``."""
+    it = iter(flat)
+    return [[s, e] for s, e in zip(it, it, strict=True)]
+
+
+def _holds(flat: Flat | None, start: int, end: int) -> bool:
+    """Whether every offset in ``[start, end)`` is in ``flat`` (an empty range always is)."""
+    if end <= start:
+        return True
+    if not flat:
+        return False
+    i = bisect.bisect_right(flat, start)
+    return bool(i & 1) and flat[i] >= end
+
+
 class Ledger:
     """Accounted-for record ranges per object, durable on disk (one writer's file, and
     every other file of the same ledger read at start).
@@ -195,16 +249,16 @@ class Ledger:
     """
 
     def __init__(self, directory: str | os.PathLike[str], worker: int | str,
-                 retention_secs: float = 7 * 24 * 3600, name: str = DELIVERED,
+                 retention_secs: float = RETENTION_SECS, name: str = DELIVERED,
                  keyring: Any = None) -> None:
         self._dir = private_dir(directory)
         self._keyring = keyring
         self._name = name
         self._path = self._dir / f"{name}-w{worker}.jsonl"
         self._retention = retention_secs
-        self._done: dict[str, list[list[int]]] = {}  # object id -> merged [start, end) ranges
+        self._done: dict[str, Flat] = {}  # object id -> its ranges, from every file
         self._seen: dict[str, float] = {}  # object id -> time of its last delivery
-        self._mine: dict[str, list[list[int]]] = {}  # what this partition's file holds
+        self._mine: dict[str, Flat] = {}  # what this partition's file holds (shared arrays)
         self._appends = 0
         for path in sorted(self._dir.glob(f"{name}-w*.jsonl")):
             self._load(path, own=path == self._path)
@@ -223,20 +277,20 @@ class Ledger:
         _report_rejected(path, self._name, rejected)
 
     def _add(self, ranges: dict[str, list[list[int]]], t: float, *, own: bool) -> None:
+        done, mine, seen = self._done, self._mine, self._seen
         for obj, rs in ranges.items():
-            for target in (self._done, self._mine) if own else (self._done,):
-                target[obj] = merge_ranges(target.get(obj, []) + [list(r) for r in rs])
-            self._seen[obj] = max(self._seen.get(obj, 0.0), t)
+            had = done.get(obj)
+            merged = done[obj] = _flat_add(had, rs)
+            if own:  # one array for both while only this file has the object (the usual case)
+                ours = mine.get(obj)
+                mine[obj] = merged if ours is had else _flat_add(ours, rs)
+            seen[obj] = max(seen.get(obj, 0.0), t)
 
     def has(self, record_id: str) -> bool:
         """Whether the ledger holds the record (accepted by the service, or dead-lettered:
         whichever this ledger records), from this run or an earlier one."""
         obj, offset = _split_id(record_id)
-        rs = self._done.get(obj)
-        if not rs:
-            return False
-        i = bisect.bisect_right(rs, [offset, float("inf")]) - 1
-        return i >= 0 and rs[i][0] <= offset < rs[i][1]
+        return _holds(self._done.get(obj), offset, offset + 1)
 
     def record(self, record_ids: Iterable[str], via: str | None = None) -> None:
         """Journal records the service has just accepted (durable when this returns).
@@ -273,8 +327,9 @@ class Ledger:
             self._mine.pop(obj, None)
             self._seen.pop(obj, None)
         atomic_write(self._path, b"".join(
-            _encode_line(self._name, self._seen.get(obj, newest), {obj: rs}, self._keyring)
-            for obj, rs in self._mine.items()))
+            _encode_line(self._name, self._seen.get(obj, newest), {obj: _pairs(rs)},
+                         self._keyring)
+            for obj, rs in self._mine.items() if rs))
 
     def close(self) -> None:
         self._file.close()
@@ -287,77 +342,140 @@ class Ledger:
 class LedgerView:
     """A read-only, incrementally refreshed view of every journal file in a directory.
 
-    The SQS source uses it to learn when every record of an object is accounted for
-    (delivered, or written to the dead-letter store) before it deletes the object's
-    message. It tails the files other processes append to, and reads a file again from
-    the start when compaction replaced it.
+    The sources use it to learn when every record of an object is accounted for (delivered,
+    or written to the dead-letter store): the SQS source before it deletes the object's
+    message, a listing source for its freshness figures. It tails the files other processes
+    append to, and reads a file again from the start when compaction replaced it.
+
+    One view serves a process: :meth:`shared` hands every partition the same one, so the
+    journals are read (and held) once, not once per partition. Its owners :meth:`watch`
+    the objects they wait for and :meth:`forget` them when done, which drops their ranges.
+    Everything else a journal line names (other partitions' and processes' objects,
+    findings) is dropped once its last entry is older than ``retention_secs`` from the
+    newest entry, as the journal itself drops it: what a replay can bring back is never
+    dropped earlier than the sink forgets it.
 
     :arg keyring: Checks the lines' MACs, as :class:`Ledger` does; None accepts
         every line.
+    :arg retention_secs: How long an unwatched object's ranges are kept after its last
+        entry (the journal's retention).
     """
+
+    _registry: ClassVar[weakref.WeakValueDictionary[tuple[str, int, float], LedgerView]] = (
+        weakref.WeakValueDictionary())
+    _registry_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, directory: str | os.PathLike[str],
                  names: tuple[str, ...] = (DELIVERED, DEAD_LETTERED, SETTLED),
-                 keyring: Any = None) -> None:
+                 keyring: Any = None, retention_secs: float = RETENTION_SECS) -> None:
         self._dir = Path(directory)
         self._names = names
         self._keyring = keyring
+        self._retention = retention_secs
+        self._lock = threading.Lock()  # a shared view is used by every worker thread
         self._pos: dict[Path, tuple[int, int]] = {}  # path -> (inode, bytes read)
-        self._done: dict[str, list[list[int]]] = {}
+        self._done: dict[str, tuple[float, Flat]] = {}  # object id -> (last entry, ranges),
+        # least recently written first
+        self._watched: dict[str, int] = {}  # object id -> owners waiting for it
+        self._newest = 0.0
+
+    @classmethod
+    def shared(cls, directory: str | os.PathLike[str], *, keyring: Any = None,
+               retention_secs: float = RETENTION_SECS) -> LedgerView:
+        """The process's view of ``directory`` (made on first use, kept while in use)."""
+        key = (os.path.realpath(directory), id(keyring), retention_secs)  # the view holds
+        with cls._registry_lock:  # the keyring, so its id is not reused while it lives
+            view = cls._registry.get(key)
+            if view is None:
+                view = cls._registry[key] = cls(directory, keyring=keyring,
+                                                retention_secs=retention_secs)
+            return view
 
     def refresh(self) -> None:
         """Read what was appended since the last refresh."""
-        for name in self._names:
-            for path in self._dir.glob(f"{name}-w*.jsonl"):
-                try:
-                    st = path.stat()
-                except FileNotFoundError:
-                    continue
-                inode, pos = self._pos.get(path, (st.st_ino, 0))
-                if inode != st.st_ino or st.st_size < pos:
-                    pos = 0
-                if st.st_size == pos:
-                    self._pos[path] = (st.st_ino, pos)
-                    continue
-                with path.open("rb") as f:
-                    f.seek(pos)
-                    data = f.read()
-                end = data.rfind(b"\n") + 1  # a line still being written waits for next time
-                rejected: dict[str, list[int]] = {}
-                for n, line in enumerate(data[:end].splitlines(), 1):
-                    entry, why = _decode_line(name, line, self._keyring)
-                    if entry is None:
-                        if why != "torn":
-                            rejected.setdefault(why or "", []).append(n)
-                        continue
-                    for obj, rs in entry["r"].items():
-                        self._done[obj] = merge_ranges(self._done.get(obj, []) + rs)
-                _report_rejected(path, name, rejected)  # line numbers count from ``pos``
-                self._pos[path] = (st.st_ino, pos + end)
+        with self._lock:
+            for name in self._names:
+                for path in self._dir.glob(f"{name}-w*.jsonl"):
+                    self._tail(name, path)
+            self._expire()
+
+    def _tail(self, name: str, path: Path) -> None:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return
+        inode, pos = self._pos.get(path, (st.st_ino, 0))
+        if inode != st.st_ino or st.st_size < pos:
+            pos = 0
+        if st.st_size == pos:
+            self._pos[path] = (st.st_ino, pos)
+            return
+        with path.open("rb") as f:
+            f.seek(pos)
+            data = f.read()
+        end = data.rfind(b"\n") + 1  # a line still being written waits for next time
+        rejected: dict[str, list[int]] = {}
+        done = self._done
+        for n, line in enumerate(data[:end].splitlines(), 1):
+            entry, why = _decode_line(name, line, self._keyring)
+            if entry is None:
+                if why != "torn":
+                    rejected.setdefault(why or "", []).append(n)
+                continue
+            t = float(entry["t"])
+            self._newest = max(self._newest, t)
+            for obj, rs in entry["r"].items():
+                had = done.pop(obj, None)  # re-inserted last: the dict stays in write order
+                if had is None:
+                    done[obj] = (t, _flat_add(None, rs))
+                else:
+                    done[obj] = (max(t, had[0]), _flat_add(had[1], rs))
+        _report_rejected(path, name, rejected)  # line numbers count from ``pos``
+        self._pos[path] = (st.st_ino, pos + end)
+
+    def _expire(self) -> None:
+        """Drop unwatched objects whose last entry is older than the retention."""
+        horizon = self._newest - self._retention
+        old = []
+        for obj, (t, _) in self._done.items():
+            if t >= horizon:
+                break
+            if obj not in self._watched:
+                old.append(obj)
+        for obj in old:
+            del self._done[obj]
 
     def covered(self, object_id: str, count: int) -> bool:
         """Whether offsets ``0 .. count-1`` of the object are all accounted for."""
-        if count <= 0:
-            return True
-        rs = self._done.get(object_id)
-        return rs is not None and bool(rs) and rs[0][0] <= 0 and rs[0][1] >= count
+        with self._lock:
+            got = self._done.get(object_id)
+        return _holds(got[1] if got else None, 0, count)
 
     def covered_ranges(self, object_id: str, ranges: list[list[int]]) -> bool:
         """Whether every offset in ``ranges`` (half-open [start, end)) is accounted for."""
-        if not ranges:
-            return True
-        done = self._done.get(object_id)
-        if not done:
-            return False
-        for s, e in ranges:
-            i = bisect.bisect_right(done, [s, REST + 1]) - 1
-            if i < 0 or done[i][1] < e:
-                return False
-        return True
+        with self._lock:
+            got = self._done.get(object_id)
+        flat = got[1] if got else None
+        return all(_holds(flat, s, e) for s, e in ranges)
+
+    def watch(self, object_id: str) -> None:
+        """An owner waits for the object: its ranges stay until it :meth:`forget` s it."""
+        with self._lock:
+            self._watched[object_id] = self._watched.get(object_id, 0) + 1
 
     def forget(self, object_id: str) -> None:
-        """Drop an object once its message is deleted (keeps the view small)."""
-        self._done.pop(object_id, None)
+        """An owner is done with the object (e.g. its message is deleted); once no owner
+        watches it, its ranges are dropped (keeps the view small)."""
+        with self._lock:
+            left = self._watched.pop(object_id, 0) - 1
+            if left > 0:
+                self._watched[object_id] = left
+            else:
+                self._done.pop(object_id, None)
+
+    def __len__(self) -> int:
+        """Objects whose ranges the view holds."""
+        return len(self._done)
 
 
 class _SettledPartition(StatelessSinkPartition[Settled]):

@@ -85,7 +85,8 @@ def build_flow(cfg: Config, *, s3_factory: Callable[[], Any] | None = None,
     source = S3Source(cfg.sources, s3_factory, catch_up=cfg.runtime.mode == "catch_up",
                       sqs_factory=functools.partial(sqs_client, cfg.aws),
                       journal_dir=cfg.runtime.journal_dir, client_for=per_source,
-                      keyring=keyring, mark_ends=summarise)
+                      keyring=keyring, journal_retention_secs=cfg.runtime.journal_retention_secs,
+                      mark_ends=summarise)
 
     flow = Dataflow("s3sentinel")
     items = op.input("s3", flow, source)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from connectors.ledger import LedgerView
+from connectors.ledger import RETENTION_SECS, LedgerView
 from dataflow.core import metrics
 
 __all__ = ["CHECK_EVERY_SECS", "DeliveryTracker"]
@@ -29,8 +29,10 @@ class DeliveryTracker:
     """Objects finished by one partition, until the journals account for all their records."""
 
     def __init__(self, journal_dir: str, source: str, partition: str,
-                 clock: Callable[[], float] = time.time, keyring: Any = None) -> None:
-        self._view = LedgerView(journal_dir, keyring=keyring)
+                 clock: Callable[[], float] = time.time, keyring: Any = None,
+                 retention_secs: float = RETENTION_SECS) -> None:
+        self._view = LedgerView.shared(journal_dir, keyring=keyring,
+                                       retention_secs=retention_secs)
         self._labels = (source, partition)
         self._clock = clock
         self._waiting: dict[str, tuple[list[list[int]], float]] = {}
@@ -38,8 +40,12 @@ class DeliveryTracker:
 
     def add(self, object_id: str, ranges: list[list[int]], arrived: float) -> None:
         """An object was read to the end (``arrived``: its LastModified, epoch seconds)."""
-        if len(self._waiting) >= MAX_TRACKED:
-            self._waiting.pop(next(iter(self._waiting)))
+        if object_id not in self._waiting:
+            if len(self._waiting) >= MAX_TRACKED:
+                oldest = next(iter(self._waiting))
+                del self._waiting[oldest]
+                self._view.forget(oldest)
+            self._view.watch(object_id)
         self._waiting[object_id] = ([list(r) for r in ranges], arrived)
 
     @property

@@ -38,7 +38,7 @@ import orjson
 from bytewax.inputs import StatefulSourcePartition
 from typing_extensions import override
 
-from connectors.ledger import LedgerView
+from connectors.ledger import RETENTION_SECS, LedgerView
 from connectors.s3.config import SourceConfig
 from connectors.s3.discovery import skip_reason
 from connectors.s3.objects import Prefetcher
@@ -199,6 +199,7 @@ class SqsPartition(StatefulSourcePartition[Item, dict[str, Any]]):
     def __init__(self, s3: Any, sqs: Any, src: SourceConfig, name: str, journal_dir: str, *,
                  catch_up: bool, clock: Clock, monotonic: Any = time.monotonic,
                  keyring: Any = None, resume_state: dict[str, Any] | None = None,
+                 journal_retention_secs: float = RETENTION_SECS,
                  mark_ends: bool = False) -> None:
         self._src = src
         self._name = name
@@ -209,7 +210,8 @@ class SqsPartition(StatefulSourcePartition[Item, dict[str, Any]]):
                                  prefetch_max_bytes=src.prefetch_max_bytes)
         self._backoff = Backoff(base_secs=1.0, cap_secs=60.0)
         self._reader = ObjectReader(src, name, self._fetch, self._backoff, mark_ends=mark_ends)
-        self._view = LedgerView(journal_dir, keyring=keyring)
+        self._view = LedgerView.shared(journal_dir, keyring=keyring,
+                                       retention_secs=journal_retention_secs)
         self._mono = monotonic
         self._wake_at: datetime | None = None
         self._errors: list[ErrorRecord] = []  # dead letters of messages that name no object
@@ -425,7 +427,7 @@ class SqsPartition(StatefulSourcePartition[Item, dict[str, Any]]):
                       "then run `s3sentinel replay`")
             self._errors.append(failed(ref, 0, "read", reason, "max_receives",
                                        level=logging.ERROR))
-            obj.object_id = ref.id
+            self._identify(obj, ref.id)
             obj.emitted = [[0, 1]]
             obj.done = True
 
@@ -436,8 +438,18 @@ class SqsPartition(StatefulSourcePartition[Item, dict[str, Any]]):
         ref = ObjectRef(src.name, self._name, src.bucket, f"sqs-message/{msg.message_id}", "", 0)
         self._errors.append(failed(ref, 0, "read", f"SQS message body: {why}", code,
                                    body.encode(errors="replace"), level=logging.ERROR))
-        msg.objects = [_Object(ref.key, "", 0, ref.id, [[0, 1]], True)]
+        msg.objects = [_Object(ref.key, "", 0, "", [[0, 1]], True)]
+        self._identify(msg.objects[0], ref.id)
         self._messages[msg.message_id] = msg
+
+    def _identify(self, obj: _Object, object_id: str) -> None:
+        """Name the object its records have, and have the journal view keep them until the
+        object's last message is deleted (:meth:`_delete` forgets it)."""
+        if obj.object_id != object_id:
+            if obj.object_id:
+                self._view.forget(obj.object_id)
+            self._view.watch(object_id)
+            obj.object_id = object_id
 
     # -- completion ---------------------------------------------------------------------
 
@@ -446,7 +458,7 @@ class SqsPartition(StatefulSourcePartition[Item, dict[str, Any]]):
         deleted once the journals account for every offset it emitted."""
         obj = self._current
         if obj is not None and obj.key == done.ref.key:
-            obj.object_id = done.ref.id
+            self._identify(obj, done.ref.id)
             obj.emitted = done.emitted
             obj.done = True
             if self._todo and self._todo[0] is obj:

@@ -28,6 +28,7 @@ from typing import Any
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from typing_extensions import override
 
+from connectors.ledger import RETENTION_SECS
 from connectors.s3.config import SourceConfig
 from connectors.s3.delivery import DeliveryTracker
 from connectors.s3.discovery import ListedObject, Lister, RecentKeys
@@ -64,6 +65,7 @@ class ListingPartition(StatefulSourcePartition[Item, dict[str, Any]]):
     def __init__(self, s3: Any, src: SourceConfig, name: str, shard: int, shards: int,
                  resume_state: dict[str, Any] | None, *, catch_up: bool, clock: Clock,
                  journal_dir: str | None = None, keyring: Any = None,
+                 journal_retention_secs: float = RETENTION_SECS,
                  mark_ends: bool = False) -> None:
         self._src = src
         self._name = name
@@ -75,7 +77,8 @@ class ListingPartition(StatefulSourcePartition[Item, dict[str, Any]]):
         self._fetch = Prefetcher(s3, src.bucket, threads=src.fetch_threads,
                                  prefetch_max_bytes=src.prefetch_max_bytes)
         self._backoff = Backoff(base_secs=1.0, cap_secs=60.0)
-        self._tracker = (DeliveryTracker(journal_dir, src.name, name, keyring=keyring)
+        self._tracker = (DeliveryTracker(journal_dir, src.name, name, keyring=keyring,
+                                         retention_secs=journal_retention_secs)
                          if journal_dir else None)
         self._reader = ObjectReader(src, name, self._fetch, self._backoff,
                                     track=self._tracker is not None, mark_ends=mark_ends)
@@ -235,6 +238,8 @@ class S3Source(FixedPartitionedSource[Item, dict[str, Any]]):
         journal has all its records).
     :arg keyring: Checks the journal lines' MACs (a forged line must not make a message be
         deleted, or an object count as delivered); None when no key is configured.
+    :arg journal_retention_secs: The journal's retention (``runtime.journal_retention_secs``):
+        how long the sources' view of it keeps ranges of objects nobody waits for.
     :arg mark_ends: Emit an :class:`~dataflow.core.messages.ObjectEnd` after each object
         (for a flow that aggregates rows per object).
     """
@@ -244,9 +249,11 @@ class S3Source(FixedPartitionedSource[Item, dict[str, Any]]):
                  sqs_factory: Callable[[], Any] | None = None,
                  journal_dir: str | None = None,
                  client_for: Callable[[SourceConfig, str], Any] | None = None,
-                 keyring: Any = None, mark_ends: bool = False) -> None:
+                 keyring: Any = None, journal_retention_secs: float = RETENTION_SECS,
+                 mark_ends: bool = False) -> None:
         self._sources = {s.name: s for s in sources}
         self._keyring = keyring
+        self._retention = journal_retention_secs
         self._mark_ends = mark_ends
         self._client_for = client_for
         self._s3_factory = s3_factory
@@ -291,8 +298,10 @@ class S3Source(FixedPartitionedSource[Item, dict[str, Any]]):
             return SqsPartition(s3, sqs, src, for_part, self._journal_dir,
                                 catch_up=self._catch_up, clock=self._clock,
                                 keyring=self._keyring, resume_state=resume_state,
+                                journal_retention_secs=self._retention,
                                 mark_ends=self._mark_ends)
         return ListingPartition(s3, src, for_part, int(index), int(count),
                             resume_state, catch_up=self._catch_up, clock=self._clock,
                             journal_dir=self._journal_dir, keyring=self._keyring,
+                            journal_retention_secs=self._retention,
                             mark_ends=self._mark_ends)

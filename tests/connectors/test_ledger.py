@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import connectors.ledger as journal_mod
 from connectors.ledger import Ledger
@@ -209,3 +213,100 @@ def test_a_line_names_the_dcr_that_accepted_it_and_stays_authenticated(tmp_path:
     forged = line.replace(b"dcr-aaaa", b"dcr-bbbb")
     (tmp_path / "journal-w0.jsonl").write_bytes(forged + b"\n")
     assert not Ledger(tmp_path, 2, keyring=ring).has("obj-0")
+
+
+# --- what the ledgers hold in memory ----------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.integers(0, 60), st.integers(0, 8)), max_size=6),
+                max_size=8),
+       st.lists(st.tuples(st.integers(0, 70), st.integers(0, 10)), max_size=10))
+def test_compact_ranges_hold_exactly_what_was_added(batches, asked) -> None:
+    """Ranges are kept as one flat array per object; whatever order and overlap they come
+    in, an offset is held exactly when some added range has it."""
+    from connectors.ledger import _flat_add, _holds, _pairs
+
+    flat, held = None, set()
+    for batch in batches:
+        ranges = [[s, s + n] for s, n in batch]
+        before = None if flat is None else flat.tolist()
+        new = _flat_add(flat, ranges)
+        assert flat is None or flat.tolist() == before  # a new array: stored ones are shared
+        flat = new
+        held.update(o for s, e in ranges for o in range(s, e))
+    pairs = _pairs(flat) if flat is not None else []
+    assert [o for s, e in pairs for o in range(s, e)] == sorted(held)
+    assert all(a[1] < b[0] for a, b in itertools.pairwise(pairs))  # merged: none touch
+    for s, n in asked:
+        assert _holds(flat, s, s + n) == all(o in held for o in range(s, s + n))
+
+
+def test_a_ledger_keeps_one_array_per_object_of_its_own(tmp_path: Path) -> None:
+    """The writer's own objects are in both its tables (all files, its file) as one array."""
+    j = Ledger(tmp_path, 0)
+    j.record(ids("a", 0, 1, 5))
+    j.record(ids("a", 2))
+    assert j._done["a"] is j._mine["a"]
+    Ledger(tmp_path, 1).record(ids("a", 9))
+    again = Ledger(tmp_path, 0)  # a's ranges from both files, and from its own apart
+    assert again._done["a"].tolist() == [0, 3, 5, 6, 9, 10]
+    assert again._mine["a"].tolist() == [0, 3, 5, 6]
+
+
+def test_partitions_of_a_process_share_one_view_of_the_journals(tmp_path: Path) -> None:
+    from connectors.ledger import LedgerView
+    from connectors.s3.delivery import DeliveryTracker
+
+    a = DeliveryTracker(str(tmp_path), "trail", "trail:0/2")
+    b = DeliveryTracker(str(tmp_path), "trail", "trail:1/2")
+    assert a._view is b._view is LedgerView.shared(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    assert LedgerView.shared(other) is not a._view
+    assert LedgerView.shared(tmp_path, keyring=_ring("k1")) is not a._view  # checks MACs
+
+
+def test_the_view_drops_what_nobody_waits_for_after_the_retention(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    """Lines name objects no partition of this process waits for (other processes',
+    findings): the view keeps them only as long as the journal keeps ranges, counted from
+    the newest entry. Before, it kept them for as long as the process ran."""
+    from connectors.ledger import LedgerView
+
+    clock = [1000.0]
+    monkeypatch.setattr(journal_mod.time, "time", lambda: clock[0])
+    j = Ledger(tmp_path, 0)
+    view = LedgerView(tmp_path, retention_secs=100)
+    j.record(ids("others", 0, 1))
+    j.record(ids("waited", 0))
+    view.watch("waited")
+    view.refresh()
+    assert len(view) == 2
+    clock[0] += 50
+    j.record(ids("recent", 0))
+    view.refresh()
+    assert len(view) == 3  # nothing is older than the retention yet
+    clock[0] += 60
+    j.record(ids("newest", 0))
+    view.refresh()
+    assert not view.covered("others", 1)  # 110 s before the newest entry: dropped
+    assert view.covered("waited", 1) and view.covered("recent", 1)  # watched; 60 s old
+    assert len(view) == 3
+    clock[0] += 10**6  # a long outage expires nothing: age counts from the newest entry
+    view.refresh()
+    assert len(view) == 3
+
+
+def test_a_view_forgets_an_object_once_no_owner_waits_for_it(tmp_path: Path) -> None:
+    from connectors.ledger import LedgerView
+
+    Ledger(tmp_path, 0).record(ids("x", 0, 1))
+    view = LedgerView(tmp_path)
+    view.watch("x")
+    view.watch("x")  # two partitions got notifications of the same object
+    view.refresh()
+    view.forget("x")
+    assert view.covered("x", 2)  # the other still waits: the ranges stay
+    view.forget("x")
+    assert not view.covered("x", 1) and len(view) == 0
