@@ -66,6 +66,8 @@ _USERS = ("alice", "bob", "carol.ops", "deploy-bot", "ci-runner", "dana.sec")
 _ROLES = ("AdminRole", "ReadOnlyAuditor", "DevOpsDeploy", "lambda-exec-orders", "eks-node-role",
           "AWSReservedSSO_PowerUserAccess_4f1c2a9be0d3a7c5")
 _INSTANCE_ROLE = "ec2-app-instance-role"
+_ORG_ACCOUNTS = tuple(str(210987654321 + 7919 * i) for i in range(24))
+"""The organisation's other accounts, that cross-account calls come from."""
 _BUCKETS = ("prod-app-assets", "analytics-raw", "finance-reports", "backup-archive")
 _AGENTS = (
     "aws-cli/2.15.30 Python/3.11.8 Linux/6.1.79-99.164.amzn2023.x86_64 exe/x86_64.amzn.2023 "
@@ -253,7 +255,9 @@ def _assume_role(rng: Rng, acct: str, region: str, when: datetime) -> Record:
         return fields
     fields.update(_called(rng, acct, when, "sts", f"sts.{region}.amazonaws.com"))
     if rng.random() < 0.3:  # cross-account: both accounts' copies share one sharedEventID
-        other = str(rng.randint(10**11, 10**12 - 1))
+        # From one of the organisation's other accounts (a fixed few, as in a real
+        # organisation; a new account per call would make every such call a new principal).
+        other = _ORG_ACCOUNTS[rng.randint(10**11, 10**12 - 1) % len(_ORG_ACCOUNTS)]
         fields["userIdentity"] = _role_identity(rng, other, when, "OrgAutomation", "pipeline")
         fields["sharedEventID"] = _uuid(rng)
     return fields
