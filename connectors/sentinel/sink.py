@@ -149,11 +149,12 @@ class _SentinelPartition(StatelessSinkPartition[Batch]):
         journal = self._journal
         if journal is None:
             return batch
-        dead = self._dead_journal
-        keep = [i for i, rid in enumerate(batch.record_ids) if not journal.has(rid)
-                and (dead is None or not dead.has(rid))]
-        if len(keep) == len(batch.rows):
+        held = set(journal.held(batch.record_ids))
+        if self._dead_journal is not None:
+            held.update(self._dead_journal.held(batch.record_ids))
+        if not held:
             return batch
+        keep = [i for i in range(len(batch.record_ids)) if i not in held]
         metrics.RECORDS_SKIPPED.labels(batch.stream, "already_delivered").inc(
             len(batch.rows) - len(keep))
         if not keep:

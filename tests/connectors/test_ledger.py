@@ -310,3 +310,20 @@ def test_a_view_forgets_an_object_once_no_owner_waits_for_it(tmp_path: Path) -> 
     assert view.covered("x", 2)  # the other still waits: the ranges stay
     view.forget("x")
     assert not view.covered("x", 1) and len(view) == 0
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c-d", "a.rules"]), st.integers(0, 40)),
+                max_size=30),
+       st.lists(st.tuples(st.sampled_from(["a", "b", "c-d", "a.rules", "z"]),
+                          st.integers(0, 50)), max_size=40))
+def test_held_answers_for_a_batch_what_has_answers_for_each_record(tmp_path_factory,
+                                                                    recorded, batch) -> None:
+    """The sink asks once per batch (held) what it asked per record (has): the same answer,
+    for ids in any order, of objects the ledger has, has not, or has partly."""
+    j = Ledger(tmp_path_factory.mktemp("held"), 0)
+    if recorded:
+        j.record([f"{o}-{n}" for o, n in recorded])
+    ids = [f"{o}-{n}" for o, n in batch]
+    assert j.held(ids) == [i for i, rid in enumerate(ids) if j.has(rid)]
+    assert all(j.has(f"{o}-{n}") for o, n in recorded)
