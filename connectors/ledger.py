@@ -64,7 +64,7 @@ from typing_extensions import override
 
 from dataflow.core import metrics
 from dataflow.core.files import atomic_write, open_private, private_dir
-from dataflow.core.messages import Settled
+from dataflow.core.messages import Settled, is_derived
 
 __all__ = ["COMPACT_EVERY", "DEAD_LETTERED", "DELIVERED", "REST", "SETTLED", "Ledger",
            "LedgerView", "RETENTION_SECS", "SettledSink", "add_offset", "merge_ranges"]
@@ -385,10 +385,11 @@ class LedgerView:
     One view serves a process: :meth:`shared` hands every partition the same one, so the
     journals are read (and held) once, not once per partition. Its owners :meth:`watch`
     the objects they wait for and :meth:`forget` them when done, which drops their ranges.
-    Everything else a journal line names (other partitions' and processes' objects,
-    findings) is dropped once its last entry is older than ``retention_secs`` from the
-    newest entry, as the journal itself drops it: what a replay can bring back is never
-    dropped earlier than the sink forgets it.
+    Other objects a journal line names (other partitions' and processes') are dropped once
+    their last entry is older than ``retention_secs`` from the newest entry, as the journal
+    itself drops them: what a replay can bring back is never dropped earlier than the sink
+    forgets it. Derived ids (findings, :func:`~dataflow.core.messages.is_derived`) are not
+    kept at all: no source waits for them.
 
     :arg keyring: Checks the lines' MACs, as :class:`Ledger` does; None accepts
         every line.
@@ -460,6 +461,8 @@ class LedgerView:
             t = float(entry["t"])
             self._newest = max(self._newest, t)
             for obj, rs in entry["r"].items():
+                if is_derived(obj):  # findings: no source waits for them
+                    continue
                 had = done.pop(obj, None)  # re-inserted last: the dict stays in write order
                 if had is None:
                     done[obj] = (t, _flat_add(None, rs))

@@ -21,8 +21,22 @@ __all__ = [
     "Row",
     "Rows",
     "Settled",
+    "derived_id",
+    "is_derived",
     "object_id",
 ]
+
+
+def derived_id(object_id: str, what: str) -> str:
+    """The object id of records made from an object's records rather than read from it
+    (findings): ``<object id>.<what>``, so their record ids are deterministic too. Sources
+    never wait for derived ids (:func:`is_derived`)."""
+    return f"{object_id}.{what}"
+
+
+def is_derived(object_id: str) -> bool:
+    """Whether an object id is a :func:`derived_id` (object ids are hex digits)."""
+    return "." in object_id
 
 
 def object_id(bucket: str, key: str, etag: str) -> str:

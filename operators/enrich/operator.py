@@ -46,7 +46,7 @@ import msgspec
 import orjson
 
 from dataflow.core import metrics
-from dataflow.core.messages import Rows
+from dataflow.core.messages import Rows, derived_id
 from operators.enrich.anomaly import ANOMALOUS, AnomalyConfig, AnomalyScorer, principal_of
 from operators.enrich.columns import FINDINGS_TABLE, carries_columns, column_names, splice
 from operators.enrich.config import EnrichConfig
@@ -262,7 +262,7 @@ class Enricher:
         findings from being sent twice after a restart, as it does rows."""
         obj, _, offset = rid.rpartition("-")
         what = f"{detector}.{_id_part(sequence)}" if sequence else detector
-        fid = f"{obj}.{what}-{offset}"
+        fid = f"{derived_id(obj, what)}-{offset}"
         doc = {"TimeGenerated": row.get("TimeGenerated"), "SourceTable": table,
                "SourceRecordId": rid, "Priority": priority, "Reasons": reasons,
                "RuleIds": rule_ids or [], "AnomalyScore": score, "IntelMatches": intel or [],

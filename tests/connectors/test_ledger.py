@@ -327,3 +327,18 @@ def test_held_answers_for_a_batch_what_has_answers_for_each_record(tmp_path_fact
     ids = [f"{o}-{n}" for o, n in batch]
     assert j.held(ids) == [i for i, rid in enumerate(ids) if j.has(rid)]
     assert all(j.has(f"{o}-{n}") for o, n in recorded)
+
+
+def test_the_view_keeps_nothing_of_derived_ids(tmp_path: Path) -> None:
+    """Findings have record ids of their own (``<object id>.rules-<offset>``), sparse: the
+    sink's journal keeps them (a replay must not send a finding twice), the sources' view
+    does not (no source waits for them)."""
+    from connectors.ledger import LedgerView
+    from dataflow.core.messages import derived_id
+
+    j = Ledger(tmp_path, 0)
+    j.record([*ids("9f00", 0, 1, 2), *ids(derived_id("9f00", "rules"), 1, 5, 9)])
+    view = LedgerView(tmp_path)
+    view.refresh()
+    assert view.covered("9f00", 3) and len(view) == 1
+    assert j.has(f"{derived_id('9f00', 'rules')}-5")
