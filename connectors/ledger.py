@@ -156,11 +156,6 @@ def _report_rejected(path: Path, name: str, rejected: dict[str, list[int]]) -> N
               "write to the journal directory", path, detail)
 
 
-def _split_id(record_id: str) -> tuple[str, int]:
-    obj, _, offset = record_id.rpartition("-")
-    return obj, int(offset)
-
-
 def merge_ranges(ranges: Iterable[list[int]]) -> list[list[int]]:
     """Half-open ``[start, end)`` ranges, sorted and merged where they touch or overlap."""
     out: list[list[int]] = []
@@ -297,8 +292,7 @@ class Ledger:
     def has(self, record_id: str) -> bool:
         """Whether the ledger holds the record (accepted by the service, or dead-lettered:
         whichever this ledger records), from this run or an earlier one."""
-        obj, offset = _split_id(record_id)
-        return _holds(self._done.get(obj), offset, offset + 1)
+        return bool(self.held((record_id,)))
 
     def held(self, record_ids: Sequence[str]) -> list[int]:
         """The indexes of the records the ledger holds (:meth:`has` for a whole batch;
@@ -485,9 +479,7 @@ class LedgerView:
 
     def covered(self, object_id: str, count: int) -> bool:
         """Whether offsets ``0 .. count-1`` of the object are all accounted for."""
-        with self._lock:
-            got = self._done.get(object_id)
-        return _holds(got[1] if got else None, 0, count)
+        return self.covered_ranges(object_id, [[0, count]])
 
     def covered_ranges(self, object_id: str, ranges: list[list[int]]) -> bool:
         """Whether every offset in ``ranges`` (half-open [start, end)) is accounted for."""
