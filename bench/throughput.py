@@ -26,9 +26,15 @@ vfork, so that is this process's, with every seeded object in it), nor polled Vm
 misses what comes and goes between two polls. The flow's CPU time is exact: each process is
 reaped with ``os.wait4`` and its rusage read (the flow starts no child processes).
 
+The checkout's modules are compiled to bytecode first, as installing the package does (pip
+compiles what it installs; the image runs from a read-only root): with
+``PYTHONDONTWRITEBYTECODE`` set, as it is in the image and on some machines, an editable
+checkout would compile every module again in every flow process, 0.1-0.15 CPU-s of each
+start-up that a deployment does not spend.
+
 Each mode is also run over an empty bucket, in the same round: that is what starting and
-stopping a flow process costs (imports, tables, rules, connecting the cluster), about a
-CPU-second per process, paid once however long it runs. The figures "excluding start-up"
+stopping a flow process costs (imports, tables, rules, connecting the cluster), 0.55-0.65
+CPU-s per process here, paid once however long it runs. The figures "excluding start-up"
 leave it out of the CPU time: what a long-running flow spends per event. Both are reported.
 
 ``--small N`` runs the flow (one process, no enrichment) over N objects of 20-60 events, as
@@ -44,7 +50,9 @@ Auxiliary table): rows per second, and the bytes sent per byte read.
 ``--long N`` runs the flow again over N times the objects (the same first ones, then N - 1
 times as many later deliveries) and checks that the peak RSS stays within 10% of the 1x
 run's: state must not grow with run length. ``--py-spy DIR`` profiles a further (untimed)
-run of each mode with py-spy and prints the functions with the most own time.
+run of each mode with py-spy (``--gil``: only the thread holding the GIL is sampled, so the
+samples are the flow's Python CPU time, not its threads waiting on sockets) and prints the
+functions with the most own time.
 
     python bench/throughput.py [--objects 400] [--enrich-all] [--long N] [--py-spy DIR] [--json]
 """
@@ -52,6 +60,7 @@ run of each mode with py-spy and prints the functions with the most own time.
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import gzip
 import json
@@ -487,13 +496,17 @@ def _py_spy_version() -> str:
 
 def profile(stack: LocalStack, workdir: Path, out_dir: Path, enrich: str, epoch_secs: int,
             rate: int = 250) -> dict:
-    """One more single-process run of the flow under ``py-spy record`` (not timed): its
-    samples and top functions by own time."""
+    """One more single-process run of the flow under ``py-spy record --gil`` (not timed):
+    its samples and top functions by own time.
+
+    Only the thread holding the GIL is sampled. Without ``--gil``, a thread blocked in a
+    socket read (waiting for the servers) counts as running: it put the Logs Ingestion
+    client's wait for responses among the top functions, as if it were CPU."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     out_dir.mkdir(parents=True, exist_ok=True)
     raw = out_dir / f"flow-{enrich or 'plain'}.txt"
     run_flow(stack, workdir, 1, 4, epoch_secs, enrich=enrich, tag="profile",
-             wrap=[spy, "record", "--format", "raw", "--nolineno", "-r", str(rate),
+             wrap=[spy, "record", "--gil", "--format", "raw", "--nolineno", "-r", str(rate),
                    "-o", str(raw), "--"])
     samples, waits, top = profile_summary(raw)
     return {"file": str(raw), "samples": samples, "waits": waits, "top": top}
@@ -545,6 +558,12 @@ def _rss_text(r: dict) -> str:
             else f"{r['peak_rss_mb']:.0f} MB (each: {', '.join(f'{x:.0f}' for x in each)})")
 
 
+def compile_bytecode() -> None:
+    """Compile the checkout's packages to ``.pyc`` (quietly; writes only what is stale)."""
+    for package in ("dataflow", "connectors", "operators"):
+        compileall.compile_dir(ROOT / package, quiet=1)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--objects", type=int, default=400)
@@ -574,6 +593,7 @@ def main() -> int:
         ap.error("--long needs N >= 2")
     cores = len(os.sched_getaffinity(0))
     profiles: dict[str, dict] = {}
+    compile_bytecode()
 
     tables = load_tables()
     streams = {t.stream: None for t in tables.values()} | dict.fromkeys(VPC_STREAMS)
@@ -702,8 +722,8 @@ def main() -> int:
                 pr = profiles[mode or "plain"] = profile(stack, Path(tmp), args.py_spy, mode,
                                                          args.epoch_secs)
                 print(f"profile, 1 process, {mode and 'enrichment ' + mode or 'no enrichment'}"
-                      f" (py-spy {_py_spy_version()}, {pr['samples']} samples of running "
-                      f"threads, {pr['waits']} more of pool threads waiting left out; "
+                      f" (py-spy {_py_spy_version()} --gil, {pr['samples']} samples of the "
+                      f"thread holding the GIL, {pr['waits']} more of threads waiting left out; "
                       f"{pr['file']}); top functions by own time: own% total% function")
                 for fn, own_n, total_n in pr["top"]:
                     print(f"  {100 * own_n / pr['samples']:5.1f} "
