@@ -31,7 +31,13 @@ from typing_extensions import override
 from connectors.ledger import RETENTION_SECS
 from connectors.s3.config import SourceConfig
 from connectors.s3.delivery import DeliveryTracker
-from connectors.s3.discovery import ListedObject, Lister, RecentKeys
+from connectors.s3.discovery import (
+    ListedObject,
+    Lister,
+    RecentKeys,
+    SharedListing,
+    next_poll,
+)
 from connectors.s3.errors import is_transient
 from connectors.s3.notifications import SqsPartition
 from connectors.s3.objects import Prefetcher
@@ -73,7 +79,10 @@ class ListingPartition(StatefulSourcePartition[Item, dict[str, Any]]):
         self._clock = clock
         state = PartitionState.from_snapshot(resume_state, src.start_after)
         self._after = state.after
-        self._lister = Lister(s3, src, shard, shards)
+        shared = SharedListing.of(s3, src, shards) if src.lookback_secs > 0 else None
+        if shared is not None:
+            shared.join(shard)
+        self._lister = Lister(s3, src, shard, shards, shared=shared)
         self._fetch = Prefetcher(s3, src.bucket, threads=src.fetch_threads,
                                  prefetch_max_bytes=src.prefetch_max_bytes)
         self._backoff = Backoff(base_secs=1.0, cap_secs=60.0)
@@ -199,7 +208,8 @@ class ListingPartition(StatefulSourcePartition[Item, dict[str, Any]]):
         if not listed:
             if self._catch_up:
                 raise StopIteration
-            self._wake_at = now + timedelta(seconds=self._src.poll_secs)
+            self._wake_at = (next_poll(now, self._src.poll_secs) if self._recent is not None
+                             else now + timedelta(seconds=self._src.poll_secs))
             return False
         self._queue.extend(listed)
         metrics.OBJECTS_LISTED.labels(self._src.name).inc(len(listed))

@@ -367,3 +367,72 @@ def test_objects_are_marked_at_their_start_and_end_when_the_flow_summarises(
     rest = drain(part(snap))
     assert [type(x) for x in rest] == [RawRecord, RawRecord, ObjectEnd]
     assert rest[-1].obj.key == "logs/a.ndjson" and got[0].obj.key == "logs/a.ndjson"
+
+
+def _count_listings(s3: Any) -> list[int]:
+    calls = [0]
+
+    def count(**_: Any) -> None:
+        calls[0] += 1
+    s3.meta.events.register("before-call.s3.ListObjectsV2", count)
+    return calls
+
+
+def test_the_partitions_of_a_process_share_one_listing_per_poll(s3: Any) -> None:
+    """Four partitions of one process, catch-up: each used to list the whole prefix when
+    it started and again when it ran out (8 listings); now one listing serves them all
+    each time (2), and every object is still read once, by its own partition."""
+    keys = [f"logs/{i:03d}.ndjson" for i in range(24)]
+    for k in keys:
+        put_lines(s3, k, [b"{}"])
+    listings = _count_listings(s3)
+    cfg = src(partitions=4)
+    source = S3Source([cfg], lambda: s3, catch_up=True, clock=Clock())
+    parts = [source.build_part("s3", S3Source.part_name("app", i, 4), None) for i in range(4)]
+    seen: dict[str, int] = {}
+    live = set(range(4))
+    while live:
+        for i in sorted(live):
+            try:
+                for item in parts[i].next_batch():
+                    assert shard_of(item.obj.key, 4) == i
+                    assert item.obj.key not in seen
+                    seen[item.obj.key] = i
+            except StopIteration:
+                live.discard(i)
+    assert sorted(seen) == keys
+    assert listings[0] == 2
+
+
+def test_an_object_a_shared_listing_missed_is_found_at_the_partitions_next_poll(
+        s3: Any) -> None:
+    """Partition 1 takes the listing partition 0 made just before an object of partition
+    1's landed: it does not have the object yet, and finds it at its next poll (with its
+    own listing: the shared one began before partition 1's previous request)."""
+    key = next(f"logs/{i:03d}.ndjson" for i in range(40) if shard_of(f"logs/{i:03d}.ndjson", 2))
+    clock = Clock()
+    listings = _count_listings(s3)
+    source = S3Source([src(partitions=2)], lambda: s3, catch_up=False, clock=clock)
+    p0, p1 = (source.build_part("s3", S3Source.part_name("app", i, 2), None) for i in (0, 1))
+    assert p0.next_batch() == []  # one listing, for both partitions
+    put_lines(s3, key, [b'{"n": 1}'])
+    assert p1.next_batch() == []  # partition 0's listing: made before the object landed
+    assert listings[0] == 1
+    # Both wait for the same next poll: a multiple of poll_secs (10 s).
+    assert p0.next_awake() == p1.next_awake() == clock.now + timedelta(seconds=10)
+    clock.now += timedelta(seconds=10)
+    got = [orjson_n(i) for _ in range(5) for i in p1.next_batch()]
+    assert got == [1]
+    assert listings[0] == 3  # its own listing, and one more once it had read the object
+
+
+def test_partitions_poll_on_the_same_grid_whenever_they_ran_dry(s3: Any) -> None:
+    clock = Clock()
+    clock.now += timedelta(seconds=3)
+    source = S3Source([src(partitions=2)], lambda: s3, catch_up=False, clock=clock)
+    p0, p1 = (source.build_part("s3", S3Source.part_name("app", i, 2), None) for i in (0, 1))
+    assert p0.next_batch() == []
+    clock.now += timedelta(seconds=4)
+    assert p1.next_batch() == []
+    grid = datetime(2026, 1, 1, 0, 0, 10, tzinfo=UTC)
+    assert p0.next_awake() == p1.next_awake() == grid
