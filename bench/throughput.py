@@ -197,6 +197,39 @@ def _self_cpu_secs() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+def flow_config(bucket: str, partitions: int, enrich: str = "", *, mode: str = "catch_up",
+                runtime: str = "", source: str = "") -> str:
+    """The benches' CloudTrail flow config (TOML).
+
+    :arg enrich: ``""`` (off), ``rules`` or ``all`` (see :func:`run_flow`).
+    :arg runtime: More ``[runtime]`` lines; :arg source: more lines of the source.
+    """
+    extra = ""
+    if enrich:
+        extra = "[enrich]\nenabled = true\n" + (
+            "anomaly = true\nsequences = true\n" if enrich == "all" else "")
+    return f"""
+[sentinel]
+endpoint = "https://127.0.0.1:1"
+rule_id = "dcr-00000000000000000000000000000000"
+credential = "managed_identity"
+[batch]
+max_age_secs = 2.0
+[runtime]
+mode = "{mode}"
+{runtime}
+[[sources]]
+name = "trail"
+bucket = "{bucket}"
+prefix = "AWSLogs/"
+format = "cloudtrail"
+table = "AWSCloudTrail"
+partitions = {partitions}
+fetch_threads = 4
+{source}
+{extra}"""
+
+
 def run_flow(stack: LocalStack, workdir: Path, processes: int, partitions: int,
              epoch_secs: int, enrich: str = "", *, bucket: str = BUCKET, tag: str = "",
              wrap: list[str] | None = None, config: str | None = None) -> dict:
@@ -215,28 +248,7 @@ def run_flow(stack: LocalStack, workdir: Path, processes: int, partitions: int,
     """
     name = f"{processes}{('-' + enrich) if enrich else ''}{('-' + tag) if tag else ''}"
     cfg = workdir / f"bench-{name}.toml"
-    extra = ""
-    if enrich:
-        extra = "[enrich]\nenabled = true\n" + (
-            "anomaly = true\nsequences = true\n" if enrich == "all" else "")
-    cfg.write_text(f"""
-[sentinel]
-endpoint = "https://127.0.0.1:1"
-rule_id = "dcr-00000000000000000000000000000000"
-credential = "managed_identity"
-[batch]
-max_age_secs = 2.0
-[runtime]
-mode = "catch_up"
-[[sources]]
-name = "trail"
-bucket = "{bucket}"
-prefix = "AWSLogs/"
-format = "cloudtrail"
-table = "AWSCloudTrail"
-partitions = {partitions}
-fetch_threads = 4
-{extra}""" if config is None else config)
+    cfg.write_text(flow_config(bucket, partitions, enrich) if config is None else config)
     env = flow_env(stack, workdir / f"run-{name}p" / "errors", cfg)  # own journal per run
     env["S3SENTINEL__OPS__PORT"] = "0"
     hooks = workdir / f"hwm-{name}"  # the flow processes' peak RSS, written as they exit
