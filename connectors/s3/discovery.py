@@ -146,8 +146,7 @@ class Lister:
     def _pages(self, after: str) -> Iterator[tuple[list[ListedObject], bool]]:
         """This partition's keys after ``after``, one listing page at a time, with whether
         more pages follow."""
-        for page, more in _list_pages(self._s3, self._src, after):
-            yield [o for o in page if shard_of(o.key, self._shards) == self._shard], more
+        return _list_pages(self._s3, self._src, after, (self._shard, self._shards))
 
     def list_after(self, after: str, max_keys: int = 1000) -> list[ListedObject]:
         """Up to ``max_keys`` of this partition's keys after ``after``, in name order.
@@ -186,10 +185,11 @@ class Lister:
         return out
 
 
-def _list_pages(s3: Any, src: SourceConfig,
-                after: str) -> Iterator[tuple[list[ListedObject], bool]]:
+def _list_pages(s3: Any, src: SourceConfig, after: str,
+                only: tuple[int, int] | None = None) -> Iterator[tuple[list[ListedObject], bool]]:
     """The source's keys after ``after`` (and its ``start_after``), one ``ListObjectsV2``
-    page at a time, with whether more pages follow."""
+    page at a time, with whether more pages follow; ``only``: (shard, shards), that shard's
+    keys alone."""
     kwargs: dict[str, Any] = {"Bucket": src.bucket, "Prefix": src.prefix}
     start = max(after, src.start_after)
     if start:
@@ -198,7 +198,8 @@ def _list_pages(s3: Any, src: SourceConfig,
         resp = s3.list_objects_v2(**kwargs)
         page = [ListedObject(item["Key"], item["ETag"].strip('"'), int(item["Size"]),
                              item["LastModified"].timestamp())
-                for item in resp.get("Contents", ())]
+                for item in resp.get("Contents", ())
+                if only is None or shard_of(item["Key"], only[1]) == only[0]]
         more = bool(resp.get("IsTruncated"))
         yield page, more
         if not more:
