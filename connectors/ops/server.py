@@ -116,7 +116,10 @@ class OpsServer:
         """Close every connection, stop the request threads, write the audit summary."""
         if self._thread.is_alive():
             # Sockets belong to the server's loop: close them from inside it.
-            self._server.trigger.pull_trigger(lambda: wasyncore.close_all(self._map))
+            try:
+                self._server.trigger.pull_trigger(lambda: wasyncore.close_all(self._map))
+            except OSError:  # the loop closed its trigger (it is ending): close them here
+                wasyncore.close_all(self._map)
             self._thread.join(5)
         else:
             wasyncore.close_all(self._map)

@@ -412,3 +412,16 @@ def test_a_tampered_dead_letter_file_shows_its_issues_in_the_listing(tmp_path: P
     assert files[y]["intact"] and files[y]["entries"] == 1
     assert not files[x]["intact"] and files[x]["entries"] == 2
     assert [i["kind"] for i in files[x]["issues"]] == ["plain"]
+
+
+def test_stop_closes_the_server_even_when_its_loop_closed_its_trigger(tmp_path: Path) -> None:
+    """stop() wakes the server's loop through its trigger (a pipe). If the loop closed the
+    trigger already (it is ending), stop() closed nothing and raised EBADF; it now closes
+    the sockets itself."""
+    with serving(ops_config(tmp_path)) as server:
+        host, port = server._server.effective_host, server._server.effective_port
+        server._server.trigger.close()
+    server._thread.join(5)
+    assert not server._thread.is_alive()
+    with pytest.raises(OSError):
+        socket.create_connection((host, port), timeout=1).close()
