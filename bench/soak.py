@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import statistics
 import subprocess
@@ -38,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.throughput import flow_config  # noqa: E402 (after the sys.path line above)
+from bench.throughput import flow_config, status_mb  # noqa: E402 (after the sys.path line above)
 from devstack.demo import flow_env  # noqa: E402 (after the sys.path line above)
 from devstack.samples import (  # noqa: E402 (after the sys.path line above)
     DEFAULT_START,
@@ -58,13 +57,6 @@ def config(enrich: bool, poll_secs: float, lookback_secs: float, retention_secs:
     return flow_config(BUCKET, 4, "all" if enrich else "", mode="continuous",
                        runtime=f"journal_retention_secs = {retention_secs}",
                        source=f"poll_secs = {poll_secs}\nlookback_secs = {lookback_secs}")
-
-
-def rss_mb(pid: int) -> tuple[float, float]:
-    """(VmRSS, VmHWM) of ``pid`` in MB."""
-    fields = dict(line.split(":", 1) for line in
-                  Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
-    return (int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024)
 
 
 def slope_per_hour(points: list[tuple[float, float]]) -> float:
@@ -136,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                     ticks += 1
                     next_tick += args.tick_secs
                 if now >= next_sample:
-                    samples.append((now - t0, rss_mb(flow.pid)[0]))
+                    samples.append((now - t0, status_mb(flow.pid, "VmRSS")))
                     next_sample += args.sample_secs
                 time.sleep(0.05)
             deadline = time.monotonic() + 120
@@ -148,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.5)
             time.sleep(2 * args.poll_secs)  # anything beyond would be a duplicate
             got = stack.admin().summary()["streams"].get(STREAM, {}).get("records", 0)
-            hwm = rss_mb(flow.pid)[1]
+            hwm = status_mb(flow.pid, "VmHWM")
         finally:
             flow.send_signal(signal.SIGINT)
             try:
@@ -187,5 +179,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     raise SystemExit(main())

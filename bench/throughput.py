@@ -146,16 +146,21 @@ if os.environ.get("S3SENTINEL_BENCH_HWM_DIR"):
 """
 
 
-def _hwm_mb(pid: int) -> float:
-    """Peak resident set size so far (VmHWM) of a running process, in MB (0 once gone)."""
+def status_mb(pid: int, field: str) -> float:
+    """A memory figure of a running process's /proc status (``VmHWM``: peak resident set
+    size so far; ``VmRSS``: now), in MB (0 once gone)."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
     return 0.0
+
+
+def _hwm_mb(pid: int) -> float:
+    return status_mb(pid, "VmHWM")
 
 
 def _tree_cpu_secs(pid: int) -> float:

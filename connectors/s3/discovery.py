@@ -241,8 +241,6 @@ class SharedListing:
         self._began = self._ended = float("-inf")
         self._after = ""
         self._objects: dict[int, list[ListedObject]] = {}
-        self.listings = 0
-        """Listings made (each one full pass over the prefix)."""
 
     @classmethod
     def of(cls, s3: Any, src: SourceConfig, shards: int) -> SharedListing:
@@ -293,7 +291,6 @@ class SharedListing:
                 got = objects.pop(shard)
                 self._objects, self._after = objects, after
                 self._began, self._ended = began, time.monotonic()
-                self.listings += 1
             return got
 
 
