@@ -22,9 +22,12 @@ deterministic, so such duplicates can still be removed at query time.
 Each writer appends to its own file (``journal-w<worker>.jsonl``) and, when it starts,
 reads every file of its ledger in the directory, so a restart with another worker count
 still sees all that was accounted for. Compaction (at start, and every ``COMPACT_EVERY``
-appends) rewrites the writer's own file as merged ranges and drops objects whose last
-entry is older than the retention, measured from the newest entry (not the clock), so a
-long outage does not expire what a replay can reach.
+appends) drops objects whose last entry is older than the retention, measured from the
+newest entry (not the clock), so a long outage does not expire what a replay can reach, and
+packs the objects idle for ``IDLE_SECS`` (:mod:`connectors.packed`: ~60 bytes an object
+instead of ~260). The writer's own file is rewritten as merged ranges at start, and then
+once it has had as many appends as the ledger holds objects (so a week of objects is not
+rewritten every thousand requests).
 
 A line is ``{"t": <time>, "r": {"<object id>": [[start, end], ...]}}``. With a keyring
 (``runtime.encryption_*``) each line is authenticated, so that a line slipped into a
@@ -54,23 +57,33 @@ import threading
 import time
 import weakref
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, TypeAlias
+from typing import Any, ClassVar
 
 import orjson
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from typing_extensions import override
 
+from connectors.packed import Flat, PackedRanges
 from dataflow.core import metrics
 from dataflow.core.files import atomic_write, open_private, private_dir
 from dataflow.core.messages import Settled, is_derived
 
-__all__ = ["COMPACT_EVERY", "DEAD_LETTERED", "DELIVERED", "REST", "SETTLED", "Ledger",
+__all__ = ["COMPACT_EVERY", "DEAD_LETTERED", "DELIVERED", "IDLE_SECS", "REST", "SETTLED", "Ledger",
            "LedgerView", "RETENTION_SECS", "SettledSink", "add_offset", "merge_ranges"]
 
 COMPACT_EVERY = 1000
-"""Appends between two compactions of a partition's own file."""
+"""Appends between two compactions of a partition's ledger (expiry and packing; the file
+is rewritten when it has had at least as many appends as the ledger holds objects)."""
+
+IDLE_SECS = 600.0
+"""An object whose last entry is this much older than the newest entry is packed
+(:class:`~connectors.packed.PackedRanges`): replays still find it, for a fraction of the
+memory."""
+
+_LOAD_SETTLE_LINES = 20_000
+"""Lines read at start between two packings of idle objects (the start's peak memory)."""
 
 DELIVERED = "journal"
 """Journal of records the service accepted (the sink skips them on replay)."""
@@ -191,13 +204,12 @@ def _ranges(offsets: Iterable[int]) -> list[list[int]]:
     return out
 
 
-Flat: TypeAlias = "array[int]"
-"""Merged half-open ranges as one flat ``array('q')``: ``[start0, end0, start1, end1, ...]``,
-strictly increasing (ranges that touch are merged, empty ones left out). An offset is in
-them when ``bisect_right(flat, offset)`` is odd. A range costs 16 bytes this way, against
-~130 as a list of two-int lists; an object's findings make dozens of one-record ranges, and
-the ledgers hold a week of objects. Never changed in place once stored: a ledger's two
-tables share them."""
+# Flat (connectors.packed): merged half-open ranges as one flat ``array('q')``,
+# ``[start0, end0, start1, end1, ...]``, strictly increasing (ranges that touch are merged,
+# empty ones left out). An offset is in them when ``bisect_right(flat, offset)`` is odd. A
+# range costs 16 bytes this way, against ~130 as a list of two-int lists; an object's
+# findings make dozens of one-record ranges. Never changed in place once stored: a
+# ledger's two tables share them.
 
 _EMPTY: Flat = array("q")
 
@@ -249,11 +261,13 @@ class Ledger:
         the files are ``<name>-w<worker>.jsonl``.
     :arg keyring: Authenticates the lines written and checks those read (see the module
         docstring); None writes and accepts lines without a MAC.
+    :arg clock: The time written on each line (seconds since the epoch).
     """
 
     def __init__(self, directory: str | os.PathLike[str], worker: int | str,
                  retention_secs: float = RETENTION_SECS, name: str = DELIVERED,
-                 keyring: Any = None) -> None:
+                 keyring: Any = None, clock: Callable[[], float] | None = None) -> None:
+        self._clock = clock or time.time
         self._dir = private_dir(directory)
         self._keyring = keyring
         self._name = name
@@ -262,10 +276,13 @@ class Ledger:
         self._done: dict[str, Flat] = {}  # object id -> its ranges, from every file
         self._seen: dict[str, float] = {}  # object id -> time of its last delivery
         self._mine: dict[str, Flat] = {}  # what this partition's file holds (shared arrays)
+        self._idle = PackedRanges()  # objects idle for IDLE_SECS (flag: this file holds them)
+        self._newest = 0.0  # the newest entry's time
         self._appends = 0
+        self._since_rewrite = 0  # appends since this partition's file was last rewritten
         for path in sorted(self._dir.glob(f"{name}-w*.jsonl")):
             self._load(path, own=path == self._path)
-        self._compact()
+        self._compact(rewrite=True)
         self._file = open_private(self._path, "ab")
 
     def _load(self, path: Path, *, own: bool) -> None:
@@ -277,17 +294,26 @@ class Ledger:
                     self._add(entry["r"], entry["t"], own=own)
                 elif why != "torn":  # a line torn by a crash: its request was not journaled
                     rejected.setdefault(why or "", []).append(n)
+                if n % _LOAD_SETTLE_LINES == 0:  # a week of objects never all unpacked at once
+                    self._compact(rewrite=False)
         _report_rejected(path, self._name, rejected)
 
     def _add(self, ranges: dict[str, list[list[int]]], t: float, *, own: bool) -> None:
-        done, mine, seen = self._done, self._mine, self._seen
+        done, mine, seen, idle = self._done, self._mine, self._seen, self._idle
         for obj, rs in ranges.items():
             had = done.get(obj)
+            if had is None and idle and (got := idle.pop(obj)) is not None:
+                seen[obj], had, in_mine = got  # written to again (a replay): unpacked
+                done[obj] = had
+                if in_mine:
+                    mine[obj] = had
             merged = done[obj] = _flat_add(had, rs)
             if own:  # one array for both while only this file has the object (the usual case)
                 ours = mine.get(obj)
                 mine[obj] = merged if ours is had else _flat_add(ours, rs)
             seen[obj] = max(seen.get(obj, 0.0), t)
+        if t > self._newest:
+            self._newest = t
 
     def has(self, record_id: str) -> bool:
         """Whether the ledger holds the record (accepted by the service, or dead-lettered:
@@ -309,6 +335,8 @@ class Ledger:
             obj, _, offset = rid.rpartition("-")
             if obj != last:
                 last, flat = obj, done.get(obj)
+                if flat is None:
+                    flat = self._idle.get(obj)
                 end = flat[-1] if flat else 0
             if flat:
                 o = int(offset)
@@ -337,35 +365,50 @@ class Ledger:
         """Journal half-open offset ranges per object id (durable when this returns)."""
         if not ranges:
             return
-        now = time.time()
+        now = self._clock()
         self._file.write(_encode_line(self._name, now, ranges, self._keyring, via))
         self._file.flush()
         os.fsync(self._file.fileno())
         self._add(ranges, now, own=True)
         self._appends += 1
+        self._since_rewrite += 1
         if self._appends % COMPACT_EVERY == 0:
-            self._file.close()
-            self._compact()
-            self._file = open_private(self._path, "ab")
+            rewrite = self._since_rewrite >= len(self)
+            if rewrite:
+                self._file.close()
+            self._compact(rewrite=rewrite)
+            if rewrite:
+                self._file = open_private(self._path, "ab")
 
-    def _compact(self) -> None:
-        """Rewrite this partition's file as merged ranges, without expired objects."""
-        newest = max(self._seen.values(), default=0.0)
-        for obj in [o for o, t in self._seen.items() if t < newest - self._retention]:
-            self._done.pop(obj, None)
-            self._mine.pop(obj, None)
-            self._seen.pop(obj, None)
-        atomic_write(self._path, b"".join(
-            _encode_line(self._name, self._seen.get(obj, newest), {obj: _pairs(rs)},
+    def _compact(self, *, rewrite: bool) -> None:
+        """Drop expired objects, pack idle ones, and with ``rewrite``, rewrite this
+        partition's file as merged ranges of what it holds."""
+        done, mine, seen, idle = self._done, self._mine, self._seen, self._idle
+        horizon = self._newest - self._retention
+        quiet = self._newest - IDLE_SECS
+        for obj in [o for o, t in seen.items() if t < max(quiet, horizon)]:
+            t, flat, ours = seen[obj], done[obj], mine.get(obj)
+            if t < horizon or ((ours is None or ours is flat)  # else two files differ: kept
+                               and idle.put(obj, t, flat, ours is not None)):
+                del seen[obj], done[obj]
+                mine.pop(obj, None)
+        idle.expire(horizon, slack=self._retention / 16)  # a full pass only now and then
+        if not rewrite:
+            return
+        self._since_rewrite = 0
+        lines = (_encode_line(self._name, t, {obj: _pairs(rs)}, self._keyring)
+                 for obj, t, rs in idle.items(flagged=True))
+        atomic_write(self._path, itertools.chain(lines, (
+            _encode_line(self._name, seen.get(obj, self._newest), {obj: _pairs(rs)},
                          self._keyring)
-            for obj, rs in self._mine.items() if rs))
+            for obj, rs in mine.items() if rs)))
 
     def close(self) -> None:
         self._file.close()
 
     def __len__(self) -> int:
         """Objects with delivered records in the journal."""
-        return len(self._done)
+        return len(self._done) + len(self._idle)
 
 
 class LedgerView:
@@ -407,6 +450,7 @@ class LedgerView:
         self._done: dict[str, tuple[float, Flat]] = {}  # object id -> (last entry, ranges),
         # least recently written first
         self._watched: dict[str, int] = {}  # object id -> owners waiting for it
+        self._idle = PackedRanges()  # unwatched objects idle for IDLE_SECS
         self._newest = 0.0
 
     @classmethod
@@ -458,6 +502,8 @@ class LedgerView:
                 if is_derived(obj):  # findings: no source waits for them
                     continue
                 had = done.pop(obj, None)  # re-inserted last: the dict stays in write order
+                if had is None and self._idle and (got := self._idle.pop(obj)) is not None:
+                    had = got[:2]
                 if had is None:
                     done[obj] = (t, _flat_add(None, rs))
                 else:
@@ -466,16 +512,21 @@ class LedgerView:
         self._pos[path] = (st.st_ino, pos + end)
 
     def _expire(self) -> None:
-        """Drop unwatched objects whose last entry is older than the retention."""
+        """Drop unwatched objects whose last entry is older than the retention, and pack
+        those idle for ``IDLE_SECS``."""
         horizon = self._newest - self._retention
+        quiet = max(horizon, self._newest - IDLE_SECS)
         old = []
         for obj, (t, _) in self._done.items():
-            if t >= horizon:
+            if t >= quiet:
                 break
             if obj not in self._watched:
                 old.append(obj)
         for obj in old:
-            del self._done[obj]
+            t, flat = self._done[obj]
+            if t < horizon or self._idle.put(obj, t, flat):
+                del self._done[obj]
+        self._idle.expire(horizon, slack=self._retention / 16)
 
     def covered(self, object_id: str, count: int) -> bool:
         """Whether offsets ``0 .. count-1`` of the object are all accounted for."""
@@ -485,7 +536,7 @@ class LedgerView:
         """Whether every offset in ``ranges`` (half-open [start, end)) is accounted for."""
         with self._lock:
             got = self._done.get(object_id)
-        flat = got[1] if got else None
+            flat = got[1] if got else self._idle.get(object_id)
         return all(_holds(flat, s, e) for s, e in ranges)
 
     def watch(self, object_id: str) -> None:
@@ -501,11 +552,12 @@ class LedgerView:
             if left > 0:
                 self._watched[object_id] = left
             else:
-                self._done.pop(object_id, None)
+                if self._done.pop(object_id, None) is None:
+                    self._idle.pop(object_id)
 
     def __len__(self) -> int:
         """Objects whose ranges the view holds."""
-        return len(self._done)
+        return len(self._done) + len(self._idle)
 
 
 class _SettledPartition(StatelessSinkPartition[Settled]):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -72,13 +72,17 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike[str], body: bytes) -> None:
-    """Replace ``path`` with ``body``: temporary file, fsync, rename, fsync of the directory."""
+def atomic_write(path: str | os.PathLike[str], body: bytes | Iterable[bytes]) -> None:
+    """Replace ``path`` with ``body``: temporary file, fsync, rename, fsync of the directory.
+    An iterable body is written as it comes (a large file is never all in memory)."""
     p = Path(path)
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
     try:
         with open_private(tmp, "wb") as f:
-            f.write(body)
+            if isinstance(body, bytes):
+                f.write(body)
+            else:
+                f.writelines(body)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, p)
