@@ -77,10 +77,11 @@ COMPACT_EVERY = 1000
 """Appends between two compactions of a partition's ledger (expiry and packing; the file
 is rewritten when it has had at least as many appends as the ledger holds objects)."""
 
-IDLE_SECS = 600.0
+IDLE_SECS = 60.0
 """An object whose last entry is this much older than the newest entry is packed
 (:class:`~connectors.packed.PackedRanges`): replays still find it, for a fraction of the
-memory."""
+memory. An object's requests come within seconds; one written to again (a replay) is
+unpacked, for microseconds."""
 
 _LOAD_SETTLE_LINES = 20_000
 """Lines read at start between two packings of idle objects (the start's peak memory)."""
