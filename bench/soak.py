@@ -19,13 +19,19 @@ last samples against the median of the first ones after warm-up. At the end the 
 stops, the flow is given time to deliver everything, and every seeded event must have
 arrived in the emulator, once.
 
-    python bench/soak.py [--minutes 10] [--enrich-all] [--json]
+``--tracemalloc`` traces the flow's Python allocations (slower: ~2x its CPU) and dumps a
+snapshot every minute; the soak then reports the traced memory by minute beside the RSS
+(what RSS gains and the trace does not is native: Rust, SQLite, the allocator) and the
+source lines whose memory grew most from the end of the warm-up to the end.
+
+    python bench/soak.py [--minutes 10] [--enrich-all] [--tracemalloc] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import statistics
 import subprocess
@@ -33,6 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -78,6 +85,43 @@ def by_minute(samples: list[tuple[float, float]]) -> list[float]:
     return [round(statistics.median(vs), 1) for _, vs in sorted(minutes.items())]
 
 
+_DUMPER = """\
+import os, threading, time, tracemalloc
+
+def _dump(where, every):
+    n = 0
+    while True:
+        time.sleep(every)
+        n += 1
+        tracemalloc.take_snapshot().dump(os.path.join(where, f"snap-{n:04d}.tracemalloc"))
+
+if os.environ.get("S3SENTINEL_SOAK_TRACE_DIR") and tracemalloc.is_tracing():
+    threading.Thread(target=_dump, daemon=True, args=(
+        os.environ["S3SENTINEL_SOAK_TRACE_DIR"], float(os.environ["S3SENTINEL_SOAK_TRACE_SECS"])
+    )).start()
+"""
+"""A ``sitecustomize`` for the flow process: a snapshot of its traced allocations every
+S3SENTINEL_SOAK_TRACE_SECS (with ``PYTHONTRACEMALLOC`` set)."""
+
+
+def traced(directory: Path, warm_secs: float, every: float, top: int = 12) -> dict[str, Any]:
+    """Traced MB per snapshot, and the lines that grew most from the first snapshot after
+    ``warm_secs`` to the last."""
+    import tracemalloc  # only here: the flow's snapshots are read after the run
+
+    paths = sorted(directory.glob("snap-*.tracemalloc"))
+    if len(paths) < 2:
+        return {}
+    snaps = [tracemalloc.Snapshot.load(str(p)) for p in paths]
+    mb = [round(sum(st.size for st in s.statistics("filename")) / 1e6, 1) for s in snaps]
+    first = min(len(snaps) - 2, max(0, int(warm_secs // every) - 1))
+    grew = snaps[-1].compare_to(snaps[first], "lineno")
+    return {"traced_mb_by_snapshot": mb, "traced_from_snapshot": first + 1,
+            "traced_growth": [(f"{d.traceback[0].filename.replace(str(ROOT) + '/', '')}:"
+                               f"{d.traceback[0].lineno}", round(d.size_diff / 1e3, 1),
+                               d.count_diff) for d in grew[:top]]}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=10.0)
@@ -92,8 +136,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="runtime.journal_retention_secs (7 days by default in a deployment)")
     ap.add_argument("--enrich-all", action="store_true",
                     help="rules, intel, anomaly scores and sequences on")
+    ap.add_argument("--tracemalloc", action="store_true",
+                    help="trace the flow's Python allocations, and report what grew")
     ap.add_argument("--json", action="store_true", help="end with one JSON object of the figures")
     args = ap.parse_args(argv)
+    trace_secs = 60.0
 
     tables = load_tables()
     with tempfile.TemporaryDirectory() as tmp, \
@@ -106,6 +153,14 @@ def main(argv: list[str] | None = None) -> int:
                               args.retention_secs))
         env = flow_env(stack, Path(tmp) / "run" / "errors", cfg)
         env["S3SENTINEL__OPS__PORT"] = "0"
+        snaps = Path(tmp) / "tracemalloc"
+        if args.tracemalloc:
+            snaps.mkdir()
+            (snaps / "sitecustomize.py").write_text(_DUMPER)
+            env |= {"PYTHONTRACEMALLOC": "1", "S3SENTINEL_SOAK_TRACE_DIR": str(snaps),
+                    "S3SENTINEL_SOAK_TRACE_SECS": str(trace_secs),
+                    "PYTHONPATH": os.pathsep.join([str(snaps),
+                                                   *filter(None, [env.get("PYTHONPATH")])])}
         cmd = [sys.executable, "-m", "dataflow.cli", "run", "-c", str(cfg),
                "-r", str(Path(tmp) / "recovery")]
         log = (Path(tmp) / "flow.log").open("wb")
@@ -149,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                 flow.kill()
                 flow.wait()
             log.close()
+        trace = traced(snaps, 0.25 * 60 * args.minutes, trace_secs) if args.tracemalloc else {}
 
     warm = [p for p in samples if p[0] >= 0.25 * 60 * args.minutes]
     k = max(3, len(warm) // 10)
@@ -162,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         "rss_after_warmup_mb": round(first, 1), "rss_at_end_mb": round(last, 1),
         "rss_growth_ratio": round(last / first, 3), "rss_peak_mb": round(hwm, 1),
         "rss_slope_mb_per_hour": round(slope_per_hour(warm), 1), "samples": len(samples),
-        "rss_by_minute_mb": by_minute(samples),
+        "rss_by_minute_mb": by_minute(samples), **trace,
     }
     mode = "every detector" if args.enrich_all else "no enrichment"
     print(f"soak, {mode}: {args.minutes:g} min, {ticks} deliveries of {PAIRS} objects "
@@ -173,6 +229,12 @@ def main(argv: list[str] | None = None) -> int:
           f"warm-up, peak {hwm:.1f} MB")
     print("RSS by minute (median, MB): "
           + " ".join(f"{v:.0f}" for v in figures["rss_by_minute_mb"]))
+    if trace:
+        print("traced Python memory by minute (MB): "
+              + " ".join(f"{v:.0f}" for v in trace["traced_mb_by_snapshot"]))
+        print(f"grew most from minute {trace['traced_from_snapshot']} to the end (KB, blocks):")
+        for where, kb, blocks in trace["traced_growth"]:
+            print(f"  {kb:+9.1f} {blocks:+8d}  {where}")
     if args.json:
         print(json.dumps(figures))
     return 0 if got == seeded else 1
