@@ -41,8 +41,9 @@ import orjson
 
 from operators.tabledef import load_tables
 
-__all__ = ["Pred", "Reason", "all_of", "compile_json_path", "compile_match", "compile_reason",
-           "event_name_gate", "load_entries", "pinned_event_names", "table_columns"]
+__all__ = ["Pred", "Reason", "all_of", "column_gate", "compile_json_path", "compile_match",
+           "compile_reason", "event_name_gate", "load_entries", "pinned_event_names",
+           "table_columns"]
 
 Pred = Callable[[Mapping[str, Any]], bool]
 """A compiled condition over one row."""
@@ -354,7 +355,7 @@ def all_of(parts: list[tuple[int, Pred]]) -> Pred:
     all_preds = tuple(preds)
 
     def every(row: Mapping[str, Any]) -> bool:
-        for p in all_preds:  # a loop, not all(genexpr): no generator made per row
+        for p in all_preds:  # noqa: SIM110 (all(genexpr) makes a generator per row)
             if not p(row):
                 return False
         return True
@@ -414,6 +415,34 @@ def pinned_event_names(match: Mapping[str, Any]) -> frozenset[str] | None:
         if all(n is not None for n in names):
             return frozenset().union(*names)  # type: ignore[arg-type]
     return None
+
+
+_NEEDS_A_VALUE = frozenset({"equals", "in", "prefix", "suffix", "contains", "regex", "gt",
+                            "gte", "lt", "lte", "equals_column"})
+"""Operators that no missing value (None) passes."""
+
+
+def column_gate(match: Mapping[str, Any]) -> tuple[str, str | None] | None:
+    """A check of one column but EventName that every row ``match`` takes passes: ``(column, value)``,
+    the column equal to the string ``value``, or ``(column, None)``, the column present;
+    None when the table has no such condition. A string equality is preferred (it lets
+    fewer rows through). A caller checks it inline before calling the rule's predicate:
+    most rows fail a rule on its first condition, and the call is most of the cost."""
+    present = None
+    for column, spec in match.items():
+        if column in ("any", "not", "EventName") or not isinstance(column, str):
+            continue  # EventName: callers index rules by it already
+        if isinstance(spec, str):
+            return column, spec
+        if isinstance(spec, dict) and set(spec) == {"equals"} and isinstance(spec["equals"], str):
+            return column, spec["equals"]
+        if present is None and (
+                isinstance(spec, (int, float))  # bool too: equals
+                or (isinstance(spec, list) and spec and not any(isinstance(x, dict) for x in spec))
+                or (isinstance(spec, dict) and "json_path" not in spec and spec.keys()
+                    and spec.keys() & _NEEDS_A_VALUE)):
+            present = (column, None)
+    return present
 
 
 def event_name_gate(match: Mapping[str, Any]) -> Callable[[Any], bool] | None:

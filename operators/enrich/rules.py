@@ -33,6 +33,7 @@ from operators.enrich.conditions import (
     Pred,
     Reason,
     all_of,
+    column_gate,
     compile_match,
     compile_reason,
     load_entries,
@@ -101,7 +102,9 @@ class Rule:
 # --------------------------------------------------------------------------- rule sets
 
 
-_Compiled = tuple[int, int, str, Pred, Reason]  # rank, load order, id, predicate, reason
+# rank, load order, id, predicate, reason, and a column the predicate needs: (column, the
+# string it must equal, or None: any value) or None (conditions.column_gate)
+_Compiled = tuple[int, int, str, Pred, Reason, tuple[str, str | None] | None]
 
 
 class RuleSet:
@@ -158,7 +161,7 @@ class RuleSet:
             # No new problem: the priority is one of PRIORITIES and the reason compiled.
             assert isinstance(priority, str) and render is not None
             rules.append(Rule(e["id"], table, priority, e["reason"], origin))
-            compiled.append((_RANK[priority], order, e["id"], pred, render))
+            compiled.append((_RANK[priority], order, e["id"], pred, render, column_gate(match)))
             pins.append(pin)
         if problems:
             raise RuleError(problems)
@@ -190,6 +193,11 @@ class RuleSet:
                 candidates = by_event.get(name, candidates)
         hits = None
         for c in candidates:
+            gate = c[5]
+            if gate is not None:  # checked here: most rows fail it, and a call costs more
+                v = row.get(gate[0])
+                if v is None or (gate[1] is not None and v != gate[1]):
+                    continue
             if c[3](row):
                 if hits is None:
                     hits = [c]

@@ -12,6 +12,8 @@ from typing import Any
 import msgspec
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from operators.enrich.conditions import compile_json_path, compile_match
 from operators.enrich.rules import (
@@ -561,3 +563,42 @@ def test_classifying_a_routine_row_costs_a_few_microseconds(rules: RuleSet) -> N
     per_row = min(timeit.repeat(lambda: rules.classify(CT, rows[0]), number=n, repeat=5)) / n
     print(f"classify: {per_row * 1e6:.2f} us/row (routine CloudTrail row, {len(rules)} rules)")
     assert per_row < 20e-6  # ~1 us on a laptop; generous for shared CI runners
+
+
+# --------------------------------------------------------------------------- column gates
+
+_GATE_OPS = {
+    "equals": st.sampled_from(["a", "b"]), "not_equals": st.sampled_from(["a", "b"]),
+    "in": st.lists(st.sampled_from(["a", "c"]), min_size=1, max_size=2),
+    "not_in": st.lists(st.sampled_from(["a", "c"]), min_size=1, max_size=2),
+    "prefix": st.sampled_from(["a", "x"]), "suffix": st.sampled_from(["a", "x"]),
+    "exists": st.booleans(), "gt": st.integers(0, 2), "lte": st.integers(0, 2),
+    "not_equals_column": st.sampled_from(["P", "Q"])}
+_GATE_OP = st.sampled_from(sorted(_GATE_OPS)).flatmap(lambda op: _GATE_OPS[op].map(
+    lambda v: {op: v}))
+_GATE_SPECS = st.one_of(
+    st.sampled_from(["a", "b"]), st.integers(0, 2), st.booleans(),
+    st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=2),
+    _GATE_OP, st.tuples(_GATE_OP, _GATE_OP).map(lambda ab: ab[0] | ab[1]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.sampled_from(["P", "Q", "R", "EventName"]), _GATE_SPECS,
+                       min_size=1, max_size=3),
+       st.lists(st.dictionaries(st.sampled_from(["P", "Q", "R", "EventName"]),
+                                st.one_of(st.sampled_from(["a", "b", "c", "ax"]),
+                                          st.integers(0, 3), st.booleans()), max_size=4),
+                max_size=12))
+def test_a_column_gate_never_turns_away_a_row_its_rule_takes(match, rows) -> None:
+    """classify checks a rule's column gate before its predicate: the gate must pass every
+    row the predicate passes, whatever the conditions (rows missing the column included)."""
+    from operators.enrich.conditions import column_gate, compile_match
+
+    problems: list[str] = []
+    pred = compile_match(match, "rule", problems)
+    gate = column_gate(match)
+    for row in rows:
+        if problems or not pred(row) or gate is None:
+            continue
+        value = row.get(gate[0])
+        assert value is not None and (gate[1] is None or value == gate[1]), (match, row, gate)
