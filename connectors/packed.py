@@ -160,10 +160,13 @@ class PackedRanges:
             for b in buckets:
                 if b is None or b.oldest >= horizon - slack:
                     continue
-                old = [i for i, t in enumerate(b.times) if t < horizon]
-                for i in reversed(old):
-                    b.remove(i)
-                gone += len(old)
+                keep = [i for i, t in enumerate(b.times) if t >= horizon]
+                if len(keep) < len(b.times):  # rebuilt: one pass, not a shift per entry gone
+                    gone += len(b.times) - len(keep)
+                    b.keys = array("Q", [b.keys[i] for i in keep])
+                    b.times = array("d", [b.times[i] for i in keep])
+                    b.flags = bytearray([b.flags[i] for i in keep])
+                    b.values = [b.values[i] for i in keep]
                 b.oldest = min(b.times, default=float("inf"))
         self._count -= gone
         return gone
