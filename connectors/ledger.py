@@ -24,8 +24,8 @@ reads every file of its ledger in the directory, so a restart with another worke
 still sees all that was accounted for. Compaction (at start, and every ``COMPACT_EVERY``
 appends) drops objects whose last entry is older than the retention, measured from the
 newest entry (not the clock), so a long outage does not expire what a replay can reach, and
-packs the objects idle for ``IDLE_SECS`` (:mod:`connectors.packed`: ~60 bytes an object
-instead of ~260). The writer's own file is rewritten as merged ranges at start, and then
+packs the objects idle for ``IDLE_SECS`` (:mod:`connectors.packed`: ~70 bytes an object
+instead of ~250). The writer's own file is rewritten as merged ranges at start, and then
 once it has had as many appends as the ledger holds objects (so a week of objects is not
 rewritten every thousand requests).
 
