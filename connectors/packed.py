@@ -2,8 +2,9 @@
 
 The journals (:mod:`connectors.ledger`) remember every object's accounted-for ranges for
 their retention (7 days by default). Kept as a dict entry, a key string, a float and an
-array per object, that was ~0.26 KB an object, ~1.2 KB with findings, in the sink's ledger
-and again in the sources' view: a trail of 20,000 objects an hour held GBs after a week.
+array per object, that was ~0.25 KB an object (~1.1 KB with findings) in the sink's ledger
+and ~0.29 KB again in the sources' view: a trail of 20,000 objects an hour held GBs after a
+week.
 Almost all of it is idle: an object is written in a few requests within seconds, and read
 again only by a replay.
 
@@ -45,7 +46,8 @@ def pack_flat(flat: Flat) -> bytes:
         except ValueError:  # a gap of 256 or more
             pass
     top = flat[-1] if flat else 0
-    code = "H" if top < 1 << 16 else "I" if top < 1 << 32 else "q"
+    code = ("q" if flat and flat[0] < 0  # not from the flow, but a journal line may say so
+            else "H" if top < 1 << 16 else "I" if top < 1 << 32 else "q")
     return code.encode() + array(code, flat).tobytes()
 
 

@@ -24,7 +24,7 @@ def oid(n: int) -> str:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.integers(0, 2**62), max_size=40, unique=True),
+@given(st.lists(st.integers(-(2**62), 2**62), max_size=40, unique=True),
        st.lists(st.integers(1, 300), max_size=40), st.integers(0, 2**62))
 def test_packed_ranges_unpack_to_the_same_numbers(numbers, gaps, start) -> None:
     for flat in (array("q", sorted(numbers)[: len(numbers) // 2 * 2]),
@@ -38,6 +38,8 @@ def test_ranges_pack_into_a_few_bytes() -> None:
     sparse = array("q", [o for s in range(7, 500, 11) for o in (s, s + 1)])  # findings
     assert len(pack_flat(sparse)) == 1 + 8 + len(sparse) - 1
     assert len(pack_flat(array("q", [0, 5, 2**40, 2**40 + 1]))) == 1 + 4 * 8
+    for odd in ([-5, 3], [-300, -2, 7, 9]):  # a journal line may hold anything that is ints
+        assert unpack_flat(pack_flat(array("q", odd))).tolist() == odd
 
 
 def test_store_answers_as_a_dict_would_and_leaves_other_ids_alone() -> None:
