@@ -159,10 +159,6 @@ def status_mb(pid: int, field: str) -> float:
     return 0.0
 
 
-def _hwm_mb(pid: int) -> float:
-    return status_mb(pid, "VmHWM")
-
-
 def _tree_cpu_secs(pid: int) -> float:
     """CPU time of a running process, its live descendants and the children it reaped."""
     total = 0.0
@@ -281,7 +277,7 @@ def run_flow(stack: LocalStack, workdir: Path, processes: int, partitions: int,
         for i, p in enumerate(procs):
             if usage[i] is not None:
                 continue
-            hwm[i] = max(hwm[i], _hwm_mb(p.pid))
+            hwm[i] = max(hwm[i], status_mb(p.pid, "VmHWM"))
             # Reaped here, not by Popen.poll(), for the process's own rusage: its CPU time
             # up to its exit.
             pid, status, ru = os.wait4(p.pid, os.WNOHANG)

@@ -386,8 +386,8 @@ class Ledger:
         partition's file as merged ranges of what it holds."""
         done, mine, seen, idle = self._done, self._mine, self._seen, self._idle
         horizon = self._newest - self._retention
-        quiet = self._newest - IDLE_SECS
-        for obj in [o for o, t in seen.items() if t < max(quiet, horizon)]:
+        quiet = max(horizon, self._newest - IDLE_SECS)  # what is older: expired or packed
+        for obj in [o for o, t in seen.items() if t < quiet]:
             t, flat, ours = seen[obj], done[obj], mine.get(obj)
             if t < horizon or ((ours is None or ours is flat)  # else two files differ: kept
                                and idle.put(obj, t, flat, ours is not None)):

@@ -439,7 +439,7 @@ def column_gate(match: Mapping[str, Any]) -> tuple[str, str | None] | None:
         if present is None and (
                 isinstance(spec, (int, float))  # bool too: equals
                 or (isinstance(spec, list) and spec and not any(isinstance(x, dict) for x in spec))
-                or (isinstance(spec, dict) and "json_path" not in spec and spec.keys()
+                or (isinstance(spec, dict) and "json_path" not in spec
                     and spec.keys() & _NEEDS_A_VALUE)):
             present = (column, None)
     return present
