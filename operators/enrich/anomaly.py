@@ -463,8 +463,8 @@ class EntityState:
         :func:`entity_keys` makes them); the kind decides which features apply.
     """
 
-    __slots__ = ("key", "kind", "label", "config", "n", "first_ts", "last_ts", "bucket", "cur",
-                 "prev", "base", "hours", "pairs", "nov", "zero", "snap", "packed")
+    __slots__ = ("key", "kind", "label", "config", "n", "first_ts", "last_ts", "bucket", "edge",
+                 "lim", "cur", "prev", "base", "hours", "pairs", "nov", "zero", "snap", "packed")
 
     def __init__(self, key: str, config: AnomalyConfig | None = None) -> None:
         kind, _, label = key.partition(":")
@@ -477,6 +477,10 @@ class EntityState:
         self.n = 0
         self.first_ts = self.last_ts = 0.0
         self.bucket = -1
+        # Where the bucket after ``bucket`` starts, once a roll set it: an event before it
+        # is counted without dividing its time (-inf: unknown, as after a restore).
+        self.edge = -math.inf
+        self.lim: tuple[int, bool, float, float, float] | None = None  # see _limits
         self.cur = [0, 0, 0, 0]  # calls, failed calls, data reads, never-called APIs: this bucket
         self.prev: list[int] | None = None  # the same for the bucket just before, if active
         self.base = [0.0] * 10
@@ -524,15 +528,31 @@ class EntityState:
         elif self.kind == "account":
             self._learn_account(idx, views, found)
         else:
-            cfg = self.config
-            for i in idx:
-                ev = views[i]
-                _, warm = self._tick(ev, cfg.bucket_secs, cfg.warmup_events, cfg.warmup_secs)
-                if warm and self.base[_NB]:
-                    parts: list[tuple[float, str]] = []
-                    self._volume_check(ev, parts)
-                    if parts:
-                        found.append((i, parts))
+            self._learn_ip(idx, views, None, found)
+
+    def learn_address(self, idx: Iterable[int], views: Sequence[_View], known: list[bool],
+                      found: list[tuple[int, list[tuple[float, str]]]]) -> None:
+        """:meth:`learn` for an IP entity, setting ``known[i]`` for each of its rows
+        ``i``: whether the address was a warm entity before the row (in use for days: an
+        office NAT other principals use, not a stranger's), which the row's principal is
+        told."""
+        self.snap = self.packed = None
+        self._learn_ip(idx, views, known, found)
+
+    def _learn_ip(self, idx: Iterable[int], views: Sequence[_View], known: list[bool] | None,
+                  found: list[tuple[int, list[tuple[float, str]]]]) -> None:
+        cfg = self.config
+        bs, warm_n, warm_secs = cfg.bucket_secs, cfg.warmup_events, cfg.warmup_secs
+        for i in idx:
+            ev = views[i]
+            if known is not None:
+                known[i] = self.n > warm_n and ev[0] - self.first_ts >= warm_secs
+            _, warm = self._tick(ev, bs, warm_n, warm_secs)
+            if warm and self.base[_NB]:
+                parts: list[tuple[float, str]] = []
+                self._volume_check(ev, parts)
+                if parts:
+                    found.append((i, parts))
 
     def _volume_check(self, ev: _View, parts: list[tuple[float, str]]) -> None:
         """The volume features, when the counts of the last ``bucket_secs`` could make one."""
@@ -654,8 +674,10 @@ class EntityState:
                     parts.append((s, f"first call of {api} by {who} after {days:.1f} days "
                                      "of history"))
             prev = self.prev
-            k = cur[3] + (prev[3] * (1.0 - min(1.0, (ts - self.bucket * bs) / bs))
-                          if prev else 0.0)
+            if prev and prev[3]:  # never-called APIs of the bucket before, fading out
+                k = cur[3] + prev[3] * (1.0 - min(1.0, (ts - self.bucket * bs) / bs))
+            else:
+                k = cur[3]
             if k >= cfg.new_api_burst_min:
                 s = min(1.0, (k - cfg.new_api_burst_min + 1) / cfg.new_api_burst_min)
                 if s := cfg.weight_new_api_burst * s * _m(p_api):
@@ -722,9 +744,10 @@ class EntityState:
         ts = ev[0]
         if self.n == 0:
             self.first_ts = self.last_ts = ts
-        b = int(ts // bs)
-        if b > self.bucket:
-            self._roll(b)
+        if ts >= self.edge:  # not before the next bucket's start: it may have begun
+            b = int(ts // bs)
+            if b > self.bucket:
+                self._roll(b)
         cur = self.cur
         cur[0] += 1
         if ev[11]:
@@ -772,9 +795,56 @@ class EntityState:
             self.prev = None
         self.cur = [0, 0, 0, 0]
         self.bucket = b
+        self.edge = (b + 1) * cfg.bucket_secs
 
     def _volume(self, ev: _View, parts: list[tuple[float, str]]) -> None:
-        """Call-rate, bulk-read and failed-call spikes over the last ``bucket_secs``."""
+        """Call-rate, bulk-read and failed-call spikes over the last ``bucket_secs``.
+
+        A busy entity is past the minimum counts on most of its rows, and its baselines
+        change only when a bucket closes: the counts each feature must pass are worked out
+        once per bucket (:meth:`_limits`), and a row that passes none costs a few float
+        comparisons. One that may passes to :meth:`_volume_parts`, which scores it."""
+        cfg = self.config
+        hourly = self.hours is not None and ev[0] - self.first_ts >= cfg.hourly_min_secs
+        lim = self.lim
+        if lim is None or lim[0] != self.bucket or lim[1] is not hourly:
+            lim = self.lim = self._limits(hourly)
+        cur, prev = self.cur, self.prev
+        if prev:  # the bucket before, fading out as this one goes by
+            x = (ev[0] - self.bucket * cfg.bucket_secs) / cfg.bucket_secs
+            keep = 0.0 if x >= 1.0 else 1.0 if x <= 0.0 else 1.0 - x
+            c, e = cur[0] + prev[0] * keep, cur[1] + prev[1] * keep
+        else:
+            keep, c, e = 0.0, cur[0], cur[1]
+        if ((c >= cfg.rate_min_count and c > lim[2])
+                or (e >= cfg.error_min_count and (e / c - lim[4]) / (1.0 - lim[4])
+                    >= cfg.error_min_excess)
+                or (ev[10] and (self.kind == "principal" or self.kind == "key")
+                    and (d := cur[2] + (prev[2] * keep if prev else 0.0)) >= cfg.data_min_count
+                    and d > lim[3])):
+            self._volume_parts(ev, parts)
+
+    def _limits(self, hourly: bool) -> tuple[int, bool, float, float, float]:
+        """(bucket, whether the hour-of-day baselines apply, the call count and the data
+        reads above which :func:`_spike` fires, the usual share of failed calls): what
+        :meth:`_volume_parts` compares the counts with, for the current bucket."""
+        cfg, base = self.config, self.base
+        mc, vc, md, vd = base[_MC], base[_VC], base[_MD], base[_VD]
+        h = self.hours
+        if hourly and h is not None:
+            i = int(self.bucket * cfg.bucket_secs // 3600 % 24) * 4
+            if h[i] >= 0:
+                mc, vc = max(mc, h[i]), max(vc, h[i + 1])
+                md, vd = max(md, h[i + 2]), max(vd, h[i + 3])
+        z = cfg.spike_z
+        rate = max(mc + z * math.sqrt(max(vc, mc, 1.0)),
+                   max(base[_PC] * cfg.rate_peak_frac, cfg.rate_min_count))
+        data = max(md + z * math.sqrt(max(vd, md, 1.0)),
+                   max(base[_PD] * cfg.data_peak_frac, cfg.data_min_count))
+        return self.bucket, hourly, rate, data, (base[_FE] + 1.0) / (base[_FN] + 50.0)
+
+    def _volume_parts(self, ev: _View, parts: list[tuple[float, str]]) -> None:
+        """:meth:`_volume` for a row whose counts may make a feature fire."""
         cfg, cur, prev, base, who = self.config, self.cur, self.prev, self.base, self.label
         bs = cfg.bucket_secs
         keep = 1.0 - min(1.0, max(0.0, (ev[0] - self.bucket * bs) / bs)) if prev else 0.0
@@ -998,69 +1068,148 @@ class AnomalyScorer:
         :arg principals: Each row's :func:`principal_of` (``""`` for none), when the caller
             made it already (the flow shards rows by it).
         """
+        batch = self._learn_batch(rows, times, principals)
+        if batch is None:  # a batch of the order of the cap: row by row
+            return [self.score(row, None if times is None else times[i])
+                    for i, row in enumerate(rows)]
+        out, views, states, hits = batch
         cfg = self.config
         kinds = cfg.entity_kinds
-        want_ip = "ip" in kinds
+        for i, ev in enumerate(views):
+            if out[i] is not None:
+                continue
+            h = hits.get(i) if hits else None
+            if h is not None:
+                out[i] = _combine(h, cfg)
+                continue
+            keys = _keys(ev, rows[i], kinds)
+            if not keys:
+                out[i] = _NOTHING
+                continue
+            st = states[keys[0]]  # most rows: one shared Score per entity, not one per row
+            z = st.zero
+            if z is None:
+                z = st.zero = Score(0.0, (), st.key)
+            out[i] = z
+        return out  # type: ignore[return-value]
+
+    def flag_many(self, rows: Sequence[Mapping[str, Any]], threshold: float = ANOMALOUS, *,
+                  principals: Sequence[str | None] | None = None) -> list[tuple[int, Score]]:
+        """(row index, score) of the rows scoring at least ``threshold``, in row order, having
+        learnt from every row: :meth:`score_many` (the same state, the same scores) without
+        a :class:`Score` for each of the many rows that score nothing (what the flow needs).
+
+        :raises ValueError: ``threshold`` is not above 0 and at most 1.
+        """
+        if not 0.0 < threshold <= 1.0:
+            msg = f"threshold must be above 0 and at most 1, got {threshold!r}"
+            raise ValueError(msg)
+        batch = self._learn_batch(rows, None, principals)
+        if batch is None:
+            return [(i, s) for i, s in enumerate(self.score_many(rows, principals=principals))
+                    if s.value >= threshold]
+        cfg = self.config
+        hits = batch[3]
+        out = []
+        for i in sorted(hits):  # most rows with features score low: no Score made for them
+            h = hits[i]
+            top = 0.0
+            for _, _, parts in h:
+                keep = 1.0
+                for s, _ in parts:
+                    keep *= 1.0 - s
+                top = max(top, 1.0 - keep)
+            if round(top, 4) >= threshold:  # the value _combine gives, as in _score
+                out.append((i, _combine(h, cfg)))
+        return out
+
+    def _learn_batch(self, rows: Sequence[Mapping[str, Any]],
+                     times: Sequence[float | None] | None,
+                     principals: Sequence[str | None] | None
+                     ) -> tuple[list[Score | None], list[Any], dict[str, EntityState],
+                                dict[int, list[tuple[int, str, list[tuple[float, str]]]]]] | None:
+        """Every entity of ``rows`` learns from its rows, in row order: (the scores of rows
+        without a usable time, else None; each row's view; the states by key; (kind rank,
+        key, features that fired) per row on which one fired). None, learning nothing, when
+        the batch is of the order of ``max_entities``."""
+        cfg = self.config
+        kinds = cfg.entity_kinds
+        want_ip, want_who, want_acct = "ip" in kinds, "principal" in kinds, "account" in kinds
+        want_key = "key" in kinds
         n = len(rows)
         ents = self._entities
         cap = cfg.max_entities
         if len(ents) + 4 * n > cap:  # four entities a row at most
             keep = cap - 4 * n - cap // 16
-            if keep < cap // 2:  # a batch of the order of the cap: row by row
-                return [self.score(row, None if times is None else times[i])
-                        for i, row in enumerate(rows)]
+            if keep < cap // 2:
+                return None
             self._evict_to(keep)
         out: list[Score | None] = [None] * n
         views: list[Any] = [None] * n
-        first_key: list[str | None] = [None] * n  # the key of each row's first entity
-        groups: dict[str, list[int]] = {}  # entity key -> its rows, in order
+        # The rows of each entity, in order, per kind and by the value its key is made of:
+        # the key string is made once per entity, not once per row.
+        by_ip: dict[str, list[int]] = {}
+        by_who: dict[str, list[int]] = {}
+        by_acct: dict[str, list[int]] = {}
+        by_key: dict[str, list[int]] = {}
+        tcache = _time_cache
         for i, row in enumerate(rows):
             ts = times[i] if times is not None else None
             if ts is None:
-                ts = _row_time(row)
-                if ts is None:
+                tg = row.get("TimeGenerated")  # _row_time, its cache read here
+                ts = tcache.get(tg) if tg.__class__ is str else None
+                if ts is None and (ts := _row_time(row)) is None:
                     out[i] = Score(0.0, ("no usable TimeGenerated: not scored",), "")
                     continue
             ev = views[i] = _view(row, ts, cfg, None if principals is None else principals[i])
-            keys = _keys(ev, row, kinds)
-            for key in keys:
-                g = groups.get(key)
-                if g is None:
-                    groups[key] = [i]
+            if ev[4] and want_ip:
+                if (g := by_ip.get(ev[2])) is None:
+                    by_ip[ev[2]] = [i]
                 else:
                     g.append(i)
-            first = keys[0] if keys else None
-            first_key[i] = first
+            if ev[1] and want_who:
+                if (g := by_who.get(ev[1])) is None:
+                    by_who[ev[1]] = [i]
+                else:
+                    g.append(i)
+            if want_acct:
+                if (g := by_acct.get(ev[12])) is None:
+                    by_acct[ev[12]] = [i]
+                else:
+                    g.append(i)
+            if want_key:  # read only when asked for: off by default
+                ak = row.get("UserIdentityAccessKeyId")
+                if ak.__class__ is str and ak.startswith("AKIA"):
+                    if (g := by_key.get(ak)) is None:
+                        by_key[ak] = [i]
+                    else:
+                        g.append(i)
         states: dict[str, EntityState] = {}
         hits: dict[int, list[tuple[int, str, list[tuple[float, str]]]]] = {}
-        known = [False] * n if want_ip else None
+        known = [False] * n  # per row: its address is a warm IP entity (set by the IPs)
         found: list[tuple[int, list[tuple[float, str]]]] = []
-        for ips in (True, False) if want_ip else (False,):
-            for key, idx in groups.items():
-                if want_ip and key.startswith("ip:") is not ips:
-                    continue
+        order: list[tuple[int, int, str]] = []  # (last row, kind rank, key) of each entity
+        # IP entities first: whether an address is in use for days tells the principals.
+        for prefix, rank, groups in (("ip:", 0, by_ip), ("principal:", 1, by_who),
+                                     ("account:", 2, by_acct), ("key:", 3, by_key)):
+            for value, idx in groups.items():
+                key = prefix + value
                 got = ents.get(key)
                 if got is None:  # no eviction: there is room for every entity of the batch
                     st = ents[key] = EntityState(key, cfg)
-                    created = True
                 else:
                     if isinstance(got, bytes):  # idle since the last snapshot: kept packed
                         st = ents[key] = EntityState.unpack(key, got, cfg)
                     else:
                         st = got
                     ents.move_to_end(key)
-                    created = False
                 states[key] = st
-                if ips:  # an address in use for days is not a stranger's: tell the principals
-                    for j, i in enumerate(idx):
-                        if j or not created:
-                            known[i] = (st.n > cfg.warmup_events  # type: ignore[index]
-                                        and views[i][0] - st.first_ts >= cfg.warmup_secs)
-                        st.learn((i,), views, None, found)
-                else:
+                order.append((idx[-1], rank, key))
+                if rank:
                     st.learn(idx, views, known, found)
+                else:
+                    st.learn_address(idx, views, known, found)
                 if found:
-                    rank = _KIND_RANK[st.kind]
                     for i, parts in found:
                         h = hits.get(i)
                         if h is None:
@@ -1068,26 +1217,11 @@ class AnomalyScorer:
                         else:
                             h.append((rank, key, parts))
                     found = []
-        if n > 1 and len(groups) > 1:  # least recently seen first, as row by row
-            for *_, key in sorted([(idx[-1], _KIND_RANK[states[k].kind], k)
-                                   for k, idx in groups.items()]):
+        if n > 1 and len(order) > 1:  # least recently seen first, as row by row
+            order.sort()
+            for *_, key in order:
                 ents.move_to_end(key)
-        for i, fk in enumerate(first_key):
-            if out[i] is not None:
-                continue
-            h = hits.get(i) if hits else None
-            if h is None:  # most rows: one shared Score per entity, not a new one per row
-                if fk is None:
-                    out[i] = _NOTHING
-                    continue
-                st = states[fk]
-                z = st.zero
-                if z is None:
-                    z = st.zero = Score(0.0, (), st.key)
-                out[i] = z
-                continue
-            out[i] = _combine(h, cfg)
-        return out  # type: ignore[return-value]
+        return out, views, states, hits
 
     def _score_one(self, row: Mapping[str, Any], ev: _View) -> Score:
         """:meth:`score_many` for one row (its view made): each entity is created, evicting
@@ -1112,12 +1246,12 @@ class AnomalyScorer:
                 else:
                     st = got
                 ents.move_to_end(key)
-                if st.kind == "ip":  # an address in use for days is not a stranger's
-                    known[0] = (st.n > cfg.warmup_events
-                                and ev[0] - st.first_ts >= cfg.warmup_secs)
             if first is None:
                 first = st
-            st.learn((0,), (ev,), known, found)
+            if st.kind == "ip":  # an address in use for days is not a stranger's
+                st.learn_address((0,), (ev,), known, found)
+            else:
+                st.learn((0,), (ev,), known, found)
             if found:
                 hits.append((_KIND_RANK[st.kind], key, found[0][1]))
                 found = []
@@ -1230,7 +1364,7 @@ def stateful_mapper(config: AnomalyConfig | None = None) -> Callable[
         if state is None:
             state = EntityState(key, cfg)
         else:
-            state.config = cfg
+            state.config, state.lim = cfg, None  # limits of another config, maybe
         return state, state.update_and_score(row)
 
     return mapper

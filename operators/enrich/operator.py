@@ -422,17 +422,17 @@ def score_shard(enricher: Enricher, cfg: EnrichConfig,
     else:
         state.keyring = keyring  # a plain snapshot is sealed from the next one on
     found: dict[str, list[tuple[bytes, str]]] = {}  # source partition -> findings
-    scores = (state.scorer.score_many([row for _, _, row in obs.rows],
+    flagged = (state.scorer.flag_many([row for _, _, row in obs.rows], ANOMALOUS,
                                       principals=obs.principals or None)
-              if state.scorer is not None else None)
+               if state.scorer is not None else [])
+    flagged.reverse()  # popped in row order
     for k, (rid, partition, row) in enumerate(obs.rows):
-        if scores is not None:
-            score = scores[k]
-            if score.value >= ANOMALOUS:
-                metrics.RECORDS_FLAGGED.labels(CLOUDTRAIL, "anomalous").inc()
-                found.setdefault(partition, []).append(enricher.finding(
-                    CLOUDTRAIL, row, rid, "anomalous", list(score.reasons),
-                    score=round(score.value, 3), detector="anomaly"))
+        if flagged and flagged[-1][0] == k:
+            score = flagged.pop()[1]
+            metrics.RECORDS_FLAGGED.labels(CLOUDTRAIL, "anomalous").inc()
+            found.setdefault(partition, []).append(enricher.finding(
+                CLOUDTRAIL, row, rid, "anomalous", list(score.reasons),
+                score=round(score.value, 3), detector="anomaly"))
         if state.detector is not None:
             for m in state.detector.observe(CLOUDTRAIL, row, group=PRINCIPAL):
                 metrics.RECORDS_FLAGGED.labels(CLOUDTRAIL, "sequence").inc()
