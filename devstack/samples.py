@@ -40,6 +40,7 @@ __all__ = [
     "cloudtrail_event",
     "cloudtrail_key",
     "cloudtrail_object",
+    "cloudtrail_objects",
     "seed_cloudtrail",
 ]
 
@@ -599,6 +600,29 @@ def _ensure_bucket(s3: Any, bucket: str) -> None:
         s3.create_bucket(Bucket=bucket)
 
 
+def _plan(i: int, pairs: Sequence[tuple[str, str]], origin: datetime, seed: int,
+          records_per_object: tuple[int, int]) -> tuple[tuple[str, str], datetime, _Planned]:
+    """Log file ``i`` of a trail seeded from ``origin``: its account and region, delivery
+    time and plan."""
+    account, region = pairs[i % len(pairs)]
+    jitter = timedelta(seconds=random.Random(f"s3sentinel-jitter:{seed}:{i}").randint(0, 50))
+    delivered = origin + (i // len(pairs)) * DELIVERY_INTERVAL + jitter
+    return (account, region), delivered, _plan_object(seed, i, account, region, delivered,
+                                                      records_per_object)
+
+
+def cloudtrail_objects(objects: int, records_per_object: tuple[int, int] = (20, 200), *,
+                       accounts: Sequence[str] = ("111122223333", "444455556666",
+                                                  "777788889999"),
+                       regions: Sequence[str] = ("us-east-1", "eu-west-1", "ap-southeast-2"),
+                       start: datetime | None = None, seed: int = 7) -> list[list[Record]]:
+    """The records of the log files :func:`seed_cloudtrail` writes with the same arguments,
+    one list per file, without S3 (for benches that run the flow's steps in process)."""
+    origin = _utc(start or DEFAULT_START)
+    pairs = [(a, r) for a in accounts for r in regions]
+    return [_plan(i, pairs, origin, seed, records_per_object)[2][2] for i in range(objects)]
+
+
 def seed_cloudtrail(s3: Any, bucket: str, *, objects: int,
                     records_per_object: tuple[int, int] = (20, 200),
                     accounts: Sequence[str] = ("111122223333", "444455556666", "777788889999"),
@@ -620,12 +644,9 @@ def seed_cloudtrail(s3: Any, bucket: str, *, objects: int,
     pairs = [(a, r) for a in accounts for r in regions]
 
     def build_and_put(i: int) -> tuple[tuple[str, str], datetime, _Planned, str]:
-        account, region = pairs[i % len(pairs)]
-        jitter = timedelta(seconds=random.Random(f"s3sentinel-jitter:{seed}:{i}").randint(0, 50))
-        delivered = origin + (i // len(pairs)) * DELIVERY_INTERVAL + jitter
-        planned = _plan_object(seed, i, account, region, delivered, (lo, hi))
+        pair, delivered, planned = _plan(i, pairs, origin, seed, (lo, hi))
         etag = s3.put_object(Bucket=bucket, Key=planned[0], Body=planned[1])["ETag"].strip('"')
-        return (account, region), delivered, planned, etag
+        return pair, delivered, planned, etag
 
     digest_keys: list[str] = []
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:

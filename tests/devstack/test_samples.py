@@ -24,6 +24,7 @@ from devstack.samples import (
     cloudtrail_event,
     cloudtrail_key,
     cloudtrail_object,
+    cloudtrail_objects,
     seed_cloudtrail,
 )
 
@@ -226,3 +227,7 @@ def test_seed_is_reproducible_and_digests_optional(s3: Any) -> None:
     assert set(_list_keys(s3, "samples-ct-a")) == {o.key for o in first.objects}
     assert first.objects == again.objects
     assert all("/2024/06/04/" in o.key for o in first.objects)
+    # The same records without S3, for benches that run the flow's steps in process:
+    planned = cloudtrail_objects(6, (3, 8), start=start, seed=9)
+    assert [tuple(r["eventID"] for r in recs) for recs in planned] == [
+        o.event_ids for o in first.objects]
