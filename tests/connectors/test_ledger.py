@@ -46,6 +46,27 @@ def test_a_torn_last_line_is_ignored(tmp_path: Path) -> None:
     assert again.has("a-1") and not again.has("a-5")
 
 
+def test_lines_of_another_shape_are_rejected_and_the_rest_is_read(tmp_path: Path,
+                                                                   caplog) -> None:
+    """A line that is JSON but not a journal entry (a damaged disk, a hand edit) is rejected
+    with the reason in the log; the start goes on. An offset beyond what a range array
+    holds stopped the start with OverflowError."""
+    j = Ledger(tmp_path, 0)
+    j.record(ids("a", 1))
+    j.close()
+    t = int(time.time())
+    with (tmp_path / "journal-w0.jsonl").open("ab") as f:
+        f.write(b'{"t": %d, "r": {"b": [[0, 9223372036854775813]]}}\n' % t)  # 2**63 + 5
+        f.write(b'{"t": %d, "r": {"c": [[0, 1, 2]]}}\n' % t)
+        f.write(b'{"t": true, "r": {"d": [[0, 1]]}}\n')
+        f.write(b'[1, 2]\n')
+        f.write(b'{"t": %d, "r": {"e": [[2, 4], [6, 7]]}, "x": "ignored"}\n' % t)
+    again = Ledger(tmp_path, 0)
+    assert again.has("a-1") and again.has("e-3") and again.has("e-6") and not again.has("e-5")
+    assert not any(again.has(f"{o}-0") for o in "bcd")
+    assert "malformed: 4 (lines 2, 3, 4, 5)" in caplog.text
+
+
 def test_compaction_merges_and_expires_relative_to_the_newest_entry(tmp_path: Path,
                                                                      monkeypatch) -> None:
     monkeypatch.setattr(journal_mod, "COMPACT_EVERY", 5)
