@@ -4,6 +4,7 @@ and detection on the labelled workload of ``bench/workload.py``."""
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import random
 import re
@@ -557,27 +558,14 @@ def test_volume_limits_per_bucket_score_as_the_full_check_on_every_row(
 
 
 class _DividingState(EntityState):
-    """:meth:`EntityState._tick` as it was: the bucket of every event by division."""
+    """An entity that forgets where the next bucket starts after each roll: its _tick
+    divides every event time, as it did before the edge was kept."""
 
     __slots__ = ()
 
-    def _tick(self, ev: Any, bs: float, warm_n: int, warm_secs: float) -> tuple[int, bool]:
-        ts = ev[0]
-        if self.n == 0:
-            self.first_ts = self.last_ts = ts
-        b = int(ts // bs)
-        if b > self.bucket:
-            self._roll(b)
-        cur = self.cur
-        cur[0] += 1
-        if ev[11]:
-            cur[1] += 1
-        if ev[10]:
-            cur[2] += 1
-        n = self.n = self.n + 1
-        if ts > self.last_ts:
-            self.last_ts = ts
-        return n, n > warm_n and ts - self.first_ts >= warm_secs
+    def _roll(self, b: int) -> None:
+        super()._roll(b)
+        self.edge = -math.inf
 
 
 @settings(max_examples=300, deadline=None)
