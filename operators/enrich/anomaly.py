@@ -47,11 +47,12 @@ bytewax flow, :class:`EntityState` is the state of ``op.stateful_map`` keyed by 
     scores = op.stateful_map("anomaly", keyed, stateful_mapper())  # (key, Score)
 
 Only the standard library is used: a row costs a few dozen dict lookups and float updates
-(~10-15 µs for its two default entities on one core, see ``bench/detection.py``).
-:meth:`AnomalyScorer.score_many` scores a batch with the same results as row by row, for
-one pass over its rows and one call per entity (the flow's side branch scores each shard's
-rows so). Tuned against ``bench/workload.py``; the thresholds are :class:`AnomalyConfig`
-fields.
+(~8 µs for its two default entities on one core once warm, ~6 while they learn: see
+``bench/sidestep.py`` and ``bench/detection.py``). :meth:`AnomalyScorer.score_many` scores a
+batch with the same results as row by row, for one pass over its rows and one call per
+entity; :meth:`AnomalyScorer.flag_many` learns the same and returns only the rows worth
+raising (the flow's side branch scores each shard's rows so). Tuned against
+``bench/workload.py``; the thresholds are :class:`AnomalyConfig` fields.
 """
 
 from __future__ import annotations
