@@ -429,25 +429,36 @@ def _m(p_new: float) -> float:
     return 1.0 if p_new <= 0.02 else 0.0 if p_new >= 0.2 else math.log10(0.2 / p_new)
 
 
+def _limit(mean: float, var: float, floor: float, cfg: AnomalyConfig) -> tuple[float, float]:
+    """(the count above which a spike fires, standard deviation) of a baseline."""
+    sd = math.sqrt(max(var, mean, 1.0))  # never tighter than Poisson
+    return max(mean + cfg.spike_z * sd, floor), sd
+
+
 def _spike(count: float, mean: float, var: float, floor: float,
            cfg: AnomalyConfig) -> tuple[float, float]:
     """(strength in [0, 1], standard deviation) of ``count`` over its baseline."""
-    sd = math.sqrt(max(var, mean, 1.0))  # never tighter than Poisson
-    thresh = max(mean + cfg.spike_z * sd, floor)
+    thresh, sd = _limit(mean, var, floor, cfg)
     if count <= thresh:
         return 0.0, sd
     return min(1.0, math.log(count / thresh) / math.log(cfg.spike_full_ratio)), sd
+
+
+def _noisy_or(parts: list[tuple[float, str]]) -> float:
+    """1 - Π(1 - s) over the feature scores, in their order."""
+    keep = 1.0
+    for s, _ in parts:
+        keep *= 1.0 - s
+    return 1.0 - keep
 
 
 def _score(parts: list[tuple[float, str]] | None, key: str, cfg: AnomalyConfig) -> Score:
     """Noisy-OR of the feature scores, reasons strongest first."""
     if not parts:
         return Score(0.0, (), key)
-    keep = 1.0
-    for s, _ in parts:
-        keep *= 1.0 - s
+    value = _noisy_or(parts)
     parts.sort(key=lambda p: -p[0])
-    return Score(round(1.0 - keep, 4), tuple(r for s, r in parts if s >= cfg.reason_min), key)
+    return Score(round(value, 4), tuple(r for s, r in parts if s >= cfg.reason_min), key)
 
 
 _NONE = (0, 0, 0, 0)  # counts of a bucket without calls
@@ -830,19 +841,22 @@ class EntityState:
         reads above which :func:`_spike` fires, the usual share of failed calls): what
         :meth:`_volume_parts` compares the counts with, for the current bucket."""
         cfg, base = self.config, self.base
+        mc, vc, md, vd = self._baselines(hourly)
+        rate, _ = _limit(mc, vc, max(base[_PC] * cfg.rate_peak_frac, cfg.rate_min_count), cfg)
+        data, _ = _limit(md, vd, max(base[_PD] * cfg.data_peak_frac, cfg.data_min_count), cfg)
+        return self.bucket, hourly, rate, data, (base[_FE] + 1.0) / (base[_FN] + 50.0)
+
+    def _baselines(self, hourly: bool) -> tuple[float, float, float, float]:
+        """Mean and variance of calls, then of data reads, per active bucket: with
+        ``hourly`` (enough history), the busier of the overall and this hour's baseline."""
+        base, h = self.base, self.hours
         mc, vc, md, vd = base[_MC], base[_VC], base[_MD], base[_VD]
-        h = self.hours
         if hourly and h is not None:
-            i = int(self.bucket * cfg.bucket_secs // 3600 % 24) * 4
+            i = int(self.bucket * self.config.bucket_secs // 3600 % 24) * 4
             if h[i] >= 0:
                 mc, vc = max(mc, h[i]), max(vc, h[i + 1])
                 md, vd = max(md, h[i + 2]), max(vd, h[i + 3])
-        z = cfg.spike_z
-        rate = max(mc + z * math.sqrt(max(vc, mc, 1.0)),
-                   max(base[_PC] * cfg.rate_peak_frac, cfg.rate_min_count))
-        data = max(md + z * math.sqrt(max(vd, md, 1.0)),
-                   max(base[_PD] * cfg.data_peak_frac, cfg.data_min_count))
-        return self.bucket, hourly, rate, data, (base[_FE] + 1.0) / (base[_FN] + 50.0)
+        return mc, vc, md, vd
 
     def _volume_parts(self, ev: _View, parts: list[tuple[float, str]]) -> None:
         """:meth:`_volume` for a row whose counts may make a feature fire."""
@@ -851,13 +865,7 @@ class EntityState:
         keep = 1.0 - min(1.0, max(0.0, (ev[0] - self.bucket * bs) / bs)) if prev else 0.0
         c = cur[0] + (prev[0] * keep if prev else 0.0)
         mins = f"{bs / 60:g} min"
-        mc, vc, md, vd = base[_MC], base[_VC], base[_MD], base[_VD]
-        h = self.hours
-        if h is not None and ev[0] - self.first_ts >= cfg.hourly_min_secs:
-            i = int(self.bucket * bs // 3600 % 24) * 4
-            if h[i] >= 0:  # the busier of the overall and this hour's baseline
-                mc, vc = max(mc, h[i]), max(vc, h[i + 1])
-                md, vd = max(md, h[i + 2]), max(vd, h[i + 3])
+        mc, vc, md, vd = self._baselines(ev[0] - self.first_ts >= cfg.hourly_min_secs)
         # A call-rate spike and a failed-call spike are mostly one burst seen twice: they
         # count once (the stronger), so a script looping on AccessDenied is not two signals.
         burst: tuple[float, str] | None = None
@@ -1003,15 +1011,13 @@ def _combine(hits: list[tuple[int, str, list[tuple[float, str]]]], cfg: AnomalyC
     best: tuple[float, list[tuple[float, str]], str] | None = None
     more: list[tuple[float, list[tuple[float, str]], str]] = []
     for _, key, parts in hits:
-        keep = 1.0
-        for s, _ in parts:
-            keep *= 1.0 - s
-        if best is None or 1.0 - keep > best[0]:
+        value = _noisy_or(parts)
+        if best is None or value > best[0]:
             if best is not None:
                 more.append(best)
-            best = (1.0 - keep, parts, key)
+            best = (value, parts, key)
         else:
-            more.append((1.0 - keep, parts, key))
+            more.append((value, parts, key))
     assert best is not None
     sc = _score(best[1], best[2], cfg)
     if not more:
@@ -1114,14 +1120,8 @@ class AnomalyScorer:
         out = []
         for i in sorted(hits):  # most rows with features score low: no Score made for them
             h = hits[i]
-            top = 0.0
-            for _, _, parts in h:
-                keep = 1.0
-                for s, _ in parts:
-                    keep *= 1.0 - s
-                top = max(top, 1.0 - keep)
-            if round(top, 4) >= threshold:  # the value _combine gives, as in _score
-                out.append((i, _combine(h, cfg)))
+            if round(max(_noisy_or(parts) for _, _, parts in h), 4) >= threshold:
+                out.append((i, _combine(h, cfg)))  # its value: the same, rounded as _score
         return out
 
     def _learn_batch(self, rows: Sequence[Mapping[str, Any]],
@@ -1164,27 +1164,15 @@ class AnomalyScorer:
                     continue
             ev = views[i] = _view(row, ts, cfg, None if principals is None else principals[i])
             if ev[4] and want_ip:
-                if (g := by_ip.get(ev[2])) is None:
-                    by_ip[ev[2]] = [i]
-                else:
-                    g.append(i)
+                by_ip.setdefault(ev[2], []).append(i)
             if ev[1] and want_who:
-                if (g := by_who.get(ev[1])) is None:
-                    by_who[ev[1]] = [i]
-                else:
-                    g.append(i)
+                by_who.setdefault(ev[1], []).append(i)
             if want_acct:
-                if (g := by_acct.get(ev[12])) is None:
-                    by_acct[ev[12]] = [i]
-                else:
-                    g.append(i)
+                by_acct.setdefault(ev[12], []).append(i)
             if want_key:  # read only when asked for: off by default
                 ak = row.get("UserIdentityAccessKeyId")
                 if ak.__class__ is str and ak.startswith("AKIA"):
-                    if (g := by_key.get(ak)) is None:
-                        by_key[ak] = [i]
-                    else:
-                        g.append(i)
+                    by_key.setdefault(ak, []).append(i)
         states: dict[str, EntityState] = {}
         hits: dict[int, list[tuple[int, str, list[tuple[float, str]]]]] = {}
         known = [False] * n  # per row: its address is a warm IP entity (set by the IPs)

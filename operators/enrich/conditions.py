@@ -425,7 +425,7 @@ _NEEDS_A_VALUE = frozenset({"equals", "in", "prefix", "suffix", "contains", "reg
 def column_gate(match: Mapping[str, Any]) -> tuple[str, str | None] | None:
     """A check of one column but EventName that every row ``match`` takes passes: ``(column, value)``,
     the column equal to the string ``value``, or ``(column, None)``, the column present;
-    None when the table has no such condition. A string equality is preferred (it lets
+    None when ``match`` has no such condition. A string equality is preferred (it lets
     fewer rows through). A caller checks it inline before calling the rule's predicate:
     most rows fail a rule on its first condition, and the call is most of the cost."""
     present = None
