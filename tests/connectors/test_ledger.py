@@ -67,6 +67,28 @@ def test_lines_of_another_shape_are_rejected_and_the_rest_is_read(tmp_path: Path
     assert "malformed: 4 (lines 2, 3, 4, 5)" in caplog.text
 
 
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.binary(max_size=200), max_size=8))
+def test_arbitrary_bytes_deep_nesting_and_a_huge_line_do_not_stop_a_start(
+        tmp_path_factory, junk: list[bytes]) -> None:
+    """Whatever the journal holds besides its lines, a start reads the good ones and goes
+    on: arbitrary bytes, JSON nested 100,000 deep, a line of 200,000 ranges."""
+    d = tmp_path_factory.mktemp("journal")
+    t = int(time.time())
+    huge = b",".join(b"[%d,%d]" % (2 * i, 2 * i + 1) for i in range(200_000))
+    with (d / "journal-w0.jsonl").open("wb") as f:
+        f.write(b'{"t": %d, "r": {"a": [[0, 2]]}}\n' % t)
+        for line in junk:
+            f.write(line.replace(b"\n", b" ") + b"\n")
+        f.write(b"[" * 100_000 + b"]" * 100_000 + b"\n")
+        f.write(b'{"t": %d, "r": {"z": [[0, 1]], "n": ' % t + b"[" * 100_000 + b"\n")
+        f.write(b'{"t": %d, "r": {"h": [%s]}}\n' % (t, huge))
+        f.write(b'{"t": %d, "r": {"b": [[5, 6]]}}\n' % t)
+    j = Ledger(d, 1)
+    assert j.has("a-1") and j.has("b-5") and j.has("h-399998") and not j.has("h-399999")
+    assert not j.has("z-0")
+
+
 def test_compaction_merges_and_expires_relative_to_the_newest_entry(tmp_path: Path,
                                                                      monkeypatch) -> None:
     monkeypatch.setattr(journal_mod, "COMPACT_EVERY", 5)
