@@ -446,9 +446,8 @@ class LedgerView:
 
     One view serves a process: :meth:`shared` hands every partition the same one, so the
     journals are read (and held) once, not once per partition. Its owners :meth:`watch`
-    the objects they wait for and :meth:`forget` them when done, which drops their ranges.
-    Other objects a journal line names (other partitions' and processes') are dropped once
-    their last entry is older than ``retention_secs`` from the newest entry, as the journal
+    the objects they wait for and :meth:`forget` them when done. Objects no owner waits for
+    are dropped once their last entry is older than ``retention_secs`` from the newest entry, as the journal
     itself drops them: what a replay can bring back is never dropped earlier than the sink
     forgets it. Derived ids (findings, :func:`~dataflow.core.messages.is_derived`) are not
     kept at all: no source waits for them.
@@ -571,14 +570,13 @@ class LedgerView:
 
     def forget(self, object_id: str) -> None:
         """An owner is done with the object (e.g. its message is deleted); once no owner
-        watches it, its ranges are dropped (keeps the view small)."""
+        watches it, its ranges are kept as long as any unwatched object's. They are not
+        dropped: a view reads each line once, and the object may be waited for again (S3
+        notifies at least once; a restart reads a deleted message's objects again)."""
         with self._lock:
             left = self._watched.pop(object_id, 0) - 1
             if left > 0:
                 self._watched[object_id] = left
-            else:
-                if self._done.pop(object_id, None) is None:
-                    self._idle.pop(object_id)
 
     def __len__(self) -> int:
         """Objects whose ranges the view holds."""
