@@ -18,10 +18,11 @@ the restart goes back to the queue, and whichever partition receives it reads it
 again: on another host, what the first delivered is sent twice (keep
 ``visibility_timeout_secs`` well above the time a restart takes).
 
-A message that keeps coming back (``max_receive_count``) sends its objects to the
-dead-letter store with the reason and is then deleted; a body that is no S3 event
-becomes a dead-letter entry as well. ``s3:TestEvent`` messages and events for other
-buckets, prefixes or excluded keys are deleted and counted.
+A message deleted after the snapshot the restart resumes from is not in the queue any
+more, yet what its objects' records make downstream (summaries, findings: derived ids, which
+the deletion does not wait for) may have been in flight, in state that snapshot does not
+hold: each deletion is journaled first (:mod:`connectors.s3.deletions`), and a restart reads
+again the objects of those deleted after its snapshot, with no message to hold.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from typing_extensions import override
 
 from connectors.ledger import RETENTION_SECS, LedgerView
 from connectors.s3.config import SourceConfig
+from connectors.s3.deletions import DeletionJournal
 from connectors.s3.discovery import skip_reason
 from connectors.s3.objects import Prefetcher
 from connectors.s3.reader import (
@@ -181,6 +183,8 @@ class _Object:
     """Read to the end, or failed (then ``emitted`` includes the failed offset)."""
     users: int = 0
     """Messages in flight that name this object."""
+    read: bool = False
+    """Read to its end, or failed while read (not given up on unread)."""
 
 
 @dataclass
@@ -190,6 +194,9 @@ class _Message:
     sent_ts: float
     visible_until: float  # monotonic
     objects: list[_Object] = field(default_factory=list)
+    deleted: bool = False
+    """Deleted from the queue before a restart: its objects are read again for what their
+    records derive, with no message to extend or delete."""
 
 
 class SqsPartition(StatefulSourcePartition[Item, dict[str, Any]]):
@@ -212,6 +219,7 @@ class SqsPartition(StatefulSourcePartition[Item, dict[str, Any]]):
         self._reader = ObjectReader(src, name, self._fetch, self._backoff, mark_ends=mark_ends)
         self._view = LedgerView.shared(journal_dir, keyring=keyring,
                                        retention_secs=journal_retention_secs)
+        self._deletions = DeletionJournal(journal_dir, name, keyring)
         self._mono = monotonic
         self._wake_at: datetime | None = None
         self._errors: list[ErrorRecord] = []  # dead letters of messages that name no object
@@ -222,14 +230,16 @@ class SqsPartition(StatefulSourcePartition[Item, dict[str, Any]]):
         self._next_check = 0.0
         self._adopt: list[dict[str, Any]] = list((resume_state or {}).get("messages") or [])
         """Messages in flight at the snapshot, to take back before receiving new ones."""
+        self._owed = self._deletions.since((resume_state or {}).get("deleted_mark"))
+        """Messages deleted after the snapshot: their objects are read again."""
 
     # -- bytewax interface -------------------------------------------------------------
 
     @override
     def next_batch(self) -> list[Item]:
-        if self._adopt:
+        if self._adopt or self._owed:
             self._take_back(self._adopt)
-            self._adopt = []
+            self._adopt, self._owed = [], []
         self._maintain()
         if status.is_paused(self._src.name):
             self._wake_at = self._clock() + timedelta(seconds=1)
@@ -279,18 +289,32 @@ class SqsPartition(StatefulSourcePartition[Item, dict[str, Any]]):
         # handles, valid until their visibility runs out) instead of leaving them to any
         # receiver: on hosts that share no disk, another host's journal would not know
         # what this one delivered.
-        return {"v": 2, "discovery": "sqs", "messages": [
+        return {"v": 2, "discovery": "sqs", "deleted_mark": self._deletions.mark(), "messages": [
             {"id": m.message_id, "receipt": m.receipt, "sent": m.sent_ts,
-             "objects": [[o.key, o.etag, o.size] for o in m.objects]}
+             "objects": [[o.key, o.etag, o.size] for o in m.objects],
+             **({"deleted": True} if m.deleted else {})}
             for m in self._messages.values()]}
 
     def _take_back(self, saved: list[dict[str, Any]]) -> None:
         """Extend the visibility of the snapshot's messages; those still ours are tracked
-        again (their objects read from the start: the journal skips what was delivered)."""
+        again (their objects read from the start: the journal skips what was delivered).
+        Those deleted since the snapshot are tracked again too, with no message to hold."""
         src = self._src
         mono = self._mono()
-        for i in range(0, len(saved), 10):
-            chunk = saved[i:i + 10]
+        for e in self._owed:
+            self._track_again({"id": e.m, "receipt": "", "sent": e.t, "objects": e.o}, mono,
+                              deleted=True)
+            metrics.SQS_MESSAGES.labels(src.name, "read_again_after_delete").inc()
+        held = []
+        for m in saved:
+            if m["id"] in self._messages:  # deleted since the snapshot: tracked above
+                continue
+            if m.get("deleted"):  # being read again at the snapshot: still to finish
+                self._track_again(m, mono, deleted=True)
+            else:
+                held.append(m)
+        for i in range(0, len(held), 10):
+            chunk = held[i:i + 10]
             try:
                 resp = self._sqs.change_message_visibility_batch(
                     QueueUrl=src.queue_url,
@@ -302,26 +326,30 @@ class SqsPartition(StatefulSourcePartition[Item, dict[str, Any]]):
                             src.name, len(chunk), ex)
                 continue
             for entry in resp.get("Successful", []):
-                m = chunk[int(entry["Id"])]
-                msg = _Message(m["id"], m["receipt"], float(m["sent"]),
-                               mono + src.visibility_timeout_secs)
-                for key, etag, size in m["objects"]:
-                    same = self._tracked.get(key)
-                    if same is None:
-                        same = self._tracked[key] = _Object(key, etag, size)
-                        self._todo.append(same)
-                    same.users += 1
-                    msg.objects.append(same)
-                self._messages[msg.message_id] = msg
+                self._track_again(chunk[int(entry["Id"])], mono, deleted=False)
                 metrics.SQS_MESSAGES.labels(src.name, "taken_back").inc()
             # The others' visibility ran out: they are back in the queue, for any receiver.
             metrics.SQS_MESSAGES.labels(src.name, "expired_at_restart").inc(
                 len(resp.get("Failed", [])))
         self._fetch.want(o.key for o in self._todo)
 
+    def _track_again(self, m: dict[str, Any], mono: float, *, deleted: bool) -> None:
+        """A message of the snapshot, tracked again: its objects are read from the start."""
+        msg = _Message(m["id"], m["receipt"], float(m["sent"]),
+                       mono + self._src.visibility_timeout_secs, deleted=deleted)
+        for key, etag, size in m["objects"]:
+            same = self._tracked.get(key)
+            if same is None:
+                same = self._tracked[key] = _Object(key, etag, size)
+                self._todo.append(same)
+            same.users += 1
+            msg.objects.append(same)
+        self._messages[msg.message_id] = msg
+
     @override
     def close(self) -> None:
         self._fetch.close()
+        self._deletions.close()
 
     # -- receiving ----------------------------------------------------------------------
 
@@ -460,7 +488,7 @@ class SqsPartition(StatefulSourcePartition[Item, dict[str, Any]]):
         if obj is not None and obj.key == done.ref.key:
             self._identify(obj, done.ref.id)
             obj.emitted = done.emitted
-            obj.done = True
+            obj.done = obj.read = True
             if self._todo and self._todo[0] is obj:
                 self._todo.popleft()
             self._current = None
@@ -474,16 +502,24 @@ class SqsPartition(StatefulSourcePartition[Item, dict[str, Any]]):
         self._view.refresh()
         src = self._src
         extend: list[_Message] = []
+        covered: list[_Message] = []
         oldest = 0.0
         for msg in list(self._messages.values()):
             if all(o.done and self._view.covered_ranges(o.object_id, o.emitted)
                    for o in msg.objects):
-                self._delete(msg, "deleted")
-                metrics.LAG_SECONDS.labels(src.name, self._name).set(max(0.0, time.time() - msg.sent_ts))
+                covered.append(msg)
                 continue
             oldest = max(oldest, time.time() - msg.sent_ts)
-            if msg.visible_until - now < src.visibility_timeout_secs / 3:
+            if not msg.deleted and msg.visible_until - now < src.visibility_timeout_secs / 3:
                 extend.append(msg)
+        # Journaled before they are deleted: a restart from a snapshot that still names one
+        # reads its objects again (what their records derive may not have been delivered).
+        self._deletions.record((m.message_id, [(o.key, o.etag, o.size) for o in m.objects])
+                               for m in covered
+                               if not m.deleted and all(o.read for o in m.objects))
+        for msg in covered:
+            self._delete(msg, "deleted")
+            metrics.LAG_SECONDS.labels(src.name, self._name).set(max(0.0, time.time() - msg.sent_ts))
         metrics.OLDEST_UNDELIVERED_SECONDS.labels(src.name, self._name).set(oldest)
         metrics.IN_FLIGHT_OBJECTS.labels(src.name, self._name).set(
             sum(len(m.objects) for m in self._messages.values()))
@@ -505,11 +541,14 @@ class SqsPartition(StatefulSourcePartition[Item, dict[str, Any]]):
 
     def _delete(self, msg: _Message, action: str) -> None:
         src = self._src
-        try:
-            self._sqs.delete_message(QueueUrl=src.queue_url, ReceiptHandle=msg.receipt)
-        except Exception as ex:  # it comes back; its records are in the journal by then
-            log.warning("source %s: cannot delete SQS message %s: %s", src.name,
-                        msg.message_id, ex)
+        if msg.deleted:  # read again after a restart: the queue has it no more
+            action = "read_again_done"
+        else:
+            try:
+                self._sqs.delete_message(QueueUrl=src.queue_url, ReceiptHandle=msg.receipt)
+            except Exception as ex:  # it comes back; its records are in the journal by then
+                log.warning("source %s: cannot delete SQS message %s: %s", src.name,
+                            msg.message_id, ex)
         metrics.SQS_MESSAGES.labels(src.name, action).inc()
         self._messages.pop(msg.message_id, None)
         for obj in msg.objects:

@@ -191,7 +191,8 @@ REPLAYED_RECORDS = Counter(
 SQS_MESSAGES = Counter(
     "s3sentinel_sqs_messages_total",
     "SQS notification messages, by action (received, deleted, extended, ignored, "
-    "test_event, dead_lettered, taken_back and expired_at_restart after a restart).",
+    "test_event, dead_lettered; after a restart taken_back, expired_at_restart, and "
+    "read_again_after_delete and read_again_done for those deleted since the snapshot).",
     ["source", "action"],
 )
 IN_FLIGHT_OBJECTS = Gauge(

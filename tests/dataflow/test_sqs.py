@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import collections
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from connectors.deadletter import read_entries
 from devstack.samples import seed_cloudtrail
 from devstack.stack import LocalStack
-from tests.conftest import run_flow
+from tests.conftest import ROOT, flow_env, run_flow
 
 TRAIL = "Custom-AWSCloudTrail"
 
@@ -107,3 +112,74 @@ sample = 2
     assert 0 < len(records) < manifest.record_count
     assert queue_depth(clean, url) == 0
     assert not errors.exists() or read_entries(errors) == []
+
+
+def test_summaries_survive_a_kill_after_their_messages_were_deleted(
+        clean: LocalStack, tmp_path: Path) -> None:
+    """A message is deleted once its objects' rows are accounted for; summarised rows are as
+    soon as the transform settles them, while their summary rows still wait in a batch. A
+    kill -9 then, before any snapshot commits, lost the summaries: the message was gone and
+    no snapshot held them. The deletions are journaled, and the restart reads the objects
+    again: every event is counted once in the summaries that arrive."""
+    bucket = "e2e-sqs-summaries"
+    url = clean.notify_queue(bucket, "e2e-sqs-summaries-events")
+    manifest = seed_cloudtrail(clean.s3(), bucket, objects=6, records_per_object=(20, 60),
+                               seed=9, digests=False)
+    errors = tmp_path / "errors"
+    config = sqs_config(tmp_path / "flow.toml", bucket, url, mode="continuous", partitions=1)
+    body = config.read_text()
+    summaries = """
+[[tables]]
+name = "TrailSummary_CL"
+columns = [{ name = "TimeGenerated", type = "datetime" },
+           { name = "EventName", type = "string" }, { name = "Events", type = "long" }]
+[[transforms]]
+table = "AWSCloudTrail"
+[[transforms.aggregate]]
+table = "TrailSummary_CL"
+by = ["EventName"]
+values = ["count(*) AS Events"]
+"""
+    # The first run holds summary rows in their batch for 60 s, and takes no snapshot
+    # within the first 60 s either.
+    config.write_text(body.replace("max_age_secs = 0.5", "max_age_secs = 60") + summaries)
+    log = (tmp_path / "flow.log").open("ab")
+    cmd = [sys.executable, "-m", "bytewax.run", "dataflow.flow:flow"]
+    env = flow_env(clean, config, errors)
+    recovery = tmp_path / "recovery"
+    recovery.mkdir()
+    subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), "1"], cwd=ROOT,
+                   check=True)
+    proc = subprocess.Popen([*cmd, "-r", str(recovery), "-s", "60", "-b", "0"], env=env,
+                            cwd=ROOT, stdout=log, stderr=log)
+    try:
+        t0 = time.monotonic()
+        while queue_depth(clean, url) > 0:
+            assert proc.poll() is None, (tmp_path / "flow.log").read_text()[-3000:]
+            assert time.monotonic() - t0 < 60, "the messages were never deleted"
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    admin = clean.admin()
+    assert admin.records("Custom-TrailSummary_CL") == []  # still in their batch: killed
+    config.write_text(body + summaries)
+    proc = subprocess.Popen([*cmd, "-r", str(recovery), "-s", "1", "-b", "0"], env=env,
+                            cwd=ROOT, stdout=log, stderr=log)
+    try:
+        t0 = time.monotonic()
+        while sum(r["Events"] for r in admin.records("Custom-TrailSummary_CL")) < (
+                manifest.record_count):
+            assert proc.poll() is None, (tmp_path / "flow.log").read_text()[-3000:]
+            assert time.monotonic() - t0 < 60, "the summaries never arrived"
+            time.sleep(0.2)
+        time.sleep(1.5)  # time for anything sent twice to arrive
+    finally:
+        proc.kill()
+        proc.wait()
+    rows = admin.records("Custom-TrailSummary_CL")
+    assert sum(r["Events"] for r in rows) == manifest.record_count
+    assert admin.records(TRAIL) == []  # every row summarised, none sent
+    assert queue_depth(clean, url) == 0

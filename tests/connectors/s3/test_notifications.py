@@ -253,16 +253,113 @@ def test_a_restart_takes_back_the_messages_of_its_snapshot(aws: Any, tmp_path: A
     snap = first.snapshot()
     assert [m["objects"] for m in snap["messages"]] == [[["logs/c.ndjson", mock.ANY, 16]]]
     # A kill: the first partition is gone. The restarted one takes the message back.
+    first.close()
+    other = part(aws, tmp_path)  # another receiver of the queue (its journal: none here)
     again = S3Source([first._src], lambda: s3, sqs_factory=lambda: sqs,
                      journal_dir=str(tmp_path)).build_part("s3", "n:0/1", snap)
-    other = part(aws, tmp_path)  # another receiver of the queue
     reread = [x for x in pump(again) if isinstance(x, RawRecord)]
     assert [r.record_id for r in reread] == [r.record_id for r in recs]
     assert [x for x in pump(other) if isinstance(x, RawRecord)] == []  # not visible to it
     Ledger(tmp_path, 0).record([r.record_id for r in recs])
     pump(again, 3)
     assert depth(sqs, url) == 0
-    # A receipt that is no longer valid (the message is gone) is dropped, not an error.
+    again.close()
+    # The message was deleted after the snapshot, by this partition, which journaled it
+    # first. A restart from that snapshot reads the object again (what its records derive
+    # downstream, summaries and findings, may not have been delivered), holding no message.
     late = S3Source([first._src], lambda: s3, sqs_factory=lambda: sqs,
                     journal_dir=str(tmp_path)).build_part("s3", "n:0/1", snap)
-    assert [x for x in pump(late, 3) if isinstance(x, RawRecord)] == []
+    before = metrics.SQS_MESSAGES.labels("n", "read_again_after_delete")._value.get()
+    reread = [x for x in pump(late, 3) if isinstance(x, RawRecord)]
+    assert [r.record_id for r in reread] == [r.record_id for r in recs]
+    assert metrics.SQS_MESSAGES.labels("n", "read_again_after_delete")._value.get() - before == 1
+    assert late._messages == {}  # accounted for (the journal has every record): forgotten
+
+
+def test_a_message_deleted_since_the_snapshot_is_read_again_until_accounted_for(
+        aws: Any, tmp_path: Any) -> None:
+    """Only a deletion this source journaled makes a restart read a message's objects again
+    (one gone from the queue otherwise, e.g. by its visibility running out, is for whichever
+    receiver gets it); the message read again is in later snapshots as deleted, so a second
+    restart reads it again with no call to SQS, and it is forgotten, not deleted, once its
+    records are accounted for."""
+    s3, sqs, url = aws
+    s3.put_object(Bucket=BUCKET, Key="logs/d.ndjson", Body=b'{"a":1}\n{"a":2}\n')
+    s3.put_object(Bucket=BUCKET, Key="logs/e.ndjson", Body=b'{"a":3}\n')
+    first = part(aws, tmp_path)
+    recs = [x for x in pump(first) if isinstance(x, RawRecord)]
+    snap = first.snapshot()
+    assert len(snap["messages"]) == 2
+    by_key = {m["objects"][0][0]: m for m in snap["messages"]}
+    # Someone else deletes e's message: no journal entry of this source says so.
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=by_key["logs/e.ndjson"]["receipt"])
+    Ledger(tmp_path, 0).record([r.record_id for r in recs if r.obj.key == "logs/d.ndjson"])
+    pump(first, 3)  # d's message is accounted for: journaled, then deleted
+    assert depth(sqs, url) == 0 and len(first._messages) == 1  # e's: not accounted for
+    first.close()
+    Ledger(tmp_path, 0).record([r.record_id for r in recs])
+
+    def restart(state: Any) -> Any:
+        return S3Source([first._src], lambda: s3, sqs_factory=lambda: sqs,
+                        journal_dir=str(tmp_path)).build_part("s3", "n:0/1", state)
+
+    again = restart(snap)
+    out = [x for x in again.next_batch() if isinstance(x, RawRecord)]
+    assert {r.obj.key for r in out} == {"logs/d.ndjson"}  # not e: not deleted by this source
+    (msg,) = again._messages.values()
+    assert msg.deleted and msg.message_id == by_key["logs/d.ndjson"]["id"]
+    later = again.snapshot()
+    assert [m.get("deleted") for m in later["messages"]] == [True]
+    with mock.patch.object(sqs, "change_message_visibility_batch",
+                           side_effect=AssertionError("no SQS call for a deleted message")):
+        third = restart(later)
+        assert [x.offset for x in pump(third, 3) if isinstance(x, RawRecord)] == [0, 1]
+    with mock.patch.object(sqs, "delete_message", side_effect=AssertionError("deleted twice")):
+        pump(third, 3)
+    assert third._messages == {} and depth(sqs, url) == 0
+
+
+def test_a_message_received_and_deleted_after_the_snapshot_is_read_again(
+        aws: Any, tmp_path: Any) -> None:
+    """The snapshot a restart resumes from may be older than the message itself: the
+    journal's mark in the snapshot says which deletions came after it. A restart from a
+    snapshot taken after the deletion reads nothing again; a start with no snapshot reads
+    again what the journal holds."""
+    s3, sqs, url = aws
+    first = part(aws, tmp_path)
+    before = first.snapshot()  # nothing received yet
+    s3.put_object(Bucket=BUCKET, Key="logs/f.ndjson", Body=b'{"a":1}\n')
+    recs = [x for x in pump(first) if isinstance(x, RawRecord)]
+    Ledger(tmp_path, 0).record([r.record_id for r in recs])
+    pump(first, 3)
+    assert depth(sqs, url) == 0 and first._messages == {}
+    after = first.snapshot()
+    assert after["deleted_mark"] > before["deleted_mark"]
+    first.close()
+    for state, reads in ((before, [0]), (after, []), (None, [0])):
+        p = S3Source([first._src], lambda: s3, sqs_factory=lambda: sqs,
+                     journal_dir=str(tmp_path)).build_part("s3", "n:0/1", state)
+        assert [x.offset for x in pump(p, 3) if isinstance(x, RawRecord)] == reads
+        assert p._messages == {}
+        p.close()
+
+
+def test_a_second_notification_after_the_first_was_deleted_is_deleted_too(
+        aws: Any, tmp_path: Any) -> None:
+    """S3 notifies at least once: a second message for an object whose first message was
+    deleted is read again (the sink skips what was delivered) and deleted. It used to wait
+    for ever, its visibility extended, as the journal view had dropped the object's ranges
+    with the first message."""
+    s3, sqs, url = aws
+    p = part(aws, tmp_path)
+    s3.put_object(Bucket=BUCKET, Key="logs/g.ndjson", Body=b'{"a":1}\n')
+    recs = [x for x in pump(p) if isinstance(x, RawRecord)]
+    Ledger(tmp_path, 0).record([r.record_id for r in recs])
+    pump(p, 3)
+    assert depth(sqs, url) == 0 and p._messages == {}
+    etag = s3.head_object(Bucket=BUCKET, Key="logs/g.ndjson")["ETag"].strip('"')
+    sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"Records": [{
+        "eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": BUCKET}, "object": {
+            "key": "logs/g.ndjson", "size": 8, "eTag": etag}}}]}))
+    assert [x.record_id for x in pump(p, 5) if isinstance(x, RawRecord)] == [recs[0].record_id]
+    assert depth(sqs, url) == 0 and p._messages == {}
