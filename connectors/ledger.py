@@ -179,10 +179,11 @@ def _report_rejected(path: Path, name: str, rejected: dict[str, list[int]]) -> N
     detail = "; ".join(f"{reason}: {len(lines)} (lines {', '.join(map(str, lines[:5]))}"
                        f"{', ...' if len(lines) > 5 else ''})"
                        for reason, lines in sorted(rejected.items()))
-    log.error("journal %s: lines rejected (%s): they do not authenticate with the configured "
-              "keys, so their records count as not delivered and a replay sends them again "
-              "(a duplicate, not a loss); a line nobody wrote here means someone else can "
-              "write to the journal directory", path, detail)
+    why = ("they are not journal lines of this version's shape" if set(rejected) == {"malformed"}
+           else "they do not authenticate with the configured keys, or are not journal lines")
+    log.error("journal %s: lines rejected (%s): %s, so their records count as not delivered "
+              "and a replay sends them again (a duplicate, not a loss); a line nobody wrote "
+              "here means someone else can write to the journal directory", path, detail, why)
 
 
 def merge_ranges(ranges: Iterable[list[int]]) -> list[list[int]]:

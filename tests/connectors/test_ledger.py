@@ -65,6 +65,7 @@ def test_lines_of_another_shape_are_rejected_and_the_rest_is_read(tmp_path: Path
     assert again.has("a-1") and again.has("e-3") and again.has("e-6") and not again.has("e-5")
     assert not any(again.has(f"{o}-0") for o in "bcd")
     assert "malformed: 4 (lines 2, 3, 4, 5)" in caplog.text
+    assert "not journal lines of this version" in caplog.text and "authenticate" not in caplog.text
 
 
 @settings(max_examples=50, deadline=None)
