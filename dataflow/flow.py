@@ -54,13 +54,17 @@ __all__ = ["build_flow"]
 
 def build_flow(cfg: Config, *, s3_factory: Callable[[], Any] | None = None,
                service_factory: Callable[..., Any] | None = None,
-               shape: ClusterShape | None = None) -> Dataflow:
+               shape: ClusterShape | None = None, resumable: bool | None = None) -> Dataflow:
     """The connector's dataflow for ``cfg``.
 
     :arg s3_factory: Builds the S3 client of each source partition (default: from ``cfg.aws``).
     :arg service_factory: Builds the Logs Ingestion client of each sink partition.
     :arg shape: This process's place in the cluster (default: from bytewax.run's arguments).
+    :arg resumable: Whether the flow runs with a recovery store (default: from bytewax.run's
+        arguments and environment).
     """
+    if resumable is None:
+        resumable = _recovery_in_use()
     tables = tables_for(cfg)
     problems = check_targets(cfg, tables) + check_transforms(
         cfg.transforms, tables, [s.name for s in cfg.sources])
@@ -86,7 +90,7 @@ def build_flow(cfg: Config, *, s3_factory: Callable[[], Any] | None = None,
                       sqs_factory=functools.partial(sqs_client, cfg.aws),
                       journal_dir=cfg.runtime.journal_dir, client_for=per_source,
                       keyring=keyring, journal_retention_secs=cfg.runtime.journal_retention_secs,
-                      mark_ends=summarise)
+                      mark_ends=summarise, resumable=resumable)
 
     flow = Dataflow("s3sentinel")
     items = op.input("s3", flow, source)
@@ -190,6 +194,13 @@ def _enrich(cfg: Config, enricher: Enricher, rows: op.Stream[Rows],
     return good
 
 
+def _recovery_in_use() -> bool:
+    """Whether bytewax.run was given a recovery store (``-r`` or its environment variable)."""
+    return bool(os.environ.get("BYTEWAX_RECOVERY_DIRECTORY")) or any(
+        a in ("-r", "--recovery-directory") or a.startswith("--recovery-directory=")
+        for a in sys.argv)
+
+
 def _tune_gc() -> None:
     """Make the cyclic garbage collector cheap for a flow that allocates many short-lived
     rows: what start-up built (modules, tables, rules) is moved out of its sight for good,
@@ -209,10 +220,7 @@ def __getattr__(name: str) -> Any:
     # $S3SENTINEL_CONFIG on first use, so importing the module needs no config.
     if name == "flow":
         cfg = load_config()
-        recovery = os.environ.get("BYTEWAX_RECOVERY_DIRECTORY") or any(
-            a in ("-r", "--recovery-directory") or a.startswith("--recovery-directory=")
-            for a in sys.argv)
-        if cfg.runtime.mode == "continuous" and not recovery:
+        if cfg.runtime.mode == "continuous" and not _recovery_in_use():
             print("s3sentinel: continuous mode without a recovery store: after a restart every "
                   "source starts over (the upload journal still skips what was delivered). "
                   "Use `s3sentinel run`, or pass -r DIR -s SECS -b 0 to bytewax.run.",

@@ -207,7 +207,7 @@ class SqsPartition(StatefulSourcePartition[Item, dict[str, Any]]):
                  catch_up: bool, clock: Clock, monotonic: Any = time.monotonic,
                  keyring: Any = None, resume_state: dict[str, Any] | None = None,
                  journal_retention_secs: float = RETENTION_SECS,
-                 mark_ends: bool = False) -> None:
+                 mark_ends: bool = False, resumable: bool = False) -> None:
         self._src = src
         self._name = name
         self._catch_up = catch_up
@@ -230,7 +230,10 @@ class SqsPartition(StatefulSourcePartition[Item, dict[str, Any]]):
         self._next_check = 0.0
         self._adopt: list[dict[str, Any]] = list((resume_state or {}).get("messages") or [])
         """Messages in flight at the snapshot, to take back before receiving new ones."""
-        self._owed = self._deletions.since((resume_state or {}).get("deleted_mark"))
+        if resume_state is not None:  # (a snapshot of an earlier version has no mark: all)
+            self._owed = self._deletions.since(resume_state.get("deleted_mark"))
+        else:  # no snapshot: none committed yet, or no recovery store to commit one to
+            self._owed = self._deletions.since(None) if resumable else []
         """Messages deleted after the snapshot: their objects are read again."""
 
     # -- bytewax interface -------------------------------------------------------------

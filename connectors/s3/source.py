@@ -252,6 +252,10 @@ class S3Source(FixedPartitionedSource[Item, dict[str, Any]]):
         how long the sources' view of it keeps ranges of objects nobody waits for.
     :arg mark_ends: Emit an :class:`~dataflow.core.messages.ObjectEnd` after each object
         (for a flow that aggregates rows per object).
+    :arg resumable: The flow runs with a recovery store. SQS partitions that start with no
+        snapshot then read again the objects of the messages their deletion journal holds
+        (a kill before the first snapshot committed); without a recovery store every start
+        has no snapshot, and reading the last hour's objects again at each would be waste.
     """
 
     def __init__(self, sources: list[SourceConfig], s3_factory: Callable[[], Any], *,
@@ -260,8 +264,9 @@ class S3Source(FixedPartitionedSource[Item, dict[str, Any]]):
                  journal_dir: str | None = None,
                  client_for: Callable[[SourceConfig, str], Any] | None = None,
                  keyring: Any = None, journal_retention_secs: float = RETENTION_SECS,
-                 mark_ends: bool = False) -> None:
+                 mark_ends: bool = False, resumable: bool = False) -> None:
         self._sources = {s.name: s for s in sources}
+        self._resumable = resumable
         self._keyring = keyring
         self._retention = journal_retention_secs
         self._mark_ends = mark_ends
@@ -309,7 +314,7 @@ class S3Source(FixedPartitionedSource[Item, dict[str, Any]]):
                                 catch_up=self._catch_up, clock=self._clock,
                                 keyring=self._keyring, resume_state=resume_state,
                                 journal_retention_secs=self._retention,
-                                mark_ends=self._mark_ends)
+                                mark_ends=self._mark_ends, resumable=self._resumable)
         return ListingPartition(s3, src, for_part, int(index), int(count),
                             resume_state, catch_up=self._catch_up, clock=self._clock,
                             journal_dir=self._journal_dir, keyring=self._keyring,
