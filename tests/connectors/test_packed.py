@@ -229,5 +229,5 @@ def test_view_packs_idle_unwatched_objects(tmp_path: Path, clock) -> None:
     j.record([f"{c}-1"])
     view.refresh()
     view.watch(a)
-    view.forget(a)  # its last owner is done: dropped, packed or not
-    assert not view.covered(a, 1)
+    view.forget(a)  # its last owner is done: kept, packed, until the retention
+    assert view.covered(a, 4) and a not in view._done and len(view) == 3
