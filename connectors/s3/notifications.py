@@ -23,6 +23,11 @@ more, yet what its objects' records make downstream (summaries, findings: derive
 the deletion does not wait for) may have been in flight, in state that snapshot does not
 hold: each deletion is journaled first (:mod:`connectors.s3.deletions`), and a restart reads
 again the objects of those deleted after its snapshot, with no message to hold.
+
+A message that keeps coming back (``max_receive_count``) sends its objects to the
+dead-letter store with the reason and is then deleted; a body that is no S3 event
+becomes a dead-letter entry as well. ``s3:TestEvent`` messages and events for other
+buckets, prefixes or excluded keys are deleted and counted.
 """
 
 from __future__ import annotations
@@ -521,8 +526,10 @@ class SqsPartition(StatefulSourcePartition[Item, dict[str, Any]]):
                                for m in covered
                                if not m.deleted and all(o.read for o in m.objects))
         for msg in covered:
+            if not msg.deleted:  # (one read again has no arrival time: its lag was set)
+                metrics.LAG_SECONDS.labels(src.name, self._name).set(
+                    max(0.0, time.time() - msg.sent_ts))
             self._delete(msg, "deleted")
-            metrics.LAG_SECONDS.labels(src.name, self._name).set(max(0.0, time.time() - msg.sent_ts))
         metrics.OLDEST_UNDELIVERED_SECONDS.labels(src.name, self._name).set(oldest)
         metrics.IN_FLIGHT_OBJECTS.labels(src.name, self._name).set(
             sum(len(m.objects) for m in self._messages.values()))
