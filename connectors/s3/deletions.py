@@ -13,7 +13,8 @@ reads again the objects of every deletion journaled after the snapshot it resume
 (:meth:`DeletionJournal.mark`, kept in the source's snapshot): the sink skips the rows
 already delivered, and what they derive is made again, with the same ids. A start with no
 snapshot (a new recovery store, or a kill before the first snapshot committed) reads again
-what the journal still holds.
+what the journal still holds; a flow without a recovery store, whose every start has no
+snapshot, reads nothing again (``resumable``).
 
 The journal keeps the deletions of the last :data:`KEEP_SECS` before its newest one. A
 flow whose snapshots commit further apart than that (or a restart from a recovery store
