@@ -72,7 +72,8 @@ from dataflow.core.files import atomic_write, open_private, private_dir
 from dataflow.core.messages import Settled, is_derived
 
 __all__ = ["COMPACT_EVERY", "DEAD_LETTERED", "DELIVERED", "IDLE_SECS", "REST", "SETTLED", "Ledger",
-           "LedgerView", "RETENTION_SECS", "SettledSink", "add_offset", "merge_ranges"]
+           "LedgerView", "RETENTION_SECS", "SettledSink", "add_offset", "line_rejected",
+           "merge_ranges", "signed_line"]
 
 COMPACT_EVERY = 1000
 """Appends between two compactions of a partition's ledger (expiry and packing; the file
@@ -117,11 +118,35 @@ def _encode_line(name: str, t: float, ranges: dict[str, Any], keyring: Any,
     """One journal line (with its newline), authenticated when there is a keyring; ``via``
     names what accepted the records (a DCR's immutable id)."""
     body = orjson.dumps({"t": t, "r": ranges} if via is None else {"t": t, "r": ranges, "d": via})
+    return signed_line(body, _mac_data(name, body), keyring, _MAC_PURPOSE)
+
+
+def signed_line(body: bytes, data: bytes, keyring: Any, purpose: bytes) -> bytes:
+    """A JSON object ``body`` as one line, with the key id and MAC of ``data`` added as
+    ``kid`` and ``mac`` when there is a keyring (:func:`line_rejected` checks them)."""
     if keyring is None:
         return body + b"\n"
-    kid, tag = keyring.mac(_mac_data(name, body), _MAC_PURPOSE)
+    kid, tag = keyring.mac(data, purpose)
     return (body[:-1] + b',"kid":' + orjson.dumps(kid) + b',"mac":"' + base64.b64encode(tag)
             + b'"}\n')
+
+
+def line_rejected(kid: Any, mac: Any, data: bytes, keyring: Any, purpose: bytes) -> str | None:
+    """Why a line's ``kid`` and ``mac`` do not authenticate ``data`` (``unauthenticated``,
+    ``malformed``, ``bad_mac``, ``unknown_key``); None when they do, or with no keyring."""
+    if keyring is None:
+        return None
+    if kid is None and mac is None:
+        return "unauthenticated"
+    try:
+        tag = base64.b64decode(str(mac), validate=True)
+    except (binascii.Error, ValueError):
+        return "malformed"
+    try:
+        keyring.verify_mac(str(kid), data, tag, purpose)
+    except ValueError:  # connectors.ops.crypto.DecryptError
+        return "bad_mac" if kid in keyring.key_ids else "unknown_key"
+    return None
 
 
 _Offset = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]  # what an array('q') holds
@@ -154,20 +179,10 @@ def _decode_line(name: str, line: bytes, keyring: Any) -> tuple[_Line | None, st
         return None, "torn"
     if keyring is None:
         return entry, None
-    kid, mac = entry.kid, entry.mac
-    if kid is None and mac is None:
-        return None, "unauthenticated"
-    try:
-        tag = base64.b64decode(str(mac), validate=True)
-    except (binascii.Error, ValueError):
-        return None, "malformed"
     body = orjson.dumps({"t": entry.t, "r": entry.r} if entry.d is msgspec.UNSET else
                         {"t": entry.t, "r": entry.r, "d": entry.d})
-    try:
-        keyring.verify_mac(str(kid), _mac_data(name, body), tag, _MAC_PURPOSE)
-    except ValueError:  # connectors.ops.crypto.DecryptError
-        return None, "bad_mac" if kid in keyring.key_ids else "unknown_key"
-    return entry, None
+    why = line_rejected(entry.kid, entry.mac, _mac_data(name, body), keyring, _MAC_PURPOSE)
+    return (None, why) if why else (entry, None)
 
 
 def _report_rejected(path: Path, name: str, rejected: dict[str, list[int]]) -> None:

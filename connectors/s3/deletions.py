@@ -24,8 +24,6 @@ Lines are authenticated with the keyring, as the upload journal's are.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import os
 import re
@@ -35,6 +33,8 @@ from typing import Any
 
 import msgspec
 
+from connectors.ledger import line_rejected, signed_line
+from dataflow.core import metrics
 from dataflow.core.files import atomic_write, open_private, private_dir
 
 __all__ = ["KEEP_SECS", "DeletionJournal", "Deleted"]
@@ -48,6 +48,9 @@ COMPACT_EVERY = 1000
 """Appends between two rewrites of the file without what is older than :data:`KEEP_SECS`."""
 
 _MAC_PURPOSE = b"sqs-deletions"
+
+DELETIONS = "sqsdeleted"
+"""The journal's name: its files' prefix, and its label in ``journal_rejected_lines``."""
 
 
 class Deleted(msgspec.Struct, frozen=True):
@@ -83,7 +86,7 @@ class DeletionJournal:
     def __init__(self, directory: str | os.PathLike[str], partition: str, keyring: Any = None,
                  *, clock: Callable[[], float] = time.time, keep_secs: float = KEEP_SECS) -> None:
         label = re.sub(r"[^\w.-]", "_", partition)
-        self._path = private_dir(directory) / f"sqsdeleted-{label}.jsonl"
+        self._path = private_dir(directory) / f"{DELETIONS}-{label}.jsonl"
         self._keyring = keyring
         self._clock = clock
         self._keep = keep_secs
@@ -132,42 +135,33 @@ class DeletionJournal:
 
     def _line(self, entry: Deleted) -> bytes:
         body = _encode(entry)
-        if self._keyring is None:
-            return body + b"\n"
-        kid, tag = self._keyring.mac(body, _MAC_PURPOSE)
-        return (body[:-1] + b',"kid":' + _encode(kid) + b',"mac":"' + base64.b64encode(tag)
-                + b'"}\n')
+        return signed_line(body, body, self._keyring, _MAC_PURPOSE)
 
     def _load(self) -> None:
-        rejected = 0
+        rejected: dict[str, int] = {}
         with self._path.open("rb") as f:
             for line in f:
                 try:
                     got = _decode(line)
                 except msgspec.ValidationError:
-                    rejected += 1
+                    rejected["malformed"] = rejected.get("malformed", 0) + 1
                     continue
                 except msgspec.DecodeError:  # torn by a crash: its message was not deleted
                     continue
-                if not self._authentic(got):
-                    rejected += 1
+                entry = Deleted(got.n, got.t, got.m, got.o)
+                why = line_rejected(got.kid, got.mac, _encode(entry), self._keyring,
+                                    _MAC_PURPOSE)
+                if why:
+                    rejected[why] = rejected.get(why, 0) + 1
                     continue
                 self._last = max(self._last, got.n)
-                self._entries.append(Deleted(got.n, got.t, got.m, got.o))
+                self._entries.append(entry)
+        for why, count in rejected.items():
+            metrics.JOURNAL_REJECTED_LINES.labels(DELETIONS, why).inc(count)
         if rejected:
-            log.warning("%s: %d lines ignored (malformed, or not authenticated with the "
-                        "configured keys)", self._path, rejected)
-
-    def _authentic(self, line: _Line) -> bool:
-        if self._keyring is None:
-            return True
-        try:
-            tag = base64.b64decode(str(line.mac), validate=True)
-            body = _encode(Deleted(line.n, line.t, line.m, line.o))
-            self._keyring.verify_mac(str(line.kid), body, tag, _MAC_PURPOSE)
-        except (binascii.Error, ValueError):  # ValueError: connectors.ops.crypto.DecryptError
-            return False
-        return True
+            log.warning("%s: lines ignored (%s): their messages' objects are not read again "
+                        "after a restart", self._path,
+                        ", ".join(f"{why}: {n}" for why, n in sorted(rejected.items())))
 
     def _rewrite(self) -> None:
         """Drop what is older than the keep window (before the newest entry); the newest

@@ -247,9 +247,10 @@ def summary() -> str:
 
 JOURNAL_REJECTED_LINES = Counter(
     "s3sentinel_journal_rejected_lines_total",
-    "Upload/dead-letter journal lines ignored because they fail authentication (a key is "
-    "configured), by journal and reason (bad_mac, unknown_key, unauthenticated, malformed); "
-    "their records count as not delivered and may be sent again.",
+    "Journal lines ignored because they fail authentication (a key is configured) or have "
+    "another shape, by journal and reason (bad_mac, unknown_key, unauthenticated, malformed); "
+    "their records count as not delivered and may be sent again (sqsdeleted: the objects of "
+    "their messages are not read again after a restart).",
     ["journal", "reason"],
 )
 DEADLETTER_REJECTED_LINES = Counter(
