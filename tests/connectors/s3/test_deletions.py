@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from connectors.ops.crypto import Keyring
-from connectors.s3.deletions import DeletionJournal
+from connectors.s3.deletions import DELETIONS, DeletionJournal
+from dataflow.core import metrics
 
 OBJ = [("logs/a.json", "e1", 10)]
 
@@ -64,3 +68,30 @@ def test_torn_forged_and_malformed_lines_are_not_read_again(tmp_path: Path) -> N
     mark = again.mark()
     other.record([("next", OBJ)])
     assert [e.m for e in other.since(mark)] == ["next"]  # not numbered from 1 again
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.binary(max_size=200), max_size=8))
+def test_arbitrary_bytes_deep_nesting_and_a_huge_line_do_not_stop_a_start(
+        tmp_path_factory, junk: list[bytes]) -> None:
+    """Whatever the file holds besides its lines, a start reads the good ones and goes on:
+    arbitrary bytes, JSON nested 100,000 deep, a message naming 200,000 objects; lines of
+    another shape are counted."""
+    d = tmp_path_factory.mktemp("deletions")
+    before = metrics.JOURNAL_REJECTED_LINES.labels(DELETIONS, "malformed")._value.get()
+    huge = b",".join(b'["k%d","",1]' % i for i in range(200_000))
+    with (d / "sqsdeleted-p.jsonl").open("wb") as f:
+        f.write(b'{"n":1,"t":1.0,"m":"first","o":[["a","e",1]]}\n')
+        for line in junk:
+            f.write(line.replace(b"\n", b" ") + b"\n")
+        f.write(b"[" * 100_000 + b"]" * 100_000 + b"\n")
+        f.write(b'{"n":"x"}\n')  # JSON of another shape
+        f.write(b'{"n":2,"t":1.0,"m":"deep","o":' + b"[" * 100_000 + b"\n")
+        f.write(b'{"n":3,"t":1.0,"m":"huge","o":[%s]}\n' % huge)
+        f.write(b'{"n":4,"t":1.0,"m":"last","o":[["b","",2]]}\n')
+    j = DeletionJournal(d, "p")
+    got = {e.m: e for e in j.since(None)}
+    assert {"first", "huge", "last"} <= set(got) and "deep" not in got
+    assert len(got["huge"].o) == 200_000 and got["last"].o == [("b", "", 2)]
+    assert j.mark() >= 4
+    assert metrics.JOURNAL_REJECTED_LINES.labels(DELETIONS, "malformed")._value.get() > before
