@@ -329,10 +329,12 @@ class EmulatorState:
         """A new opaque bearer token for ``resource``, issued to managed identity
         ``client_id`` (None: unknown), and its expiry (epoch seconds)."""
         token = "emu." + _secrets.token_urlsafe(32)
-        expires_on = int(time.time()) + self.token_ttl_secs
+        # Valid for the whole ttl (the client is told the whole seconds, never later): a
+        # token issued late in a second with ttl 1 must not expire before its first use.
+        expires = time.time() + self.token_ttl_secs
         with self._lock:
-            self._tokens[token] = (resource.rstrip("/"), expires_on, client_id)
-        return token, expires_on
+            self._tokens[token] = (resource.rstrip("/"), expires, client_id)
+        return token, int(expires)
 
     def token_info(self, token: str) -> tuple[str, str | None] | None:
         """(resource, client id) ``token`` was issued for, or None if unknown or expired."""

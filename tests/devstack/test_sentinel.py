@@ -143,6 +143,25 @@ def test_expired_token_is_rejected(tmp_path: Path) -> None:
         assert post_raw(em, b"[]", token=token).status_code == 401
 
 
+def test_a_token_lives_its_whole_ttl_when_issued_late_in_a_second(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token with a 1 s ttl issued at x.999 s is still valid 10 ms later (it was expired at
+    once when the expiry was rounded down to the second: test_expired_token_is_rejected then
+    failed about one run in a hundred); the client is told the whole seconds."""
+    from devstack import sentinel_state
+
+    state = sentinel_state.EmulatorState(rules={}, token_ttl_secs=1, secrets={},
+                                         store_records=False)
+    now = [1_800_000_000.999]
+    monkeypatch.setattr(sentinel_state.time, "time", lambda: now[0])
+    token, expires_on = state.issue_token("https://monitor.azure.com")
+    assert expires_on == 1_800_000_001
+    now[0] += 0.01
+    assert state.token_info(token) == ("https://monitor.azure.com", None)
+    now[0] += 1.0
+    assert state.token_info(token) is None
+
+
 def test_413_when_wire_body_exceeds_limit(emulator: SentinelEmulator) -> None:
     exact = b'[{"p":"' + b"a" * (MAX_BODY_BYTES - 10) + b'"}]'
     assert len(exact) == MAX_BODY_BYTES
