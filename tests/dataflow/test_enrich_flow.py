@@ -183,6 +183,22 @@ def _anomaly_findings(admin) -> list[dict]:  # noqa: ANN001 - the emulator's adm
     return [f for f in admin.records(FINDINGS) if f["Detector"] == "anomaly"]
 
 
+def _committed(recovery: Path) -> int:
+    """The epoch bytewax's recovery store (one partition) has committed; -1: none yet."""
+    import sqlite3
+
+    with sqlite3.connect(recovery / "part-0.sqlite3") as db:
+        row = db.execute("SELECT max(commit_epoch) FROM commits").fetchone()
+    return -1 if row is None or row[0] is None else int(row[0])
+
+
+def _wait_for_commit(recovery: Path, epoch: int, secs: float = 30.0) -> None:
+    deadline = time.monotonic() + secs
+    while _committed(recovery) < epoch:
+        assert time.monotonic() < deadline, f"epoch {epoch} not committed within {secs:.0f}s"
+        time.sleep(0.1)
+
+
 def _run_until(cmd: list[str], env: dict, log: Path, done) -> subprocess.Popen:  # noqa: ANN001 (the emulator's admin client)
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log.open("a"),
                             stderr=subprocess.STDOUT)
@@ -245,7 +261,9 @@ poll_secs = 0.2
             proc.kill()
             proc.wait()
             return
-        time.sleep(2.5)  # a snapshot after the last row was scored (epochs are 1 s)
+        # A snapshot after the last row was scored: three epochs (1 s) committed past the
+        # one committed when its delivery was seen (a loaded machine may lag behind).
+        _wait_for_commit(recovery, _committed(recovery) + 3)
         proc.kill()  # SIGKILL: no shutdown hook runs
         proc.wait()
         for key in keys:  # the history is gone from S3: only the snapshot holds it

@@ -189,9 +189,9 @@ def test_413_when_uncompressed_body_exceeds_limit(emulator: SentinelEmulator) ->
 
 def test_gunzip_limited_guards_against_bombs_and_garbage() -> None:
     bomb = gzip.compress(bytes(64 * MAX_BODY_BYTES), compresslevel=1)  # 64 MiB of zeros
-    started = time.monotonic()
+    started = time.process_time()  # CPU time: a loaded machine does not stretch it
     assert gunzip_limited(bomb, MAX_BODY_BYTES) is None
-    assert time.monotonic() - started < 0.1
+    assert time.process_time() - started < 0.03  # ~2 ms; all 64 MiB would take ~100 ms
     assert gunzip_limited(gzip.compress(b"[1,") + gzip.compress(b"2]"), 100) == b"[1,2]"
     with pytest.raises(ValueError):
         gunzip_limited(gzip.compress(b"[1,2,3]")[:-12], 100)
@@ -357,7 +357,7 @@ def test_retry_after_may_be_sent_as_an_http_date(emulator: SentinelEmulator) -> 
     with pytest.raises(HttpResponseError) as info:
         ingestion_client(emulator, retry_total=0).upload(RULE, ANY, ROWS[:1])
     when = email.utils.parsedate_to_datetime(info.value.response.headers["Retry-After"])
-    assert started + 5 <= when.timestamp() <= started + 7
+    assert started + 5 <= when.timestamp() <= time.time() + 6  # + 1: the date has whole seconds
 
 
 def test_stop_cuts_connections_and_restart_keeps_port(tmp_path: Path,

@@ -312,7 +312,7 @@ def test_the_read_timeout_applies(em: SentinelEmulator) -> None:
     svc = service(em, timeout_secs=0.5)
     t0 = time.monotonic()
     ex = refusal(svc, _body(1))
-    assert time.monotonic() - t0 < 2.5
+    assert time.monotonic() - t0 < 2.9  # the emulator answers after 3 s
     assert (ex.status, ex.code, ex.transient) == (None, "connection", True)
     assert "timed out" in ex.message.lower()
     deadline = time.monotonic() + 10  # the emulator finishes the request it was slow on
