@@ -22,6 +22,8 @@ __all__ = [
     "EVENT_DELAY_SECONDS",
     "THROTTLE_WAIT_SECONDS",
     "DEADLETTER_RECORDS",
+    "ENRICH_ENTITIES",
+    "ENRICH_EVICTED",
     "ERRORS",
     "IN_FLIGHT_OBJECTS",
     "LAG_SECONDS",
@@ -194,6 +196,21 @@ SQS_MESSAGES = Counter(
     "test_event, dead_lettered; after a restart taken_back, expired_at_restart, and "
     "read_again_after_delete and read_again_done for those deleted since the snapshot).",
     ["source", "action"],
+)
+ENRICH_ENTITIES = Gauge(
+    "s3sentinel_enrich_entities",
+    "State the anomaly/sequence side step of this process holds, by detector: anomaly "
+    "entities (principals, accounts, ...) with their baselines, sequence groups with partial "
+    "matches; counted once a shard has taken rows since the process started. Bounded by "
+    "enrich.max_entities.",
+    ["detector"],
+)
+ENRICH_EVICTED = Counter(
+    "s3sentinel_enrich_evicted_total",
+    "Entities (anomaly) and groups with partial matches (sequences) dropped at the "
+    "enrich.max_entities bound, least recently seen first: their baselines are learnt anew, "
+    "their partial sequences lost.",
+    ["detector"],
 )
 IN_FLIGHT_OBJECTS = Gauge(
     "s3sentinel_in_flight_objects",

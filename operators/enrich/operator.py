@@ -348,6 +348,24 @@ class ShardState:
 
             self.detector = SequenceDetector.restore(_sequence_specs(), snapshot.get("detector"),
                                                      max_principals=cfg.shard_cap())
+        self._held = [0, 0]
+        """What :meth:`report` last added to the process's gauges: (entities, groups)."""
+        self._evicted = [d.evicted if d is not None else 0 for d in (self.scorer, self.detector)]
+        """The detectors' eviction counts (kept in their snapshots) :meth:`report` last saw."""
+
+    def report(self) -> None:
+        """Bring the process's ``s3sentinel_enrich_entities`` and ``_evicted_total`` up to
+        date with this shard (by the change since the last call: a process holds many)."""
+        for i, (name, d) in enumerate((("anomaly", self.scorer), ("sequences", self.detector))):
+            if d is None:
+                continue
+            held = len(d)
+            if held != self._held[i]:
+                metrics.ENRICH_ENTITIES.labels(name).inc(held - self._held[i])
+                self._held[i] = held
+            if d.evicted != self._evicted[i]:
+                metrics.ENRICH_EVICTED.labels(name).inc(max(0, d.evicted - self._evicted[i]))
+                self._evicted[i] = d.evicted
 
     def __getstate__(self) -> dict:
         return {"cfg": self.cfg,
@@ -446,6 +464,7 @@ def score_shard(enricher: Enricher, cfg: EnrichConfig,
                 found.setdefault(partition, []).append(enricher.finding(
                     table, row, rid, m.priority, [m.reason], sequence=m.sequence_id,
                     detector="sequence"))
+    state.report()
     return state, [Rows(enricher.findings_stream, partition,
                         tuple(r for r, _ in rows), tuple(i for _, i in rows), fast=True)
                    for partition, rows in found.items()]

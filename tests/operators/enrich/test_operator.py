@@ -376,3 +376,35 @@ def test_the_entity_budget_is_per_process_split_over_the_shards() -> None:
     assert "max_entities must be >= 1" in problems[0]
     assert "max_entities_per_shard must be >= 0" in problems[1]
     assert "not both" in problems[2]
+
+
+def test_state_held_and_evicted_at_the_bound_are_in_the_metrics() -> None:
+    """``s3sentinel_enrich_entities`` is what the process's shards hold, and
+    ``s3sentinel_enrich_evicted_total`` what they dropped at ``max_entities``: an operator
+    sees baselines being lost before detection quietly gets worse."""
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, detector: str) -> float:
+        return REGISTRY.get_sample_value(name, {"detector": detector}) or 0.0
+
+    names = ("s3sentinel_enrich_entities", "s3sentinel_enrich_evicted_total")
+    before = {(n, d): sample(n, d) for n in names for d in ("anomaly", "sequences")}
+    cfg = EnrichConfig(enabled=True, anomaly=True, sequences=True, shards=2, max_entities=16)
+    enricher = Enricher(cfg, load_tables())
+    states: dict = {}
+    for u in range(30):  # each user: a principal entity, and a partial sequence (CreateUser)
+        row = ct("CreateUser", RequestParameters='{"userName":"x"}',
+                 UserIdentityArn=f"arn:aws:iam::111122223333:user/u{u}")
+        out = enricher.enrich_batch([Rows(TRAIL, "trail:0/1", (row,),
+                                          (f"abcdef0123456789-{u}",))])
+        for obs in out:
+            if isinstance(obs, Observed):
+                states[obs.shard], _ = score_shard(enricher, cfg, states.get(obs.shard), obs)
+    assert len(states) == 2
+    for detector, of in (("anomaly", "scorer"), ("sequences", "detector")):
+        parts = [getattr(s, of) for s in states.values()]
+        held = sum(len(p) for p in parts)
+        evicted = sum(p.evicted for p in parts)
+        assert 0 < held <= 16 and evicted > 0, (detector, held, evicted)
+        assert sample(names[0], detector) - before[(names[0], detector)] == held
+        assert sample(names[1], detector) - before[(names[1], detector)] == evicted
