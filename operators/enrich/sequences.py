@@ -377,9 +377,10 @@ class SequenceDetector:
             if j == 0:
                 prev: _Chain = ()
             else:
-                prev = entries[j - 1][0]  # type: ignore[assignment]
-                if prev is None or ts < prev[-1] or ts - prev[0] > window:
+                before = entries[j - 1][0]
+                if before is None or ts < before[-1] or ts - before[0] > window:
                     continue
+                prev = before
             need = counts[j]
             if need == 1:
                 new = (*prev, ts)
