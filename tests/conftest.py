@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +102,14 @@ table = "AWSCloudTrail"
 partitions = {partitions}
 """ + (APP_SOURCE if app else ""))
     return path
+
+
+def wait_for(cond: Callable[[], object], secs: float = 90.0, what: str = "") -> None:
+    """Poll ``cond`` until it is true, failing after ``secs`` (a loaded machine is slow)."""
+    deadline = time.monotonic() + secs
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
 
 
 def flow_env(stack: LocalStack, config: Path, errors_dir: Path) -> dict[str, str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from devstack.samples import cloudtrail_event, cloudtrail_key, cloudtrail_object
 from devstack.stack import LocalStack
-from tests.conftest import ROOT, flow_env
+from tests.conftest import ROOT, flow_env, wait_for
 
 TRAIL = "Custom-AWSCloudTrail"
 FINDINGS = "Custom-S3SentinelFindings_CL"
@@ -185,18 +185,12 @@ def _anomaly_findings(admin) -> list[dict]:  # noqa: ANN001 - the emulator's adm
 
 def _committed(recovery: Path) -> int:
     """The epoch bytewax's recovery store (one partition) has committed; -1: none yet."""
+    import contextlib
     import sqlite3
 
-    with sqlite3.connect(recovery / "part-0.sqlite3") as db:
+    with contextlib.closing(sqlite3.connect(recovery / "part-0.sqlite3")) as db:
         row = db.execute("SELECT max(commit_epoch) FROM commits").fetchone()
     return -1 if row is None or row[0] is None else int(row[0])
-
-
-def _wait_for_commit(recovery: Path, epoch: int, secs: float = 30.0) -> None:
-    deadline = time.monotonic() + secs
-    while _committed(recovery) < epoch:
-        assert time.monotonic() < deadline, f"epoch {epoch} not committed within {secs:.0f}s"
-        time.sleep(0.1)
 
 
 def _run_until(cmd: list[str], env: dict, log: Path, done) -> subprocess.Popen:  # noqa: ANN001 (the emulator's admin client)
@@ -263,7 +257,8 @@ poll_secs = 0.2
             return
         # A snapshot after the last row was scored: three epochs (1 s) committed past the
         # one committed when its delivery was seen (a loaded machine may lag behind).
-        _wait_for_commit(recovery, _committed(recovery) + 3)
+        epoch = _committed(recovery) + 3
+        wait_for(lambda: _committed(recovery) >= epoch, 30, f"epoch {epoch} committed")
         proc.kill()  # SIGKILL: no shutdown hook runs
         proc.wait()
         for key in keys:  # the history is gone from S3: only the snapshot holds it

@@ -20,7 +20,7 @@ from connectors.ops.auth import sign_jwt
 from connectors.ops.secrets import SecretResolver
 from dataflow.config import parse_config
 from devstack.stack import LocalStack
-from tests.conftest import TRAIL_BUCKET
+from tests.conftest import TRAIL_BUCKET, wait_for
 from tests.connectors.ops.test_server import ADMIN, JWT_KEY, http
 
 
@@ -58,14 +58,6 @@ def _cfg(stack: LocalStack, tmp_path: Path, hook: str):
     })
 
 
-def _wait_for(done, why: str, secs: float = 30.0) -> None:
-    """Poll ``done`` until true (a loaded machine may stall the alert loop for a while)."""
-    deadline = time.monotonic() + secs
-    while not done():
-        assert time.monotonic() < deadline, f"{why} within {secs:.0f}s"
-        time.sleep(0.05)
-
-
 def test_a_sustained_failure_alerts_once_and_resolves_once(
         clean: LocalStack, seeded, tmp_path: Path, receiver, monkeypatch) -> None:
     hook, got = receiver
@@ -77,12 +69,12 @@ def test_a_sustained_failure_alerts_once_and_resolves_once(
         time.sleep(1.0)
         assert got == []  # healthy: nothing posted
         clean.admin().set_faults([{"status": 401, "count": None}])
-        _wait_for(lambda: len(got) >= 1, "the alert was not posted")
+        wait_for(lambda: len(got) >= 1, 30, "the alert")
         time.sleep(2.0)  # sustained: many more failing checks, still one alert
         firing = [g for g in got if "RESOLVED" not in json.dumps(g).upper()]
         assert len(firing) == 1 and "sentinel" in json.dumps(firing[0])
         clean.admin().set_faults([])
-        _wait_for(lambda: len(got) >= 2, "the recovery was not posted")
+        wait_for(lambda: len(got) >= 2, 30, "the recovery")
         time.sleep(0.5)
         assert len(got) == 2 and "resolved" in json.dumps(got[1]).lower()
     finally:

@@ -31,7 +31,7 @@ from connectors.ops.server import OpsServer
 from dataflow.config import Config, SourceConfig, parse_config
 from devstack.faultproxy import FaultProxy
 from devstack.stack import LocalStack, free_port
-from tests.conftest import ROOT, Seeded, flow_env, write_config
+from tests.conftest import ROOT, Seeded, flow_env, wait_for, write_config
 
 TRAIL = "Custom-AWSCloudTrail"
 HEALTH = "Custom-S3SentinelHealth_CL"
@@ -64,13 +64,6 @@ def scrape(base: str) -> dict[tuple[str, tuple], float]:
                              for p in labels.rstrip("}").split(",") if p)) if labels else ()
         out[(name, pairs)] = float(value)
     return out
-
-
-def wait_for(cond, secs: float = 90.0, what: str = "") -> None:
-    deadline = time.monotonic() + secs
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
 
 
 def test_ops_server_of_a_running_flow(clean: LocalStack, seeded: Seeded, tmp_path: Path) -> None:
