@@ -47,6 +47,14 @@ them without transforms and with a realistic cost policy (:data:`VPC_POLICY`: he
 dropped, accepted flows summarised per minute, rejected ones but SSH and RDP routed to an
 Auxiliary table): rows per second, and the bytes sent per byte read.
 
+``--detectors`` also runs the flow with rules and one side-step detector at a time
+(sequences; anomaly scores) next to rules alone and every detector, and splits what every
+detector costs per event (start-up excluded) into its parts: the rules, the side step's
+shared work (sharding rows by principal, carrying them to the keyed step, its state), the
+sequences' own and the anomaly scorer's own (:func:`detector_costs`). The run with rules
+and sequences is also the most the every-detector run could reach if the anomaly scorer
+cost nothing.
+
 ``--long N`` runs the flow again over N times the objects (the same first ones, then N - 1
 times as many later deliveries) and checks that the peak RSS stays within 10% of the 1x
 run's: state must not grow with run length. ``--py-spy DIR`` profiles a further (untimed)
@@ -54,7 +62,8 @@ run of each mode with py-spy (``--gil``: only the thread holding the GIL is samp
 samples are the flow's Python CPU time, not its threads waiting on sockets) and prints the
 functions with the most own time.
 
-    python bench/throughput.py [--objects 400] [--enrich-all] [--long N] [--py-spy DIR] [--json]
+    python bench/throughput.py [--objects 400] [--enrich-all] [--detectors] [--long N]
+                               [--py-spy DIR] [--json]
 """
 
 from __future__ import annotations
@@ -202,13 +211,14 @@ def flow_config(bucket: str, partitions: int, enrich: str = "", *, mode: str = "
                 runtime: str = "", source: str = "") -> str:
     """The benches' CloudTrail flow config (TOML).
 
-    :arg enrich: ``""`` (off), ``rules`` or ``all`` (see :func:`run_flow`).
+    :arg enrich: ``""`` (off), ``rules``, ``sequences``, ``anomaly`` or ``all`` (see
+        :func:`run_flow`).
     :arg runtime: More ``[runtime]`` lines; :arg source: more lines of the source.
     """
     extra = ""
     if enrich:
-        extra = "[enrich]\nenabled = true\n" + (
-            "anomaly = true\nsequences = true\n" if enrich == "all" else "")
+        extra = "[enrich]\nenabled = true\n" + "".join(
+            f"{d} = true\n" for d in ("anomaly", "sequences") if enrich in ("all", d))
     return f"""
 [sentinel]
 endpoint = "https://127.0.0.1:1"
@@ -238,8 +248,9 @@ def run_flow(stack: LocalStack, workdir: Path, processes: int, partitions: int,
     process, from ``os.wait4``), and the CPU time the local servers and this process used
     meanwhile.
 
-    :arg enrich: ``""`` (off), ``rules`` (rules, fast lane, findings) or ``all`` (and
-        anomaly scores and sequences).
+    :arg enrich: ``""`` (off), ``rules`` (rules, fast lane, findings), ``sequences`` or
+        ``anomaly`` (rules and that side-step detector), or ``all`` (rules, anomaly scores
+        and sequences).
     :arg bucket: Where the objects are (the seeded bucket by default).
     :arg tag: Distinguishes runs of one mode (each run has its own journal).
     :arg wrap: A command to run each flow process under (a profiler); its CPU and RSS
@@ -498,6 +509,30 @@ _WAITS = frozenset({
 samples are counted apart, not as CPU."""
 
 
+def detector_costs(runs: dict) -> dict[str, float]:
+    """What every detector costs per event, split into its parts, from the runs of one round
+    (start-up excluded, ``events_per_cpu_sec_excl_startup``): CPU microseconds per event of
+    the flow without enrichment (``none_us``) and what each part adds to it.
+
+    Rules alone cost ``rules``. Adding a side-step detector to rules costs its own work and
+    the side step's shared work (sharding rows by principal, carrying them to the keyed
+    step, its state), paid once whichever detectors it carries; adding both costs the two
+    own parts and the shared work once. So, with ``t(m)`` the microseconds per event of mode
+    ``m``: ``sequences = t(all) - t(anomaly)``, ``anomaly = t(all) - t(sequences)`` and
+    ``shared = t(all) - t(rules) - sequences - anomaly``. Each is a difference of noisy
+    runs: compare them over rounds.
+
+    ``ceiling_free_anomaly``: the every-detector run's share of the flow without enrichment
+    (by CPU) if the anomaly scorer cost nothing, which is the rules-and-sequences run's.
+    """
+    t = {m: 1e6 / runs[m]["events_per_cpu_sec_excl_startup"]
+         for m in (1, "rules", "sequences", "anomaly", "all")}
+    seq, anom = t["all"] - t["anomaly"], t["all"] - t["sequences"]
+    return {"none_us": t[1], "all_us": t["all"] - t[1], "rules_us": t["rules"] - t[1],
+            "shared_us": t["all"] - t["rules"] - seq - anom, "sequences_us": seq,
+            "anomaly_us": anom, "ceiling_free_anomaly": t[1] / t["sequences"]}
+
+
 def profile_summary(raw: Path, top: int = 15) -> tuple[int, int, list[tuple[str, int, int]]]:
     """Samples in a ``py-spy record --format raw --nolineno`` file (but those of threads
     waiting, :data:`_WAITS`), those waiting, and the ``top`` functions by own samples:
@@ -618,6 +653,10 @@ def main() -> int:
                     help="bytewax epoch length (-s): bounds how much is read ahead of delivery")
     ap.add_argument("--enrich-all", action="store_true",
                     help="also run with anomaly scores and sequences (slow: see the README)")
+    ap.add_argument("--detectors", action="store_true",
+                    help="also run with rules and sequences, and with rules and anomaly "
+                    "scores, and split what every detector costs per event into its parts "
+                    "(implies --enrich-all)")
     ap.add_argument("--long", type=int, default=0, metavar="N",
                     help="also run the flow (and with --enrich-all, the flow with every "
                     "detector) over N times the objects, and check its peak RSS against "
@@ -663,7 +702,10 @@ def main() -> int:
         print(f"bare work, one core: msgspec {bare['msgspec']:,.0f} ev/s, "
               f"orjson {bare['orjson']:,.0f} ev/s (baseline: the faster)")
 
-        modes: list[int | str] = [1, 2, "rules", *(["all"] if args.enrich_all else [])]
+        args.enrich_all = args.enrich_all or args.detectors
+        modes: list[int | str] = [1, 2, "rules",
+                                  *(["sequences", "anomaly"] if args.detectors else []),
+                                  *(["all"] if args.enrich_all else [])]
         s3.create_bucket(Bucket=EMPTY_BUCKET)
         rounds: list[dict] = []
         for rnd in range(args.rounds):  # modes alternate: a noisy spell hits every mode alike
@@ -802,6 +844,22 @@ def main() -> int:
               f" ev per CPU-second, "
               f"{runs[m]['events_per_cpu_sec_excl_startup'] / one['events_per_cpu_sec_excl_startup']:.2f}"
               " of without  (target >= 0.75, by CPU)")
+    costs: dict[str, float] = {}
+    each_costs: list[dict[str, float]] = []
+    if args.detectors:
+        each_costs = [detector_costs(rd) for rd in rounds]
+        costs = {k: statistics.median(c[k] for c in each_costs) for k in each_costs[0]}
+        if len(each_costs) > 1:  # the parts are differences of noisy runs: show the spread
+            for k in ("rules_us", "shared_us", "sequences_us", "anomaly_us"):
+                print(f"  {k.removesuffix('_us')} by round: "
+                      + ", ".join(f"{c[k]:.1f}" for c in each_costs) + " µs per event")
+        print("excluding start-up, CPU microseconds per event: without enrichment "
+              f"{costs['none_us']:.1f}; every detector adds {costs['all_us']:.1f}: rules "
+              f"{costs['rules_us']:.1f}, the side step's shared work {costs['shared_us']:.1f}, "
+              f"sequences {costs['sequences_us']:.1f}, anomaly scores {costs['anomaly_us']:.1f}"
+              f" (medians over rounds); with rules and sequences and an anomaly scorer that "
+              f"cost nothing, every detector would be {costs['ceiling_free_anomaly']:.2f} of "
+              "without")
     # Only CPU time: the wall time of a start-up varies by more than the figure (the second
     # process retries its connection to the first after a pause of its own).
     cpu_eff_steady = statistics.median(
@@ -884,6 +942,11 @@ def main() -> int:
             runs[m]["events_per_cpu_sec_excl_startup"] / one["events_per_cpu_sec_excl_startup"], 3)
            for m in modes[2:]},
     }
+    if costs:  # CPU microseconds per event, start-up excluded (see detector_costs)
+        figures.update({f"detector_cost_{k}": round(v, 2) if k.endswith("_us") else round(v, 3)
+                        for k, v in costs.items()})
+        figures["detector_cost_rounds"] = [{k: round(v, 3) for k, v in c.items()}
+                                           for c in each_costs]
     if "all" in runs:
         figures["enrich_all_1p_eps"] = round(runs["all"]["events_per_sec"])
         figures["enrich_all_ratio"] = round(runs["all"]["events_per_sec"]
