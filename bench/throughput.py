@@ -676,6 +676,7 @@ def main() -> int:
         ap.error("--rounds needs at least 1")
     if args.long == 1 or args.long < 0:
         ap.error("--long needs N >= 2")
+    args.enrich_all = args.enrich_all or args.detectors  # the split needs every detector's run
     cores = len(os.sched_getaffinity(0))
     profiles: dict[str, dict] = {}
     compile_bytecode()
@@ -702,7 +703,6 @@ def main() -> int:
         print(f"bare work, one core: msgspec {bare['msgspec']:,.0f} ev/s, "
               f"orjson {bare['orjson']:,.0f} ev/s (baseline: the faster)")
 
-        args.enrich_all = args.enrich_all or args.detectors
         modes: list[int | str] = [1, 2, "rules",
                                   *(["sequences", "anomaly"] if args.detectors else []),
                                   *(["all"] if args.enrich_all else [])]
@@ -860,6 +860,10 @@ def main() -> int:
               f" (medians over rounds); with rules and sequences and an anomaly scorer that "
               f"cost nothing, every detector would be {costs['ceiling_free_anomaly']:.2f} of "
               "without")
+        if any(c[k] < 0 for c in each_costs for k in ("rules_us", "shared_us", "sequences_us",
+                                                       "anomaly_us")):
+            print("  (a part below 0: the runs' noise is larger than that part here; use more "
+                  "objects or --rounds)")
     # Only CPU time: the wall time of a start-up varies by more than the figure (the second
     # process retries its connection to the first after a pause of its own).
     cpu_eff_steady = statistics.median(
