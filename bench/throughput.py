@@ -509,6 +509,10 @@ _WAITS = frozenset({
 samples are counted apart, not as CPU."""
 
 
+DETECTOR_PARTS = ("rules_us", "shared_us", "sequences_us", "anomaly_us")
+"""The parts :func:`detector_costs` splits what every detector adds into (they sum to it)."""
+
+
 def detector_costs(runs: dict) -> dict[str, float]:
     """What every detector costs per event, split into its parts, from the runs of one round
     (start-up excluded, ``events_per_cpu_sec_excl_startup``): CPU microseconds per event of
@@ -850,7 +854,7 @@ def main() -> int:
         each_costs = [detector_costs(rd) for rd in rounds]
         costs = {k: statistics.median(c[k] for c in each_costs) for k in each_costs[0]}
         if len(each_costs) > 1:  # the parts are differences of noisy runs: show the spread
-            for k in ("rules_us", "shared_us", "sequences_us", "anomaly_us"):
+            for k in DETECTOR_PARTS:
                 print(f"  {k.removesuffix('_us')} by round: "
                       + ", ".join(f"{c[k]:.1f}" for c in each_costs) + " µs per event")
         print("excluding start-up, CPU microseconds per event: without enrichment "
@@ -860,8 +864,7 @@ def main() -> int:
               f" (medians over rounds); with rules and sequences and an anomaly scorer that "
               f"cost nothing, every detector would be {costs['ceiling_free_anomaly']:.2f} of "
               "without")
-        if any(c[k] < 0 for c in each_costs for k in ("rules_us", "shared_us", "sequences_us",
-                                                       "anomaly_us")):
+        if any(c[k] < 0 for c in each_costs for k in DETECTOR_PARTS):
             print("  (a part below 0: the runs' noise is larger than that part here; use more "
                   "objects or --rounds)")
     # Only CPU time: the wall time of a start-up varies by more than the figure (the second
